@@ -1,0 +1,97 @@
+"""Server configuration: one dataclass, defaults as named values, loaded from flags and
+``EDGEQ_*`` environment variables (flags win). Validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Address to listen on; port 0 picks a free port.
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: SQLite database file (created if missing).
+    db_path: str = "./edgeq.db"
+    #: Largest payload (and Ack result) accepted, in bytes.
+    max_payload_bytes: int = 1 * MiB
+    #: Largest gRPC message accepted or sent, in bytes.
+    max_message_bytes: int = 64 * MiB
+    #: Most jobs (or Ack/Nack/Heartbeat items) in one call.
+    max_batch: int = 1000
+    #: max_attempts when a JobSpec leaves it 0.
+    default_max_attempts: int = 3
+    #: Lease length when a LeaseRequest leaves it unset, and the longest allowed.
+    default_lease_seconds: float = 30.0
+    max_lease_seconds: float = 12 * 3600.0
+    #: Longest delay, retry delay or run_at horizon accepted.
+    max_delay_seconds: float = 366 * 24 * 3600.0
+    #: Keepalive message interval on idle Lease streams.
+    keepalive_seconds: float = 15.0
+    #: Retry backoff for Nack without retry_delay: base * 2**(attempt-1), capped, jittered.
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 3600.0
+    #: Retention of final jobs; 0 keeps them forever.
+    retention_completed_seconds: float = 24 * 3600.0
+    retention_failed_seconds: float = 7 * 24 * 3600.0
+    retention_cancelled_seconds: float = 24 * 3600.0
+    retention_interval_seconds: float = 60.0
+    #: How long reads wait for min_txid before UNAVAILABLE.
+    min_txid_wait_seconds: float = 5.0
+    #: On SIGTERM: how long acks/nacks are still taken after Lease streams end, then
+    #: how long in-flight RPCs get to finish.
+    drain_seconds: float = 10.0
+    grace_seconds: float = 5.0
+    #: Reader threads (each with its own SQLite connection).
+    read_threads: int = 4
+    #: Most writes grouped into one transaction.
+    write_batch: int = 512
+    #: Log level name.
+    log_level: str = "INFO"
+    #: Extra gRPC server options (tests).
+    grpc_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+                raise ValueError(f"{f.name} must not be negative (got {v})")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535 (got {self.port})")
+        if self.max_batch < 1 or self.write_batch < 1 or self.read_threads < 1:
+            raise ValueError("max_batch, write_batch and read_threads must be at least 1")
+        if not 1 <= self.default_max_attempts <= 1000:
+            raise ValueError("default_max_attempts must be 1..1000")
+        if not 0 < self.default_lease_seconds <= self.max_lease_seconds:
+            raise ValueError("default_lease_seconds must be > 0 and <= max_lease_seconds")
+        if self.keepalive_seconds <= 0:
+            raise ValueError("keepalive_seconds must be > 0")
+        if self.max_payload_bytes >= self.max_message_bytes:
+            raise ValueError("max_payload_bytes must be below max_message_bytes")
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return "EDGEQ_" + name.upper()
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
+        """Defaults, then ``EDGEQ_<FIELD>`` variables, then non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "grpc_options":
+                continue
+            raw = env.get(cls.env_name(f.name))
+            if raw is not None:
+                kind = type(f.default)
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"{cls.env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

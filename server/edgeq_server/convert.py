@@ -1,0 +1,76 @@
+"""Domain objects to protobuf messages (the reverse of ``validate.py``)."""
+
+from __future__ import annotations
+
+from edgeq.v1 import queue_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from .clock import MICROS
+from .dispatch import Delivery
+from .models import Job, JobState
+from .store import QueueCounts
+
+STATE_TO_PROTO = {
+    JobState.PENDING: pb.JOB_STATE_PENDING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.COMPLETED: pb.JOB_STATE_COMPLETED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
+PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items()}
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    s, rem = divmod(us, MICROS)
+    return timestamp_pb2.Timestamp(seconds=s, nanos=rem * 1000)
+
+
+def duration(us: int) -> duration_pb2.Duration:
+    s, rem = divmod(us, MICROS)
+    return duration_pb2.Duration(seconds=s, nanos=rem * 1000)
+
+
+def job(j: Job) -> pb.Job:
+    m = pb.Job(
+        id=j.id,
+        queue=j.queue,
+        payload=j.payload,
+        state=STATE_TO_PROTO[j.state],
+        attempts=j.attempts,
+        max_attempts=j.max_attempts,
+        priority=j.priority,
+        run_at=timestamp(j.run_at),
+        created_at=timestamp(j.created_at),
+        error_message=j.error_message or "",
+        idempotency_key=j.idempotency_key or "",
+        headers=j.headers,
+        worker_id=j.worker_id or "",
+        result=j.result or b"",
+    )
+    if j.started_at is not None:
+        m.started_at.CopyFrom(timestamp(j.started_at))
+    if j.completed_at is not None:
+        m.completed_at.CopyFrom(timestamp(j.completed_at))
+    if j.lease_expires_at is not None:
+        m.lease_expires_at.CopyFrom(timestamp(j.lease_expires_at))
+    return m
+
+
+def leased(d: Delivery) -> pb.LeasedJob:
+    assert d.job.lease_expires_at is not None
+    return pb.LeasedJob(job=job(d.job), lease_token=d.token, lease_expires_at=timestamp(d.job.lease_expires_at))
+
+
+def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
+    age = 0 if c.oldest_ready_run_at is None else max(0, now - c.oldest_ready_run_at)
+    return pb.QueueStats(
+        queue=c.queue,
+        pending=c.pending,
+        scheduled=c.scheduled,
+        running=c.running,
+        completed=c.completed,
+        failed=c.failed,
+        cancelled=c.cancelled,
+        oldest_pending_age=duration(age),
+        paused=c.paused,
+    )

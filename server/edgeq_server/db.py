@@ -1,0 +1,174 @@
+"""Database files and connections: pragmas, schema migrations, WAL checkpoints.
+
+- Every connection: WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys on.
+- The writer's connection has auto-checkpoint off; a ``Checkpointer`` thread on its own
+  connection checkpoints (PASSIVE) when the WAL grows or once a second, so commits never
+  pay for copying WAL pages back (limits.md: that is half the cost of a small commit).
+- Migrations are numbered and tracked in ``PRAGMA user_version``; each runs in one
+  transaction. Never edit a released migration: add the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import apsw
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+#: WAL pages after which the writer asks for a checkpoint (4 MiB at 4 KiB pages).
+CHECKPOINT_PAGES = 1000
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema.
+    """
+    CREATE TABLE node (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        txid      INTEGER NOT NULL CHECK (txid >= 0),   -- local commit counter (single node)
+        token_key BLOB    NOT NULL CHECK (length(token_key) >= 16)  -- signs lease tokens
+    ) STRICT;
+    INSERT INTO node (id, txid, token_key) VALUES (1, 0, randomblob(32));
+
+    CREATE TABLE queues (
+        name       TEXT    PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
+        paused     INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE jobs (
+        id               TEXT    NOT NULL PRIMARY KEY,   -- UUIDv7, time-ordered
+        queue_name       TEXT    NOT NULL CHECK (length(queue_name) BETWEEN 1 AND 128),
+        payload          BLOB    NOT NULL,
+        status           TEXT    NOT NULL
+            CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        priority         INTEGER NOT NULL DEFAULT 0,
+        run_at           INTEGER NOT NULL,               -- microseconds since the epoch
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        completed_at     INTEGER,
+        lease_expires_at INTEGER,
+        lease_id         TEXT,                           -- names the current delivery
+        lease_us         INTEGER CHECK (lease_us > 0),   -- the current lease's length
+        worker_id        TEXT,
+        error_message    TEXT,
+        idempotency_key  TEXT CHECK (length(idempotency_key) BETWEEN 1 AND 256),
+        headers          TEXT,                           -- JSON object, NULL when empty
+        result           BLOB,
+        CONSTRAINT running_has_lease CHECK (
+            (status = 'running') = (lease_id IS NOT NULL AND lease_expires_at IS NOT NULL)),
+        CONSTRAINT final_has_completed_at CHECK (
+            (status IN ('completed', 'failed', 'cancelled')) = (completed_at IS NOT NULL)),
+        CONSTRAINT attempts_within_max CHECK (status <> 'running' OR attempts <= max_attempts)
+    ) STRICT;
+
+    -- The claim query: pending jobs of one queue, priority desc, run_at, then enqueue
+    -- order (the implicit rowid ends every index entry).
+    CREATE INDEX jobs_claim ON jobs (queue_name, priority DESC, run_at) WHERE status = 'pending';
+    -- Lease expiry: the next running lease to lapse.
+    CREATE INDEX jobs_lease_expiry ON jobs (lease_expires_at) WHERE status = 'running';
+    -- Retention: finished jobs by age.
+    CREATE INDEX jobs_finished ON jobs (completed_at)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    -- Idempotency: one retained job per (queue, key).
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue_name, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    """,
+]
+
+
+def connect(path: str, *, writer: bool = False) -> apsw.Connection:
+    """Open a connection with the project's pragmas. The writer's has auto-checkpoint off."""
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOMUTEX
+    conn = apsw.Connection(path, flags=flags)
+    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if writer:
+        conn.wal_autocheckpoint(0)
+    return conn
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring the schema up to date; return the resulting version."""
+    version = int(conn.execute("PRAGMA user_version").fetchall()[0][0])
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this server ({len(MIGRATIONS)})"
+        )
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(MIGRATIONS[number - 1])
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("migrated database to schema version %d", number)
+    return len(MIGRATIONS)
+
+
+class Checkpointer:
+    """Runs WAL checkpoints on its own thread and connection, off the write path."""
+
+    def __init__(self, path: str, *, interval_s: float = 1.0) -> None:
+        self._path = path
+        self._interval = interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeq-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> None:
+        """Ask for a checkpoint soon (the writer calls this when the WAL is large)."""
+        self._wake.set()
+
+    def wal_hook(self, _conn: apsw.Connection, _name: str, pages: int) -> int:
+        """apsw WAL hook for the writer connection: wake the checkpointer past a size."""
+        if pages >= CHECKPOINT_PAGES:
+            self._wake.set()
+        return apsw.SQLITE_OK
+
+    def _run(self) -> None:
+        conn = connect(self._path)
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                try:
+                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                except apsw.BusyError:
+                    pass
+                except apsw.Error:
+                    log.exception("WAL checkpoint failed")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+def final_checkpoint(path: str) -> None:
+    """Checkpoint and truncate the WAL at clean shutdown, so the file stands alone."""
+    if not os.path.exists(path):
+        return
+    conn = connect(path)
+    try:
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    except apsw.BusyError:
+        log.warning("final checkpoint skipped: database busy")
+    finally:
+        conn.close()

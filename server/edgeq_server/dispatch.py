@@ -1,0 +1,205 @@
+"""Push dispatch: Lease streams, their credits, and the loop that hands jobs to them.
+
+Each open Lease stream is a ``LeaseStream`` with ``max_in_flight`` credits; a delivered job
+holds one credit until it is settled (Ack/Nack), cancelled, or its lease expires.
+
+The dispatcher keeps the set of queues that *may* have due work ("ready"). Anything that
+can make work available calls ``notify(queues)`` after its commit: Enqueue, Nack with a
+retry, lease expiry, RetryJob, ResumeQueue, and the maintenance timer when delayed jobs
+come due. A single asyncio task then claims for every stream that has credits and listens
+on a ready queue. All those claims are submitted together, so the writer runs them in one
+transaction, one after the other: streams on the same queue share the work and each job
+goes to exactly one stream. A queue leaves the ready set only when a claim on it came back
+short and nothing was notified for it since the claim was submitted. No polling anywhere:
+an idle server wakes only for keepalives and timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .models import Job
+from .store import Store
+from .tokens import TokenCodec
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+_CLOSE = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    job: Job
+    token: str
+
+
+@dataclass(eq=False)
+class LeaseStream:
+    """One open Lease stream."""
+
+    id: int
+    queues: tuple[str, ...]
+    worker_id: str
+    max_in_flight: int
+    lease_us: int
+    outstanding: set[str] = field(default_factory=set)  # job ids leased, not yet settled
+    claiming: int = 0
+    closed: bool = False
+    outbox: asyncio.Queue[list[Delivery] | None] = field(default_factory=asyncio.Queue)
+
+    @property
+    def credits(self) -> int:
+        return self.max_in_flight - len(self.outstanding) - self.claiming
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        writer: Writer,
+        codec: TokenCodec,
+        *,
+        on_leased: Callable[[int], None] = lambda _t: None,
+    ) -> None:
+        self._writer = writer
+        self._codec = codec
+        self._on_leased = on_leased
+        self._streams: dict[int, LeaseStream] = {}
+        self._ids = itertools.count(1)
+        self._ready: set[str] = set()
+        self._gen: dict[str, int] = {}
+        self._leases: dict[str, LeaseStream] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._rotate = 0
+
+    # ------------------------------------------------------------------ streams
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def open(self, queues: Iterable[str], worker_id: str, max_in_flight: int, lease_us: int) -> LeaseStream:
+        stream = LeaseStream(next(self._ids), tuple(dict.fromkeys(queues)), worker_id, max_in_flight, lease_us)
+        self._streams[stream.id] = stream
+        # A new listener: its queues may hold work nobody was listening for.
+        self.notify(stream.queues)
+        return stream
+
+    def close(self, stream: LeaseStream) -> None:
+        """The stream ended. Jobs it holds stay leased: the worker may still settle them,
+        and expiry returns them if it does not."""
+        stream.closed = True
+        self._streams.pop(stream.id, None)
+
+    # ------------------------------------------------------------------ events
+
+    def notify(self, queues: Iterable[str]) -> None:
+        """Work may be due now on ``queues`` (called after the commit that made it so)."""
+        for q in queues:
+            self._ready.add(q)
+            self._gen[q] = self._gen.get(q, 0) + 1
+        self._wake.set()
+
+    def settled(self, job_ids: Iterable[str]) -> None:
+        """These jobs' leases ended (acked, nacked, cancelled, expired): return credit."""
+        freed = False
+        for job_id in job_ids:
+            stream = self._leases.pop(job_id, None)
+            if stream is not None:
+                stream.outstanding.discard(job_id)
+                freed = True
+        if freed:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="edgeq-dispatch")
+
+    async def drain(self) -> None:
+        """Stop handing out jobs and end every stream (workers reconnect elsewhere)."""
+        self._accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for stream in list(self._streams.values()):
+            stream.outbox.put_nowait(_CLOSE)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch pass failed")
+                await asyncio.sleep(0.1)
+                self._wake.set()
+
+    async def _pass(self) -> None:
+        streams = list(self._streams.values())
+        if not streams or not self._ready:
+            return
+        self._rotate = (self._rotate + 1) % len(streams)
+        streams = streams[self._rotate :] + streams[: self._rotate]
+        claims = []
+        for s in streams:
+            want = s.credits
+            queues = [q for q in s.queues if q in self._ready]
+            if want <= 0 or not queues:
+                continue
+            s.claiming += want
+            gens = {q: self._gen.get(q, 0) for q in queues}
+            claims.append(self._claim(s, queues, want, gens))
+        if claims:
+            await asyncio.gather(*claims)
+
+    async def _claim(self, s: LeaseStream, queues: list[str], want: int, gens: dict[str, int]) -> None:
+        def op(store: Store, now: int) -> list[Job]:
+            return store.claim(queues, want, s.worker_id, s.lease_us, now)
+
+        try:
+            jobs, _ = await self._writer.submit(op)
+        finally:
+            s.claiming -= want
+        if len(jobs) < want:
+            for q in queues:
+                if self._gen.get(q, 0) == gens[q]:
+                    self._ready.discard(q)
+        if not jobs:
+            return
+        if s.closed:
+            await self._unclaim(jobs)
+            return
+        deliveries = []
+        for job in jobs:
+            assert job.lease_id is not None and job.lease_expires_at is not None
+            previous = self._leases.get(job.id)
+            if previous is not None:
+                previous.outstanding.discard(job.id)
+            self._leases[job.id] = s
+            s.outstanding.add(job.id)
+            deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
+        s.outbox.put_nowait(deliveries)
+        self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))
+
+    async def _unclaim(self, jobs: list[Job]) -> None:
+        pairs = [(j.id, j.lease_id) for j in jobs if j.lease_id is not None]
+        await self._writer.submit(lambda store, now: store.unclaim(pairs, now))
+        self.notify({j.queue for j in jobs})

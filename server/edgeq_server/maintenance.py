@@ -1,0 +1,195 @@
+"""Background work on timers, never polling: delayed jobs coming due, lease expiry, and
+the retention sweep.
+
+``run_once(now)`` does everything that is due at ``now`` and is what tests call with a
+fixed clock. ``run()`` is the thin loop around it: it sleeps until the earliest of the
+next delayed job, the next lease expiry and the next retention sweep, or until something
+earlier is noted (``note_due`` / ``note_lease``) or a manual clock moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from .clock import MICROS, Clock
+from .dispatch import Dispatcher
+from .models import JobState
+from .readers import Readers
+from .store import Expired, Store
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+EXPIRE_BATCH = 500
+RETENTION_BATCH = 500
+#: At most this many retention batches per sweep, so a backlog never makes a long transaction run.
+RETENTION_BATCHES_PER_SWEEP = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long final jobs are kept, in microseconds; 0 keeps them forever."""
+
+    completed_us: int = 24 * 3600 * MICROS
+    failed_us: int = 7 * 24 * 3600 * MICROS
+    cancelled_us: int = 24 * 3600 * MICROS
+    interval_us: int = 60 * MICROS
+
+
+@dataclass
+class RunStats:
+    due_queues: int = 0
+    expired: int = 0
+    deleted: int = 0
+
+
+class Maintenance:
+    def __init__(
+        self,
+        writer: Writer,
+        readers: Readers,
+        dispatcher: Dispatcher,
+        clock: Clock,
+        retention: Retention,
+    ) -> None:
+        self._writer = writer
+        self._readers = readers
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._retention = retention
+        self._due: dict[str, int] = {}
+        self._next_expiry: int | None = None
+        self._next_retention = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        clock.subscribe(lambda: loop.call_soon_threadsafe(self._wake.set))
+
+    # ------------------------------------------------------------------ notes
+
+    def note_due(self, queue: str, run_at: int) -> None:
+        """A job on ``queue`` becomes due at ``run_at``."""
+        if run_at <= self._clock.now():
+            self._dispatcher.notify((queue,))
+            return
+        current = self._due.get(queue)
+        if current is None or run_at < current:
+            self._due[queue] = run_at
+            self._wake.set()
+
+    def note_lease(self, expires_at: int) -> None:
+        """A lease was granted or extended to ``expires_at``."""
+        if self._next_expiry is None or expires_at < self._next_expiry:
+            self._next_expiry = expires_at
+            self._wake.set()
+
+    # ------------------------------------------------------------------ work
+
+    async def load(self) -> None:
+        """Read the timers' starting points from the database (startup)."""
+        now = self._clock.now()
+        for queue, at in await self._readers.run(lambda s: s.future_due_times(now)):
+            self.note_due(queue, at)
+        expiry = await self._readers.run(lambda s: s.next_lease_expiry())
+        if expiry is not None:
+            self.note_lease(expiry)
+
+    async def run_once(self, now: int) -> RunStats:
+        stats = RunStats()
+        await self._promote_due(now, stats)
+        if self._next_expiry is not None and self._next_expiry <= now:
+            await self._expire(now, stats)
+        if now >= self._next_retention:
+            await self._sweep(now, stats)
+        return stats
+
+    async def _promote_due(self, now: int, stats: RunStats) -> None:
+        due = [q for q, at in self._due.items() if at <= now]
+        if not due:
+            return
+        for q in due:
+            del self._due[q]
+        self._dispatcher.notify(due)
+        stats.due_queues = len(due)
+        for q in due:
+            nxt = await self._readers.run(lambda s, q=q: s.next_due_after(q, now))  # type: ignore[misc]
+            if nxt is not None:
+                self.note_due(q, nxt)
+
+    async def _expire(self, now: int, stats: RunStats) -> None:
+        self._next_expiry = None
+        while True:
+            expired: list[Expired]
+            expired, _ = await self._writer.submit(lambda s, _now: s.expire_leases(now, EXPIRE_BATCH))
+            self._dispatcher.settled(e.job_id for e in expired)
+            self._dispatcher.notify({e.queue for e in expired if e.state is JobState.PENDING})
+            stats.expired += len(expired)
+            if expired:
+                log.info("expired %d leases", len(expired))
+            if len(expired) < EXPIRE_BATCH:
+                break
+        nxt = await self._readers.run(Store.next_lease_expiry)
+        if nxt is not None:
+            self.note_lease(nxt)
+
+    async def _sweep(self, now: int, stats: RunStats) -> None:
+        r = self._retention
+        backlog = False
+        for state, keep in (
+            (JobState.COMPLETED, r.completed_us),
+            (JobState.FAILED, r.failed_us),
+            (JobState.CANCELLED, r.cancelled_us),
+        ):
+            if keep <= 0:
+                continue
+            for _ in range(RETENTION_BATCHES_PER_SWEEP):
+                n, _ = await self._writer.submit(
+                    lambda s, _now, st=state, k=keep: s.delete_finished(st, now - k, RETENTION_BATCH)  # type: ignore[misc]
+                )
+                stats.deleted += n
+                if n < RETENTION_BATCH:
+                    break
+            else:
+                backlog = True
+        # With a backlog, come back soon (small transactions, the writer stays responsive).
+        self._next_retention = now + (MICROS // 10 if backlog else r.interval_us)
+
+    # ------------------------------------------------------------------ loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="edgeq-maintenance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _next_wakeup(self) -> int:
+        times = [self._next_retention, *self._due.values()]
+        if self._next_expiry is not None:
+            times.append(self._next_expiry)
+        return min(times)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_once(self._clock.now())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance run failed")
+                await asyncio.sleep(1)
+                continue
+            delay = (self._next_wakeup() - self._clock.now()) / MICROS
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 3600))
+                except TimeoutError:
+                    pass

@@ -1,0 +1,121 @@
+"""The job model: states, legal transitions, row and spec types, the retry backoff. No I/O.
+
+State machine (docs/architecture.md draws it)::
+
+    Enqueue -> PENDING --lease--> RUNNING --ack--> COMPLETED
+                 ^  ^               |  |  \\--nack(terminal) / attempts exhausted--> FAILED
+       RetryJob  |  \\--nack/expiry-/  |
+    FAILED/CANCELLED                  \\--CancelJob--> CANCELLED (from PENDING too)
+
+The database enforces the same with CHECK constraints (``db.py``); this module is the
+Python-side statement of it, used by the store and by tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+
+class JobState(str, enum.Enum):
+    """Stored value of ``jobs.status``; the proto's JobState minus UNSPECIFIED."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+#: Every legal (from, to) pair. Anything else is a bug or a FAILED_PRECONDITION.
+TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
+    {
+        (JobState.PENDING, JobState.RUNNING),  # lease
+        (JobState.PENDING, JobState.CANCELLED),  # CancelJob
+        (JobState.RUNNING, JobState.COMPLETED),  # Ack
+        (JobState.RUNNING, JobState.PENDING),  # Nack / expiry with attempts left
+        (JobState.RUNNING, JobState.FAILED),  # Nack terminal / attempts exhausted
+        (JobState.RUNNING, JobState.CANCELLED),  # CancelJob
+        (JobState.FAILED, JobState.PENDING),  # RetryJob
+        (JobState.CANCELLED, JobState.PENDING),  # RetryJob
+    }
+)
+
+
+class LeaseOutcome(enum.IntEnum):
+    """Per-item result of Ack, Nack and Heartbeat (values match the proto enum)."""
+
+    OK = 1
+    STALE = 2
+    INVALID = 3
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated job to enqueue. Times are absolute microseconds."""
+
+    queue: str
+    payload: bytes
+    run_at: int | None  # None => now (at commit)
+    max_attempts: int
+    priority: int = 0
+    idempotency_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of ``jobs`` as the store returns it."""
+
+    id: str
+    queue: str
+    payload: bytes
+    state: JobState
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_at: int
+    created_at: int
+    started_at: int | None
+    completed_at: int | None
+    lease_expires_at: int | None
+    lease_id: str | None
+    worker_id: str | None
+    error_message: str | None
+    idempotency_key: str | None
+    headers: dict[str, str]
+    result: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    job_id: str
+    duplicate: bool
+    queue: str
+    run_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter for retries that name no delay.
+
+    Attempt n (1-based) waits ``min(max, base * 2**(n-1))``, then "equal jitter": half of
+    that fixed, the other half uniform random, so retries of a burst spread out instead
+    of returning in lockstep (what Faktory, Sidekiq and River do with attempt**4 + rand).
+    """
+
+    base_us: int = 1_000_000
+    max_us: int = 3_600_000_000
+
+    def delay_us(self, attempt: int, rng: random.Random | None = None) -> int:
+        r = rng or random
+        capped = min(self.max_us, self.base_us * (2 ** max(0, min(attempt - 1, 40))))
+        half = capped // 2
+        return half + int(r.random() * (capped - half))

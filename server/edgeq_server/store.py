@@ -1,0 +1,475 @@
+"""The store: every SQL statement edgeq runs, and nothing else.
+
+A ``Store`` wraps one apsw connection. Write methods run inside the writer thread's
+transaction (``writer.py`` opens it, wraps each call in a savepoint and commits the
+group); read methods run on reader connections. Every method that depends on time takes
+``now`` (microseconds) so tests drive it with a fixed clock.
+
+A lease is "live" while the job is RUNNING with that ``lease_id`` and ``now`` is before
+``lease_expires_at``; Ack, Nack and Heartbeat on anything else report STALE and change
+nothing, whether or not the expiry sweep has run yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import apsw
+
+from .errors import FailedPrecondition, NotFound
+from .models import Backoff, EnqueueResult, Job, JobSpec, JobState, LeaseOutcome
+from .tokens import LeaseRef
+
+_COLUMNS = (
+    "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
+    " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
+    " idempotency_key, headers, result"
+)
+_CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL"
+_FINAL = "('completed', 'failed', 'cancelled')"
+
+
+def _job(row: Sequence[object]) -> Job:
+    headers = row[16]
+    return Job(
+        id=str(row[0]),
+        queue=str(row[1]),
+        payload=bytes(row[2]),  # type: ignore[arg-type]
+        state=JobState(row[3]),
+        attempts=int(row[4]),  # type: ignore[call-overload]
+        max_attempts=int(row[5]),  # type: ignore[call-overload]
+        priority=int(row[6]),  # type: ignore[call-overload]
+        run_at=int(row[7]),  # type: ignore[call-overload]
+        created_at=int(row[8]),  # type: ignore[call-overload]
+        started_at=row[9],  # type: ignore[arg-type]
+        completed_at=row[10],  # type: ignore[arg-type]
+        lease_expires_at=row[11],  # type: ignore[arg-type]
+        lease_id=row[12],  # type: ignore[arg-type]
+        worker_id=row[13],  # type: ignore[arg-type]
+        error_message=row[14],  # type: ignore[arg-type]
+        idempotency_key=row[15],  # type: ignore[arg-type]
+        headers=json.loads(headers) if headers else {},  # type: ignore[arg-type]
+        result=row[17],  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What one Ack/Nack item did, for the dispatcher to return credit."""
+
+    outcome: LeaseOutcome
+    job_id: str | None = None
+    queue: str | None = None
+    state: JobState | None = None  # state after the change
+    run_at: int | None = None  # when a retried job may run again
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A lease the expiry sweep ended."""
+
+    job_id: str
+    queue: str
+    state: JobState  # PENDING (will retry) or FAILED (attempts exhausted)
+    run_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    queue: str
+    pending: int = 0
+    scheduled: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    oldest_ready_run_at: int | None = None
+    paused: bool = False
+
+
+class Store:
+    """All SQL. One instance per connection; not thread-safe (one thread per connection)."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+
+    # ----------------------------------------------------------------- transactions
+    # The writer drives these; nothing else opens transactions.
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if not self.conn.in_transaction:
+            return
+        self.conn.execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self.conn.execute("SAVEPOINT op")
+
+    def release(self) -> None:
+        self.conn.execute("RELEASE op")
+
+    def rollback_to_savepoint(self) -> None:
+        self.conn.execute("ROLLBACK TO op; RELEASE op")
+
+    def bump_txid(self) -> int:
+        """Advance the commit counter inside the current transaction."""
+        return int(self.conn.execute("UPDATE node SET txid = txid + 1 RETURNING txid").get)  # type: ignore[call-overload]
+
+    # ----------------------------------------------------------------- node facts
+
+    def txid(self) -> int:
+        return int(self.conn.execute("SELECT txid FROM node").get)  # type: ignore[call-overload]
+
+    def token_key(self) -> bytes:
+        return bytes(self.conn.execute("SELECT token_key FROM node").get)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------- writes
+
+    def enqueue(self, specs: Sequence[JobSpec], now: int, new_id: Iterable[str]) -> list[EnqueueResult]:
+        """Insert jobs; a (queue, idempotency_key) already retained (or earlier in this
+        batch) returns that job's id with duplicate=True."""
+        ids = iter(new_id)
+        results: list[EnqueueResult] = []
+        seen: dict[tuple[str, str], EnqueueResult] = {}
+        cur = self.conn.cursor()
+        for queue in {s.queue for s in specs}:
+            cur.execute(
+                "INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (queue, now),
+            )
+        for spec in specs:
+            key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
+            if key is not None:
+                if key in seen:
+                    first = seen[key]
+                    results.append(EnqueueResult(first.job_id, True, first.queue, first.run_at))
+                    continue
+                row = cur.execute(
+                    "SELECT id, run_at FROM jobs WHERE queue_name = ? AND idempotency_key = ?", key
+                ).fetchone()
+                if row is not None:
+                    res = EnqueueResult(str(row[0]), True, spec.queue, int(row[1]))
+                    seen[key] = res
+                    results.append(res)
+                    continue
+            job_id = next(ids)
+            run_at = now if spec.run_at is None else spec.run_at
+            cur.execute(
+                "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
+                " priority, run_at, created_at, idempotency_key, headers)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    spec.queue,
+                    spec.payload,
+                    spec.max_attempts,
+                    spec.priority,
+                    run_at,
+                    now,
+                    spec.idempotency_key,
+                    json.dumps(spec.headers, separators=(",", ":")) if spec.headers else None,
+                ),
+            )
+            res = EnqueueResult(job_id, False, spec.queue, run_at)
+            if key is not None:
+                seen[key] = res
+            results.append(res)
+        return results
+
+    def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int
+    ) -> list[Job]:
+        """Lease up to ``limit`` due jobs from the unpaused ``queues``: highest priority
+        first, then run_at, then enqueue order. Each gets a fresh ``lease_id``."""
+        if limit <= 0 or not queues:
+            return []
+        cur = self.conn.cursor()
+        paused = self._paused_among(cur, queues)
+        live = [q for q in queues if q not in paused]
+        if not live:
+            return []
+        candidates: list[tuple[int, int, int]] = []  # (-priority, run_at, rowid)
+        for queue in live:
+            for rowid, priority, run_at in cur.execute(
+                "SELECT rowid, priority, run_at FROM jobs"
+                " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
+                " ORDER BY priority DESC, run_at, rowid LIMIT ?",
+                (queue, now, limit),
+            ):
+                candidates.append((-int(priority), int(run_at), int(rowid)))
+        if not candidates:
+            return []
+        candidates.sort()
+        chosen = [c[2] for c in candidates[:limit]]
+        order = {rowid: i for i, rowid in enumerate(chosen)}
+        rows = cur.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+            " lease_expires_at = ?, lease_us = ?, lease_id = lower(hex(randomblob(8))),"
+            " worker_id = ? WHERE rowid IN (SELECT value FROM json_each(?))"
+            f" RETURNING rowid, {_COLUMNS}",
+            (now, now + lease_us, lease_us, worker_id or None, json.dumps(chosen)),
+        ).fetchall()
+        rows.sort(key=lambda r: order[int(r[0])])  # type: ignore[call-overload]
+        return [_job(r[1:]) for r in rows]
+
+    def unclaim(self, job_ids: Sequence[tuple[str, str]], now: int) -> int:
+        """Return just-claimed jobs that never reached a worker (the stream closed first)
+        to PENDING without counting the attempt. Takes (job_id, lease_id) pairs."""
+        n = 0
+        cur = self.conn.cursor()
+        for job_id, lease_id in job_ids:
+            cur.execute(
+                "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL,"
+                f" worker_id = NULL, {_CLEAR_LEASE}"
+                " WHERE id = ? AND lease_id = ? AND status = 'running'",
+                (job_id, lease_id),
+            )
+            n += self.conn.changes()
+        return n
+
+    def _live(self, cur: apsw.Cursor, ref: LeaseRef, now: int) -> tuple[str, int, int, int] | None:
+        row = cur.execute(
+            "SELECT queue_name, attempts, max_attempts, lease_us FROM jobs"
+            " WHERE id = ? AND lease_id = ? AND status = 'running' AND lease_expires_at > ?",
+            (ref.job_id, ref.lease_id, now),
+        ).fetchone()
+        if row is None:
+            return None
+        return str(row[0]), int(row[1]), int(row[2]), int(row[3])  # type: ignore[call-overload]
+
+    def ack(self, items: Sequence[tuple[LeaseRef | None, bytes]], now: int) -> list[Settled]:
+        """Complete live leases; ``None`` refs (bad signature) are INVALID."""
+        cur = self.conn.cursor()
+        out: list[Settled] = []
+        for ref, result in items:
+            if ref is None:
+                out.append(Settled(LeaseOutcome.INVALID))
+                continue
+            row = cur.execute(
+                "UPDATE jobs SET status = 'completed', completed_at = ?, result = ?,"
+                f" {_CLEAR_LEASE} WHERE id = ? AND lease_id = ? AND status = 'running'"
+                " AND lease_expires_at > ? RETURNING queue_name",
+                (now, result or None, ref.job_id, ref.lease_id, now),
+            ).fetchone()
+            if row is None:
+                out.append(Settled(LeaseOutcome.STALE, ref.job_id))
+            else:
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, str(row[0]), JobState.COMPLETED))
+        return out
+
+    def nack(
+        self,
+        items: Sequence[tuple[LeaseRef | None, str, int | None, bool]],
+        backoff: Backoff,
+        now: int,
+    ) -> list[Settled]:
+        """Fail live leases: (ref, error_message, retry_delay_us or None, terminal).
+        Retries after the delay (or backoff) unless terminal or out of attempts."""
+        cur = self.conn.cursor()
+        out: list[Settled] = []
+        for ref, message, delay_us, terminal in items:
+            if ref is None:
+                out.append(Settled(LeaseOutcome.INVALID))
+                continue
+            live = self._live(cur, ref, now)
+            if live is None:
+                out.append(Settled(LeaseOutcome.STALE, ref.job_id))
+                continue
+            queue, attempts, max_attempts, _ = live
+            if terminal or attempts >= max_attempts:
+                cur.execute(
+                    "UPDATE jobs SET status = 'failed', completed_at = ?, error_message = ?,"
+                    f" {_CLEAR_LEASE} WHERE id = ?",
+                    (now, message or None, ref.job_id),
+                )
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.FAILED))
+            else:
+                delay = backoff.delay_us(attempts) if delay_us is None else delay_us
+                cur.execute(
+                    "UPDATE jobs SET status = 'pending', run_at = ?, error_message = ?,"
+                    f" {_CLEAR_LEASE} WHERE id = ?",
+                    (now + delay, message or None, ref.job_id),
+                )
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.PENDING, now + delay))
+        return out
+
+    def heartbeat(
+        self, refs: Sequence[LeaseRef | None], extend_by_us: int | None, now: int
+    ) -> list[tuple[LeaseOutcome, int | None]]:
+        """Extend live leases to now + extend_by (or each lease's own length)."""
+        cur = self.conn.cursor()
+        out: list[tuple[LeaseOutcome, int | None]] = []
+        for ref in refs:
+            if ref is None:
+                out.append((LeaseOutcome.INVALID, None))
+                continue
+            row = cur.execute(
+                "UPDATE jobs SET lease_expires_at = ? + coalesce(?, lease_us)"
+                " WHERE id = ? AND lease_id = ? AND status = 'running' AND lease_expires_at > ?"
+                " RETURNING lease_expires_at",
+                (now, extend_by_us, ref.job_id, ref.lease_id, now),
+            ).fetchone()
+            out.append((LeaseOutcome.STALE, None) if row is None else (LeaseOutcome.OK, int(row[0])))  # type: ignore[call-overload]
+        return out
+
+    def cancel(self, job_id: str, now: int) -> tuple[Job, bool]:
+        """Cancel a PENDING or RUNNING job. Returns the job and whether it was RUNNING."""
+        cur = self.conn.cursor()
+        row = cur.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        state = JobState(row[0])
+        if state.final:
+            raise FailedPrecondition(f"job {job_id} is {state.value}; only pending or running jobs can be cancelled")
+        job = _job(
+            cur.execute(
+                "UPDATE jobs SET status = 'cancelled', completed_at = ?,"
+                f" {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                (now, job_id),
+            ).fetchone()  # type: ignore[arg-type]
+        )
+        return job, state is JobState.RUNNING
+
+    def retry(self, job_id: str, now: int) -> Job:
+        """Redrive a FAILED or CANCELLED job: PENDING now, attempts reset."""
+        cur = self.conn.cursor()
+        row = cur.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        state = JobState(row[0])
+        if state not in (JobState.FAILED, JobState.CANCELLED):
+            raise FailedPrecondition(f"job {job_id} is {state.value}; only failed or cancelled jobs can be retried")
+        return _job(
+            cur.execute(
+                "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"
+                f" result = NULL, worker_id = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                (now, job_id),
+            ).fetchone()  # type: ignore[arg-type]
+        )
+
+    def set_paused(self, queue: str, paused: bool, now: int) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, paused, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            (queue, int(paused), now),
+        )
+
+    def expire_leases(self, now: int, limit: int) -> list[Expired]:
+        """End up to ``limit`` lapsed leases: back to PENDING (run now), or FAILED when the
+        attempt that lapsed was the last one."""
+        rows = self.conn.execute(
+            "UPDATE jobs SET"
+            " status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,"
+            " completed_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END,"
+            " run_at = CASE WHEN attempts >= max_attempts THEN run_at ELSE ?1 END,"
+            " error_message = 'lease expired (attempt ' || attempts || ' of ' || max_attempts"
+            "   || ', worker ' || coalesce(worker_id, '?') || ')',"
+            f" {_CLEAR_LEASE}"
+            " WHERE rowid IN (SELECT rowid FROM jobs WHERE status = 'running'"
+            "   AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2)"
+            " RETURNING id, queue_name, status, run_at",
+            (now, limit),
+        ).fetchall()
+        return [Expired(str(r[0]), str(r[1]), JobState(r[2]), int(r[3])) for r in rows]  # type: ignore[call-overload]
+
+    def delete_finished(self, state: JobState, completed_before: int, limit: int) -> int:
+        """Delete up to ``limit`` jobs in final ``state`` finished before the cutoff."""
+        assert state.final
+        self.conn.execute(
+            "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs"
+            f" WHERE status IN {_FINAL} AND status = ? AND completed_at < ?"
+            " ORDER BY completed_at LIMIT ?)",
+            (state.value, completed_before, limit),
+        )
+        return self.conn.changes()
+
+    # ----------------------------------------------------------------- reads
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def list_jobs(
+        self, queue: str | None, state: JobState | None, after_rowid: int, limit: int
+    ) -> list[tuple[int, Job]]:
+        """A page of jobs in enqueue order (rowid), strictly after ``after_rowid``."""
+        where = ["rowid > ?"]
+        args: list[object] = [after_rowid]
+        if queue:
+            where.append("queue_name = ?")
+            args.append(queue)
+        if state is not None:
+            where.append("status = ?")
+            args.append(state.value)
+        args.append(limit)
+        rows = self.conn.execute(
+            f"SELECT rowid, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",
+            args,
+        ).fetchall()
+        return [(int(r[0]), _job(r[1:])) for r in rows]  # type: ignore[call-overload]
+
+    def queue_stats(self, queues: Sequence[str], now: int) -> list[QueueCounts]:
+        """Counts by state per queue; all known queues when ``queues`` is empty."""
+        cur = self.conn.cursor()
+        known = {str(n): bool(p) for n, p in cur.execute("SELECT name, paused FROM queues")}
+        names = sorted(set(queues) if queues else set(known))
+        out: list[QueueCounts] = []
+        for name in names:
+            row = cur.execute(
+                "SELECT"
+                " sum(status = 'pending' AND run_at <= ?1), sum(status = 'pending' AND run_at > ?1),"
+                " sum(status = 'running'), sum(status = 'completed'), sum(status = 'failed'),"
+                " sum(status = 'cancelled'),"
+                " min(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END)"
+                " FROM jobs WHERE queue_name = ?2",
+                (now, name),
+            ).fetchone()
+            assert row is not None
+            c = [int(v or 0) for v in row[:6]]  # type: ignore[call-overload]
+            out.append(
+                QueueCounts(name, *c, oldest_ready_run_at=row[6], paused=known.get(name, False))  # type: ignore[arg-type]
+            )
+        return out
+
+    def paused_queues(self) -> set[str]:
+        return {str(r[0]) for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")}
+
+    def _paused_among(self, cur: apsw.Cursor, queues: Sequence[str]) -> set[str]:
+        return {
+            str(r[0])
+            for r in cur.execute(
+                "SELECT name FROM queues WHERE paused = 1 AND name IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(queues)),),
+            )
+        }
+
+    def next_lease_expiry(self) -> int | None:
+        v = self.conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'").get
+        return None if v is None else int(v)  # type: ignore[call-overload]
+
+    def future_due_times(self, now: int) -> list[tuple[str, int]]:
+        """Per queue, the earliest run_at of a pending job still in the future (startup)."""
+        return [
+            (str(q), int(t))  # type: ignore[call-overload]
+            for q, t in self.conn.execute(
+                "SELECT queue_name, min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?"
+                " GROUP BY queue_name",
+                (now,),
+            )
+        ]
+
+    def next_due_after(self, queue: str, now: int) -> int | None:
+        """Earliest future run_at among one queue's pending jobs."""
+        v = self.conn.execute(
+            "SELECT min(run_at) FROM jobs WHERE queue_name = ? AND status = 'pending' AND run_at > ?",
+            (queue, now),
+        ).get
+        return None if v is None else int(v)  # type: ignore[call-overload]

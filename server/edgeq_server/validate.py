@@ -1,0 +1,252 @@
+"""Request validation: protobuf requests in, checked domain values out.
+
+Every rule raises ``InvalidArgument`` (malformed) or ``ResourceExhausted`` (over a size
+limit) naming the field path, before anything is written. The limits come from Config.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeq.v1 import queue_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from .clock import MICROS
+from .config import Config
+from .convert import PROTO_TO_STATE
+from .errors import InvalidArgument, ResourceExhausted
+from .models import JobSpec, JobState
+from .tokens import LeaseRef, TokenCodec
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_IDEMPOTENCY_KEY = 256
+MAX_HEADERS = 64
+MAX_HEADER_KEY = 128
+MAX_HEADERS_BYTES = 16 * 1024
+MAX_WORKER_ID = 256
+MAX_ERROR_MESSAGE = 64 * 1024
+MAX_QUEUES_PER_LEASE = 100
+MAX_IN_FLIGHT = 10_000
+MIN_LEASE_US = 1 * MICROS
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_ATTEMPTS = 1000
+# Timestamp range of google.protobuf.Timestamp: 0001-01-01 .. 9999-12-31.
+_TS_MIN, _TS_MAX = -62135596800, 253402300799
+
+
+def queue_name(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not QUEUE_NAME.match(value):
+        raise InvalidArgument(field, "must match [A-Za-z0-9._-]{1,128}")
+    return value
+
+
+def job_id(value: str, field: str = "job_id") -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not JOB_ID.match(value):
+        raise InvalidArgument(field, "is not a job id (lowercase UUID text)")
+    return value
+
+
+def duration_us(d: duration_pb2.Duration, field: str, *, max_us: int) -> int:
+    """A non-negative Duration in microseconds, at most ``max_us``."""
+    if abs(d.nanos) >= 1_000_000_000 or (d.seconds > 0 and d.nanos < 0) or (d.seconds < 0 and d.nanos > 0):
+        raise InvalidArgument(field, "is not a valid Duration")
+    if d.seconds < 0 or d.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    us = d.seconds * MICROS + d.nanos // 1000
+    if us > max_us:
+        raise InvalidArgument(field, f"must be at most {max_us / MICROS:g}s")
+    return us
+
+
+def timestamp_us(t: timestamp_pb2.Timestamp, field: str) -> int:
+    if not (_TS_MIN <= t.seconds <= _TS_MAX) or not 0 <= t.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "is not a valid Timestamp")
+    return t.seconds * MICROS + t.nanos // 1000
+
+
+def _batch(n: int, field: str, cfg: Config) -> None:
+    if n == 0:
+        raise InvalidArgument(field, "must not be empty")
+    if n > cfg.max_batch:
+        raise ResourceExhausted(field, f"has {n} items; at most {cfg.max_batch} per call")
+
+
+def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
+    queue = queue_name(s.queue, f"{field}.queue")
+    if len(s.payload) > cfg.max_payload_bytes:
+        raise ResourceExhausted(f"{field}.payload", f"is {len(s.payload)} bytes; the limit is {cfg.max_payload_bytes}")
+    max_delay = int(cfg.max_delay_seconds * MICROS)
+    run_at: int | None = None
+    if s.HasField("delay") and s.HasField("run_at"):
+        raise InvalidArgument(f"{field}.delay", "delay and run_at are mutually exclusive")
+    if s.HasField("delay"):
+        run_at = now + duration_us(s.delay, f"{field}.delay", max_us=max_delay)
+    elif s.HasField("run_at"):
+        run_at = timestamp_us(s.run_at, f"{field}.run_at")
+        if run_at > now + max_delay:
+            raise InvalidArgument(f"{field}.run_at", f"is more than {cfg.max_delay_seconds:g}s in the future")
+        run_at = max(run_at, now)
+    if s.max_attempts < 0 or s.max_attempts > MAX_ATTEMPTS:
+        raise InvalidArgument(f"{field}.max_attempts", f"must be 0 (default) to {MAX_ATTEMPTS}")
+    key = s.idempotency_key
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(f"{field}.idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
+    headers = dict(s.headers)
+    if len(headers) > MAX_HEADERS:
+        raise ResourceExhausted(f"{field}.headers", f"has {len(headers)} entries; at most {MAX_HEADERS}")
+    size = 0
+    for k, v in headers.items():
+        if not k or len(k) > MAX_HEADER_KEY:
+            raise InvalidArgument(f"{field}.headers", f"keys must be 1..{MAX_HEADER_KEY} characters")
+        size += len(k.encode()) + len(v.encode())
+    if size > MAX_HEADERS_BYTES:
+        raise ResourceExhausted(f"{field}.headers", f"are {size} bytes; at most {MAX_HEADERS_BYTES}")
+    return JobSpec(
+        queue=queue,
+        payload=s.payload,
+        run_at=run_at,
+        max_attempts=s.max_attempts or cfg.default_max_attempts,
+        priority=s.priority,
+        idempotency_key=key or None,
+        headers=headers,
+    )
+
+
+def enqueue(req: pb.EnqueueRequest, cfg: Config, now: int) -> list[JobSpec]:
+    _batch(len(req.jobs), "jobs", cfg)
+    return [job_spec(s, f"jobs[{i}]", cfg, now) for i, s in enumerate(req.jobs)]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseParams:
+    queues: tuple[str, ...]
+    worker_id: str
+    max_in_flight: int
+    lease_us: int
+
+
+def lease(req: pb.LeaseRequest, cfg: Config) -> LeaseParams:
+    if not req.queues:
+        raise InvalidArgument("queues", "must name at least one queue")
+    if len(req.queues) > MAX_QUEUES_PER_LEASE:
+        raise InvalidArgument("queues", f"must name at most {MAX_QUEUES_PER_LEASE} queues")
+    queues = tuple(queue_name(q, f"queues[{i}]") for i, q in enumerate(req.queues))
+    if len(req.worker_id) > MAX_WORKER_ID:
+        raise InvalidArgument("worker_id", f"must be at most {MAX_WORKER_ID} characters")
+    if req.max_in_flight < 0 or req.max_in_flight > MAX_IN_FLIGHT:
+        raise InvalidArgument("max_in_flight", f"must be 0 (means 1) to {MAX_IN_FLIGHT}")
+    lease_us = int(cfg.default_lease_seconds * MICROS)
+    if req.HasField("lease_duration"):
+        given = duration_us(req.lease_duration, "lease_duration", max_us=int(cfg.max_lease_seconds * MICROS))
+        if given:
+            if given < MIN_LEASE_US:
+                raise InvalidArgument("lease_duration", "must be at least 1s")
+            lease_us = given
+    return LeaseParams(queues, req.worker_id, req.max_in_flight or 1, lease_us)
+
+
+def token(codec: TokenCodec, value: str, field: str) -> LeaseRef | None:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    try:
+        return codec.parse(value)
+    except ValueError as exc:
+        raise InvalidArgument(field, str(exc)) from None
+
+
+def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseRef | None, bytes]]:
+    _batch(len(req.items), "items", cfg)
+    out = []
+    for i, item in enumerate(req.items):
+        ref = token(codec, item.lease_token, f"items[{i}].lease_token")
+        if len(item.result) > cfg.max_payload_bytes:
+            raise ResourceExhausted(f"items[{i}].result", f"is {len(item.result)} bytes; the limit is {cfg.max_payload_bytes}")
+        out.append((ref, item.result))
+    return out
+
+
+def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseRef | None, str, int | None, bool]]:
+    _batch(len(req.items), "items", cfg)
+    out = []
+    max_delay = int(cfg.max_delay_seconds * MICROS)
+    for i, item in enumerate(req.items):
+        ref = token(codec, item.lease_token, f"items[{i}].lease_token")
+        if len(item.error_message) > MAX_ERROR_MESSAGE:
+            raise ResourceExhausted(f"items[{i}].error_message", f"must be at most {MAX_ERROR_MESSAGE} characters")
+        delay: int | None = None
+        if item.HasField("retry_delay"):
+            delay = duration_us(item.retry_delay, f"items[{i}].retry_delay", max_us=max_delay) or None
+        out.append((ref, item.error_message, delay, item.terminal))
+    return out
+
+
+def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple[list[LeaseRef | None], int | None]:
+    _batch(len(req.lease_tokens), "lease_tokens", cfg)
+    refs = [token(codec, t, f"lease_tokens[{i}]") for i, t in enumerate(req.lease_tokens)]
+    extend: int | None = None
+    if req.HasField("extend_by"):
+        extend = duration_us(req.extend_by, "extend_by", max_us=int(cfg.max_lease_seconds * MICROS)) or None
+        if extend is not None and extend < MIN_LEASE_US:
+            raise InvalidArgument("extend_by", "must be at least 1s")
+    return refs, extend
+
+
+def state_filter(value: int, field: str = "state") -> JobState | None:
+    if value == pb.JOB_STATE_UNSPECIFIED:
+        return None
+    state = PROTO_TO_STATE.get(value)  # type: ignore[call-overload]
+    if state is None:
+        raise InvalidArgument(field, f"unknown JobState {value}")
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class ListParams:
+    queue: str | None
+    state: JobState | None
+    page_size: int
+    after_rowid: int
+
+
+def _filter_key(queue: str | None, state: JobState | None) -> str:
+    return f"{queue or ''}/{state.value if state else ''}"
+
+
+def encode_page_token(after_rowid: int, queue: str | None, state: JobState | None) -> str:
+    raw = json.dumps({"a": after_rowid, "f": _filter_key(queue, state)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def list_jobs(req: pb.ListJobsRequest) -> ListParams:
+    queue = queue_name(req.queue, "queue") if req.queue else None
+    state = state_filter(req.state)
+    if req.page_size < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    after = 0
+    if req.page_token:
+        try:
+            padded = req.page_token + "=" * (-len(req.page_token) % 4)
+            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            after = int(data["a"])
+            token_filter = str(data["f"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise InvalidArgument("page_token", "is not a token from ListJobs") from None
+        if token_filter != _filter_key(queue, state):
+            raise InvalidArgument("page_token", "was issued for different filters")
+    return ListParams(queue, state, size, after)
+
+
+def queue_list(values: Sequence[str], field: str = "queues") -> list[str]:
+    return [queue_name(q, f"{field}[{i}]") for i, q in enumerate(values)]
