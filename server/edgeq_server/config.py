@@ -88,7 +88,7 @@ class Config:
                 continue
             raw = env.get(cls.env_name(f.name))
             if raw is not None:
-                kind = type(f.default)
+                kind: Any = type(f.default)
                 try:
                     values[f.name] = kind(raw)
                 except ValueError:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from edgeq.v1 import queue_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
+
+from edgeq.v1 import queue_pb2 as pb
 
 from .clock import MICROS
 from .dispatch import Delivery
-from .models import Job, JobState
+from .models import Job, JobState, LeaseOutcome
 from .store import QueueCounts
 
 STATE_TO_PROTO = {
@@ -18,6 +19,11 @@ STATE_TO_PROTO = {
     JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
 }
 PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items()}
+OUTCOME_TO_PROTO = {
+    LeaseOutcome.OK: pb.LEASE_OUTCOME_OK,
+    LeaseOutcome.STALE: pb.LEASE_OUTCOME_STALE,
+    LeaseOutcome.INVALID: pb.LEASE_OUTCOME_INVALID,
+}
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 import apsw
 
@@ -96,7 +97,8 @@ def connect(path: str, *, writer: bool = False) -> apsw.Connection:
 
 def migrate(conn: apsw.Connection) -> int:
     """Bring the schema up to date; return the resulting version."""
-    version = int(conn.execute("PRAGMA user_version").fetchall()[0][0])
+    version: Any = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    version = int(version)
     if version > len(MIGRATIONS):
         raise RuntimeError(
             f"database schema version {version} is newer than this server ({len(MIGRATIONS)})"

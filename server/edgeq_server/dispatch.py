@@ -88,6 +88,11 @@ class Dispatcher:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def outstanding(self) -> int:
+        """Leases handed out by this node and not yet settled, cancelled or expired."""
+        return len(self._leases)
+
     def open(self, queues: Iterable[str], worker_id: str, max_in_flight: int, lease_us: int) -> LeaseStream:
         stream = LeaseStream(next(self._ids), tuple(dict.fromkeys(queues)), worker_id, max_in_flight, lease_us)
         self._streams[stream.id] = stream

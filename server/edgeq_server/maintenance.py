@@ -65,7 +65,10 @@ class Maintenance:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
-        clock.subscribe(lambda: loop.call_soon_threadsafe(self._wake.set))
+        clock.subscribe(lambda: self._wake_threadsafe(loop))
+
+    def _wake_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self._wake.set)
 
     # ------------------------------------------------------------------ notes
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Stored value of ``jobs.status``; the proto's JobState minus UNSPECIFIED."""
 
     PENDING = "pending"
@@ -115,7 +115,7 @@ class Backoff:
     max_us: int = 3_600_000_000
 
     def delay_us(self, attempt: int, rng: random.Random | None = None) -> int:
-        r = rng or random
-        capped = min(self.max_us, self.base_us * (2 ** max(0, min(attempt - 1, 40))))
+        uniform = (rng or random).random
+        capped = min(self.max_us, self.base_us << max(0, min(attempt - 1, 40)))
         half = capped // 2
-        return half + int(r.random() * (capped - half))
+        return half + int(uniform() * (capped - half))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
@@ -31,27 +32,27 @@ _CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL"
 _FINAL = "('completed', 'failed', 'cancelled')"
 
 
-def _job(row: Sequence[object]) -> Job:
+def _job(row: Any) -> Job:
     headers = row[16]
     return Job(
         id=str(row[0]),
         queue=str(row[1]),
-        payload=bytes(row[2]),  # type: ignore[arg-type]
+        payload=bytes(row[2]),
         state=JobState(row[3]),
-        attempts=int(row[4]),  # type: ignore[call-overload]
-        max_attempts=int(row[5]),  # type: ignore[call-overload]
-        priority=int(row[6]),  # type: ignore[call-overload]
-        run_at=int(row[7]),  # type: ignore[call-overload]
-        created_at=int(row[8]),  # type: ignore[call-overload]
-        started_at=row[9],  # type: ignore[arg-type]
-        completed_at=row[10],  # type: ignore[arg-type]
-        lease_expires_at=row[11],  # type: ignore[arg-type]
-        lease_id=row[12],  # type: ignore[arg-type]
-        worker_id=row[13],  # type: ignore[arg-type]
-        error_message=row[14],  # type: ignore[arg-type]
-        idempotency_key=row[15],  # type: ignore[arg-type]
-        headers=json.loads(headers) if headers else {},  # type: ignore[arg-type]
-        result=row[17],  # type: ignore[arg-type]
+        attempts=int(row[4]),
+        max_attempts=int(row[5]),
+        priority=int(row[6]),
+        run_at=int(row[7]),
+        created_at=int(row[8]),
+        started_at=row[9],
+        completed_at=row[10],
+        lease_expires_at=row[11],
+        lease_id=row[12],
+        worker_id=row[13],
+        error_message=row[14],
+        idempotency_key=row[15],
+        headers=json.loads(headers) if headers else {},
+        result=row[17],
     )
 
 
@@ -120,15 +121,15 @@ class Store:
 
     def bump_txid(self) -> int:
         """Advance the commit counter inside the current transaction."""
-        return int(self.conn.execute("UPDATE node SET txid = txid + 1 RETURNING txid").get)  # type: ignore[call-overload]
+        return int(self.conn.execute("UPDATE node SET txid = txid + 1 RETURNING txid").get)
 
     # ----------------------------------------------------------------- node facts
 
     def txid(self) -> int:
-        return int(self.conn.execute("SELECT txid FROM node").get)  # type: ignore[call-overload]
+        return int(self.conn.execute("SELECT txid FROM node").get)
 
     def token_key(self) -> bytes:
-        return bytes(self.conn.execute("SELECT token_key FROM node").get)  # type: ignore[arg-type]
+        return bytes(self.conn.execute("SELECT token_key FROM node").get)
 
     # ----------------------------------------------------------------- writes
 
@@ -210,14 +211,14 @@ class Store:
         candidates.sort()
         chosen = [c[2] for c in candidates[:limit]]
         order = {rowid: i for i, rowid in enumerate(chosen)}
-        rows = cur.execute(
+        rows: list[Any] = cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
             " lease_expires_at = ?, lease_us = ?, lease_id = lower(hex(randomblob(8))),"
             " worker_id = ? WHERE rowid IN (SELECT value FROM json_each(?))"
             f" RETURNING rowid, {_COLUMNS}",
             (now, now + lease_us, lease_us, worker_id or None, json.dumps(chosen)),
         ).fetchall()
-        rows.sort(key=lambda r: order[int(r[0])])  # type: ignore[call-overload]
+        rows.sort(key=lambda r: order[int(r[0])])
         return [_job(r[1:]) for r in rows]
 
     def unclaim(self, job_ids: Sequence[tuple[str, str]], now: int) -> int:
@@ -236,14 +237,14 @@ class Store:
         return n
 
     def _live(self, cur: apsw.Cursor, ref: LeaseRef, now: int) -> tuple[str, int, int, int] | None:
-        row = cur.execute(
+        row: Any = cur.execute(
             "SELECT queue_name, attempts, max_attempts, lease_us FROM jobs"
             " WHERE id = ? AND lease_id = ? AND status = 'running' AND lease_expires_at > ?",
             (ref.job_id, ref.lease_id, now),
         ).fetchone()
         if row is None:
             return None
-        return str(row[0]), int(row[1]), int(row[2]), int(row[3])  # type: ignore[call-overload]
+        return str(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     def ack(self, items: Sequence[tuple[LeaseRef | None, bytes]], now: int) -> list[Settled]:
         """Complete live leases; ``None`` refs (bad signature) are INVALID."""
@@ -317,7 +318,7 @@ class Store:
                 " RETURNING lease_expires_at",
                 (now, extend_by_us, ref.job_id, ref.lease_id, now),
             ).fetchone()
-            out.append((LeaseOutcome.STALE, None) if row is None else (LeaseOutcome.OK, int(row[0])))  # type: ignore[call-overload]
+            out.append((LeaseOutcome.STALE, None) if row is None else (LeaseOutcome.OK, int(row[0])))
         return out
 
     def cancel(self, job_id: str, now: int) -> tuple[Job, bool]:
@@ -330,11 +331,11 @@ class Store:
         if state.final:
             raise FailedPrecondition(f"job {job_id} is {state.value}; only pending or running jobs can be cancelled")
         job = _job(
-            cur.execute(
+            cur.execute(  # the row exists: checked above, same transaction
                 "UPDATE jobs SET status = 'cancelled', completed_at = ?,"
                 f" {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
-            ).fetchone()  # type: ignore[arg-type]
+            ).fetchone()
         )
         return job, state is JobState.RUNNING
 
@@ -352,7 +353,7 @@ class Store:
                 "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"
                 f" result = NULL, worker_id = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
-            ).fetchone()  # type: ignore[arg-type]
+            ).fetchone()
         )
 
     def set_paused(self, queue: str, paused: bool, now: int) -> None:
@@ -365,7 +366,7 @@ class Store:
     def expire_leases(self, now: int, limit: int) -> list[Expired]:
         """End up to ``limit`` lapsed leases: back to PENDING (run now), or FAILED when the
         attempt that lapsed was the last one."""
-        rows = self.conn.execute(
+        rows: list[Any] = self.conn.execute(
             "UPDATE jobs SET"
             " status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,"
             " completed_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END,"
@@ -378,7 +379,7 @@ class Store:
             " RETURNING id, queue_name, status, run_at",
             (now, limit),
         ).fetchall()
-        return [Expired(str(r[0]), str(r[1]), JobState(r[2]), int(r[3])) for r in rows]  # type: ignore[call-overload]
+        return [Expired(str(r[0]), str(r[1]), JobState(r[2]), int(r[3])) for r in rows]
 
     def delete_finished(self, state: JobState, completed_before: int, limit: int) -> int:
         """Delete up to ``limit`` jobs in final ``state`` finished before the cutoff."""
@@ -410,11 +411,11 @@ class Store:
             where.append("status = ?")
             args.append(state.value)
         args.append(limit)
-        rows = self.conn.execute(
+        rows: list[Any] = self.conn.execute(
             f"SELECT rowid, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",
             args,
         ).fetchall()
-        return [(int(r[0]), _job(r[1:])) for r in rows]  # type: ignore[call-overload]
+        return [(int(r[0]), _job(r[1:])) for r in rows]
 
     def queue_stats(self, queues: Sequence[str], now: int) -> list[QueueCounts]:
         """Counts by state per queue; all known queues when ``queues`` is empty."""
@@ -433,9 +434,12 @@ class Store:
                 (now, name),
             ).fetchone()
             assert row is not None
-            c = [int(v or 0) for v in row[:6]]  # type: ignore[call-overload]
+            pending, scheduled, running, completed, failed, cancelled = (int(v or 0) for v in row[:6])
             out.append(
-                QueueCounts(name, *c, oldest_ready_run_at=row[6], paused=known.get(name, False))  # type: ignore[arg-type]
+                QueueCounts(
+                    name, pending, scheduled, running, completed, failed, cancelled,
+                    oldest_ready_run_at=row[6], paused=known.get(name, False),
+                )
             )
         return out
 
@@ -453,12 +457,12 @@ class Store:
 
     def next_lease_expiry(self) -> int | None:
         v = self.conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'").get
-        return None if v is None else int(v)  # type: ignore[call-overload]
+        return None if v is None else int(v)
 
     def future_due_times(self, now: int) -> list[tuple[str, int]]:
         """Per queue, the earliest run_at of a pending job still in the future (startup)."""
         return [
-            (str(q), int(t))  # type: ignore[call-overload]
+            (str(q), int(t))
             for q, t in self.conn.execute(
                 "SELECT queue_name, min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?"
                 " GROUP BY queue_name",
@@ -472,4 +476,4 @@ class Store:
             "SELECT min(run_at) FROM jobs WHERE queue_name = ? AND status = 'pending' AND run_at > ?",
             (queue, now),
         ).get
-        return None if v is None else int(v)  # type: ignore[call-overload]
+        return None if v is None else int(v)

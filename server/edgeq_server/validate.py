@@ -13,8 +13,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgeq.v1 import queue_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
+
+from edgeq.v1 import queue_pb2 as pb
 
 from .clock import MICROS
 from .config import Config
@@ -171,7 +172,9 @@ def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseR
     for i, item in enumerate(req.items):
         ref = token(codec, item.lease_token, f"items[{i}].lease_token")
         if len(item.result) > cfg.max_payload_bytes:
-            raise ResourceExhausted(f"items[{i}].result", f"is {len(item.result)} bytes; the limit is {cfg.max_payload_bytes}")
+            raise ResourceExhausted(
+                f"items[{i}].result", f"is {len(item.result)} bytes; the limit is {cfg.max_payload_bytes}"
+            )
         out.append((ref, item.result))
     return out
 
@@ -205,7 +208,7 @@ def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple
 def state_filter(value: int, field: str = "state") -> JobState | None:
     if value == pb.JOB_STATE_UNSPECIFIED:
         return None
-    state = PROTO_TO_STATE.get(value)  # type: ignore[call-overload]
+    state: JobState | None = PROTO_TO_STATE.get(value)  # type: ignore[call-overload]
     if state is None:
         raise InvalidArgument(field, f"unknown JobState {value}")
     return state

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from edgeq.v1 import queue_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, message_factory, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+
+from edgeq.v1 import queue_pb2
 
 
 class Malformed:
@@ -28,6 +29,8 @@ class Malformed:
 
 def _relax(messages: Any) -> None:
     for m in messages:
+        # Map entries become plain repeated messages: a map key cannot be ``bytes``.
+        m.options.ClearField("map_entry")
         for f in m.field:
             if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
                 f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
@@ -46,21 +49,23 @@ def _lenient_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-def _find_bad_utf8(strict: Descriptor, msg: Message, path: str) -> str | None:
+def _find_bad_utf8(strict: Any, msg: Message, path: str) -> str | None:
     for lf, value in msg.ListFields():
         sf = strict.fields_by_name[lf.name]
         here = f"{path}.{lf.name}" if path else lf.name
         if sf.message_type is not None and sf.message_type.GetOptions().map_entry:
-            vf = sf.message_type.fields_by_name["value"]
-            for k, v in value.items():
-                if isinstance(k, bytes) and not _utf8(k):
-                    return here
-                if vf.type == FieldDescriptor.TYPE_STRING and not _utf8(v):
-                    return f"{here}[{k.decode('utf-8', 'replace')!r}]"
+            for entry in value:
+                key = entry.key
+                if isinstance(key, bytes) and not _utf8(key):
+                    return f"{here} (a key)"
+                if isinstance(entry.value, bytes) and not _utf8(entry.value) and (
+                    sf.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING
+                ):
+                    return f"{here}[{key.decode() if isinstance(key, bytes) else key!r}]"
             continue
-        items = list(value) if sf.label == FieldDescriptor.LABEL_REPEATED else [value]
+        items = list(value) if sf.is_repeated else [value]
         for i, item in enumerate(items):
-            at = f"{here}[{i}]" if sf.label == FieldDescriptor.LABEL_REPEATED else here
+            at = f"{here}[{i}]" if sf.is_repeated else here
             if sf.type == FieldDescriptor.TYPE_STRING and not _utf8(item):
                 return at
             if sf.type == FieldDescriptor.TYPE_MESSAGE:
@@ -83,6 +88,7 @@ def describe_failure(cls: type[Message], data: bytes) -> Malformed:
     strict = cls.DESCRIPTOR
     try:
         lenient_cls = message_factory.GetMessageClass(_lenient_pool().FindMessageTypeByName(strict.full_name))
+        assert strict is not None
         lenient = lenient_cls.FromString(data)
     except DecodeError:
         return Malformed("request", "not a valid protobuf message")

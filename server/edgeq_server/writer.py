@@ -36,7 +36,7 @@ _STOP = object()
 
 
 class _Pending:
-    __slots__ = ("op", "future", "loop", "result", "error")
+    __slots__ = ("error", "future", "loop", "op", "result")
 
     def __init__(self, op: Op[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         self.op = op
@@ -151,17 +151,16 @@ class Writer:
         now = self._clock.now()
         try:
             store.begin()
-            wrote = False
+            changes = store.conn.total_changes()
             for item in batch:
                 store.savepoint()
                 try:
                     item.result = item.op(store, now)
                     store.release()
-                    wrote = True
                 except (EdgeqError, apsw.ConstraintError) as exc:
                     store.rollback_to_savepoint()
                     item.error = exc
-            if wrote:
+            if store.conn.total_changes() != changes:  # only real writes move the txid
                 self._txid = store.bump_txid()
             store.commit()
         except BaseException as exc:

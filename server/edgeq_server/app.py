@@ -1,0 +1,167 @@
+"""Assembling and running one edgeq node: database threads, dispatcher, timers, the
+grpc.aio server with QueueService, grpc.health.v1 and server reflection; and the orderly
+shutdown (drain) that SIGTERM triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgeq.v1 import queue_pb2 as pb
+
+from . import db, status
+from .clock import MICROS, Clock, SystemClock
+from .config import Config
+from .dispatch import Dispatcher
+from .maintenance import Maintenance, Retention
+from .readers import Readers
+from .service import QueueService
+from .tokens import TokenCodec
+from .wire import safe_deserializer
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueueService"].full_name
+
+
+def server_options(cfg: Config) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        # Accept client keepalive pings (workers ping idle Lease streams), even without calls.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        # Ping clients too, so dead workers' streams are noticed.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.so_reuseport", 0),
+        *cfg.grpc_options,
+    ]
+
+
+def method_handlers(service: QueueService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
+        req_cls = getattr(pb, m.input_type.name)
+        resp_cls = getattr(pb, m.output_type.name)
+        fn = getattr(service, m.name)
+        if m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                status.stream(m.name, fn),
+                request_deserializer=safe_deserializer(req_cls),
+                response_serializer=resp_cls.SerializeToString,
+            )
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                status.unary(m.name, fn),
+                request_deserializer=safe_deserializer(req_cls),
+                response_serializer=resp_cls.SerializeToString,
+            )
+    return handlers
+
+
+class EdgeqServer:
+    """One node. ``await start()``, then ``await stop()`` (or ``wait()`` for termination)."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lag grpcio
+        self._checkpointer: db.Checkpointer | None = None
+        self.writer: Writer | None = None
+        self.readers: Readers | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.maintenance: Maintenance | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._path = os.path.abspath(config.db_path)
+
+    async def start(self) -> None:
+        cfg = self.config
+        path = self._path
+        self._checkpointer = db.Checkpointer(path)
+        self.writer = Writer(path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer)
+        await asyncio.to_thread(self.writer.start)  # opens the file and migrates
+        self._checkpointer.start()
+        self.readers = Readers(path, threads=cfg.read_threads)
+        codec = TokenCodec(await self.readers.run(lambda s: s.token_key()))
+        self.maintenance = None
+        self.dispatcher = Dispatcher(self.writer, codec, on_leased=self._note_lease)
+        retention = Retention(
+            completed_us=int(cfg.retention_completed_seconds * MICROS),
+            failed_us=int(cfg.retention_failed_seconds * MICROS),
+            cancelled_us=int(cfg.retention_cancelled_seconds * MICROS),
+            interval_us=int(cfg.retention_interval_seconds * MICROS),
+        )
+        self.maintenance = Maintenance(self.writer, self.readers, self.dispatcher, self.clock, retention)
+        await self.maintenance.load()
+        service = QueueService(cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec)
+
+        server = grpc.aio.server(options=server_options(cfg))
+        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service))  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        await server.start()
+        self._server = server
+        self.dispatcher.start()
+        self.maintenance.start()
+        # Readiness: the database is open and migrated, timers loaded, dispatch running.
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("edgeq serving on %s:%d (db %s)", cfg.host, self.port, path)
+
+    def _note_lease(self, expires_at: int) -> None:
+        if self.maintenance is not None:
+            self.maintenance.note_lease(expires_at)
+
+    async def stop(self, drain_seconds: float | None = None, grace_seconds: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, end Lease streams (workers stop getting jobs but can
+        still Ack/Nack what they hold) until no leases are outstanding or ``drain_seconds``
+        pass, then stop the gRPC server with a grace period, then close the database."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        cfg = self.config
+        drain = cfg.drain_seconds if drain_seconds is None else drain_seconds
+        grace = cfg.grace_seconds if grace_seconds is None else grace_seconds
+        log.info("draining (up to %gs), then stopping with %gs grace", drain, grace)
+        await self._health.enter_graceful_shutdown()
+        if self.dispatcher is not None:
+            await self.dispatcher.drain()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + drain
+            while self.dispatcher.outstanding and loop.time() < deadline:  # noqa: ASYNC110 - bounded drain poll
+                await asyncio.sleep(0.05)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.maintenance is not None:
+            await self.maintenance.stop()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+        if self.readers is not None:
+            self.readers.close()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+        await asyncio.to_thread(db.final_checkpoint, self._path)
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()

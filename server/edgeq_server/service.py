@@ -1,0 +1,189 @@
+"""QueueService: the RPC handlers. They validate (``validate.py``), submit writes to the
+group-commit writer or run reads on reader threads (the store owns all SQL), tell the
+dispatcher and the maintenance timers what changed, and convert results to protobuf
+(``convert.py``). No SQL here, and no error handling beyond raising: ``status.py`` maps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from edgeq.v1 import queue_pb2 as pb
+
+from . import convert, validate
+from .clock import MICROS, Clock
+from .config import Config
+from .dispatch import Delivery, Dispatcher
+from .errors import NotFound, Unavailable
+from .ids import uuid7
+from .maintenance import Maintenance
+from .models import Backoff, JobState, LeaseOutcome
+from .readers import Readers
+from .store import Settled, Store
+from .tokens import TokenCodec
+from .writer import Writer
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _new_ids() -> Iterator[str]:
+    return (uuid7() for _ in itertools.count())
+
+
+class QueueService:
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock,
+        writer: Writer,
+        readers: Readers,
+        dispatcher: Dispatcher,
+        maintenance: Maintenance,
+        codec: TokenCodec,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._writer = writer
+        self._readers = readers
+        self._dispatcher = dispatcher
+        self._maintenance = maintenance
+        self._codec = codec
+        self._backoff = Backoff(int(cfg.backoff_base_seconds * MICROS), int(cfg.backoff_max_seconds * MICROS))
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _at_least(self, min_txid: int) -> None:
+        """Read-your-writes: wait (bounded) until this node has applied ``min_txid``."""
+        if min_txid <= self._writer.txid:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._cfg.min_txid_wait_seconds
+        while self._writer.txid < min_txid:
+            if loop.time() >= deadline:
+                raise Unavailable(f"min_txid {min_txid} not reached within {self._cfg.min_txid_wait_seconds:g}s"
+                                  f" (this node is at {self._writer.txid})")
+            await asyncio.sleep(0.005)
+
+    def _after_settle(self, settled: list[Settled]) -> None:
+        self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
+        for s in settled:
+            if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
+                self._maintenance.note_due(s.queue, s.run_at)
+
+    # ------------------------------------------------------------------ writes
+
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
+        specs = validate.enqueue(request, self._cfg, self._clock.now())
+        results, txid = await self._writer.submit(lambda s, now: s.enqueue(specs, now, _new_ids()))
+        due: dict[str, int] = {}
+        for r in results:
+            if not r.duplicate:
+                due[r.queue] = min(r.run_at, due.get(r.queue, r.run_at))
+        for queue, at in due.items():
+            self._maintenance.note_due(queue, at)
+        return pb.EnqueueResponse(
+            results=[pb.EnqueueResult(job_id=r.job_id, duplicate=r.duplicate) for r in results], txid=txid
+        )
+
+    async def Ack(self, request: pb.AckRequest, context: Ctx) -> pb.AckResponse:
+        items = validate.ack(request, self._codec, self._cfg)
+        settled, txid = await self._writer.submit(lambda s, now: s.ack(items, now))
+        self._after_settle(settled)
+        return pb.AckResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
+
+    async def Nack(self, request: pb.NackRequest, context: Ctx) -> pb.NackResponse:
+        items = validate.nack(request, self._codec, self._cfg)
+        settled, txid = await self._writer.submit(lambda s, now: s.nack(items, self._backoff, now))
+        self._after_settle(settled)
+        return pb.NackResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
+        refs, extend = validate.heartbeat(request, self._codec, self._cfg)
+        results, txid = await self._writer.submit(lambda s, now: s.heartbeat(refs, extend, now))
+        resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[o] for o, _ in results], txid=txid)
+        for _, expires in results:
+            resp.lease_expires_at.append(convert.timestamp(expires) if expires else convert.timestamp(0))
+        return resp
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
+        job_id = validate.job_id(request.job_id)
+        (job, was_running), txid = await self._writer.submit(lambda s, now: s.cancel(job_id, now))
+        if was_running:
+            self._dispatcher.settled((job.id,))
+        return pb.CancelJobResponse(job=convert.job(job), txid=txid)
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.RetryJobResponse:
+        job_id = validate.job_id(request.job_id)
+        job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now))
+        self._maintenance.note_due(job.queue, job.run_at)
+        return pb.RetryJobResponse(job=convert.job(job), txid=txid)
+
+    async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
+        queue = validate.queue_name(request.queue, "queue")
+        _, txid = await self._writer.submit(lambda s, now: s.set_paused(queue, True, now))
+        return pb.PauseQueueResponse(txid=txid)
+
+    async def ResumeQueue(self, request: pb.ResumeQueueRequest, context: Ctx) -> pb.ResumeQueueResponse:
+        queue = validate.queue_name(request.queue, "queue")
+        _, txid = await self._writer.submit(lambda s, now: s.set_paused(queue, False, now))
+        self._dispatcher.notify((queue,))
+        return pb.ResumeQueueResponse(txid=txid)
+
+    # ------------------------------------------------------------------ reads
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.GetJobResponse:
+        job_id = validate.job_id(request.job_id)
+        await self._at_least(request.min_txid)
+        job = await self._readers.run(lambda s: s.get_job(job_id))
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return pb.GetJobResponse(job=convert.job(job))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
+        p = validate.list_jobs(request)
+        await self._at_least(request.min_txid)
+        rows = await self._readers.run(lambda s: s.list_jobs(p.queue, p.state, p.after_rowid, p.page_size))
+        token = ""
+        if len(rows) == p.page_size:
+            token = validate.encode_page_token(rows[-1][0], p.queue, p.state)
+        return pb.ListJobsResponse(jobs=[convert.job(j) for _, j in rows], next_page_token=token)
+
+    async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Ctx) -> pb.GetQueueStatsResponse:
+        queues = validate.queue_list(request.queues)
+        await self._at_least(request.min_txid)
+        now = self._clock.now()
+        counts = await self._readers.run(lambda s: Store.queue_stats(s, queues, now))
+        return pb.GetQueueStatsResponse(stats=[convert.queue_stats(c, now) for c in counts])
+
+    # ------------------------------------------------------------------ stream
+
+    async def Lease(self, request: pb.LeaseRequest, context: Ctx) -> AsyncIterator[pb.LeaseResponse]:
+        p = validate.lease(request, self._cfg)
+        if not self._dispatcher.accepting:
+            raise Unavailable("server is draining; reconnect to another node or retry")
+        stream = self._dispatcher.open(p.queues, p.worker_id, p.max_in_flight, p.lease_us)
+        keepalive = self._cfg.keepalive_seconds
+        try:
+            while True:
+                try:
+                    batch = await asyncio.wait_for(stream.outbox.get(), timeout=keepalive)
+                except TimeoutError:
+                    yield pb.LeaseResponse()  # keepalive
+                    continue
+                if batch is None:
+                    raise Unavailable("server is draining; reconnect")
+                deliveries: list[Delivery] = list(batch)
+                while not stream.outbox.empty():  # coalesce whatever else is ready
+                    more = stream.outbox.get_nowait()
+                    if more is None:
+                        stream.outbox.put_nowait(None)
+                        break
+                    deliveries.extend(more)
+                yield pb.LeaseResponse(jobs=[convert.leased(d) for d in deliveries])
+        finally:
+            self._dispatcher.close(stream)
