@@ -1,0 +1,166 @@
+"""The ``edgeq`` command: ``serve`` runs a node; the other subcommands are a thin admin
+client over the generated stubs, printing responses as JSON.
+
+Every ``serve`` option is also an ``EDGEQ_<NAME>`` environment variable (flags win); the
+client subcommands read ``EDGEQ_SERVER`` (default ``127.0.0.1:50051``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+from .app import EdgeqServer
+from .config import Config
+
+STATES = {s.lower(): v for s, v in pb.JobState.items() if v}
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run a server node", description="Run an edgeq node.")
+    for f in dataclasses.fields(Config):
+        if f.name == "grpc_options":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        help_text = f"(env {Config.env_name(f.name)}, default {f.default})"
+        p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    p.add_argument("--db", dest="db_path", default=None, help="alias of --db-path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeq", description="edgeq: a durable gRPC job queue")
+    parser.add_argument(
+        "--server", default=os.environ.get("EDGEQ_SERVER", "127.0.0.1:50051"),
+        help="server address for client commands (env EDGEQ_SERVER)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of client calls, seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+
+    p = sub.add_parser("enqueue", help="enqueue one job")
+    p.add_argument("queue")
+    p.add_argument("payload", nargs="?", help="payload text; '-' or absent reads stdin")
+    p.add_argument("--delay", type=float, help="seconds before the job may run")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--max-attempts", type=int, default=0)
+    p.add_argument("--key", dest="idempotency_key", default="", help="idempotency key")
+    p.add_argument("--header", action="append", default=[], metavar="K=V")
+
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--queue", default="")
+    p.add_argument("--state", choices=sorted(s.removeprefix("job_state_") for s in STATES))
+    p.add_argument("--limit", type=int, default=100)
+
+    p = sub.add_parser("job", help="show one job")
+    p.add_argument("job_id")
+
+    p = sub.add_parser("stats", help="queue statistics")
+    p.add_argument("queues", nargs="*")
+
+    for name, helptext in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("job_id")
+    for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("queue")
+    return parser
+
+
+async def serve(config: Config) -> None:
+    server = EdgeqServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"edgeq listening on {config.host}:{server.port}", flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+def _print(msg: Message) -> None:
+    print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2))
+
+
+def _client(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.server) as channel:
+        stub = pb_grpc.QueueServiceStub(channel)
+        t = args.timeout
+        cmd = args.command
+        if cmd == "enqueue":
+            payload = args.payload
+            data = sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()
+            headers = dict(h.split("=", 1) for h in args.header)
+            spec = pb.JobSpec(
+                queue=args.queue, payload=data, priority=args.priority, max_attempts=args.max_attempts,
+                idempotency_key=args.idempotency_key, headers=headers,
+            )
+            if args.delay is not None:
+                spec.delay.FromNanoseconds(int(args.delay * 1e9))
+            _print(stub.Enqueue(pb.EnqueueRequest(jobs=[spec]), timeout=t))
+        elif cmd == "jobs":
+            state: Any = STATES["job_state_" + args.state] if args.state else 0
+            remaining, token = args.limit, ""
+            while remaining > 0:
+                resp = stub.ListJobs(
+                    pb.ListJobsRequest(queue=args.queue, state=state, page_size=min(remaining, 1000), page_token=token),
+                    timeout=t,
+                )
+                for job in resp.jobs:
+                    _print(job)
+                remaining -= len(resp.jobs)
+                token = resp.next_page_token
+                if not token:
+                    break
+        elif cmd == "job":
+            _print(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t))
+        elif cmd == "stats":
+            _print(stub.GetQueueStats(pb.GetQueueStatsRequest(queues=args.queues), timeout=t))
+        elif cmd == "cancel":
+            _print(stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id), timeout=t))
+        elif cmd == "retry":
+            _print(stub.RetryJob(pb.RetryJobRequest(job_id=args.job_id), timeout=t))
+        elif cmd == "pause":
+            _print(stub.PauseQueue(pb.PauseQueueRequest(queue=args.queue), timeout=t))
+        elif cmd == "resume":
+            _print(stub.ResumeQueue(pb.ResumeQueueRequest(queue=args.queue), timeout=t))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        names = [f.name for f in dataclasses.fields(Config) if f.name != "grpc_options"]
+        overrides = {name: getattr(args, name, None) for name in names}
+        try:
+            config = Config.from_env(**overrides)
+        except ValueError as exc:
+            print(f"edgeq: {exc}", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(serve(config))
+        return 0
+    try:
+        return _client(args)
+    except grpc.RpcError as exc:
+        print(f"edgeq: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
