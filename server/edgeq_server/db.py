@@ -28,7 +28,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE node (
         id        INTEGER PRIMARY KEY CHECK (id = 1),
-        txid      INTEGER NOT NULL CHECK (txid >= 0),   -- local commit counter (single node)
+        txid      INTEGER NOT NULL CHECK (txid >= 0),   -- reserved high-water mark of commit txids
         token_key BLOB    NOT NULL CHECK (length(token_key) >= 16)  -- signs lease tokens
     ) STRICT;
     INSERT INTO node (id, txid, token_key) VALUES (1, 0, randomblob(32));

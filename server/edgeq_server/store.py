@@ -119,9 +119,10 @@ class Store:
     def rollback_to_savepoint(self) -> None:
         self.conn.execute("ROLLBACK TO op; RELEASE op")
 
-    def bump_txid(self) -> int:
-        """Advance the commit counter inside the current transaction."""
-        return int(self.conn.execute("UPDATE node SET txid = txid + 1 RETURNING txid").get)
+    def reserve_txids(self, up_to: int) -> int:
+        """Record (inside the current transaction) that txids up to ``up_to`` may be used."""
+        self.conn.execute("UPDATE node SET txid = max(txid, ?)", (up_to,))
+        return up_to
 
     # ----------------------------------------------------------------- node facts
 
