@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import db, status
+from . import db, metrics, status
 from .clock import MICROS, Clock, SystemClock
 from .config import Config
 from .dispatch import Dispatcher
@@ -86,6 +86,7 @@ class EdgeqServer:
         self.maintenance: Maintenance | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
         self._path = os.path.abspath(config.db_path)
 
     async def start(self) -> None:
@@ -121,10 +122,23 @@ class EdgeqServer:
         self._server = server
         self.dispatcher.start()
         self.maintenance.start()
+        if cfg.metrics_address:
+            metrics.serve(cfg.metrics_address)
+        self._watch = asyncio.create_task(self._watch_health(), name="edgeq-health")
         # Readiness: the database is open and migrated, timers loaded, dispatch running.
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("edgeq serving on %s:%d (db %s)", cfg.host, self.port, path)
+
+    async def _watch_health(self) -> None:
+        """Health follows real readiness: NOT_SERVING once the writer thread is gone."""
+        while True:
+            await asyncio.sleep(1)
+            if self.writer is not None and not self.writer.alive and not self._stopping:
+                log.error("writer thread stopped; reporting NOT_SERVING")
+                for name in ("", SERVICE_NAME):
+                    await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+                return
 
     def _note_lease(self, expires_at: int) -> None:
         if self.maintenance is not None:
@@ -143,6 +157,8 @@ class EdgeqServer:
         grace = cfg.grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining (up to %gs), then stopping with %gs grace", drain, grace)
         await self._health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
         if self.dispatcher is not None:
             await self.dispatcher.drain()
             loop = asyncio.get_running_loop()

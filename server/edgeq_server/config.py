@@ -51,6 +51,8 @@ class Config:
     read_threads: int = 4
     #: Most writes grouped into one transaction.
     write_batch: int = 512
+    #: host:port for the Prometheus /metrics endpoint; empty turns it off.
+    metrics_address: str = ""
     #: Log level name.
     log_level: str = "INFO"
     #: Extra gRPC server options (tests).

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from . import metrics
 from .models import Job
 from .store import Store
 from .tokens import TokenCodec
@@ -96,6 +97,7 @@ class Dispatcher:
     def open(self, queues: Iterable[str], worker_id: str, max_in_flight: int, lease_us: int) -> LeaseStream:
         stream = LeaseStream(next(self._ids), tuple(dict.fromkeys(queues)), worker_id, max_in_flight, lease_us)
         self._streams[stream.id] = stream
+        metrics.STREAMS.set(len(self._streams))
         # A new listener: its queues may hold work nobody was listening for.
         self.notify(stream.queues)
         return stream
@@ -105,6 +107,7 @@ class Dispatcher:
         and expiry returns them if it does not."""
         stream.closed = True
         self._streams.pop(stream.id, None)
+        metrics.STREAMS.set(len(self._streams))
 
     # ------------------------------------------------------------------ events
 
@@ -124,6 +127,7 @@ class Dispatcher:
                 stream.outstanding.discard(job_id)
                 freed = True
         if freed:
+            metrics.OUTSTANDING.set(len(self._leases))
             self._wake.set()
 
     # ------------------------------------------------------------------ loop
@@ -201,6 +205,8 @@ class Dispatcher:
             self._leases[job.id] = s
             s.outstanding.add(job.id)
             deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
+            metrics.DELIVERED.labels(job.queue).inc()
+        metrics.OUTSTANDING.set(len(self._leases))
         s.outbox.put_nowait(deliveries)
         self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))
 

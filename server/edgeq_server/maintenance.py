@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from . import metrics
 from .clock import MICROS, Clock
 from .dispatch import Dispatcher
 from .models import JobState
@@ -129,6 +130,7 @@ class Maintenance:
             self._dispatcher.settled(e.job_id for e in expired)
             self._dispatcher.notify({e.queue for e in expired if e.state is JobState.PENDING})
             stats.expired += len(expired)
+            metrics.EXPIRED.inc(len(expired))
             if expired:
                 log.info("expired %d leases", len(expired))
             if len(expired) < EXPIRE_BATCH:
@@ -152,6 +154,7 @@ class Maintenance:
                     lambda s, _now, st=state, k=keep: s.delete_finished(st, now - k, RETENTION_BATCH)  # type: ignore[misc]
                 )
                 stats.deleted += n
+                metrics.DELETED.inc(n)
                 if n < RETENTION_BATCH:
                     break
             else:

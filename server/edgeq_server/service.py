@@ -15,7 +15,7 @@ import grpc
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import convert, validate
+from . import convert, metrics, validate
 from .clock import MICROS, Clock
 from .config import Config
 from .dispatch import Delivery, Dispatcher
@@ -29,6 +29,15 @@ from .tokens import TokenCodec
 from .writer import Writer
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+_RESULT = {
+    (LeaseOutcome.OK, JobState.COMPLETED): "completed",
+    (LeaseOutcome.OK, JobState.PENDING): "retried",
+    (LeaseOutcome.OK, JobState.FAILED): "failed",
+    (LeaseOutcome.STALE, None): "stale",
+    (LeaseOutcome.INVALID, None): "invalid",
+}
 
 
 def _new_ids() -> Iterator[str]:
@@ -70,6 +79,8 @@ class QueueService:
             await asyncio.sleep(0.005)
 
     def _after_settle(self, settled: list[Settled]) -> None:
+        for s in settled:
+            metrics.SETTLED.labels(_RESULT[s.outcome, s.state]).inc()
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
         for s in settled:
             if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
@@ -84,6 +95,7 @@ class QueueService:
         for r in results:
             if not r.duplicate:
                 due[r.queue] = min(r.run_at, due.get(r.queue, r.run_at))
+                metrics.ENQUEUED.labels(r.queue).inc()
         for queue, at in due.items():
             self._maintenance.note_due(queue, at)
         return pb.EnqueueResponse(

@@ -20,12 +20,13 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import apsw
 
-from . import db
+from . import db, metrics
 from .clock import Clock
 from .errors import EdgeqError, Unavailable
 from .store import Store
@@ -85,6 +86,11 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="edgeq-writer", daemon=True)
         self.commits = 0  # transactions committed (for metrics and the benchmark)
         self.ops = 0  # operations committed
+
+    @property
+    def alive(self) -> bool:
+        """The writer thread is running (health reports NOT_SERVING otherwise)."""
+        return self._thread.is_alive() and not self._closed
 
     @property
     def txid(self) -> int:
@@ -155,6 +161,7 @@ class Writer:
             conn.close()
 
     def _commit(self, store: Store, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         now = self._clock.now()
         # A batch of one needs no savepoint: if it fails, the whole transaction rolls back.
         single = len(batch) == 1
@@ -190,6 +197,8 @@ class Writer:
                 item.error = item.error or exc
         self.commits += 1
         self.ops += len(batch)
+        metrics.WRITE_BATCH.observe(len(batch))
+        metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         txid = self._txid
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for item in batch:

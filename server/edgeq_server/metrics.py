@@ -1,0 +1,37 @@
+"""Prometheus metrics (prometheus-client): what is counted, in one place.
+
+Served on ``--metrics-address`` (e.g. ``127.0.0.1:9464``) when set; off by default. The
+metrics are process-wide (the default registry), like the library's own process metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+ENQUEUED = Counter("edgeq_jobs_enqueued_total", "Jobs stored by Enqueue (duplicates excluded)", ["queue"])
+DELIVERED = Counter("edgeq_jobs_delivered_total", "Jobs leased and pushed on a Lease stream", ["queue"])
+SETTLED = Counter(
+    "edgeq_jobs_settled_total",
+    "Ack/Nack items by result: completed, retried, failed, stale, invalid",
+    ["result"],
+)
+EXPIRED = Counter("edgeq_leases_expired_total", "Leases that lapsed and were ended by the expiry sweep")
+DELETED = Counter("edgeq_jobs_deleted_total", "Final jobs deleted by the retention sweep")
+STREAMS = Gauge("edgeq_lease_streams", "Open Lease streams")
+OUTSTANDING = Gauge("edgeq_leases_outstanding", "Leases handed out by this node and not yet ended")
+WRITE_BATCH = Histogram(
+    "edgeq_write_batch_ops",
+    "Operations per group-commit transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+WRITE_SECONDS = Histogram(
+    "edgeq_write_transaction_seconds",
+    "Duration of one group-commit transaction (BEGIN to COMMIT)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+
+
+def serve(address: str) -> None:
+    """Start the /metrics HTTP endpoint on ``host:port`` (a daemon thread)."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")
