@@ -6,10 +6,7 @@ count and time."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,32 +17,16 @@ import pytest
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
+from procs import ServerProcess
+
 pytestmark = pytest.mark.slow
 LEASE_SECONDS = 1
 
 
-def start_server(db: Path, port: int = 0) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeq_server", "serve", "--port", str(port), "--db-path", str(db),
-         "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        m = re.search(r"listening on ([\d.]+):(\d+)", line)
-        if m:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, f"{m.group(1)}:{m.group(2)}"
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def test_kill_9_during_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
-    proc, target = start_server(db)
+    server = ServerProcess(db)
+    target = server.target
     enqueued: set[str] = set()
     acked: set[str] = set()
     stop = threading.Event()
@@ -98,17 +79,16 @@ def test_kill_9_during_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
             if len(enqueued) > 2000 and len(acked) > 300:
                 break
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(server.pid, signal.SIGKILL)
     killed_at = time.time()
-    proc.wait(timeout=10)
-    assert proc.stdout is not None
-    proc.stdout.close()
+    server.wait(timeout=10)
     stop.set()
     for t in threads:
         t.join(timeout=30)
     assert len(enqueued) > 2000 and len(acked) > 300, "load did not build up before the kill"
 
-    proc, target = start_server(db)
+    server = ServerProcess(db)
+    target = server.target
     try:
         with grpc.insecure_channel(target) as ch:
             stub = pb_grpc.QueueServiceStub(ch)
@@ -138,7 +118,4 @@ def test_kill_9_during_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
             assert stats.running == 0, f"{stats.running} jobs stuck RUNNING after their leases lapsed"
             assert stats.pending + stats.completed + stats.failed == len(seen)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        server.close()
