@@ -13,11 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from procs import ServerProcess
 
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
-
-from procs import ServerProcess
 
 pytestmark = pytest.mark.slow
 LEASE_SECONDS = 1

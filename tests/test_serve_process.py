@@ -14,11 +14,10 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from procs import ServerProcess
 
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
-
-from procs import ServerProcess
 
 
 def cli(target: str, *args: str) -> subprocess.CompletedProcess[str]:
