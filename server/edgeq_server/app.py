@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from edgeq.v1 import queue_pb2 as pb
 
 from . import db, metrics, status
+from .auth import TokenAuth
 from .clock import MICROS, Clock, SystemClock
 from .config import Config
 from .dispatch import Dispatcher
@@ -110,7 +111,10 @@ class EdgeqServer:
         await self.maintenance.load()
         service = QueueService(cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec)
 
-        server = grpc.aio.server(options=server_options(cfg))
+        interceptors = []
+        if cfg.auth_token or cfg.client_token:
+            interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token))
+        server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service))  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -51,6 +51,10 @@ class Config:
     read_threads: int = 4
     #: Most writes grouped into one transaction.
     write_batch: int = 512
+    #: Bearer token with full access; with client_token, turns authentication on.
+    auth_token: str = ""
+    #: Bearer token for producers and workers (no CancelJob/RetryJob/PauseQueue/ResumeQueue).
+    client_token: str = ""
     #: host:port for the Prometheus /metrics endpoint; empty turns it off.
     metrics_address: str = ""
     #: Log level name.

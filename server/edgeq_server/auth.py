@@ -1,0 +1,72 @@
+"""Optional bearer-token authentication for QueueService (health and reflection stay open,
+so orchestrators and ``grpcurl list`` need no secret).
+
+- ``auth_token``: full access.
+- ``client_token``: producers and workers — every RPC except the admin ones (CancelJob,
+  RetryJob, PauseQueue, ResumeQueue), which answer PERMISSION_DENIED.
+
+Clients send ``authorization: Bearer <token>`` metadata. No token, or an unknown one, is
+UNAUTHENTICATED. With neither token configured, authentication is off.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:  # grpc-stubs declare the interceptor generic; the runtime class is not
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+ADMIN_METHODS = frozenset({"CancelJob", "RetryJob", "PauseQueue", "ResumeQueue"})
+
+
+def _deny(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
+    async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def stream(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if streaming:
+        return grpc.unary_stream_rpc_method_handler(stream)
+    return grpc.unary_unary_rpc_method_handler(unary)
+
+
+class TokenAuth(_Interceptor):
+    def __init__(self, service: str, auth_token: str, client_token: str) -> None:
+        self._prefix = f"/{service}/"
+        self._admin = auth_token.encode()
+        self._client = client_token.encode()
+
+    def _role(self, metadata: Any) -> str | None:
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = (value if isinstance(value, str) else value.decode()).removeprefix("Bearer ").encode()
+                if self._admin and hmac.compare_digest(given, self._admin):
+                    return "admin"
+                if self._client and hmac.compare_digest(given, self._client):
+                    return "client"
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = details.method
+        if not method.startswith(self._prefix):
+            return await continuation(details)  # health, reflection
+        name = method.removeprefix(self._prefix)
+        streaming = name == "Lease"
+        role = self._role(details.invocation_metadata)
+        if role is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", streaming)
+        if role == "client" and name in ADMIN_METHODS:
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, f"{name} needs the admin token", streaming)
+        return await continuation(details)

@@ -1,0 +1,56 @@
+"""Bearer-token authentication: no token -> UNAUTHENTICATED, the client token cannot call
+admin RPCs (PERMISSION_DENIED), the admin token can do everything, and health and
+reflection stay open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+from edgeq_server.app import EdgeqServer
+from edgeq_server.clock import ManualClock
+from edgeq_server.config import Config
+
+
+@pytest.fixture
+async def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    cfg = Config(port=0, db_path=str(tmp_path / "auth.db"), auth_token="admin-secret", client_token="worker-secret")
+    srv = EdgeqServer(cfg, clock=ManualClock())
+    await srv.start()
+    yield srv
+    await srv.stop(drain_seconds=0, grace_seconds=0)
+
+
+def md(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_tokens_gate_queue_service_but_not_health(server: EdgeqServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        enqueue = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="a", payload=b"x")])
+        for metadata in ((), md("wrong")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Enqueue(enqueue, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stream = stub.Lease(pb.LeaseRequest(queues=["a"]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.read()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        job_id = (await stub.Enqueue(enqueue, metadata=md("worker-secret"))).results[0].job_id
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=md("worker-secret"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "CancelJob" in (err.value.details() or "")
+        resp = await stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=md("admin-secret"))
+        assert resp.job.state == pb.JOB_STATE_CANCELLED
+
+        health = health_pb2_grpc.HealthStub(ch)
+        check = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
