@@ -113,3 +113,14 @@ def test_serve_refuses_invalid_configuration(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, check=False, env=env,
     )
     assert out.returncode == 2 and "EDGEQ_PORT" in out.stderr
+
+
+def test_cli_sends_the_bearer_token(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "auth.db", "--auth-token", "s3cret")
+    try:
+        denied = cli(server.target, "stats")
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        allowed = cli(server.target, "--token", "s3cret", "pause", "q")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        server.close()

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address for client commands (env EDGEQ_SERVER)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of client calls, seconds")
+    parser.add_argument(
+        "--token", default=os.environ.get("EDGEQ_TOKEN", ""),
+        help="bearer token for servers with auth on (env EDGEQ_TOKEN)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
 
@@ -97,9 +101,21 @@ def _print(msg: Message) -> None:
     print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2))
 
 
+class _WithToken:
+    """Wraps the stub so every call carries ``authorization: Bearer <token>``."""
+
+    def __init__(self, stub: pb_grpc.QueueServiceStub, token: str) -> None:
+        self._stub = stub
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._metadata, **kw)
+
+
 def _client(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.server) as channel:
-        stub = pb_grpc.QueueServiceStub(channel)
+        stub: Any = _WithToken(pb_grpc.QueueServiceStub(channel), args.token)
         t = args.timeout
         cmd = args.command
         if cmd == "enqueue":
