@@ -419,22 +419,26 @@ class Store:
         return [(int(r[0]), _job(r[1:])) for r in rows]
 
     def queue_stats(self, queues: Sequence[str], now: int) -> list[QueueCounts]:
-        """Counts by state per queue; all known queues when ``queues`` is empty."""
+        """Counts by state per queue (one pass over the table); all known queues when
+        ``queues`` is empty. Named queues that have never been seen count as empty."""
         cur = self.conn.cursor()
         known = {str(n): bool(p) for n, p in cur.execute("SELECT name, paused FROM queues")}
         names = sorted(set(queues) if queues else set(known))
-        out: list[QueueCounts] = []
-        for name in names:
-            row = cur.execute(
-                "SELECT"
+        counts: dict[str, Any] = {
+            str(r[0]): r[1:]
+            for r in cur.execute(
+                "SELECT queue_name,"
                 " sum(status = 'pending' AND run_at <= ?1), sum(status = 'pending' AND run_at > ?1),"
                 " sum(status = 'running'), sum(status = 'completed'), sum(status = 'failed'),"
                 " sum(status = 'cancelled'),"
                 " min(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END)"
-                " FROM jobs WHERE queue_name = ?2",
-                (now, name),
-            ).fetchone()
-            assert row is not None
+                " FROM jobs WHERE queue_name IN (SELECT value FROM json_each(?2)) GROUP BY queue_name",
+                (now, json.dumps(names)),
+            )
+        }
+        out: list[QueueCounts] = []
+        for name in names:
+            row = counts.get(name, (0, 0, 0, 0, 0, 0, None))
             pending, scheduled, running, completed, failed, cancelled = (int(v or 0) for v in row[:6])
             out.append(
                 QueueCounts(
