@@ -178,6 +178,8 @@ class QueueService:
         p = validate.lease(request, self._cfg)
         if not self._dispatcher.accepting:
             raise Unavailable("server is draining; reconnect to another node or retry")
+        # Headers go out now, so the worker knows the stream is established before any job.
+        await context.send_initial_metadata(())
         stream = self._dispatcher.open(p.queues, p.worker_id, p.max_in_flight, p.lease_us)
         keepalive = self._cfg.keepalive_seconds
         try:

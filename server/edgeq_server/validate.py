@@ -45,7 +45,7 @@ _TS_MIN, _TS_MAX = -62135596800, 253402300799
 def queue_name(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not QUEUE_NAME.match(value):
+    if not QUEUE_NAME.fullmatch(value):
         raise InvalidArgument(field, "must match [A-Za-z0-9._-]{1,128}")
     return value
 
@@ -53,7 +53,7 @@ def queue_name(value: str, field: str) -> str:
 def job_id(value: str, field: str = "job_id") -> str:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not JOB_ID.match(value):
+    if not JOB_ID.fullmatch(value):
         raise InvalidArgument(field, "is not a job id (lowercase UUID text)")
     return value
 

@@ -1,0 +1,318 @@
+"""``Client``: the synchronous producer and admin API over one gRPC channel.
+
+Owns the unary calls (each with a deadline, retried on UNAVAILABLE by the channel's own
+retry policy, failures mapped to ``EdgeqError``), batching of ``enqueue_many`` into calls
+of at most 1000 jobs, paging of ``list``, and session consistency (the highest txid seen
+from writes is sent as ``min_txid`` on reads when ``session_consistency=True``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, create_channel
+from ._errors import error_from_rpc
+from ._models import (
+    EnqueueResult,
+    Job,
+    JobSpec,
+    JobSpecLike,
+    JobState,
+    LeaseOutcome,
+    QueueStats,
+    to_duration,
+    to_job_spec,
+)
+
+__all__ = ["BATCH_MAX", "Client"]
+
+#: Most jobs (or Ack / Nack / Heartbeat items) the server takes in one call.
+BATCH_MAX = 1000
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def _chunks(items: Sequence[_Req], size: int) -> Iterator[Sequence[_Req]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Client:
+    """A connection to an edgeq server.
+
+    ``Client("host:port")`` opens (and ``close()`` closes) its own channel; pass ``channel=``
+    to share one you manage. Every call has a deadline of ``timeout`` seconds and raises an
+    ``EdgeqError`` subclass on failure. Thread-safe: one Client may serve many threads.
+
+    With ``session_consistency=True`` reads carry the highest txid this client has seen
+    from its writes as ``min_txid``, so a read after a write sees it (read-your-writes)
+    even on a replica. ``token`` is sent as a bearer token when the server has auth on.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        channel: grpc.Channel | None = None,
+        session_consistency: bool = False,
+        token: str | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        self.target = target
+        self.timeout = timeout
+        self.session_consistency = session_consistency
+        self._owns_channel = channel is None
+        self._channel: grpc.Channel = channel if channel is not None else create_channel(target)
+        #: The generated stub, for anything this class does not wrap.
+        self.stub = pb_grpc.QueueServiceStub(self._channel)
+        self.metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {token}"),) if token else None
+        )
+        self._txid = 0
+        self._txid_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._channel
+
+    @property
+    def last_txid(self) -> int:
+        """The highest txid returned by this client's writes (0 before any)."""
+        return self._txid
+
+    def close(self) -> None:
+        """Close the channel if this Client created it. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._owns_channel:
+                self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+        try:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+
+    def _note_txid(self, txid: int) -> int:
+        if txid > self._txid:
+            with self._txid_lock:
+                if txid > self._txid:
+                    self._txid = txid
+        return txid
+
+    def _min_txid(self) -> int:
+        return self._txid if self.session_consistency else 0
+
+    # ------------------------------------------------------------------ producing
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int = 0,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> EnqueueResult:
+        """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
+        exclusive; ``max_attempts=0`` means the server default (3)."""
+        spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
+        return self._enqueue([spec.to_proto()])[0]
+
+    def enqueue_many(self, specs: Iterable[JobSpecLike]) -> builtins.list[EnqueueResult]:
+        """Add many jobs (``JobSpec``, dicts with JobSpec's keys, or ``edgeq.v1`` JobSpecs).
+
+        Sent in calls of at most 1000 jobs; each call is atomic, the whole batch is not: if
+        a later call fails, the jobs of earlier calls stay enqueued. Results are in order.
+        """
+        messages = [to_job_spec(s) for s in specs]
+        results: builtins.list[EnqueueResult] = []
+        for chunk in _chunks(messages, BATCH_MAX):
+            results.extend(self._enqueue(chunk))
+        return results
+
+    def _enqueue(self, messages: Sequence[pb.JobSpec]) -> builtins.list[EnqueueResult]:
+        resp = self._call(self.stub.Enqueue, pb.EnqueueRequest(jobs=messages))
+        txid = self._note_txid(resp.txid)
+        return [EnqueueResult(r.job_id, r.duplicate, txid) for r in resp.results]
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, job_id: str) -> Job:
+        """One job; ``NotFoundError`` if there is none with this id."""
+        resp = self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id, min_txid=self._min_txid()))
+        return Job.from_proto(resp.job)
+
+    def list(
+        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100
+    ) -> Iterator[Job]:
+        """Jobs in enqueue order, optionally one queue and/or one state; pages are fetched
+        lazily (``page_size`` per call) as the iterator advances."""
+        req = pb.ListJobsRequest(
+            queue=queue or "",
+            state=JobState(state.lower()).to_proto() if state is not None else pb.JOB_STATE_UNSPECIFIED,
+            page_size=page_size,
+            min_txid=self._min_txid(),
+        )
+        return self._pages(req)
+
+    def _pages(self, req: pb.ListJobsRequest) -> Iterator[Job]:
+        while True:
+            resp = self._call(self.stub.ListJobs, req)
+            for m in resp.jobs:
+                yield Job.from_proto(m)
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+    def stats(self, *queues: str) -> builtins.list[QueueStats]:
+        """Counts per queue, sorted by name; no arguments means every known queue."""
+        resp = self._call(self.stub.GetQueueStats, pb.GetQueueStatsRequest(queues=queues, min_txid=self._min_txid()))
+        return [QueueStats.from_proto(s) for s in resp.stats]
+
+    # ------------------------------------------------------------------ admin
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a PENDING or RUNNING job (its lease becomes stale); returns the job after.
+        ``FailedPreconditionError`` for jobs already in a final state."""
+        resp = self._call(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+        self._note_txid(resp.txid)
+        return Job.from_proto(resp.job)
+
+    def retry(self, job_id: str) -> Job:
+        """Move a FAILED or CANCELLED job back to PENDING, attempts reset (dead-letter redrive)."""
+        resp = self._call(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
+        self._note_txid(resp.txid)
+        return Job.from_proto(resp.job)
+
+    def pause(self, queue: str) -> None:
+        """Stop delivery from ``queue``; enqueues are still accepted."""
+        self._note_txid(self._call(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue)).txid)
+
+    def resume(self, queue: str) -> None:
+        """Restart delivery from a paused ``queue``."""
+        self._note_txid(self._call(self.stub.ResumeQueue, pb.ResumeQueueRequest(queue=queue)).txid)
+
+    # ------------------------------------------------------------------ leases (low level)
+    # Workers normally use ``Worker``, which batches these. Each takes any number of items
+    # (split into calls of at most 1000) and returns one outcome per item, in order.
+
+    def ack(self, items: Iterable[str | tuple[str, bytes | None] | pb.AckItem]) -> builtins.list[LeaseOutcome]:
+        """Complete leases: lease tokens, ``(token, result)`` pairs or ``AckItem``s."""
+        messages: builtins.list[pb.AckItem] = []
+        for it in items:
+            if isinstance(it, str):
+                messages.append(pb.AckItem(lease_token=it))
+            elif isinstance(it, tuple):
+                messages.append(pb.AckItem(lease_token=it[0], result=it[1] or b""))
+            else:
+                messages.append(it)
+        return [LeaseOutcome.from_proto(o) for o in self.ack_raw(messages).outcomes]
+
+    def nack(
+        self,
+        items: Iterable[str | pb.NackItem],
+        *,
+        error_message: str = "",
+        retry_delay: float | timedelta | None = None,
+        terminal: bool = False,
+    ) -> builtins.list[LeaseOutcome]:
+        """Fail leases. Tokens get the keyword arguments (``retry_delay=None``: the server's
+        backoff; ``terminal``: FAILED now); ``NackItem``s are sent as they are."""
+        messages: builtins.list[pb.NackItem] = []
+        for it in items:
+            if isinstance(it, str):
+                m = pb.NackItem(lease_token=it, error_message=error_message, terminal=terminal)
+                if retry_delay is not None:
+                    m.retry_delay.CopyFrom(to_duration(retry_delay))
+                messages.append(m)
+            else:
+                messages.append(it)
+        return [LeaseOutcome.from_proto(o) for o in self.nack_raw(messages).outcomes]
+
+    def heartbeat(
+        self, lease_tokens: Iterable[str], *, extend_by: float | timedelta | None = None
+    ) -> builtins.list[LeaseOutcome]:
+        """Extend leases to now + ``extend_by`` (None: each lease's own duration)."""
+        resp = self.heartbeat_raw(builtins.list(lease_tokens), extend_by=extend_by)
+        return [LeaseOutcome.from_proto(o) for o in resp.outcomes]
+
+    def ack_raw(self, items: Sequence[pb.AckItem]) -> pb.AckResponse:
+        """Ack as protobuf in and out (outcomes of all calls concatenated)."""
+        out = pb.AckResponse()
+        for chunk in _chunks(items, BATCH_MAX):
+            resp = self._call(self.stub.Ack, pb.AckRequest(items=chunk))
+            out.outcomes.extend(resp.outcomes)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    def nack_raw(self, items: Sequence[pb.NackItem]) -> pb.NackResponse:
+        """Nack as protobuf in and out (outcomes of all calls concatenated)."""
+        out = pb.NackResponse()
+        for chunk in _chunks(items, BATCH_MAX):
+            resp = self._call(self.stub.Nack, pb.NackRequest(items=chunk))
+            out.outcomes.extend(resp.outcomes)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    def heartbeat_raw(
+        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
+    ) -> pb.HeartbeatResponse:
+        """Heartbeat as protobuf out: outcomes and new expiries for all tokens, in order."""
+        out = pb.HeartbeatResponse()
+        for chunk in _chunks(lease_tokens, BATCH_MAX):
+            req = pb.HeartbeatRequest(lease_tokens=chunk)
+            if extend_by is not None:
+                req.extend_by.CopyFrom(to_duration(extend_by))
+            resp = self._call(self.stub.Heartbeat, req)
+            out.outcomes.extend(resp.outcomes)
+            out.lease_expires_at.extend(resp.lease_expires_at)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    def lease_stream(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str = "",
+        max_in_flight: int = 1,
+        lease_duration: float | timedelta | None = None,
+    ) -> grpc.CallIterator[pb.LeaseResponse]:
+        """Open a raw Lease stream (no deadline). Iterate it for ``LeaseResponse`` messages
+        and ``cancel()`` it when done; errors arrive as ``grpc.RpcError`` while iterating."""
+        req = pb.LeaseRequest(queues=queues, worker_id=worker_id, max_in_flight=max_in_flight)
+        if lease_duration is not None:
+            req.lease_duration.CopyFrom(to_duration(lease_duration))
+        return self.stub.Lease(req, metadata=self.metadata)
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r}, timeout={self.timeout:g})"

@@ -1,0 +1,271 @@
+"""Plain Python values for edgeq's messages, and their conversion to and from protobuf.
+
+Owns ``JobState``, ``LeaseOutcome``, the frozen ``Job`` / ``QueueStats`` / ``EnqueueResult``
+read models (timestamps as UTC datetimes, spans as float seconds, the message kept as
+``.raw``), the ``JobSpec`` producers build, and the small helpers that turn floats,
+timedeltas and datetimes into ``Duration`` / ``Timestamp``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from edgeq.v1 import queue_pb2 as pb
+
+__all__ = [
+    "EPOCH",
+    "EnqueueResult",
+    "Job",
+    "JobSpec",
+    "JobSpecLike",
+    "JobState",
+    "LeaseOutcome",
+    "QueueStats",
+    "to_datetime",
+    "to_duration",
+    "to_job_spec",
+    "to_seconds",
+    "to_timestamp",
+]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: A state this client version does not know (never sent by a v1 server).
+    UNSPECIFIED = "unspecified"
+
+    @classmethod
+    def from_proto(cls, value: int) -> JobState:
+        return _STATE_FROM_PROTO.get(value, cls.UNSPECIFIED)
+
+    def to_proto(self) -> pb.JobState:
+        return _STATE_TO_PROTO[self]
+
+
+_STATE_TO_PROTO: dict[JobState, pb.JobState] = {
+    JobState.PENDING: pb.JOB_STATE_PENDING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.COMPLETED: pb.JOB_STATE_COMPLETED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+    JobState.UNSPECIFIED: pb.JOB_STATE_UNSPECIFIED,
+}
+_STATE_FROM_PROTO: dict[int, JobState] = {int(v): k for k, v in _STATE_TO_PROTO.items()}
+
+
+class LeaseOutcome(enum.StrEnum):
+    """The result of settling (Ack/Nack) or extending (Heartbeat) one lease."""
+
+    #: The lease was live and the request took effect.
+    OK = "ok"
+    #: The lease expired, was re-leased, was settled already, or the job was cancelled.
+    STALE = "stale"
+    #: Not a token this server issued.
+    INVALID = "invalid"
+    UNSPECIFIED = "unspecified"
+
+    @classmethod
+    def from_proto(cls, value: int) -> LeaseOutcome:
+        return _OUTCOME_FROM_PROTO.get(value, cls.UNSPECIFIED)
+
+
+_OUTCOME_FROM_PROTO: dict[int, LeaseOutcome] = {
+    int(pb.LEASE_OUTCOME_OK): LeaseOutcome.OK,
+    int(pb.LEASE_OUTCOME_STALE): LeaseOutcome.STALE,
+    int(pb.LEASE_OUTCOME_INVALID): LeaseOutcome.INVALID,
+}
+
+
+# ---------------------------------------------------------------- time conversion
+
+
+def to_datetime(ts: timestamp_pb2.Timestamp) -> datetime | None:
+    """A UTC datetime (microsecond precision), or None for an unset (zero) Timestamp."""
+    if not ts.seconds and not ts.nanos:
+        return None
+    return EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def to_seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def to_duration(value: float | timedelta) -> duration_pb2.Duration:
+    """A Duration from seconds (float) or a timedelta."""
+    d = duration_pb2.Duration()
+    if isinstance(value, timedelta):
+        d.FromTimedelta(value)
+    else:
+        d.FromNanoseconds(round(value * 1e9))
+    return d
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A Timestamp from a timezone-aware datetime (naive ones are refused: ambiguous)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("datetimes sent to edgeq must be timezone-aware (e.g. datetime.now(UTC))")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# ---------------------------------------------------------------- read models
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job as the server reports it."""
+
+    id: str
+    queue: str
+    payload: bytes
+    state: JobState
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    lease_expires_at: datetime | None
+    error_message: str
+    idempotency_key: str | None
+    headers: Mapping[str, str] = field(hash=False)
+    worker_id: str | None
+    result: bytes | None
+    raw: pb.Job = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_proto(cls, m: pb.Job) -> Job:
+        return cls(
+            id=m.id,
+            queue=m.queue,
+            payload=m.payload,
+            state=JobState.from_proto(m.state),
+            attempts=m.attempts,
+            max_attempts=m.max_attempts,
+            priority=m.priority,
+            run_at=to_datetime(m.run_at) or EPOCH,
+            created_at=to_datetime(m.created_at) or EPOCH,
+            started_at=to_datetime(m.started_at),
+            completed_at=to_datetime(m.completed_at),
+            lease_expires_at=to_datetime(m.lease_expires_at),
+            error_message=m.error_message,
+            idempotency_key=m.idempotency_key or None,
+            headers=dict(m.headers),
+            worker_id=m.worker_id or None,
+            result=m.result or None,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue's counts by state."""
+
+    queue: str
+    #: PENDING jobs that may run now.
+    pending: int
+    #: PENDING jobs whose run_at is in the future.
+    scheduled: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    #: Age in seconds of the oldest job that may run now (0 when none).
+    oldest_pending_age: float
+    paused: bool
+    raw: pb.QueueStats = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_proto(cls, m: pb.QueueStats) -> QueueStats:
+        return cls(
+            queue=m.queue,
+            pending=m.pending,
+            scheduled=m.scheduled,
+            running=m.running,
+            completed=m.completed,
+            failed=m.failed,
+            cancelled=m.cancelled,
+            oldest_pending_age=to_seconds(m.oldest_pending_age),
+            paused=m.paused,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """The outcome for one enqueued job."""
+
+    #: The job's id (the first job's id when ``duplicate``).
+    job_id: str
+    #: True when an existing job with the same (queue, idempotency_key) was returned.
+    duplicate: bool
+    #: Consistency token of the write (pass as min_txid to read it back anywhere).
+    txid: int
+
+
+# ---------------------------------------------------------------- producer input
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A job to enqueue (``Client.enqueue_many`` also takes dicts with these keys)."""
+
+    queue: str
+    payload: bytes = b""
+    #: Seconds (or a timedelta) before the job may run; exclusive with ``run_at``.
+    delay: float | timedelta | None = None
+    #: Earliest run time, timezone-aware; exclusive with ``delay``.
+    run_at: datetime | None = None
+    #: Higher runs first.
+    priority: int = 0
+    #: Attempts before the job fails for good; 0 means the server default (3).
+    max_attempts: int = 0
+    #: The same (queue, key) while the job is retained returns the first job's id.
+    idempotency_key: str | None = None
+    headers: Mapping[str, str] | None = field(default=None, hash=False)
+
+    def to_proto(self) -> pb.JobSpec:
+        m = pb.JobSpec(
+            queue=self.queue,
+            payload=bytes(self.payload),
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key or "",
+        )
+        if self.headers:
+            m.headers.update(self.headers)
+        if self.delay is not None:
+            m.delay.CopyFrom(to_duration(self.delay))
+        if self.run_at is not None:
+            m.run_at.CopyFrom(to_timestamp(self.run_at))
+        return m
+
+
+#: What ``Client.enqueue_many`` accepts per job.
+JobSpecLike: TypeAlias = JobSpec | Mapping[str, Any] | pb.JobSpec
+
+
+def to_job_spec(spec: JobSpecLike) -> pb.JobSpec:
+    if isinstance(spec, pb.JobSpec):
+        return spec
+    if isinstance(spec, JobSpec):
+        return spec.to_proto()
+    if isinstance(spec, Mapping):
+        return JobSpec(**spec).to_proto()
+    raise TypeError(f"expected a JobSpec, a mapping or an edgeq.v1 JobSpec, got {type(spec).__name__}")
