@@ -195,7 +195,7 @@ class Store:
             return []
         cur = self.conn.cursor()
         paused = self._paused_among(cur, queues)
-        live = [q for q in queues if q not in paused]
+        live = [q for q in dict.fromkeys(queues) if q not in paused]  # a repeated name would claim a job twice
         if not live:
             return []
         candidates: list[tuple[int, int, int]] = []  # (-priority, run_at, rowid)

@@ -51,7 +51,7 @@ class TokenCodec:
         """
         if len(token) > MAX_TOKEN_LENGTH:
             raise ValueError("longer than a lease token")
-        m = _SHAPE.match(token)
+        m = _SHAPE.fullmatch(token)  # match() would let '$' accept a trailing newline
         if m is None:
             raise ValueError("not a lease token")
         job_id, lease_id, mac = m.groups()

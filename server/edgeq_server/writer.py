@@ -182,11 +182,15 @@ class Writer:
                         store.rollback_to_savepoint()
                     item.error = exc
             if store.conn.in_transaction:
+                # Adopt the new txid (and reservation) only once COMMIT succeeds: a failed
+                # COMMIT loses the reservation it carried.
+                txid, reserved = self._txid, self._txid_reserved
                 if store.conn.total_changes() != changes:  # only real writes move the txid
-                    self._txid += 1
-                    if self._txid > self._txid_reserved:
-                        self._txid_reserved = store.reserve_txids(self._txid + TXID_BLOCK)
+                    txid += 1
+                    if txid > reserved:
+                        reserved = store.reserve_txids(txid + TXID_BLOCK)
                 store.commit()
+                self._txid, self._txid_reserved = txid, reserved
         except BaseException as exc:
             log.exception("write transaction failed; %d operations rolled back", len(batch))
             try:
