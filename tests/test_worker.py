@@ -4,6 +4,8 @@ stop(), and reconnecting after the server restarts on the same port and database
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,11 +50,13 @@ def client(server: ServerThread) -> Iterator[Client]:
 
 def test_processes_many_jobs(client: Client) -> None:
     seen: list[str] = []
+    holders: set[str | None] = set()
     lock = threading.Lock()
 
     def handler(job: LeasedJob) -> bytes | None:
         with lock:
             seen.append(job.id)
+            holders.add(job.job.worker_id)
         n = int(job.payload)
         return b"r%d" % n if n % 2 else None
 
@@ -64,7 +68,9 @@ def test_processes_many_jobs(client: Client) -> None:
     stats = worker.stats
     assert (stats.processed, stats.acked, stats.nacked, stats.stale, stats.in_flight) == (200, 200, 0, 0, 0)
     assert client.get(ids[1]).result == b"r1" and client.get(ids[2]).result is None
-    assert client.get(ids[0]).worker_id  # hostname-pid by default
+    # While RUNNING the job names its holder (hostname-pid by default); once settled, nobody.
+    assert holders == {f"{socket.gethostname()}-{os.getpid()}"}
+    assert client.get(ids[0]).worker_id is None
 
 
 def test_exception_nacks_until_failed(client: Client) -> None:

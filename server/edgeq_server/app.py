@@ -91,6 +91,13 @@ class EdgeqServer:
         self._path = os.path.abspath(config.db_path)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_resources()  # a failed start leaves no thread or file open
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         path = self._path
         self._checkpointer = db.Checkpointer(path)
@@ -115,6 +122,7 @@ class EdgeqServer:
         if cfg.auth_token or cfg.client_token:
             interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token))
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
+        self._server = server
         server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service))  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -123,7 +131,6 @@ class EdgeqServer:
         )
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         await server.start()
-        self._server = server
         self.dispatcher.start()
         self.maintenance.start()
         if cfg.metrics_address:
@@ -171,6 +178,14 @@ class EdgeqServer:
                 await asyncio.sleep(0.05)
         if self._server is not None:
             await self._server.stop(grace)
+        await self._close_resources()
+        await asyncio.to_thread(db.final_checkpoint, self._path)
+        log.info("stopped")
+        self._stopped.set()
+
+    async def _close_resources(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:
@@ -179,9 +194,6 @@ class EdgeqServer:
             self.readers.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        await asyncio.to_thread(db.final_checkpoint, self._path)
-        log.info("stopped")
-        self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -21,6 +21,10 @@ class Clock(Protocol):
         """Call ``callback`` whenever time jumps (manual clocks only); timers re-check then."""
         ...
 
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        ...
+
 
 class SystemClock:
     """Wall-clock time."""
@@ -29,6 +33,9 @@ class SystemClock:
         return time.time_ns() // 1000
 
     def subscribe(self, callback: Callable[[], None]) -> None:
+        return None
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
         return None
 
 
@@ -54,3 +61,7 @@ class ManualClock:
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)

@@ -77,6 +77,8 @@ class Config:
             raise ValueError("default_lease_seconds must be > 0 and <= max_lease_seconds")
         if self.keepalive_seconds <= 0:
             raise ValueError("keepalive_seconds must be > 0")
+        if self.retention_interval_seconds <= 0:
+            raise ValueError("retention_interval_seconds must be > 0")
         if self.max_payload_bytes >= self.max_message_bytes:
             raise ValueError("max_payload_bytes must be below max_message_bytes")
 

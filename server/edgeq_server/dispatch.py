@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import metrics
+from .errors import Unavailable
 from .models import Job
 from .store import Store
 from .tokens import TokenCodec
@@ -77,7 +78,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
+        self._stopping = False
         self._rotate = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ streams
 
@@ -95,6 +98,8 @@ class Dispatcher:
         return len(self._leases)
 
     def open(self, queues: Iterable[str], worker_id: str, max_in_flight: int, lease_us: int) -> LeaseStream:
+        if not self._accepting:
+            raise Unavailable("server is draining; reconnect to another node or retry")
         stream = LeaseStream(next(self._ids), tuple(dict.fromkeys(queues)), worker_id, max_in_flight, lease_us)
         self._streams[stream.id] = stream
         metrics.STREAMS.set(len(self._streams))
@@ -103,11 +108,24 @@ class Dispatcher:
         return stream
 
     def close(self, stream: LeaseStream) -> None:
-        """The stream ended. Jobs it holds stay leased: the worker may still settle them,
-        and expiry returns them if it does not."""
+        """The stream ended. Jobs it was sent stay leased: the worker may still settle them,
+        and expiry returns them if it does not. Jobs still waiting in its outbox were never
+        sent: they go back to PENDING without counting the attempt."""
         stream.closed = True
         self._streams.pop(stream.id, None)
         metrics.STREAMS.set(len(self._streams))
+        unsent: list[Job] = []
+        while not stream.outbox.empty():
+            batch = stream.outbox.get_nowait()
+            for d in batch or ():
+                unsent.append(d.job)
+                stream.outstanding.discard(d.job.id)
+                if self._leases.get(d.job.id) is stream:
+                    del self._leases[d.job.id]
+        if unsent:
+            task = asyncio.create_task(self._unclaim(unsent))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ events
 
@@ -136,22 +154,29 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="edgeq-dispatch")
 
     async def drain(self) -> None:
-        """Stop handing out jobs and end every stream (workers reconnect elsewhere)."""
+        """Stop handing out jobs and end every stream (workers reconnect elsewhere).
+
+        The pass in progress finishes first (never cancelled mid-claim: a committed claim
+        whose result nobody receives would hold a job RUNNING with an attempt spent), so
+        what it claimed is delivered ahead of the end of each stream.
+        """
         self._accepting = False
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
             self._task = None
         for stream in list(self._streams.values()):
             stream.outbox.put_nowait(_CLOSE)
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self._pass()
             except asyncio.CancelledError:
@@ -212,5 +237,7 @@ class Dispatcher:
 
     async def _unclaim(self, jobs: list[Job]) -> None:
         pairs = [(j.id, j.lease_id) for j in jobs if j.lease_id is not None]
-        await self._writer.submit(lambda store, now: store.unclaim(pairs, now))
-        self.notify({j.queue for j in jobs})
+        queues = {j.queue for j in jobs}
+        await self._writer.submit(
+            lambda store, now: store.unclaim(pairs, now), after=lambda _n, _t: self.notify(queues)
+        )

@@ -66,7 +66,8 @@ class Maintenance:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
-        clock.subscribe(lambda: self._wake_threadsafe(loop))
+        self._on_clock = lambda: self._wake_threadsafe(loop)
+        clock.subscribe(self._on_clock)
 
     def _wake_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self._wake.set)
@@ -117,13 +118,26 @@ class Maintenance:
             del self._due[q]
         self._dispatcher.notify(due)
         stats.due_queues = len(due)
-        for q in due:
-            nxt = await self._readers.run(lambda s, q=q: s.next_due_after(q, now))  # type: ignore[misc]
+        for i, q in enumerate(due):
+            try:
+                nxt = await self._readers.run(lambda s, q=q: s.next_due_after(q, now))  # type: ignore[misc]
+            except BaseException:
+                # Keep the timer for queues not yet looked at: retried on the next run.
+                for rest in due[i:]:
+                    self._due.setdefault(rest, now)
+                raise
             if nxt is not None:
                 self.note_due(q, nxt)
 
     async def _expire(self, now: int, stats: RunStats) -> None:
         self._next_expiry = None
+        try:
+            await self._expire_all(now, stats)
+        except BaseException:
+            self.note_lease(now)  # the sweep failed: keep the timer, retry on the next run
+            raise
+
+    async def _expire_all(self, now: int, stats: RunStats) -> None:
         while True:
             expired: list[Expired]
             expired, _ = await self._writer.submit(lambda s, _now: s.expire_leases(now, EXPIRE_BATCH))
@@ -168,6 +182,7 @@ class Maintenance:
         self._task = asyncio.create_task(self._run(), name="edgeq-maintenance")
 
     async def stop(self) -> None:
+        self._clock.unsubscribe(self._on_clock)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -195,7 +210,10 @@ class Maintenance:
                 continue
             delay = (self._next_wakeup() - self._clock.now()) / MICROS
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # lands as the wait completes, and stop() would hang until the next timer.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 3600))
+                    async with asyncio.timeout(min(delay, 3600)):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass

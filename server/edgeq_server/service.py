@@ -22,7 +22,7 @@ from .dispatch import Delivery, Dispatcher
 from .errors import NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
-from .models import Backoff, JobState, LeaseOutcome
+from .models import Backoff, EnqueueResult, Job, JobState, LeaseOutcome
 from .readers import Readers
 from .store import Settled, Store
 from .tokens import TokenCodec
@@ -78,19 +78,11 @@ class QueueService:
                                   f" (this node is at {self._writer.txid})")
             await asyncio.sleep(0.005)
 
-    def _after_settle(self, settled: list[Settled]) -> None:
-        for s in settled:
-            metrics.SETTLED.labels(_RESULT[s.outcome, s.state]).inc()
-        self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
-        for s in settled:
-            if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
-                self._maintenance.note_due(s.queue, s.run_at)
+    # Post-commit bookkeeping runs as the writer's ``after`` callback, so it happens even if
+    # the caller's deadline passed while the write was queued: a committed enqueue always
+    # wakes its listeners and a committed ack always returns the stream's credit.
 
-    # ------------------------------------------------------------------ writes
-
-    async def Enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
-        specs = validate.enqueue(request, self._cfg, self._clock.now())
-        results, txid = await self._writer.submit(lambda s, now: s.enqueue(specs, now, _new_ids()))
+    def _after_enqueue(self, results: list[EnqueueResult], _txid: int) -> None:
         due: dict[str, int] = {}
         for r in results:
             if not r.duplicate:
@@ -98,41 +90,71 @@ class QueueService:
                 metrics.ENQUEUED.labels(r.queue).inc()
         for queue, at in due.items():
             self._maintenance.note_due(queue, at)
+
+    def _after_settle(self, settled: list[Settled], _txid: int) -> None:
+        for s in settled:
+            metrics.SETTLED.labels(_RESULT[s.outcome, s.state]).inc()
+        self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
+        for s in settled:
+            if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
+                self._maintenance.note_due(s.queue, s.run_at)
+
+    def _after_heartbeat(self, results: list[tuple[LeaseOutcome, int | None]], _txid: int) -> None:
+        # A heartbeat may shorten a lease (extend_by below what is left): the expiry timer
+        # must learn the new, earlier time.
+        ends = [e for o, e in results if o is LeaseOutcome.OK and e is not None]
+        if ends:
+            self._maintenance.note_lease(min(ends))
+
+    def _after_cancel(self, result: tuple[Job, bool], _txid: int) -> None:
+        job, was_running = result
+        if was_running:
+            self._dispatcher.settled((job.id,))
+
+    def _after_retry(self, job: Job, _txid: int) -> None:
+        self._maintenance.note_due(job.queue, job.run_at)
+
+    # ------------------------------------------------------------------ writes
+
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
+        specs = validate.enqueue(request, self._cfg, self._clock.now())
+        results, txid = await self._writer.submit(
+            lambda s, now: s.enqueue(specs, now, _new_ids()), after=self._after_enqueue
+        )
         return pb.EnqueueResponse(
             results=[pb.EnqueueResult(job_id=r.job_id, duplicate=r.duplicate) for r in results], txid=txid
         )
 
     async def Ack(self, request: pb.AckRequest, context: Ctx) -> pb.AckResponse:
         items = validate.ack(request, self._codec, self._cfg)
-        settled, txid = await self._writer.submit(lambda s, now: s.ack(items, now))
-        self._after_settle(settled)
+        settled, txid = await self._writer.submit(lambda s, now: s.ack(items, now), after=self._after_settle)
         return pb.AckResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
 
     async def Nack(self, request: pb.NackRequest, context: Ctx) -> pb.NackResponse:
         items = validate.nack(request, self._codec, self._cfg)
-        settled, txid = await self._writer.submit(lambda s, now: s.nack(items, self._backoff, now))
-        self._after_settle(settled)
+        settled, txid = await self._writer.submit(
+            lambda s, now: s.nack(items, self._backoff, now), after=self._after_settle
+        )
         return pb.NackResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         refs, extend = validate.heartbeat(request, self._codec, self._cfg)
-        results, txid = await self._writer.submit(lambda s, now: s.heartbeat(refs, extend, now))
+        results, txid = await self._writer.submit(
+            lambda s, now: s.heartbeat(refs, extend, now), after=self._after_heartbeat
+        )
         resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[o] for o, _ in results], txid=txid)
         for _, expires in results:
-            resp.lease_expires_at.append(convert.timestamp(expires) if expires else convert.timestamp(0))
+            resp.lease_expires_at.append(convert.timestamp(expires or 0))
         return resp
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
         job_id = validate.job_id(request.job_id)
-        (job, was_running), txid = await self._writer.submit(lambda s, now: s.cancel(job_id, now))
-        if was_running:
-            self._dispatcher.settled((job.id,))
+        (job, _), txid = await self._writer.submit(lambda s, now: s.cancel(job_id, now), after=self._after_cancel)
         return pb.CancelJobResponse(job=convert.job(job), txid=txid)
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.RetryJobResponse:
         job_id = validate.job_id(request.job_id)
-        job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now))
-        self._maintenance.note_due(job.queue, job.run_at)
+        job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now), after=self._after_retry)
         return pb.RetryJobResponse(job=convert.job(job), txid=txid)
 
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
@@ -142,8 +164,9 @@ class QueueService:
 
     async def ResumeQueue(self, request: pb.ResumeQueueRequest, context: Ctx) -> pb.ResumeQueueResponse:
         queue = validate.queue_name(request.queue, "queue")
-        _, txid = await self._writer.submit(lambda s, now: s.set_paused(queue, False, now))
-        self._dispatcher.notify((queue,))
+        _, txid = await self._writer.submit(
+            lambda s, now: s.set_paused(queue, False, now), after=lambda _r, _t: self._dispatcher.notify((queue,))
+        )
         return pb.ResumeQueueResponse(txid=txid)
 
     # ------------------------------------------------------------------ reads
@@ -174,6 +197,23 @@ class QueueService:
 
     # ------------------------------------------------------------------ stream
 
+    def _messages(self, deliveries: list[Delivery]) -> Iterator[pb.LeaseResponse]:
+        """Pack deliveries into as few LeaseResponses as fit under the message limit (one
+        job always fits: payloads are capped below it)."""
+        limit = self._cfg.max_message_bytes - 4096
+        message = pb.LeaseResponse()
+        size = 0
+        for d in deliveries:
+            item = convert.leased(d)
+            n = item.ByteSize() + 8  # field tag and length prefix
+            if message.jobs and size + n > limit:
+                yield message
+                message, size = pb.LeaseResponse(), 0
+            message.jobs.append(item)
+            size += n
+        if message.jobs:
+            yield message
+
     async def Lease(self, request: pb.LeaseRequest, context: Ctx) -> AsyncIterator[pb.LeaseResponse]:
         p = validate.lease(request, self._cfg)
         if not self._dispatcher.accepting:
@@ -185,7 +225,8 @@ class QueueService:
         try:
             while True:
                 try:
-                    batch = await asyncio.wait_for(stream.outbox.get(), timeout=keepalive)
+                    async with asyncio.timeout(keepalive):  # not wait_for: see maintenance._run
+                        batch = await stream.outbox.get()
                 except TimeoutError:
                     yield pb.LeaseResponse()  # keepalive
                     continue
@@ -198,6 +239,7 @@ class QueueService:
                         stream.outbox.put_nowait(None)
                         break
                     deliveries.extend(more)
-                yield pb.LeaseResponse(jobs=[convert.leased(d) for d in deliveries])
+                for message in self._messages(deliveries):
+                    yield message
         finally:
             self._dispatcher.close(stream)

@@ -28,7 +28,8 @@ _COLUMNS = (
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
     " idempotency_key, headers, result"
 )
-_CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL"
+# worker_id names the holder of the current lease, so it goes with the lease.
+_CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL, worker_id = NULL"
 _FINAL = "('completed', 'failed', 'cancelled')"
 
 
@@ -230,7 +231,7 @@ class Store:
         for job_id, lease_id in job_ids:
             cur.execute(
                 "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL,"
-                f" worker_id = NULL, {_CLEAR_LEASE}"
+                f" {_CLEAR_LEASE}"
                 " WHERE id = ? AND lease_id = ? AND status = 'running'",
                 (job_id, lease_id),
             )
@@ -352,7 +353,7 @@ class Store:
         return _job(
             cur.execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"
-                f" result = NULL, worker_id = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                f" result = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
             ).fetchone()
         )

@@ -244,8 +244,10 @@ def list_jobs(req: pb.ListJobsRequest) -> ListParams:
             data = json.loads(base64.urlsafe_b64decode(padded.encode()))
             after = int(data["a"])
             token_filter = str(data["f"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error):
             raise InvalidArgument("page_token", "is not a token from ListJobs") from None
+        if not 0 <= after < 2**63:
+            raise InvalidArgument("page_token", "is not a token from ListJobs")
         if token_filter != _filter_key(queue, state):
             raise InvalidArgument("page_token", "was issued for different filters")
     return ListParams(queue, state, size, after)

@@ -34,6 +34,9 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Bookkeeping that must follow a committed operation even if its caller has gone away
+#: (deadline passed, stream cancelled): runs on the caller's event loop, after COMMIT.
+After = Callable[[T, int], None]
 #: txids are reserved in blocks: the stored counter is a high-water mark written once per
 #: block, not once per commit (that extra page write cost ~20% of a small commit).
 TXID_BLOCK = 1000
@@ -42,19 +45,31 @@ _STOP = object()
 
 
 class _Pending:
-    __slots__ = ("error", "future", "loop", "op", "result")
+    __slots__ = ("after", "error", "future", "loop", "op", "result")
 
-    def __init__(self, op: Op[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        op: Op[Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        after: After[Any] | None,
+    ) -> None:
         self.op = op
         self.future = future
         self.loop = loop
+        self.after = after
         self.result: Any = None
         self.error: BaseException | None = None
 
 
 def _resolve(items: list[_Pending], txid: int) -> None:
     for item in items:
-        if item.future.done():
+        if item.error is None and item.after is not None:
+            try:
+                item.after(item.result, txid)
+            except Exception:
+                log.exception("post-commit bookkeeping failed")
+        if item.future.done():  # the caller was cancelled; the write stands
             continue
         if item.error is not None:
             item.future.set_exception(item.error)
@@ -79,6 +94,7 @@ class Writer:
         self._checkpointer = checkpointer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self._close_lock = threading.Lock()  # no submit slips in behind the stop marker
         self._ready = threading.Event()
         self._txid = 0
         self._txid_reserved = 0
@@ -103,25 +119,36 @@ class Writer:
         if self._startup_error is not None:
             raise self._startup_error
 
-    async def submit(self, op: Op[T]) -> tuple[T, int]:
-        """Run ``op(store, now)`` in the next group transaction; return (result, txid).
+    def submit_nowait(self, op: Op[T], after: After[T] | None = None) -> asyncio.Future[tuple[T, int]]:
+        """Queue ``op(store, now)`` for the next group transaction and return its future
+        (result, txid). ``after(result, txid)`` runs on this loop once the operation has
+        committed, whether or not anyone still awaits the future.
 
-        Raises what ``op`` raised (its writes rolled back), or Unavailable if closed.
+        The future fails with what ``op`` raised (its writes rolled back), or with
+        Unavailable if the writer is closed.
         """
-        if self._closed:
-            raise Unavailable("server is shutting down")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[T, int]] = loop.create_future()
-        self._queue.put(_Pending(op, fut, loop))
-        return await fut
+        with self._close_lock:
+            if self._closed:
+                fut.set_exception(Unavailable("server is shutting down"))
+            else:
+                self._queue.put(_Pending(op, fut, loop, after))
+        return fut
+
+    async def submit(self, op: Op[T], after: After[T] | None = None) -> tuple[T, int]:
+        """``submit_nowait`` and wait for the result."""
+        return await self.submit_nowait(op, after)
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread and close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(timeout=30)
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=30)
 
     # ------------------------------------------------------------------ thread
 
