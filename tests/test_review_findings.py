@@ -1,6 +1,9 @@
-"""Review findings: each test states the contract / documented behaviour and currently FAILS
-against the server, proving a bug. Real EdgeqServer over gRPC with a ManualClock
-(``e2e_fixtures.Harness``) unless the bug lives below the RPC layer.
+"""Regression tests from the code review: each states a contract or documented behaviour
+that an earlier version broke (post-commit bookkeeping lost with a cancelled caller, drain
+mid-claim, unsent outbox jobs, failed sweeps, shortened heartbeats, oversized Lease
+messages, submit/close races, failed starts, worker_id, hostile page tokens). Real
+EdgeqServer over gRPC with a ManualClock (``e2e_fixtures.Harness``) unless the behaviour
+lives below the RPC layer.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import apsw
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from e2e_fixtures import Harness, dur
 
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
@@ -35,124 +38,6 @@ PENDING, RUNNING, COMPLETED, FAILED = (
     pb.JOB_STATE_FAILED,
 )
 MiB = 1024 * 1024
-
-TIMEOUT = 5.0
-
-
-def dur(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromMicroseconds(round(seconds * 1_000_000))
-    return d
-
-
-class Harness:
-    """A self-contained copy of the e2e harness (so this file does not depend on files that
-    are still changing): one restartable server, a ManualClock, a channel and a stub."""
-
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        config.setdefault("keepalive_seconds", 0.2)
-        self.config = Config(host="127.0.0.1", port=0, db_path=str(tmp_path / "q.db"), **config)
-        self.clock = ManualClock()
-        self.srv: EdgeqServer | None = None
-        self.channel: grpc.aio.Channel | None = None
-        self.stub: pb_grpc.QueueServiceStub = None  # type: ignore[assignment]
-        self._calls: list[Any] = []
-
-    async def __aenter__(self) -> Harness:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def server(self) -> EdgeqServer:
-        assert self.srv is not None
-        return self.srv
-
-    async def start(self) -> None:
-        self.srv = EdgeqServer(self.config, clock=self.clock)
-        await self.srv.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.srv.port}")
-        self.stub = pb_grpc.QueueServiceStub(self.channel)
-
-    async def stop(self) -> None:
-        for call in self._calls:
-            call.cancel()
-        self._calls.clear()
-        if self.channel is not None:
-            await self.channel.close()
-            self.channel = None
-        if self.srv is not None:
-            srv, self.srv = self.srv, None
-            await asyncio.wait_for(srv.stop(drain_seconds=0, grace_seconds=0), 30)
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-    async def put(self, queue: str = "q", payload: bytes = b"x", **spec: Any) -> str:
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue=queue, payload=payload, **spec)])
-        return (await self.stub.Enqueue(req)).results[0].job_id  # type: ignore[no-any-return]
-
-    async def job(self, job_id: str) -> pb.Job:
-        return (await self.stub.GetJob(pb.GetJobRequest(job_id=job_id))).job  # type: ignore[no-any-return]
-
-    async def all_jobs(self, **filters: Any) -> list[pb.Job]:
-        return list((await self.stub.ListJobs(pb.ListJobsRequest(page_size=1000, **filters))).jobs)
-
-    async def lease(
-        self, *queues: str, max_in_flight: int = 1, lease_seconds: float | None = None, worker_id: str = "w"
-    ) -> Any:
-        req = pb.LeaseRequest(queues=list(queues or ("q",)), worker_id=worker_id, max_in_flight=max_in_flight)
-        if lease_seconds is not None:
-            req.lease_duration.CopyFrom(dur(lease_seconds))
-        call = self.stub.Lease(req)
-        self._calls.append(call)
-        await asyncio.wait_for(call.initial_metadata(), TIMEOUT)
-        return call
-
-    async def read(self, call: Any) -> pb.LeaseResponse:
-        msg = await asyncio.wait_for(call.read(), TIMEOUT)
-        assert msg is not grpc.aio.EOF, "Lease stream ended"
-        return msg  # type: ignore[no-any-return]
-
-    async def take(self, call: Any, n: int) -> list[pb.LeasedJob]:
-        got: list[pb.LeasedJob] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while len(got) < n:
-            assert loop.time() < deadline, f"expected {n} jobs, got {len(got)}"
-            got.extend((await self.read(call)).jobs)
-        assert len(got) == n, f"expected {n} jobs, got {len(got)}"
-        return got
-
-    async def idle(self, call: Any) -> None:
-        msg = await self.read(call)
-        assert not msg.jobs, f"unexpected delivery: {[j.job.id for j in msg.jobs]}"
-
-    async def ack(self, *tokens: str) -> list[int]:
-        resp = await self.stub.Ack(pb.AckRequest(items=[pb.AckItem(lease_token=t) for t in tokens]))
-        return list(resp.outcomes)
-
-    async def until(self, check: Any, what: str = "condition") -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while True:
-            value = await check()
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.01)
-
-    async def until_state(self, job_id: str, state: int) -> pb.Job:
-        async def check() -> pb.Job | None:
-            job = await self.job(job_id)
-            return job if job.state == state else None
-
-        return await self.until(check, f"job {job_id} to reach {pb.JobState.Name(state)}")
-
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
