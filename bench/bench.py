@@ -42,9 +42,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 class ServerProcess:
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeq_server", "serve", "--port", "0", "--db-path", db, "--log-level", "WARNING"],
+            [sys.executable, "-m", "edgeq_server", "serve", "--port", "0", "--db-path", db, "--log-level", "WARNING",
+             *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )
         assert self.proc.stdout is not None
@@ -171,6 +172,37 @@ def bench_full_cycle(target: str, jobs: int, concurrency: int) -> dict[str, floa
             "enqueue_phase_s": t_enq, "total_s": el}
 
 
+def bench_steady_state_size(seconds: float) -> dict[str, object]:
+    """Steady load (enqueue -> worker -> ack) with a 2 s retention for completed jobs: the
+    database file (plus WAL) should plateau instead of growing with the job count."""
+    from edgeq import Client, Worker
+
+    with tempfile.TemporaryDirectory() as d:
+        db = os.path.join(d, "steady.db")
+        srv = ServerProcess(db, "--retention-completed-seconds", "2", "--retention-interval-seconds", "1")
+        samples: list[dict[str, float]] = []
+        try:
+            with Client(srv.target) as client:
+                worker = Worker(client, ["steady"], lambda job: None, concurrency=8, max_in_flight=256).start()
+                t0 = time.perf_counter()
+                next_sample = t0
+                while time.perf_counter() - t0 < seconds:
+                    client.enqueue_many([{"queue": "steady", "payload": PAYLOAD}] * 200)
+                    st = client.stats("steady")[0]
+                    if st.pending + st.running > 5000:  # keep the backlog bounded: steady, not a flood
+                        time.sleep(0.05)
+                    if time.perf_counter() >= next_sample:
+                        size = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+                        samples.append({"t_s": round(time.perf_counter() - t0, 1), "mb": round(size / 1e6, 2),
+                                        "completed_retained": st.completed,
+                                        "processed": worker.processed})
+                        next_sample += seconds / 6
+                worker.stop()
+        finally:
+            srv.stop()
+    return {"retention_completed_s": 2, "samples": samples}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (smoke run)")
@@ -195,6 +227,8 @@ def main() -> None:
                 results["full_cycle_worker"] = bench_full_cycle(srv.target, int(30000 * scale), 8)
         finally:
             srv.stop()
+    if not args.skip_worker:
+        results["steady_state_file_size"] = bench_steady_state_size(30 * scale)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
