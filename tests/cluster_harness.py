@@ -1,0 +1,206 @@
+"""A real LiteFS cluster on loopback for tests: N ``litefs mount`` processes (static lease,
+node 1 the primary), each with its own FUSE dir, data dir, HTTP port and gRPC port, each
+running ``edgeq serve`` on its mount through LiteFS ``exec``. Mounts and processes are always
+cleaned up (``fusermount3 -uz``), even after a failed test.
+
+Missing LiteFS, fusermount3 or /dev/fuse skips the cluster tests on a laptop, and FAILS them
+when ``CI=true``: a cluster test that silently skips in CI is a failed test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = "edgeq.db"
+
+
+def litefs_binary() -> str | None:
+    candidates = (os.environ.get("EDGEQ_LITEFS_BIN"), str(ROOT / ".cache/litefs/bin/litefs"), shutil.which("litefs"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_litefs() -> str:
+    """The LiteFS binary, or skip (laptop) / fail (CI) saying what is missing."""
+    missing = []
+    binary = litefs_binary()
+    if binary is None:
+        missing.append("the litefs binary (bash scripts/test builds it into .cache/litefs)")
+    if shutil.which("fusermount3") is None:
+        missing.append("fusermount3 (Debian package fuse3)")
+    if not os.path.exists("/dev/fuse"):
+        missing.append("/dev/fuse")
+    if missing:
+        message = "LiteFS cluster tests need " + ", ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI must run them)", pytrace=False)
+        pytest.skip(message)
+    assert binary is not None
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def txid_of(pos_file: Path) -> int:
+    """The TXID in a LiteFS ``<db>-pos`` file ("<16 hex txid>/<16 hex checksum>"), 0 if absent."""
+    try:
+        text = pos_file.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text.split("/")[0], 16) if text else 0
+
+
+class Node:
+    def __init__(self, cluster: Cluster, index: int) -> None:
+        self.index = index
+        self.dir = cluster.root / f"n{index}"
+        self.mount = self.dir / "mnt"
+        self.data = self.dir / "data"
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.candidate = index == 1
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "litefs.log"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def db(self) -> Path:
+        return self.mount / DB
+
+    def txid(self) -> int:
+        return txid_of(self.mount / f"{DB}-pos")
+
+    def write_config(self, primary: Node) -> Path:
+        self.mount.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(parents=True, exist_ok=True)
+        cmd = f"{sys.executable} -m edgeq_server serve --port {self.grpc_port} --db-path {self.db} --log-level INFO"
+        config = self.dir / "litefs.yml"
+        config.write_text(
+            f'fuse: {{ dir: "{self.mount}" }}\n'
+            f'data: {{ dir: "{self.data}" }}\n'
+            f'http: {{ addr: "127.0.0.1:{self.http_port}" }}\n'
+            "lease:\n"
+            '  type: "static"\n'
+            f"  candidate: {'true' if self.candidate else 'false'}\n"
+            # Static lease: every node names the primary (its gRPC address ends up in .primary).
+            f'  hostname: "{primary.target}"\n'
+            f'  advertise-url: "http://127.0.0.1:{primary.http_port}"\n'
+            f'exec: "{cmd}"\n'
+        )
+        return config
+
+
+class Cluster:
+    def __init__(self, root: Path, size: int = 3) -> None:
+        self.binary = require_litefs()
+        self.root = root
+        self.nodes = [Node(self, i) for i in range(1, size + 1)]
+
+    @property
+    def primary(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def replicas(self) -> list[Node]:
+        return self.nodes[1:]
+
+    def __enter__(self) -> Cluster:
+        try:
+            for node in self.nodes:
+                self.start(node)
+            for node in self.replicas:
+                self.wait_caught_up(node)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, node: Node, timeout: float = 60) -> None:
+        config = node.write_config(self.primary)
+        with node.log.open("ab") as log:
+            node.proc = subprocess.Popen(
+                [self.binary, "mount", "-config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
+            )
+        self.wait_serving(node, timeout)
+
+    def wait_serving(self, node: Node, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(node.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                assert node.proc is not None
+                if node.proc.poll() is not None:
+                    raise RuntimeError(f"litefs node {node.index} exited:\n{node.log.read_text()[-3000:]}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.index} not serving:\n{node.log.read_text()[-3000:]}")
+                time.sleep(0.1)
+
+    def wait_caught_up(self, node: Node, txid: int | None = None, timeout: float = 30) -> int:
+        """Wait until ``node`` has applied ``txid`` (default: the primary's current TXID)."""
+        want = self.primary.txid() if txid is None else txid
+        deadline = time.monotonic() + timeout
+        while node.txid() < want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {node.index} at txid {node.txid()}, wanted {want}")
+            time.sleep(0.02)
+        return node.txid()
+
+    def kill9(self, node: Node) -> None:
+        """kill -9 LiteFS and the edgeq server it runs, then clean the dead mount."""
+        if node.proc is not None and node.proc.poll() is None:
+            os.killpg(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(timeout=10)
+        self._unmount(node)
+
+    def stop(self, node: Node) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.proc.pid, signal.SIGKILL)
+                node.proc.wait(timeout=10)
+        if node.proc is not None:
+            try:  # the exec child, if anything is left of the group
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._unmount(node)
+
+    @staticmethod
+    def _unmount(node: Node) -> None:
+        subprocess.run(["fusermount3", "-uz", str(node.mount)], capture_output=True, check=False)
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            self.stop(node)

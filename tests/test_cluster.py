@@ -1,0 +1,74 @@
+"""Real LiteFS clusters (3 nodes on loopback, static lease): replication of edgeq's file,
+the mount refusing writes on replicas, and a killed replica catching up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import grpc
+import pytest
+from cluster_harness import Cluster
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def enqueue(target: str, queue: str, payloads: list[bytes]) -> list[str]:
+    with grpc.insecure_channel(target) as ch:
+        resp = pb_grpc.QueueServiceStub(ch).Enqueue(
+            pb.EnqueueRequest(jobs=[pb.JobSpec(queue=queue, payload=p) for p in payloads]), timeout=10
+        )
+    return [r.job_id for r in resp.results]
+
+
+def get(target: str, job_id: str) -> pb.Job:
+    with grpc.insecure_channel(target) as ch:
+        return pb_grpc.QueueServiceStub(ch).GetJob(pb.GetJobRequest(job_id=job_id), timeout=10).job
+
+
+def test_jobs_written_on_the_primary_are_read_on_every_replica(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        assert (cluster.replicas[0].mount / ".primary").read_text().strip() == cluster.primary.target
+        assert not (cluster.primary.mount / ".primary").exists()
+        ids = enqueue(cluster.primary.target, "emails", [b"a", b"b", b"c"])
+        for node in cluster.replicas:
+            cluster.wait_caught_up(node)
+            jobs = [get(node.target, i) for i in ids]
+            assert [j.payload for j in jobs] == [b"a", b"b", b"c"]
+            assert all(j.state == pb.JOB_STATE_PENDING for j in jobs)
+
+
+def test_a_direct_sqlite_write_on_a_replica_is_refused(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        replica = cluster.replicas[0]
+        before = replica.txid()
+        conn = apsw.Connection(str(replica.db))
+        try:
+            with pytest.raises(apsw.Error):  # LiteFS refuses: disk I/O error (WAL) / read-only
+                conn.execute("INSERT INTO queues (name, paused, updated_at) VALUES ('sneaky', 0, 0)")
+        finally:
+            conn.close()
+        # The same write on the primary's mount works: the refusal is LiteFS, not SQLite.
+        conn = apsw.Connection(str(cluster.primary.db))
+        try:
+            conn.set_busy_timeout(5000)
+            conn.execute("INSERT INTO queues (name, paused, updated_at) VALUES ('direct', 0, 0)")
+        finally:
+            conn.close()
+        assert cluster.wait_caught_up(replica) > before
+
+
+def test_a_killed_replica_catches_up_after_restart(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        replica = cluster.replicas[1]
+        first = enqueue(cluster.primary.target, "q", [b"before"])
+        cluster.wait_caught_up(replica)
+        cluster.kill9(replica)
+        later = enqueue(cluster.primary.target, "q", [b"while-down-%d" % i for i in range(50)])
+        cluster.start(replica)
+        cluster.wait_caught_up(replica)
+        assert get(replica.target, first[0]).payload == b"before"
+        assert get(replica.target, later[-1]).payload == b"while-down-49"
