@@ -91,10 +91,13 @@ class Node:
     def txid(self) -> int:
         return txid_of(self.mount / f"{DB}-pos")
 
-    def write_config(self, primary: Node) -> Path:
+    def write_config(self, primary: Node, primary_args: list[str], replica_args: list[str]) -> Path:
         self.mount.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
-        cmd = f"{sys.executable} -m edgeq_server serve --port {self.grpc_port} --db-path {self.db} --log-level INFO"
+        cmd = (
+            f"{sys.executable} -m edgeq_server serve --port {self.grpc_port} --litefs-mount {self.mount}"
+            f" --litefs-db {DB} --log-level INFO {' '.join(primary_args if self.candidate else replica_args)}"
+        )
         config = self.dir / "litefs.yml"
         config.write_text(
             f'fuse: {{ dir: "{self.mount}" }}\n'
@@ -112,8 +115,10 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, *server_args: str) -> None:
+        """``server_args`` are extra ``edgeq serve`` flags for every node."""
         self.binary = require_litefs()
+        self.server_args = list(server_args)
         self.root = root
         self.nodes = [Node(self, i) for i in range(1, size + 1)]
 
@@ -140,7 +145,7 @@ class Cluster:
         self.close()
 
     def start(self, node: Node, timeout: float = 60) -> None:
-        config = node.write_config(self.primary)
+        config = node.write_config(self.primary, self.server_args, self.server_args)
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
                 [self.binary, "mount", "-config", str(config)],

@@ -72,3 +72,23 @@ def test_a_killed_replica_catches_up_after_restart(tmp_path: Path) -> None:
         cluster.wait_caught_up(replica)
         assert get(replica.target, first[0]).payload == b"before"
         assert get(replica.target, later[-1]).payload == b"while-down-49"
+
+
+def test_read_your_writes_across_nodes_with_min_txid(tmp_path: Path) -> None:
+    with Cluster(tmp_path, 3, "--min-txid-wait-seconds", "0.5") as cluster:
+        with grpc.insecure_channel(cluster.primary.target) as ch:
+            resp = pb_grpc.QueueServiceStub(ch).Enqueue(
+                pb.EnqueueRequest(jobs=[pb.JobSpec(queue="ryw", payload=b"x")]), timeout=10
+            )
+        # The write's txid is the primary's LiteFS TXID after the commit.
+        assert resp.txid == cluster.primary.txid()
+        for node in cluster.replicas:
+            with grpc.insecure_channel(node.target) as ch:
+                stub = pb_grpc.QueueServiceStub(ch)
+                job = stub.GetJob(pb.GetJobRequest(job_id=resp.results[0].job_id, min_txid=resp.txid), timeout=10).job
+                assert job.payload == b"x"
+                assert node.txid() >= resp.txid
+                with pytest.raises(grpc.RpcError) as err:  # a position no node has reached
+                    stub.GetQueueStats(pb.GetQueueStatsRequest(min_txid=resp.txid + 1000), timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "min_txid" in (err.value.details() or "")

@@ -23,6 +23,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .maintenance import Maintenance, Retention
 from .readers import Readers
+from .replication import LiteFSNode, Position
 from .service import QueueService
 from .tokens import TokenCodec
 from .wire import safe_deserializer
@@ -88,7 +89,8 @@ class EdgeqServer:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
-        self._path = os.path.abspath(config.db_path)
+        self.litefs = LiteFSNode(config.litefs_mount, config.litefs_db) if config.litefs_mount else None
+        self._path = os.path.abspath(self.litefs.db_path if self.litefs else config.db_path)
 
     async def start(self) -> None:
         try:
@@ -101,7 +103,10 @@ class EdgeqServer:
         cfg = self.config
         path = self._path
         self._checkpointer = db.Checkpointer(path)
-        self.writer = Writer(path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer)
+        self.writer = Writer(
+            path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer,
+            txid_after_commit=self.litefs.txid if self.litefs else None,
+        )
         await asyncio.to_thread(self.writer.start)  # opens the file and migrates
         self._checkpointer.start()
         self.readers = Readers(path, threads=cfg.read_threads)
@@ -116,7 +121,11 @@ class EdgeqServer:
         )
         self.maintenance = Maintenance(self.writer, self.readers, self.dispatcher, self.clock, retention)
         await self.maintenance.load()
-        service = QueueService(cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec)
+        writer = self.writer
+        position = Position(self.litefs.txid if self.litefs else lambda: writer.txid)
+        service = QueueService(
+            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, position
+        )
 
         interceptors = []
         if cfg.auth_token or cfg.client_token:

@@ -18,6 +18,10 @@ class Config:
     port: int = 50051
     #: SQLite database file (created if missing).
     db_path: str = "./edgeq.db"
+    #: LiteFS mode: the LiteFS FUSE mount directory and the database name in it (the
+    #: database is then <litefs_mount>/<litefs_db>, and txids are LiteFS TXIDs).
+    litefs_mount: str = ""
+    litefs_db: str = "edgeq.db"
     #: Largest payload (and Ack result) accepted, in bytes.
     max_payload_bytes: int = 1 * MiB
     #: Largest gRPC message accepted or sent, in bytes.

@@ -24,6 +24,7 @@ from .ids import uuid7
 from .maintenance import Maintenance
 from .models import Backoff, EnqueueResult, Job, JobState, LeaseOutcome
 from .readers import Readers
+from .replication import Position
 from .store import Settled, Store
 from .tokens import TokenCodec
 from .writer import Writer
@@ -54,6 +55,7 @@ class QueueService:
         dispatcher: Dispatcher,
         maintenance: Maintenance,
         codec: TokenCodec,
+        position: Position,
     ) -> None:
         self._cfg = cfg
         self._clock = clock
@@ -62,21 +64,18 @@ class QueueService:
         self._dispatcher = dispatcher
         self._maintenance = maintenance
         self._codec = codec
+        self._position = position
         self._backoff = Backoff(int(cfg.backoff_base_seconds * MICROS), int(cfg.backoff_max_seconds * MICROS))
 
     # ------------------------------------------------------------------ helpers
 
     async def _at_least(self, min_txid: int) -> None:
         """Read-your-writes: wait (bounded) until this node has applied ``min_txid``."""
-        if min_txid <= self._writer.txid:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._cfg.min_txid_wait_seconds
-        while self._writer.txid < min_txid:
-            if loop.time() >= deadline:
-                raise Unavailable(f"min_txid {min_txid} not reached within {self._cfg.min_txid_wait_seconds:g}s"
-                                  f" (this node is at {self._writer.txid})")
-            await asyncio.sleep(0.005)
+        wait = self._cfg.min_txid_wait_seconds
+        if not await self._position.wait_for(min_txid, wait):
+            raise Unavailable(
+                f"min_txid {min_txid} not reached within {wait:g}s (this node is at {self._position.current()})"
+            )
 
     # Post-commit bookkeeping runs as the writer's ``after`` callback, so it happens even if
     # the caller's deadline passed while the write was queued: a committed enqueue always

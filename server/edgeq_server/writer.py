@@ -87,11 +87,15 @@ class Writer:
         *,
         max_batch: int = 512,
         checkpointer: db.Checkpointer | None = None,
+        txid_after_commit: Callable[[], int] | None = None,
     ) -> None:
+        """``txid_after_commit``: where the txid comes from after each COMMIT (LiteFS: the
+        ``-pos`` TXID); by default the writer's own counter."""
         self._path = path
         self._clock = clock
         self._max_batch = max_batch
         self._checkpointer = checkpointer
+        self._txid_after_commit = txid_after_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()  # no submit slips in behind the stop marker
@@ -161,6 +165,8 @@ class Writer:
             store = Store(conn)
             # Resume above every txid that may have been handed out before a restart.
             self._txid = self._txid_reserved = store.txid()
+            if self._txid_after_commit is not None:
+                self._txid = self._txid_after_commit()
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._startup_error = exc
             self._ready.set()
@@ -212,12 +218,15 @@ class Writer:
                 # Adopt the new txid (and reservation) only once COMMIT succeeds: a failed
                 # COMMIT loses the reservation it carried.
                 txid, reserved = self._txid, self._txid_reserved
-                if store.conn.total_changes() != changes:  # only real writes move the txid
+                counting = self._txid_after_commit is None
+                if counting and store.conn.total_changes() != changes:  # only real writes move the txid
                     txid += 1
                     if txid > reserved:
                         reserved = store.reserve_txids(txid + TXID_BLOCK)
                 store.commit()
                 self._txid, self._txid_reserved = txid, reserved
+                if self._txid_after_commit is not None:
+                    self._txid = self._txid_after_commit()
         except BaseException as exc:
             log.exception("write transaction failed; %d operations rolled back", len(batch))
             try:
