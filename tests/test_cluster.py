@@ -92,3 +92,54 @@ def test_read_your_writes_across_nodes_with_min_txid(tmp_path: Path) -> None:
                     stub.GetQueueStats(pb.GetQueueStatsRequest(min_txid=resp.txid + 1000), timeout=10)
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "min_txid" in (err.value.details() or "")
+
+
+def test_writes_sent_to_a_replica_are_forwarded_to_the_primary(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        a, b = cluster.replicas
+        with grpc.insecure_channel(a.target) as ch:
+            stub = pb_grpc.QueueServiceStub(ch)
+            resp = stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="fwd", payload=b"via-a")]), timeout=10)
+            job_id = resp.results[0].job_id
+            # The txid is the primary's: readable anywhere with min_txid.
+            assert resp.txid <= cluster.primary.txid()
+            assert get(cluster.primary.target, job_id).payload == b"via-a"
+            with grpc.insecure_channel(b.target) as ch_b:
+                job = pb_grpc.QueueServiceStub(ch_b).GetJob(
+                    pb.GetJobRequest(job_id=job_id, min_txid=resp.txid), timeout=10
+                ).job
+            assert job.payload == b"via-a"
+            # A worker on the primary leases it; its Ack goes through replica A.
+            with grpc.insecure_channel(cluster.primary.target) as pch:
+                stream = pb_grpc.QueueServiceStub(pch).Lease(pb.LeaseRequest(queues=["fwd"]), timeout=10)
+                leased = next(m for m in stream if m.jobs).jobs[0]
+                ack = stub.Ack(pb.AckRequest(items=[pb.AckItem(lease_token=leased.lease_token)]), timeout=10)
+                stream.cancel()
+            assert list(ack.outcomes) == [pb.LEASE_OUTCOME_OK]
+            assert get(cluster.primary.target, job_id).state == pb.JOB_STATE_COMPLETED
+            # Errors from the primary come back unchanged (code and field name).
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_forwarded_call_reaching_a_replica_is_refused_not_forwarded_again(tmp_path: Path) -> None:
+    with Cluster(tmp_path, 2) as cluster:
+        replica = cluster.replicas[0]
+        with grpc.insecure_channel(replica.target) as ch:
+            stub = pb_grpc.QueueServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Enqueue(
+                    pb.EnqueueRequest(jobs=[pb.JobSpec(queue="loop", payload=b"x")]),
+                    metadata=(("edgeq-forwarded-by", "127.0.0.1:1"),), timeout=10,
+                )
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not the primary" in (err.value.details() or "")
+            # Until Lease proxying lands, a Lease on a replica names the primary.
+            with pytest.raises(grpc.RpcError) as err:
+                next(iter(stub.Lease(pb.LeaseRequest(queues=["loop"]), timeout=10)))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert cluster.primary.target in (err.value.details() or "")
+        with grpc.insecure_channel(cluster.primary.target) as ch:
+            stats = pb_grpc.QueueServiceStub(ch).GetQueueStats(pb.GetQueueStatsRequest(), timeout=10).stats
+        assert all(s.queue != "loop" for s in stats)  # nothing was written

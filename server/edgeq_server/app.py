@@ -21,9 +21,10 @@ from .auth import TokenAuth
 from .clock import MICROS, Clock, SystemClock
 from .config import Config
 from .dispatch import Dispatcher
+from .errors import Unavailable
 from .maintenance import Maintenance, Retention
 from .readers import Readers
-from .replication import LiteFSNode, Position
+from .replication import Forwarder, LiteFSNode, Position
 from .service import QueueService
 from .tokens import TokenCodec
 from .wire import safe_deserializer
@@ -50,13 +51,46 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
     ]
 
 
-def method_handlers(service: QueueService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely."""
+#: RPCs that write: on a LiteFS replica they are forwarded to the primary.
+WRITE_METHODS = frozenset({"Enqueue", "Ack", "Nack", "Heartbeat", "CancelJob", "RetryJob", "PauseQueue", "ResumeQueue"})
+
+
+def _routed(name: str, fn: Any, forwarder: Forwarder) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        primary = forwarder.target(context)
+        if primary is not None:
+            return await forwarder.unary(primary, name, request, context)
+        return await fn(request, context)
+
+    return handler
+
+
+def _lease_on_primary_only(fn: Any, forwarder: Forwarder) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        primary = forwarder.target(context)
+        if primary is not None:
+            # Proxying Lease streams through replicas is still to come (issue 3).
+            raise Unavailable(f"open Lease streams on the primary ({primary})")
+        async for message in fn(request, context):
+            yield message
+
+    return handler
+
+
+def method_handlers(
+    service: QueueService, forwarder: Forwarder | None = None
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely; on a
+    LiteFS node, writes are routed to the primary."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         fn = getattr(service, m.name)
+        if forwarder is not None and m.name in WRITE_METHODS:
+            fn = _routed(m.name, fn, forwarder)
+        elif forwarder is not None and m.server_streaming:
+            fn = _lease_on_primary_only(fn, forwarder)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 status.stream(m.name, fn),
@@ -89,6 +123,7 @@ class EdgeqServer:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
+        self._forwarder: Forwarder | None = None
         self.litefs = LiteFSNode(config.litefs_mount, config.litefs_db) if config.litefs_mount else None
         self._path = os.path.abspath(self.litefs.db_path if self.litefs else config.db_path)
 
@@ -119,7 +154,10 @@ class EdgeqServer:
             cancelled_us=int(cfg.retention_cancelled_seconds * MICROS),
             interval_us=int(cfg.retention_interval_seconds * MICROS),
         )
-        self.maintenance = Maintenance(self.writer, self.readers, self.dispatcher, self.clock, retention)
+        self.maintenance = Maintenance(
+            self.writer, self.readers, self.dispatcher, self.clock, retention,
+            is_primary=self.litefs.is_primary if self.litefs else lambda: True,
+        )
         await self.maintenance.load()
         writer = self.writer
         position = Position(self.litefs.txid if self.litefs else lambda: writer.txid)
@@ -132,7 +170,9 @@ class EdgeqServer:
             interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token))
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
-        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service))  # type: ignore[attr-defined]
+        if self.litefs is not None:
+            self._forwarder = Forwarder(self.litefs, f"{cfg.host}:{cfg.port}", server_options(cfg))
+        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, self._forwarder))  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -195,6 +235,8 @@ class EdgeqServer:
     async def _close_resources(self) -> None:
         if self._server is not None:
             await self._server.stop(0)
+        if self._forwarder is not None:
+            await self._forwarder.close()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:

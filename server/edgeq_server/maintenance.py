@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import metrics
@@ -54,12 +55,15 @@ class Maintenance:
         dispatcher: Dispatcher,
         clock: Clock,
         retention: Retention,
+        *,
+        is_primary: Callable[[], bool] = lambda: True,
     ) -> None:
         self._writer = writer
         self._readers = readers
         self._dispatcher = dispatcher
         self._clock = clock
         self._retention = retention
+        self._is_primary = is_primary  # replicas leave writes (expiry, retention) to the primary
         self._due: dict[str, int] = {}
         self._next_expiry: int | None = None
         self._next_retention = 0
@@ -103,6 +107,8 @@ class Maintenance:
 
     async def run_once(self, now: int) -> RunStats:
         stats = RunStats()
+        if not self._is_primary():
+            return stats
         await self._promote_due(now, stats)
         if self._next_expiry is not None and self._next_expiry <= now:
             await self._expire(now, stats)
@@ -192,6 +198,8 @@ class Maintenance:
             self._task = None
 
     def _next_wakeup(self) -> int:
+        if not self._is_primary():  # look again in a second: this node may be promoted
+            return self._clock.now() + MICROS
         times = [self._next_retention, *self._due.values()]
         if self._next_expiry is not None:
             times.append(self._next_expiry)

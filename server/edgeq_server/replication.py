@@ -11,8 +11,12 @@ replicas. This module reads what LiteFS exposes in its FUSE mount:
   consistency token (``txid``) edgeq returns; a replica has applied a write once its TXID
   reaches that value.
 
-Without LiteFS (``Position.local``) the position is the writer's own commit counter.
-Forwarding writes to the primary builds on ``LiteFSNode.primary_address`` (issue 3).
+Without LiteFS the position is the writer's own commit counter.
+
+On a replica, write RPCs are forwarded to the primary (``Forwarder``): same request, the
+caller's remaining deadline and metadata, plus a marker so a forwarded call is never
+forwarded again. SQLite write refusals from LiteFS (disk I/O error / read-only) surface as
+UNAVAILABLE (``status.py``), so a client retries and reaches the new primary.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+from .errors import Unavailable
 
 POLL_SECONDS = 0.005
 
@@ -80,3 +91,68 @@ class Position:
             if self.current() >= txid:
                 return True
         return False
+
+
+#: Metadata key a forwarding replica adds; a node that receives it and is not primary
+#: answers UNAVAILABLE instead of forwarding again (no loops, no chains).
+FORWARDED_KEY = "edgeq-forwarded-by"
+#: Metadata not copied onto a forwarded call (set by gRPC itself per hop).
+_HOP_BY_HOP = ("grpc-", "user-agent", ":")
+
+
+class Forwarder:
+    """Forwards write RPCs from a replica to the primary over cached gRPC channels, keeping
+    the caller's deadline and metadata and marking the call as forwarded."""
+
+    def __init__(self, node: LiteFSNode, self_address: str, options: list[tuple[str, Any]]) -> None:
+        self._node = node
+        self._self = self_address
+        self._options = options
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> pb_grpc.QueueServiceStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return pb_grpc.QueueServiceStub(channel)
+
+    def target(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        """The primary to forward to, or None to serve locally (this node is primary).
+
+        Raises Unavailable for a forwarded call that reached a non-primary (no second hop).
+        """
+        address = self._node.primary_address()
+        if address is None:
+            return None
+        if any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ()):
+            raise Unavailable(f"not the primary (forwarded here, primary is {address}); retry")
+        return address
+
+    async def unary(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metadata = [
+            (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP)
+        ]
+        metadata.append((FORWARDED_KEY, self._self))
+        remaining = context.time_remaining()
+        call = getattr(self._stub(address), method)
+        try:
+            return await call(request, timeout=remaining, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable(f"primary {address} unavailable: {exc.details()}") from None
+            raise Forwarded(exc.code(), exc.details() or "") from None
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+
+class Forwarded(Exception):
+    """The primary's own error for a forwarded call, passed back to the caller unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details

@@ -17,6 +17,7 @@ import apsw
 import grpc
 
 from . import errors
+from .replication import Forwarded
 from .wire import Malformed
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,17 @@ _DOMAIN: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (apsw.BusyError, grpc.StatusCode.UNAVAILABLE),
     (apsw.LockedError, grpc.StatusCode.UNAVAILABLE),
     (apsw.ReadOnlyError, grpc.StatusCode.UNAVAILABLE),
+    # LiteFS refuses writes on a node that is not (or no longer) primary with EACCES,
+    # which SQLite reports as a disk I/O error in WAL mode.
+    (apsw.IOError, grpc.StatusCode.UNAVAILABLE),
     (apsw.FullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC code and message for an exception raised while serving a request."""
-    if isinstance(exc, Malformed):  # pragma: no cover - Malformed is not an exception
-        return grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}"
+    if isinstance(exc, Forwarded):  # the primary's answer to a forwarded call, unchanged
+        return exc.code, exc.details
     for kind, code in _DOMAIN:
         if isinstance(exc, kind):
             if isinstance(exc, apsw.Error):
