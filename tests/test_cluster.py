@@ -135,11 +135,29 @@ def test_a_forwarded_call_reaching_a_replica_is_refused_not_forwarded_again(tmp_
                 )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "not the primary" in (err.value.details() or "")
-            # Until Lease proxying lands, a Lease on a replica names the primary.
-            with pytest.raises(grpc.RpcError) as err:
-                next(iter(stub.Lease(pb.LeaseRequest(queues=["loop"]), timeout=10)))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert cluster.primary.target in (err.value.details() or "")
         with grpc.insecure_channel(cluster.primary.target) as ch:
             stats = pb_grpc.QueueServiceStub(ch).GetQueueStats(pb.GetQueueStatsRequest(), timeout=10).stats
         assert all(s.queue != "loop" for s in stats)  # nothing was written
+
+
+def test_a_worker_on_one_replica_gets_jobs_a_producer_enqueues_on_another(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        worker_node, producer_node = cluster.replicas
+        with grpc.insecure_channel(worker_node.target) as wch:
+            worker = pb_grpc.QueueServiceStub(wch)
+            stream = worker.Lease(pb.LeaseRequest(queues=["edge"], worker_id="w-a", max_in_flight=10), timeout=30)
+            ids = enqueue(producer_node.target, "edge", [b"1", b"2", b"3"])  # forwarded to the primary
+            got: list[pb.LeasedJob] = []
+            for message in stream:  # proxied by worker_node from the primary
+                got.extend(message.jobs)
+                if len(got) >= 3:
+                    break
+            assert sorted(j.job.id for j in got) == sorted(ids)
+            ack = worker.Ack(pb.AckRequest(items=[pb.AckItem(lease_token=j.lease_token) for j in got]), timeout=10)
+            assert list(ack.outcomes) == [pb.LEASE_OUTCOME_OK] * 3
+            # The primary goes away: the proxied stream ends with UNAVAILABLE (the worker reconnects).
+            cluster.kill9(cluster.primary)
+            with pytest.raises(grpc.RpcError) as err:
+                for _ in stream:
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -21,7 +21,6 @@ from .auth import TokenAuth
 from .clock import MICROS, Clock, SystemClock
 from .config import Config
 from .dispatch import Dispatcher
-from .errors import Unavailable
 from .maintenance import Maintenance, Retention
 from .readers import Readers
 from .replication import Forwarder, LiteFSNode, Position
@@ -65,13 +64,11 @@ def _routed(name: str, fn: Any, forwarder: Forwarder) -> Any:
     return handler
 
 
-def _lease_on_primary_only(fn: Any, forwarder: Forwarder) -> Any:
+def _lease_routed(fn: Any, forwarder: Forwarder) -> Any:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         primary = forwarder.target(context)
-        if primary is not None:
-            # Proxying Lease streams through replicas is still to come (issue 3).
-            raise Unavailable(f"open Lease streams on the primary ({primary})")
-        async for message in fn(request, context):
+        stream = fn(request, context) if primary is None else forwarder.lease(primary, request, context)
+        async for message in stream:
             yield message
 
     return handler
@@ -90,7 +87,7 @@ def method_handlers(
         if forwarder is not None and m.name in WRITE_METHODS:
             fn = _routed(m.name, fn, forwarder)
         elif forwarder is not None and m.server_streaming:
-            fn = _lease_on_primary_only(fn, forwarder)
+            fn = _lease_routed(fn, forwarder)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 status.stream(m.name, fn),

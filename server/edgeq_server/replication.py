@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from .errors import Unavailable
 
 POLL_SECONDS = 0.005
+#: How often proxied Lease streams check that the primary is still the one they go to.
+WATCH_SECONDS = 0.2
 
 
 def read_txid(pos_file: Path) -> int:
@@ -109,6 +111,9 @@ class Forwarder:
         self._self = self_address
         self._options = options
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._proxied: dict[Any, str] = {}  # open proxied Lease calls -> the primary they go to
+        self._moved: set[Any] = set()  # proxied calls ended because the primary changed
+        self._watch: asyncio.Task[None] | None = None
 
     def _stub(self, address: str) -> pb_grpc.QueueServiceStub:
         channel = self._channels.get(address)
@@ -130,20 +135,62 @@ class Forwarder:
         return address
 
     async def unary(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        metadata = [
-            (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP)
-        ]
-        metadata.append((FORWARDED_KEY, self._self))
         remaining = context.time_remaining()
         call = getattr(self._stub(address), method)
         try:
-            return await call(request, timeout=remaining, metadata=metadata)
+            return await call(request, timeout=remaining, metadata=self._metadata(context))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise Unavailable(f"primary {address} unavailable: {exc.details()}") from None
             raise Forwarded(exc.code(), exc.details() or "") from None
 
+    def _metadata(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str | bytes], ...]:
+        kept = tuple((k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP))
+        return (*kept, (FORWARDED_KEY, self._self))
+
+    async def lease(
+        self, address: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        """Proxy a Lease stream: open it on the primary and relay every message back. Ends
+        with UNAVAILABLE when the primary changes (noticed within ``WATCH_SECONDS``) or
+        goes away, so the worker reconnects and finds the new primary."""
+        call: Any = self._stub(address).Lease(request, metadata=self._metadata(context))  # an aio call
+        self._proxied[call] = address
+        self._ensure_watch()
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise Unavailable(f"Lease via primary {address} ended: {exc.details()}; reconnect") from None
+            raise Forwarded(exc.code(), exc.details() or "") from None
+        except asyncio.CancelledError:
+            if call in self._moved:  # cancelled by the watcher, not by our caller
+                raise Unavailable(f"primary changed from {address}; reconnect") from None
+            raise
+        finally:
+            self._proxied.pop(call, None)
+            self._moved.discard(call)
+            call.cancel()
+
+    def _ensure_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_primary(), name="edgeq-primary-watch")
+
+    async def _watch_primary(self) -> None:
+        while self._proxied:
+            await asyncio.sleep(WATCH_SECONDS)
+            current = self._node.primary_address()
+            for call, address in list(self._proxied.items()):
+                if address != current and call not in self._moved:
+                    self._moved.add(call)
+                    call.cancel()
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for call in list(self._proxied):
+            call.cancel()
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
