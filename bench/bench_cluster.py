@@ -25,7 +25,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster_harness import Cluster  # noqa: E402
+from cluster_harness import Cluster
 
 PAYLOAD = b"x" * 200
 
