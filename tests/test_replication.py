@@ -25,7 +25,10 @@ def test_litefs_node_is_primary_exactly_when_no_primary_file_exists(tmp_path: Pa
     assert node.db_path == str(tmp_path / "edgeq.db")
     assert node.is_primary() and node.primary_address() is None
     (tmp_path / ".primary").write_text("10.0.0.1:50051\n")
-    assert not node.is_primary() and node.primary_address() == "10.0.0.1:50051"
+    assert node.read_primary() == "10.0.0.1:50051"
+    assert node.is_primary()  # the cached role changes only when watch() refreshes it
+    fresh = LiteFSNode(str(tmp_path), "edgeq.db")
+    assert not fresh.is_primary() and fresh.primary_address() == "10.0.0.1:50051"
 
 
 async def test_position_wait_returns_as_soon_as_reached_and_gives_up_after_the_bound() -> None:

@@ -121,6 +121,7 @@ class EdgeqServer:
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
         self._forwarder: Forwarder | None = None
+        self._role_watch: asyncio.Task[None] | None = None
         self.litefs = LiteFSNode(config.litefs_mount, config.litefs_db) if config.litefs_mount else None
         self._path = os.path.abspath(self.litefs.db_path if self.litefs else config.db_path)
 
@@ -168,6 +169,7 @@ class EdgeqServer:
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
         if self.litefs is not None:
+            self._role_watch = asyncio.create_task(self.litefs.watch(), name="edgeq-litefs-role")
             self._forwarder = Forwarder(self.litefs, f"{cfg.host}:{cfg.port}", server_options(cfg))
         server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, self._forwarder))  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -234,6 +236,8 @@ class EdgeqServer:
             await self._server.stop(0)
         if self._forwarder is not None:
             await self._forwarder.close()
+        if self._role_watch is not None:
+            self._role_watch.cancel()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:
