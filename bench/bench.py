@@ -63,7 +63,7 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
-def bench_single_latency(target: str, n: int) -> dict[str, float]:
+def single_enqueue_latency(target: str, n: int) -> dict[str, float]:
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
         req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="lat", payload=PAYLOAD)])
@@ -78,7 +78,7 @@ def bench_single_latency(target: str, n: int) -> dict[str, float]:
             "mean_ms": statistics.fmean(lat) * 1e3}
 
 
-async def _concurrent(target: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def concurrent_enqueue(target: str, concurrency: int, seconds: float) -> dict[str, float]:
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
         req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="conc", payload=PAYLOAD)])
@@ -217,9 +217,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         srv = ServerProcess(os.path.join(d, "bench.db"))
         try:
-            results["enqueue_single_latency"] = bench_single_latency(srv.target, int(3000 * scale))
+            results["enqueue_single_latency"] = single_enqueue_latency(srv.target, int(3000 * scale))
             results["enqueue_concurrent"] = [
-                asyncio.run(_concurrent(srv.target, c, 3 * scale + 1)) for c in (16, 64)
+                asyncio.run(concurrent_enqueue(srv.target, c, 3 * scale + 1)) for c in (16, 64)
             ]
             results["enqueue_batched"] = [bench_batched(srv.target, b, 3 * scale + 1) for b in (100, 1000)]
             results["dispatch_latency"] = bench_dispatch_latency(srv.target, int(1000 * scale))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,45 +26,7 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster_harness import Cluster
 
-PAYLOAD = b"x" * 200
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))]
-
-
-def latency(target: str, n: int) -> dict[str, float]:
-    with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.QueueServiceStub(ch)
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="lat", payload=PAYLOAD)])
-        for _ in range(50):
-            stub.Enqueue(req)
-        lat = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            stub.Enqueue(req)
-            lat.append(time.perf_counter() - t0)
-    return {"calls": n, "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3,
-            "mean_ms": statistics.fmean(lat) * 1e3}
-
-
-async def producers(target: str, concurrency: int, seconds: float) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.QueueServiceStub(ch)
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="thru", payload=PAYLOAD)])
-        done = 0
-        stop_at = time.perf_counter() + seconds
-
-        async def one() -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                await stub.Enqueue(req)
-                done += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return {"producers": concurrency, "jobs_per_s": done / (time.perf_counter() - t0)}
+from bench import PAYLOAD, concurrent_enqueue, pct, single_enqueue_latency
 
 
 def replication_lag(cluster: Cluster, n: int) -> dict[str, float]:
@@ -88,10 +49,12 @@ def main() -> None:
     args = ap.parse_args()
     results: dict[str, object] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory() as d, Cluster(Path(d), 3) as cluster:
-        results["enqueue_direct_on_primary"] = latency(cluster.primary.target, 1000)
-        results["enqueue_forwarded_by_replica"] = latency(cluster.replicas[0].target, 1000)
-        results["enqueue_16_producers_on_primary"] = asyncio.run(producers(cluster.primary.target, 16, 5))
-        results["enqueue_16_producers_via_replica"] = asyncio.run(producers(cluster.replicas[0].target, 16, 5))
+        results["enqueue_direct_on_primary"] = single_enqueue_latency(cluster.primary.target, 1000)
+        results["enqueue_forwarded_by_replica"] = single_enqueue_latency(cluster.replicas[0].target, 1000)
+        results["enqueue_16_producers_on_primary"] = asyncio.run(concurrent_enqueue(cluster.primary.target, 16, 5))
+        results["enqueue_16_producers_via_replica"] = asyncio.run(
+            concurrent_enqueue(cluster.replicas[0].target, 16, 5)
+        )
         results["replication_lag"] = replication_lag(cluster, 300)
     text = json.dumps(results, indent=2)
     print(text)
