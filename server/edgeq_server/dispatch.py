@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -230,7 +231,8 @@ class Dispatcher:
             self._leases[job.id] = s
             s.outstanding.add(job.id)
             deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
-            metrics.DELIVERED.labels(job.queue).inc()
+        for queue, n in Counter(j.queue for j in jobs).items():  # one metric update per queue, not per job
+            metrics.DELIVERED.labels(queue).inc(n)
         metrics.OUTSTANDING.set(len(self._leases))
         s.outbox.put_nowait(deliveries)
         self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))

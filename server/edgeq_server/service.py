@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -83,16 +84,18 @@ class QueueService:
 
     def _after_enqueue(self, results: list[EnqueueResult], _txid: int) -> None:
         due: dict[str, int] = {}
+        added: Counter[str] = Counter()
         for r in results:
             if not r.duplicate:
                 due[r.queue] = min(r.run_at, due.get(r.queue, r.run_at))
-                metrics.ENQUEUED.labels(r.queue).inc()
+                added[r.queue] += 1
         for queue, at in due.items():
             self._maintenance.note_due(queue, at)
+            metrics.ENQUEUED.labels(queue).inc(added[queue])
 
     def _after_settle(self, settled: list[Settled], _txid: int) -> None:
-        for s in settled:
-            metrics.SETTLED.labels(_RESULT[s.outcome, s.state]).inc()
+        for result, n in Counter(_RESULT[s.outcome, s.state] for s in settled).items():
+            metrics.SETTLED.labels(result).inc(n)
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
         for s in settled:
             if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
