@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -269,20 +269,23 @@ class Client:
     def ack_raw(self, items: Sequence[pb.AckItem]) -> pb.AckResponse:
         """Ack as protobuf in and out (outcomes of all calls concatenated)."""
         out = pb.AckResponse()
-        for chunk in _chunks(items, BATCH_MAX):
-            resp = self._call(self.stub.Ack, pb.AckRequest(items=chunk))
-            out.outcomes.extend(resp.outcomes)
-            out.txid = self._note_txid(max(out.txid, resp.txid))
+        out.txid = self._settle(self.stub.Ack, pb.AckRequest, items, out.outcomes)
         return out
 
     def nack_raw(self, items: Sequence[pb.NackItem]) -> pb.NackResponse:
         """Nack as protobuf in and out (outcomes of all calls concatenated)."""
         out = pb.NackResponse()
-        for chunk in _chunks(items, BATCH_MAX):
-            resp = self._call(self.stub.Nack, pb.NackRequest(items=chunk))
-            out.outcomes.extend(resp.outcomes)
-            out.txid = self._note_txid(max(out.txid, resp.txid))
+        out.txid = self._settle(self.stub.Nack, pb.NackRequest, items, out.outcomes)
         return out
+
+    def _settle(self, method: Any, request: Any, items: Sequence[Any], outcomes: Any) -> int:
+        """Send ``items`` in calls of at most BATCH_MAX; collect outcomes; return the last txid."""
+        txid = 0
+        for chunk in _chunks(items, BATCH_MAX):
+            resp = self._call(method, request(items=chunk))
+            outcomes.extend(resp.outcomes)
+            txid = self._note_txid(max(txid, resp.txid))
+        return txid
 
     def heartbeat_raw(
         self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
