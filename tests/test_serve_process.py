@@ -83,7 +83,7 @@ def test_cli_commands_round_trip(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         job_id = json.loads(out.stdout)["results"][0]["job_id"]
         again = json.loads(cli(t, "enqueue", "mail", "hello", "--key", "k1").stdout)["results"][0]
-        assert again == {"job_id": job_id, "duplicate": True}
+        assert again == {"job_id": job_id, "duplicate": True, "idempotency_key": "k1"}
         job = json.loads(cli(t, "job", job_id).stdout)["job"]
         assert job["headers"] == {"trace": "abc"} and job["priority"] == 5 and job["state"] == "JOB_STATE_PENDING"
         assert cli(t, "pause", "mail").returncode == 0

@@ -15,15 +15,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import replication_pb2 as repl_pb
+from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
-from . import db, metrics, status
+from . import convert, db, metrics, status
 from .auth import TokenAuth
 from .clock import MICROS, Clock, SystemClock
 from .config import Config
 from .dispatch import Dispatcher
+from .errors import Unavailable
 from .maintenance import Maintenance, Retention
+from .outbox import Outbox
 from .readers import Readers
-from .replication import Forwarder, LiteFSNode, Position
+from .replication import Forwarder, LiteFSNode, Position, ReplicaLink, ReplicaPositions, ReplicationServicer
 from .service import QueueService
 from .tokens import TokenCodec
 from .wire import safe_deserializer
@@ -32,6 +36,7 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueueService"].full_name
+REPLICATION_SERVICE = repl_pb.DESCRIPTOR.services_by_name["ReplicationService"].full_name
 
 
 def server_options(cfg: Config) -> list[tuple[str, Any]]:
@@ -54,12 +59,43 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
 WRITE_METHODS = frozenset({"Enqueue", "Ack", "Nack", "Heartbeat", "CancelJob", "RetryJob", "PauseQueue", "ResumeQueue"})
 
 
-def _routed(name: str, fn: Any, forwarder: Forwarder) -> Any:
+class Cluster:
+    """What a LiteFS node adds around the service: forwarding writes to the primary, the
+    partition outbox for Enqueue, and waiting for replicas (replicated durability)."""
+
+    def __init__(
+        self, forwarder: Forwarder, outbox: Outbox | None, positions: ReplicaPositions | None, cfg: Config
+    ) -> None:
+        self.forwarder = forwarder
+        self.outbox = outbox
+        self.positions = positions if cfg.durability == "replicated" else None
+        self.timeout = cfg.durability_timeout_seconds
+
+    async def replicated(self, txid: int) -> None:
+        """Replicated durability: return once enough replicas applied ``txid``."""
+        if self.positions is None or not txid:
+            return
+        if not await self.positions.wait(txid, self.timeout):
+            raise Unavailable(
+                f"committed on the primary at txid {txid}, but fewer than {self.positions.required} replica(s)"
+                f" applied it within {self.timeout:g}s, so a failover could lose it; retry (with the same"
+                " idempotency key for Enqueue)"
+            )
+
+
+def _routed(name: str, fn: Any, cluster: Cluster) -> Any:
+    forwarder = cluster.forwarder
+    outbox = cluster.outbox if name == "Enqueue" else None
+
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if outbox is not None and not forwarder.forwarded(context) and not forwarder.local():
+            return await outbox.enqueue(request, context)
         primary = forwarder.target(context)
         if primary is not None:
             return await forwarder.unary(primary, name, request, context)
-        return await fn(request, context)
+        response = await fn(request, context)
+        await cluster.replicated(response.txid)
+        return response
 
     return handler
 
@@ -75,7 +111,7 @@ def _lease_routed(fn: Any, forwarder: Forwarder) -> Any:
 
 
 def method_handlers(
-    service: QueueService, forwarder: Forwarder | None = None
+    service: QueueService, cluster: Cluster | None = None
 ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """One handler per RPC in the proto, wrapped by ``status`` and decoding safely; on a
     LiteFS node, writes are routed to the primary."""
@@ -84,10 +120,10 @@ def method_handlers(
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         fn = getattr(service, m.name)
-        if forwarder is not None and m.name in WRITE_METHODS:
-            fn = _routed(m.name, fn, forwarder)
-        elif forwarder is not None and m.server_streaming:
-            fn = _lease_routed(fn, forwarder)
+        if cluster is not None and m.name in WRITE_METHODS:
+            fn = _routed(m.name, fn, cluster)
+        elif cluster is not None and m.server_streaming:
+            fn = _lease_routed(fn, cluster.forwarder)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 status.stream(m.name, fn),
@@ -122,7 +158,13 @@ class EdgeqServer:
         self._watch: asyncio.Task[None] | None = None
         self._forwarder: Forwarder | None = None
         self._role_watch: asyncio.Task[None] | None = None
-        self.litefs = LiteFSNode(config.litefs_mount, config.litefs_db) if config.litefs_mount else None
+        self.positions: ReplicaPositions | None = None
+        self.link: ReplicaLink | None = None
+        self.outbox: Outbox | None = None
+        self._serving: bool | None = None
+        self.litefs = (
+            LiteFSNode(config.litefs_mount, config.litefs_db, config.litefs_http) if config.litefs_mount else None
+        )
         self._path = os.path.abspath(self.litefs.db_path if self.litefs else config.db_path)
 
     async def start(self) -> None:
@@ -160,44 +202,99 @@ class EdgeqServer:
         writer = self.writer
         position = Position(self.litefs.txid if self.litefs else lambda: writer.txid)
         service = QueueService(
-            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, position
+            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, position,
+            node_info=self.node_info,
         )
 
         interceptors = []
         if cfg.auth_token or cfg.client_token:
-            interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token))
+            interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token, REPLICATION_SERVICE))
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
+        cluster = None
         if self.litefs is not None:
+            self.litefs.start()
             self._role_watch = asyncio.create_task(self.litefs.watch(), name="edgeq-litefs-role")
-            self._forwarder = Forwarder(self.litefs, f"{cfg.host}:{cfg.port}", server_options(cfg))
-        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, self._forwarder))  # type: ignore[attr-defined]
+            self._forwarder = Forwarder(self.litefs, cfg.address, server_options(cfg))
+            peer_metadata = (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
+            self.positions = ReplicaPositions(cfg.durability_replicas, self.clock.now)
+            repl_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.litefs, self.positions), server)
+            self.link = ReplicaLink(self.litefs, self._forwarder, cfg.address, peer_metadata)
+            if cfg.outbox_path:
+                self.outbox = Outbox(cfg, self.clock, self.litefs, self._forwarder, peer_metadata)
+                await self.outbox.start()
+            cluster = Cluster(self._forwarder, self.outbox, self.positions, cfg)
+        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, cluster))  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME, REPLICATION_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         await server.start()
         self.dispatcher.start()
         self.maintenance.start()
+        if self.link is not None:
+            self.link.start()
         if cfg.metrics_address:
             metrics.serve(cfg.metrics_address)
+        # Readiness: the database is open and migrated, timers loaded, dispatch running (and
+        # on a replica, a primary answering).
+        await self._update_health()
         self._watch = asyncio.create_task(self._watch_health(), name="edgeq-health")
-        # Readiness: the database is open and migrated, timers loaded, dispatch running.
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        log.info("edgeq serving on %s:%d (db %s)", cfg.host, self.port, path)
+        log.info(
+            "edgeq serving on %s:%d (db %s, %s)", cfg.host, self.port, path,
+            "standalone" if self.litefs is None else
+            f"LiteFS {'primary' if self.litefs.is_primary() else 'replica of ' + str(self.litefs.primary_address())},"
+            f" durability {cfg.durability}, outbox {'on' if self.outbox else 'off'}",
+        )
+
+    def _healthy(self) -> bool:
+        if self.writer is not None and not self.writer.alive:
+            return False
+        return self.link is None or self.link.reachable
+
+    async def _update_health(self) -> None:
+        serving = self._healthy()
+        if serving == self._serving or self._stopping:
+            return
+        if self._serving is not None:
+            log.warning("health: %s", "SERVING" if serving else "NOT_SERVING (writer stopped or no primary reachable)")
+        self._serving = serving
+        state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, state)
 
     async def _watch_health(self) -> None:
-        """Health follows real readiness: NOT_SERVING once the writer thread is gone."""
+        """Health follows real readiness: NOT_SERVING once the writer thread is gone, or on
+        a replica while its primary does not answer (a load balancer then prefers others)."""
         while True:
-            await asyncio.sleep(1)
-            if self.writer is not None and not self.writer.alive and not self._stopping:
-                log.error("writer thread stopped; reporting NOT_SERVING")
-                for name in ("", SERVICE_NAME):
-                    await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-                return
+            await asyncio.sleep(0.5)
+            await self._update_health()
+
+    def node_info(self) -> pb.GetNodeInfoResponse:
+        """GetNodeInfo's answer: this node's role, primary, position, replicas, outbox."""
+        cfg = self.config
+        info = pb.GetNodeInfoResponse(
+            address=cfg.address, durability=cfg.durability, outbox_pending=self.outbox.pending if self.outbox else 0
+        )
+        if self.litefs is None:
+            info.role = pb.NODE_ROLE_STANDALONE
+            info.txid = self.writer.txid if self.writer else 0
+            return info
+        info.txid = self.litefs.txid()
+        if self.litefs.is_primary():
+            info.role = pb.NODE_ROLE_PRIMARY
+            for node, txid, at in self.positions.snapshot() if self.positions else ():
+                info.replicas.add(node=node, txid=txid, reported_at=convert.timestamp(at))
+        else:
+            info.role = pb.NODE_ROLE_REPLICA
+            info.primary = self.litefs.primary_address() or ""
+            info.primary_reachable = self.link.reachable if self.link else False
+        return info
 
     def _note_lease(self, expires_at: int) -> None:
         if self.maintenance is not None:
@@ -234,10 +331,16 @@ class EdgeqServer:
     async def _close_resources(self) -> None:
         if self._server is not None:
             await self._server.stop(0)
+        if self.link is not None:
+            await self.link.stop()
+        if self.outbox is not None:
+            await self.outbox.stop()
         if self._forwarder is not None:
             await self._forwarder.close()
         if self._role_watch is not None:
             self._role_watch.cancel()
+        if self.litefs is not None:
+            self.litefs.stop()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:

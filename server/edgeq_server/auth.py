@@ -39,8 +39,9 @@ def _deny(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMetho
 
 
 class TokenAuth(_Interceptor):
-    def __init__(self, service: str, auth_token: str, client_token: str) -> None:
+    def __init__(self, service: str, auth_token: str, client_token: str, internal_service: str = "") -> None:
         self._prefix = f"/{service}/"
+        self._internal = f"/{internal_service}/" if internal_service else None
         self._admin = auth_token.encode()
         self._client = client_token.encode()
 
@@ -60,6 +61,10 @@ class TokenAuth(_Interceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = details.method
+        if self._internal and method.startswith(self._internal):  # node-to-node: admin token only
+            if self._role(details.invocation_metadata) != "admin":
+                return _deny(grpc.StatusCode.UNAUTHENTICATED, "node-to-node calls need the admin token", False)
+            return await continuation(details)
         if not method.startswith(self._prefix):
             return await continuation(details)  # health, reflection
         name = method.removeprefix(self._prefix)

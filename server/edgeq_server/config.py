@@ -22,6 +22,24 @@ class Config:
     #: database is then <litefs_mount>/<litefs_db>, and txids are LiteFS TXIDs).
     litefs_mount: str = ""
     litefs_db: str = "edgeq.db"
+    #: LiteFS's own HTTP API (its ``http.addr``): a replica follows ``/events`` there to
+    #: report its position to the primary as soon as it moves.
+    litefs_http: str = "127.0.0.1:20202"
+    #: This node's address as other nodes reach it (its LiteFS ``lease.hostname``); empty
+    #: means host:port.
+    advertise_address: str = ""
+    #: "local": a write is acknowledged once committed on the primary (a failover can lose
+    #: the last ones). "replicated": only once ``durability_replicas`` replicas applied it,
+    #: waiting up to ``durability_timeout_seconds`` before UNAVAILABLE. LiteFS mode only.
+    durability: str = "local"
+    durability_replicas: int = 1
+    durability_timeout_seconds: float = 5.0
+    #: Partition outbox (LiteFS replicas): a local SQLite file outside the mount where
+    #: Enqueue requests wait while the primary is unreachable; empty turns it off.
+    outbox_path: str = ""
+    #: With the outbox on: how long a forwarded Enqueue may wait for the primary before
+    #: the replica buffers it instead.
+    outbox_forward_timeout_seconds: float = 1.0
     #: Largest payload (and Ack result) accepted, in bytes.
     max_payload_bytes: int = 1 * MiB
     #: Largest gRPC message accepted or sent, in bytes.
@@ -83,8 +101,23 @@ class Config:
             raise ValueError("keepalive_seconds must be > 0")
         if self.retention_interval_seconds <= 0:
             raise ValueError("retention_interval_seconds must be > 0")
+        if self.durability not in ("local", "replicated"):
+            raise ValueError(f"durability must be 'local' or 'replicated' (got {self.durability!r})")
+        if not self.litefs_mount and (self.durability != "local" or self.outbox_path):
+            raise ValueError("durability=replicated and outbox_path need LiteFS mode (litefs_mount)")
+        if self.durability_replicas < 1:
+            raise ValueError("durability_replicas must be at least 1")
+        if self.litefs_mount and self.client_token and not self.auth_token:
+            raise ValueError("in LiteFS mode, auth needs auth_token too: nodes use it to talk to each other")
+        if self.outbox_forward_timeout_seconds <= 0:
+            raise ValueError("outbox_forward_timeout_seconds must be > 0")
         if self.max_payload_bytes >= self.max_message_bytes:
             raise ValueError("max_payload_bytes must be below max_message_bytes")
+
+    @property
+    def address(self) -> str:
+        """How other nodes reach this one."""
+        return self.advertise_address or f"{self.host}:{self.port}"
 
     @classmethod
     def env_name(cls, name: str) -> str:

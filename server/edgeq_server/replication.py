@@ -22,14 +22,24 @@ UNAVAILABLE (``status.py``), so a client retries and reaches the new primary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import http.client
+import itertools
+import json
 import logging
+import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
+from edgeq.v1 import replication_pb2 as repl_pb
+from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
 from .errors import Unavailable
 
@@ -38,6 +48,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.005
 #: How often proxied Lease streams check that the primary is still the one they go to.
 WATCH_SECONDS = 0.2
+#: ``/events`` is reconnected after this long without a byte (LiteFS sends none while idle),
+#: and this long after a failure.
+EVENTS_IDLE_SECONDS = 30.0
+EVENTS_RETRY_SECONDS = 0.5
 
 
 def read_txid(pos_file: Path) -> int:
@@ -55,46 +69,110 @@ def read_txid(pos_file: Path) -> int:
 
 
 class LiteFSNode:
-    """One node's view of its LiteFS mount.
+    """One node's view of its LiteFS mount and of the cluster.
 
-    The role is cached and refreshed by ``watch()`` every ``WATCH_SECONDS`` off the event
-    loop: reading ``.primary`` goes through FUSE (~0.3 ms), and doing it on every write RPC
-    blocked the loop for a quarter of its time (py-spy, 16 producers on the mount).
+    The role comes from LiteFS's ``/events`` stream (``init`` and ``primaryChange`` carry
+    ``isPrimary`` and the primary's hostname), followed on a thread, so a change of primary
+    is seen within milliseconds and no RPC reads FUSE files for it. ``tx`` events for this
+    database also wake ``on_position`` listeners (a replica reports its position with them).
+    While ``/events`` cannot be reached, ``watch()`` falls back to reading ``.primary``
+    every ``WATCH_SECONDS`` (absent means primary: LiteFS only shows it on a connected
+    replica, so the fallback cannot tell "primary" from "replica without a primary").
     """
 
-    def __init__(self, mount: str, db_name: str) -> None:
+    def __init__(self, mount: str, db_name: str, http_address: str = "") -> None:
         self.mount = Path(mount)
+        self.db_name = db_name
         self.db_path = str(self.mount / db_name)
+        self.http_address = http_address
         self._pos = Path(self.db_path + "-pos")
         self._primary_file = self.mount / ".primary"
         self._primary: str | None = self.read_primary()
+        self._is_primary = self._primary is None
+        self._events_ok = False
+        self._stop = threading.Event()
+        self._conn: http.client.HTTPConnection | None = None
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[], None]] = []
 
     def txid(self) -> int:
         """This node's replication position (LiteFS TXID of the database)."""
         return read_txid(self._pos)
 
     def read_primary(self) -> str | None:
-        """Read ``.primary`` now (blocking): the primary's address, None if this node is it."""
+        """Read ``.primary`` now (blocking): the primary's address, None if absent."""
         try:
             return self._primary_file.read_text().strip() or None
         except FileNotFoundError:
             return None
 
     def primary_address(self) -> str | None:
-        """The primary's gRPC address as last seen, or None when this node is the primary."""
-        return self._primary
+        """The primary's address on a replica connected to one; None otherwise."""
+        return None if self._is_primary else self._primary
 
     def is_primary(self) -> bool:
-        return self._primary is None
+        return self._is_primary
+
+    def on_position(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the events thread) whenever this database's position moves."""
+        self._listeners.append(listener)
+
+    def _set_role(self, is_primary: bool, primary: str | None) -> None:
+        if is_primary != self._is_primary or primary != self._primary:
+            log.info("LiteFS role: %s", "primary" if is_primary else f"replica of {primary or '(no primary)'}")
+        self._primary = None if is_primary else primary
+        self._is_primary = is_primary
+
+    def start(self) -> None:
+        """Follow ``/events`` on a daemon thread (when an HTTP address is configured)."""
+        if self.http_address and self._thread is None:
+            self._thread = threading.Thread(target=self._follow_events, name="edgeq-litefs-events", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def _follow_events(self) -> None:
+        host, _, port = self.http_address.rpartition(":")
+        while not self._stop.is_set():
+            try:
+                self._conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=EVENTS_IDLE_SECONDS)
+                self._conn.request("GET", "/events")
+                response = self._conn.getresponse()
+                if response.status != 200:
+                    raise http.client.HTTPException(f"HTTP {response.status}")
+                for line in response:
+                    self._event(json.loads(line))
+                    self._events_ok = True
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                if self._events_ok:
+                    log.warning("LiteFS /events at %s: %s; reconnecting", self.http_address, exc)
+            finally:
+                self._events_ok = False
+                if self._conn is not None:
+                    self._conn.close()
+            self._stop.wait(EVENTS_RETRY_SECONDS)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in ("init", "primaryChange"):
+            data = event.get("data") or {}
+            self._set_role(bool(data.get("isPrimary")), data.get("hostname") or None)
+        elif kind == "tx" and event.get("db") == self.db_name:
+            for listener in self._listeners:
+                listener()
 
     async def watch(self) -> None:
-        """Keep the cached role current (runs until cancelled)."""
+        """Fallback while ``/events`` is not followed: re-read ``.primary`` (runs until cancelled)."""
         while True:
             await asyncio.sleep(WATCH_SECONDS)
-            current = await asyncio.to_thread(self.read_primary)
-            if current != self._primary:
-                log.info("primary changed: %s -> %s", self._primary or "this node", current or "this node")
-                self._primary = current
+            if not self._events_ok:
+                current = await asyncio.to_thread(self.read_primary)
+                self._set_role(current is None, current)
 
 
 class Position:
@@ -114,6 +192,157 @@ class Position:
             if self.current() >= txid:
                 return True
         return False
+
+
+class ReplicaPositions:
+    """On the primary: the last position each connected replica reported, and waits until
+    enough replicas have applied a txid (replicated durability)."""
+
+    def __init__(self, required: int, now: Callable[[], int]) -> None:
+        self.required = required
+        self._now = now
+        self._positions: dict[str, tuple[int, int]] = {}  # node -> (txid, reported_at µs)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap of (txid, seq, future)
+        self._seq = itertools.count()
+
+    def snapshot(self) -> list[tuple[str, int, int]]:
+        return sorted((node, txid, at) for node, (txid, at) in self._positions.items())
+
+    def _durable(self) -> int:
+        """The highest txid that at least ``required`` replicas have applied (0 if none)."""
+        if len(self._positions) < self.required:
+            return 0
+        return sorted((txid for txid, _ in self._positions.values()), reverse=True)[self.required - 1]
+
+    def report(self, node: str, txid: int) -> None:
+        self._positions[node] = (txid, self._now())
+        durable = self._durable()
+        while self._waiters and self._waiters[0][0] <= durable:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    def forget(self, node: str) -> None:
+        self._positions.pop(node, None)
+
+    async def wait(self, txid: int, seconds: float) -> bool:
+        """True once ``required`` replicas applied ``txid``; False after ``seconds``."""
+        if self._durable() >= txid:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (txid, next(self._seq), future))
+        try:
+            async with asyncio.timeout(seconds):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            future.cancel()  # a timed-out waiter is skipped (done) when its turn comes
+
+
+class ReplicationServicer(repl_grpc.ReplicationServiceServicer):
+    """The primary's end of ``ReportPositions``."""
+
+    def __init__(self, node: LiteFSNode, positions: ReplicaPositions) -> None:
+        self._node = node
+        self._positions = positions
+
+    async def ReportPositions(
+        self, request_iterator: AsyncIterator[repl_pb.ReportPositionsRequest], context: Any
+    ) -> repl_pb.ReportPositionsResponse:
+        if not self._node.is_primary():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not the primary")
+        reporter = ""
+        try:
+            async for report in request_iterator:
+                reporter = report.node
+                self._positions.report(report.node, report.txid)
+        finally:
+            if reporter:
+                self._positions.forget(reporter)
+        return repl_pb.ReportPositionsResponse()
+
+
+class ReplicaLink:
+    """On a replica: keeps a ``ReportPositions`` stream open to the current primary and sends
+    this node's position every time LiteFS applies a transaction (woken by ``/events``,
+    and at least every ``WATCH_SECONDS``); and checks every ``PROBE_SECONDS`` that the primary
+    answers its health check (``reachable``), which the node's own health follows."""
+
+    PROBE_SECONDS = 0.5
+
+    def __init__(
+        self, node: LiteFSNode, forwarder: Forwarder, self_address: str, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
+        self._node = node
+        self._forwarder = forwarder
+        self._self = self_address
+        self._metadata = metadata
+        self.reachable = True
+        self._moved = asyncio.Event()
+        self._pending = False
+        self._loop = asyncio.get_running_loop()
+        self._tasks: list[asyncio.Task[None]] = []
+        node.on_position(self._wake)
+
+    def _wake(self) -> None:  # events thread
+        if not self._pending:
+            self._pending = True
+            self._loop.call_soon_threadsafe(self._moved.set)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._report_loop(), name="edgeq-report-position"),
+            asyncio.create_task(self._probe_loop(), name="edgeq-probe-primary"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            primary = self._node.primary_address()
+            if self._node.is_primary():
+                self.reachable = True
+            elif primary is None:
+                self.reachable = False
+            else:
+                try:
+                    check = health_pb2_grpc.HealthStub(self._forwarder.channel(primary)).Check
+                    reply = await check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    self.reachable = reply.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.aio.AioRpcError:
+                    self.reachable = False
+            await asyncio.sleep(self.PROBE_SECONDS)
+
+    async def _report_loop(self) -> None:
+        while True:
+            primary = self._node.primary_address()
+            if primary is None:
+                await asyncio.sleep(WATCH_SECONDS)
+                continue
+            stub = repl_grpc.ReplicationServiceStub(self._forwarder.channel(primary))
+            try:
+                await stub.ReportPositions(self._reports(primary), metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("position reports to %s ended: %s", primary, exc.code())
+            await asyncio.sleep(WATCH_SECONDS)
+
+    async def _reports(self, primary: str) -> AsyncIterator[repl_pb.ReportPositionsRequest]:
+        sent = -1
+        while self._node.primary_address() == primary:
+            self._pending = False
+            self._moved.clear()
+            txid = await asyncio.to_thread(self._node.txid)
+            if txid != sent:
+                yield repl_pb.ReportPositionsRequest(node=self._self, txid=txid)
+                sent = txid
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_SECONDS):
+                    await self._moved.wait()
 
 
 #: Metadata key a forwarding replica adds; a node that receives it and is not primary
@@ -136,38 +365,67 @@ class Forwarder:
         self._moved: set[Any] = set()  # proxied calls ended because the primary changed
         self._watch: asyncio.Task[None] | None = None
 
-    def _stub(self, address: str) -> pb_grpc.QueueServiceStub:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The cached channel to another node."""
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
-        return pb_grpc.QueueServiceStub(channel)
+        return channel
+
+    def _stub(self, address: str) -> pb_grpc.QueueServiceStub:
+        return pb_grpc.QueueServiceStub(self.channel(address))
+
+    def local(self) -> bool:
+        """Whether writes are served here (this node is the primary)."""
+        return self._node.is_primary()
 
     def target(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         """The primary to forward to, or None to serve locally (this node is primary).
 
         Raises Unavailable for a forwarded call that reached a non-primary (no second hop).
         """
+        if self._node.is_primary():
+            return None
         address = self._node.primary_address()
         if address is None:
-            return None
-        if any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ()):
+            raise Unavailable("this replica is not connected to a primary; retry")
+        if self.forwarded(context):
             raise Unavailable(f"not the primary (forwarded here, primary is {address}); retry")
         return address
 
-    async def unary(self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        remaining = context.time_remaining()
-        call = getattr(self._stub(address), method)
+    def forwarded(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        """Whether this call was already forwarded by another node."""
+        return any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ())
+
+    async def call(
+        self, address: str, method: str, request: Any, *, seconds: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> Any:
+        """Call ``method`` on ``address``; UNAVAILABLE becomes ``Unavailable`` (retry, or buffer),
+        any other error is the primary's answer (``Forwarded``)."""
         try:
-            return await call(request, timeout=remaining, metadata=self._metadata(context))
+            return await getattr(self._stub(address), method)(
+                request, timeout=seconds, metadata=(*metadata, (FORWARDED_KEY, self._self))
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise Unavailable(f"primary {address} unavailable: {exc.details()}") from None
             raise Forwarded(exc.code(), exc.details() or "") from None
 
-    def _metadata(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str | bytes], ...]:
-        kept = tuple((k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP))
-        return (*kept, (FORWARDED_KEY, self._self))
+    async def unary(
+        self, address: str, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any],
+        at_most: float | None = None,
+    ) -> Any:
+        """Forward the caller's request with its remaining deadline (or ``at_most`` seconds if shorter)."""
+        remaining = context.time_remaining()
+        if at_most is not None:
+            remaining = at_most if remaining is None else min(remaining, at_most)
+        return await self.call(address, method, request, seconds=remaining, metadata=self._caller_metadata(context))
+
+    @staticmethod
+    def _caller_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str | bytes], ...]:
+        return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP))
 
     async def lease(
         self, address: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -175,7 +433,8 @@ class Forwarder:
         """Proxy a Lease stream: open it on the primary and relay every message back. Ends
         with UNAVAILABLE when the primary changes (noticed within ``WATCH_SECONDS``) or
         goes away, so the worker reconnects and finds the new primary."""
-        call: Any = self._stub(address).Lease(request, metadata=self._metadata(context))  # an aio call
+        metadata = (*self._caller_metadata(context), (FORWARDED_KEY, self._self))
+        call: Any = self._stub(address).Lease(request, metadata=metadata)  # an aio call
         self._proxied[call] = address
         self._ensure_watch()
         try:

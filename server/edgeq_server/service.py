@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -57,6 +57,7 @@ class QueueService:
         maintenance: Maintenance,
         codec: TokenCodec,
         position: Position,
+        node_info: Callable[[], pb.GetNodeInfoResponse],
     ) -> None:
         self._cfg = cfg
         self._clock = clock
@@ -66,6 +67,7 @@ class QueueService:
         self._maintenance = maintenance
         self._codec = codec
         self._position = position
+        self._node_info = node_info
         self._backoff = Backoff(int(cfg.backoff_base_seconds * MICROS), int(cfg.backoff_max_seconds * MICROS))
 
     # ------------------------------------------------------------------ helpers
@@ -124,7 +126,11 @@ class QueueService:
             lambda s, now: s.enqueue(specs, now, _new_ids()), after=self._after_enqueue
         )
         return pb.EnqueueResponse(
-            results=[pb.EnqueueResult(job_id=r.job_id, duplicate=r.duplicate) for r in results], txid=txid
+            results=[
+                pb.EnqueueResult(job_id=r.job_id, duplicate=r.duplicate, idempotency_key=spec.idempotency_key or "")
+                for r, spec in zip(results, specs, strict=True)
+            ],
+            txid=txid,
         )
 
     async def Ack(self, request: pb.AckRequest, context: Ctx) -> pb.AckResponse:
@@ -196,6 +202,9 @@ class QueueService:
         now = self._clock.now()
         counts = await self._readers.run(lambda s: Store.queue_stats(s, queues, now))
         return pb.GetQueueStatsResponse(stats=[convert.queue_stats(c, now) for c in counts])
+
+    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: Ctx) -> pb.GetNodeInfoResponse:
+        return self._node_info()
 
     # ------------------------------------------------------------------ stream
 

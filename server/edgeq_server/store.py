@@ -483,3 +483,46 @@ class Store:
             (queue, now),
         ).get
         return None if v is None else int(v)
+
+
+class OutboxStore:
+    """The partition outbox: a small SQLite file outside the LiteFS mount where a replica
+    keeps Enqueue requests (serialized, keys assigned) while the primary is unreachable.
+    Every append is durable (synchronous=FULL) before the caller hears OK."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = apsw.Connection(path)
+        self.conn.set_busy_timeout(5000)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS outbox ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " request BLOB NOT NULL,"
+            " jobs INTEGER NOT NULL CHECK (jobs > 0),"
+            " created_at INTEGER NOT NULL,"
+            " rejected TEXT"  # the primary refused it for good: kept, never retried
+            ") STRICT"
+        )
+
+    def append(self, request: bytes, jobs: int, now: int) -> None:
+        self.conn.execute("INSERT INTO outbox (request, jobs, created_at) VALUES (?, ?, ?)", (request, jobs, now))
+
+    def oldest(self) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            "SELECT seq, request FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def delete(self, seq: int) -> None:
+        self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def reject(self, seq: int, reason: str) -> None:
+        self.conn.execute("UPDATE outbox SET rejected = ? WHERE seq = ?", (reason, seq))
+
+    def pending(self) -> int:
+        """Requests still to send (rejected ones excluded)."""
+        return int(self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NULL").get or 0)
+
+    def close(self) -> None:
+        self.conn.close()

@@ -26,6 +26,13 @@ class LeaseOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEASE_OUTCOME_OK: _ClassVar[LeaseOutcome]
     LEASE_OUTCOME_STALE: _ClassVar[LeaseOutcome]
     LEASE_OUTCOME_INVALID: _ClassVar[LeaseOutcome]
+
+class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_ROLE_UNSPECIFIED: _ClassVar[NodeRole]
+    NODE_ROLE_STANDALONE: _ClassVar[NodeRole]
+    NODE_ROLE_PRIMARY: _ClassVar[NodeRole]
+    NODE_ROLE_REPLICA: _ClassVar[NodeRole]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
@@ -36,6 +43,10 @@ LEASE_OUTCOME_UNSPECIFIED: LeaseOutcome
 LEASE_OUTCOME_OK: LeaseOutcome
 LEASE_OUTCOME_STALE: LeaseOutcome
 LEASE_OUTCOME_INVALID: LeaseOutcome
+NODE_ROLE_UNSPECIFIED: NodeRole
+NODE_ROLE_STANDALONE: NodeRole
+NODE_ROLE_PRIMARY: NodeRole
+NODE_ROLE_REPLICA: NodeRole
 
 class JobSpec(_message.Message):
     __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers")
@@ -116,20 +127,24 @@ class EnqueueRequest(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ...) -> None: ...
 
 class EnqueueResult(_message.Message):
-    __slots__ = ("job_id", "duplicate")
+    __slots__ = ("job_id", "duplicate", "idempotency_key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     duplicate: bool
-    def __init__(self, job_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, job_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
-    __slots__ = ("results", "txid")
+    __slots__ = ("results", "txid", "buffered")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TXID_FIELD_NUMBER: _ClassVar[int]
+    BUFFERED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[EnqueueResult]
     txid: int
-    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResult, _Mapping]]] = ..., txid: _Optional[int] = ...) -> None: ...
+    buffered: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResult, _Mapping]]] = ..., txid: _Optional[int] = ..., buffered: _Optional[bool] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("queues", "worker_id", "max_in_flight", "lease_duration")
@@ -348,3 +363,37 @@ class ResumeQueueResponse(_message.Message):
     TXID_FIELD_NUMBER: _ClassVar[int]
     txid: int
     def __init__(self, txid: _Optional[int] = ...) -> None: ...
+
+class GetNodeInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaPosition(_message.Message):
+    __slots__ = ("node", "txid", "reported_at")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    txid: int
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, node: _Optional[str] = ..., txid: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetNodeInfoResponse(_message.Message):
+    __slots__ = ("role", "address", "primary", "txid", "primary_reachable", "replicas", "durability", "outbox_pending")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_PENDING_FIELD_NUMBER: _ClassVar[int]
+    role: NodeRole
+    address: str
+    primary: str
+    txid: int
+    primary_reachable: bool
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaPosition]
+    durability: str
+    outbox_pending: int
+    def __init__(self, role: _Optional[_Union[NodeRole, str]] = ..., address: _Optional[str] = ..., primary: _Optional[str] = ..., txid: _Optional[int] = ..., primary_reachable: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPosition, _Mapping]]] = ..., durability: _Optional[str] = ..., outbox_pending: _Optional[int] = ...) -> None: ...

@@ -100,6 +100,11 @@ class QueueServiceStub:
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
+        self.GetNodeInfo = channel.unary_unary(
+                '/edgeq.v1.QueueService/GetNodeInfo',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.GetNodeInfoRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.GetNodeInfoResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -203,6 +208,15 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeInfo(self, request, context):
+        """GetNodeInfo describes the node that answers: its role in the cluster,
+        the primary it forwards writes to, its replication position, and on the
+        primary the positions its replicas reported. Never forwarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +279,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeQueueRequest.FromString,
                     response_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'GetNodeInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeInfo,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.GetNodeInfoRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.GetNodeInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -597,6 +616,33 @@ class QueueService:
             '/edgeq.v1.QueueService/ResumeQueue',
             edgeq_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
             edgeq_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/GetNodeInfo',
+            edgeq_dot_v1_dot_queue__pb2.GetNodeInfoRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.GetNodeInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,11 @@ class QueueServiceStub:
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
     """ResumeQueue restarts delivery from a paused queue."""
+    GetNodeInfo: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetNodeInfoRequest, _queue_pb2.GetNodeInfoResponse]
+    """GetNodeInfo describes the node that answers: its role in the cluster,
+    the primary it forwards writes to, its replication position, and on the
+    primary the positions its replicas reported. Never forwarded.
+    """
 
 @_typing.type_check_only
 class QueueServiceAsyncStub(QueueServiceStub):
@@ -130,6 +135,11 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]  # type: ignore[assignment]
     """ResumeQueue restarts delivery from a paused queue."""
+    GetNodeInfo: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetNodeInfoRequest, _queue_pb2.GetNodeInfoResponse]  # type: ignore[assignment]
+    """GetNodeInfo describes the node that answers: its role in the cluster,
+    the primary it forwards writes to, its replication position, and on the
+    primary the positions its replicas reported. Never forwarded.
+    """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     """QueueService is a durable job queue. Any node accepts any RPC.
@@ -248,5 +258,16 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.ResumeQueueResponse, _abc.Awaitable[_queue_pb2.ResumeQueueResponse]]:
         """ResumeQueue restarts delivery from a paused queue."""
+
+    @_abc_1.abstractmethod
+    def GetNodeInfo(
+        self,
+        request: _queue_pb2.GetNodeInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.GetNodeInfoResponse, _abc.Awaitable[_queue_pb2.GetNodeInfoResponse]]:
+        """GetNodeInfo describes the node that answers: its role in the cluster,
+        the primary it forwards writes to, its replication position, and on the
+        primary the positions its replicas reported. Never forwarded.
+        """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
