@@ -76,7 +76,7 @@ class Node:
         self.data = self.dir / "data"
         self.http_port = free_port()
         self.grpc_port = free_port()
-        self.candidate = index == 1
+        self.extra_args: list[str] = []  # per-node `edgeq serve` flags; "{dir}" is this node's directory
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "litefs.log"
 
@@ -91,13 +91,27 @@ class Node:
     def txid(self) -> int:
         return txid_of(self.mount / f"{DB}-pos")
 
-    def write_config(self, primary: Node, primary_args: list[str], replica_args: list[str]) -> Path:
+    def stored_txid(self) -> int:
+        """The highest TXID in this node's LiteFS data dir (readable while the node is down):
+        LTX files are named ``<min TXID>-<max TXID>.ltx`` in hex."""
+        names = (self.data / "dbs" / DB / "ltx").glob("*.ltx")
+        return max((int(p.stem.split("-")[1], 16) for p in names), default=0)
+
+    def server_pid(self) -> int:
+        """The pid of the edgeq server LiteFS runs (its exec child)."""
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[0])
+
+    def write_config(self, primary: Node, args: list[str]) -> Path:
         self.mount.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
+        flags = " ".join(a.replace("{dir}", str(self.dir)) for a in [*args, *self.extra_args])
         cmd = (
             f"{sys.executable} -m edgeq_server serve --port {self.grpc_port} --litefs-mount {self.mount}"
-            f" --litefs-db {DB} --log-level INFO {' '.join(primary_args if self.candidate else replica_args)}"
+            f" --litefs-db {DB} --litefs-http 127.0.0.1:{self.http_port} --log-level INFO {flags}"
         )
+        candidate = self is primary
         config = self.dir / "litefs.yml"
         config.write_text(
             f'fuse: {{ dir: "{self.mount}" }}\n'
@@ -105,7 +119,7 @@ class Node:
             f'http: {{ addr: "127.0.0.1:{self.http_port}" }}\n'
             "lease:\n"
             '  type: "static"\n'
-            f"  candidate: {'true' if self.candidate else 'false'}\n"
+            f"  candidate: {'true' if candidate else 'false'}\n"
             # Static lease: every node names the primary (its gRPC address ends up in .primary).
             f'  hostname: "{primary.target}"\n'
             f'  advertise-url: "http://127.0.0.1:{primary.http_port}"\n'
@@ -116,19 +130,17 @@ class Node:
 
 class Cluster:
     def __init__(self, root: Path, size: int = 3, *server_args: str) -> None:
-        """``server_args`` are extra ``edgeq serve`` flags for every node."""
+        """``server_args`` are extra ``edgeq serve`` flags for every node ("{dir}" is replaced
+        by the node's directory)."""
         self.binary = require_litefs()
         self.server_args = list(server_args)
         self.root = root
         self.nodes = [Node(self, i) for i in range(1, size + 1)]
-
-    @property
-    def primary(self) -> Node:
-        return self.nodes[0]
+        self.primary = self.nodes[0]  # the static lease's candidate
 
     @property
     def replicas(self) -> list[Node]:
-        return self.nodes[1:]
+        return [n for n in self.nodes if n is not self.primary]
 
     def __enter__(self) -> Cluster:
         try:
@@ -145,7 +157,7 @@ class Cluster:
         self.close()
 
     def start(self, node: Node, timeout: float = 60) -> None:
-        config = node.write_config(self.primary, self.server_args, self.server_args)
+        config = node.write_config(self.primary, self.server_args)
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
                 [self.binary, "mount", "-config", str(config)],
@@ -179,6 +191,16 @@ class Cluster:
                 raise AssertionError(f"node {node.index} at txid {node.txid()}, wanted {want}")
             time.sleep(0.02)
         return node.txid()
+
+    def promote(self, node: Node, others: list[Node]) -> None:
+        """Manual failover with the static lease: restart ``node`` as the candidate, then
+        restart ``others`` pointing at it (LiteFS reads the lease config only at start)."""
+        self.primary = node
+        self.stop(node)
+        self.start(node)
+        for other in others:
+            self.stop(other)
+            self.start(other)
 
     def kill9(self, node: Node) -> None:
         """kill -9 LiteFS and the edgeq server it runs, then clean the dead mount."""

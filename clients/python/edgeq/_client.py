@@ -163,7 +163,7 @@ class Client:
     def _enqueue(self, messages: Sequence[pb.JobSpec]) -> builtins.list[EnqueueResult]:
         resp = self._call(self.stub.Enqueue, pb.EnqueueRequest(jobs=messages))
         txid = self._note_txid(resp.txid)
-        return [EnqueueResult(r.job_id, r.duplicate, txid) for r in resp.results]
+        return [EnqueueResult(r.job_id, r.duplicate, txid, r.idempotency_key, resp.buffered) for r in resp.results]
 
     # ------------------------------------------------------------------ reading
 

@@ -217,6 +217,11 @@ class EnqueueResult:
     duplicate: bool
     #: Consistency token of the write (pass as min_txid to read it back anywhere).
     txid: int
+    #: The job's idempotency key (a replica's partition outbox assigns one when none was given).
+    idempotency_key: str = ""
+    #: True when a replica kept the job in its partition outbox because the primary was
+    #: unreachable: it is stored later, exactly once; ``job_id`` is then empty and ``txid`` 0.
+    buffered: bool = False
 
 
 # ---------------------------------------------------------------- producer input

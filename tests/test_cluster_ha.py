@@ -1,0 +1,249 @@
+"""Real LiteFS clusters (loopback, static lease): node roles and positions (GetNodeInfo),
+replica health following the primary, replicated durability, the partition outbox, and
+manual failover counting acknowledged writes lost with each durability setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from cluster_harness import Cluster, Node
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgeq import Client, Worker
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow
+
+RESULTS = Path(os.environ.get("EDGEQ_FAILOVER_RESULTS", "")) if os.environ.get("EDGEQ_FAILOVER_RESULTS") else None
+
+
+def stub(target: str) -> tuple[grpc.Channel, pb_grpc.QueueServiceStub]:
+    ch = grpc.insecure_channel(target)
+    return ch, pb_grpc.QueueServiceStub(ch)
+
+
+def info(node: Node) -> pb.GetNodeInfoResponse:
+    ch, s = stub(node.target)
+    with ch:
+        return s.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
+
+
+def health(node: Node) -> int:
+    with grpc.insecure_channel(node.target) as ch:
+        return int(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def all_jobs(target: str, queue: str, min_txid: int = 0) -> list[pb.Job]:
+    ch, s = stub(target)
+    jobs: list[pb.Job] = []
+    token = ""
+    with ch:
+        while True:
+            resp = s.ListJobs(
+                pb.ListJobsRequest(queue=queue, page_size=500, page_token=token, min_txid=min_txid), timeout=10
+            )
+            jobs.extend(resp.jobs)
+            token = resp.next_page_token
+            if not token:
+                return jobs
+
+
+def test_node_info_shows_roles_primary_and_replica_positions(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        ch, s = stub(cluster.replicas[0].target)
+        with ch:
+            txid = s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", payload=b"x")]), timeout=10).txid
+        primary = info(cluster.primary)
+        assert primary.role == pb.NODE_ROLE_PRIMARY
+        assert primary.address == cluster.primary.target and primary.primary == ""
+        assert primary.durability == "local"
+        for node in cluster.replicas:
+            replica = info(node)
+            assert replica.role == pb.NODE_ROLE_REPLICA
+            assert replica.primary == cluster.primary.target
+            assert replica.primary_reachable
+        # Every replica reports its position to the primary as LiteFS applies transactions.
+        eventually(
+            lambda: sorted((r.node, r.txid >= txid) for r in info(cluster.primary).replicas)
+            == sorted((n.target, True) for n in cluster.replicas),
+            what="replica position reports",
+        )
+
+
+def test_replica_health_follows_whether_the_primary_answers(tmp_path: Path) -> None:
+    with Cluster(tmp_path, 2) as cluster:
+        replica = cluster.replicas[0]
+        assert health(replica) == health_pb2.HealthCheckResponse.SERVING
+        pid = cluster.primary.server_pid()
+        os.kill(pid, signal.SIGSTOP)  # the primary's edgeq hangs; LiteFS itself still replicates
+        try:
+            eventually(lambda: health(replica) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+            assert not info(replica).primary_reachable
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        eventually(lambda: health(replica) == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
+
+
+def test_replicated_durability_answers_after_a_replica_applied_the_write(tmp_path: Path) -> None:
+    args = ("--durability", "replicated", "--durability-timeout-seconds", "1")
+    with Cluster(tmp_path, 3, *args) as cluster:
+        eventually(lambda: len(info(cluster.primary).replicas) == 2, what="both replicas reporting")
+        ch, s = stub(cluster.replicas[0].target)
+        with ch:
+            for i in range(20):
+                txid = s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="d", payload=b"%d" % i)]), timeout=10).txid
+                # Already applied on at least one replica when the write was acknowledged.
+                assert max(n.txid() for n in cluster.replicas) >= txid
+        assert info(cluster.primary).durability == "replicated"
+        for node in cluster.replicas:
+            cluster.stop(node)
+        ch, s = stub(cluster.primary.target)
+        with ch:
+            with pytest.raises(grpc.RpcError) as err:
+                s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="d", payload=b"alone", idempotency_key="k")]),
+                          timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "replica" in (err.value.details() or "")
+            # Committed on the primary all the same: a retry with the key finds it, not a twin.
+            assert [j.payload for j in all_jobs(cluster.primary.target, "d")][-1] == b"alone"
+
+
+def test_outbox_buffers_enqueues_while_the_primary_hangs_and_drains_them_once_in_order(tmp_path: Path) -> None:
+    args = ("--outbox-path", "{dir}/outbox.db", "--outbox-forward-timeout-seconds", "0.5")
+    with Cluster(tmp_path, 2, *args) as cluster:
+        replica = cluster.replicas[0]
+        pid = cluster.primary.server_pid()
+        os.kill(pid, signal.SIGSTOP)
+        answers = []
+        try:
+            ch, s = stub(replica.target)
+            with ch:
+                for i in range(30):
+                    spec = pb.JobSpec(queue="out", payload=b"%03d" % i)
+                    if i == 7:
+                        spec.idempotency_key = "mine-7"
+                    answers.append(s.Enqueue(pb.EnqueueRequest(jobs=[spec]), timeout=10))
+                # A bad request is refused on the spot, naming the field, and not buffered.
+                with pytest.raises(grpc.RpcError) as err:
+                    s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="", payload=b"x")]), timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "jobs[0].queue" in (err.value.details() or "")
+            assert all(a.buffered and a.txid == 0 and a.results[0].job_id == "" for a in answers)
+            keys = [a.results[0].idempotency_key for a in answers]
+            assert keys[7] == "mine-7" and all(k.startswith("outbox-") for i, k in enumerate(keys) if i != 7)
+            assert len(set(keys)) == 30
+            assert info(replica).outbox_pending == 30
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        eventually(lambda: info(replica).outbox_pending == 0, what="outbox drained")
+        jobs = all_jobs(cluster.primary.target, "out")
+        # Exactly once and in the order the replica accepted them, with the keys it gave out.
+        assert [j.payload for j in jobs] == [b"%03d" % i for i in range(30)]
+        assert [j.idempotency_key for j in jobs] == keys
+        # With the primary back, Enqueue through the replica is forwarded again.
+        ch, s = stub(replica.target)
+        with ch:
+            resp = s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="out", payload=b"after")]), timeout=10)
+        assert not resp.buffered and resp.results[0].job_id and resp.txid
+
+
+def _produce(target: str, name: str, stop: threading.Event, acked: list[str], errors: list[str]) -> None:
+    ch, s = stub(target)
+    with ch:
+        i = 0
+        while not stop.is_set():
+            key = f"{name}-{i}"
+            try:
+                s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="fo", payload=key.encode(), idempotency_key=key)]),
+                          timeout=2)
+                acked.append(key)
+            except grpc.RpcError as exc:
+                errors.append(str(exc.code()))
+                time.sleep(0.01)
+            i += 1
+
+
+@pytest.mark.parametrize("durability", ["local", "replicated"])
+def test_failover_promote_a_replica_and_count_acknowledged_writes_lost(tmp_path: Path, durability: str) -> None:
+    """Async replication loses what the replicas had not applied when the primary died. Make
+    that window wide on purpose: kill -9 both replicas, keep writing to the primary for a
+    while, kill -9 the primary, then promote a replica (static lease: restart it as the
+    candidate, repoint the other). "local" acknowledges those writes and loses them;
+    "replicated" refuses to acknowledge them, so nothing acknowledged is lost."""
+    args = ("--durability", durability, "--durability-timeout-seconds", "1", "--drain-seconds", "1",
+            "--grace-seconds", "1")
+    with Cluster(tmp_path, 3, *args) as cluster:
+        eventually(lambda: len(info(cluster.primary).replicas) == 2, what="both replicas reporting")
+        old = cluster.primary
+        acked: list[str] = []
+        errors: list[str] = []
+        stop = threading.Event()
+        producers = [
+            threading.Thread(target=_produce, args=(old.target, f"p{i}", stop, acked, errors)) for i in range(4)
+        ]
+        for t in producers:
+            t.start()
+        try:
+            eventually(lambda: len(acked) >= 300, what="300 acknowledged enqueues")
+            for node in cluster.replicas:
+                cluster.kill9(node)
+            replicated_part = len(acked)
+            time.sleep(1.5)  # writes only the primary has
+            acked_alone = len(acked) - replicated_part
+            cluster.kill9(old)
+            killed_at = time.monotonic()
+        finally:
+            stop.set()
+            for t in producers:
+                t.join()
+        acked_before_kill = set(acked)
+        assert len(acked_before_kill) == len(acked) >= 300
+        # Promote the most caught-up replica (the static-lease procedure in docs/operations.md).
+        # Both are down: their positions are the newest LTX files in their data dirs.
+        new, other = sorted(cluster.replicas, key=lambda n: n.stored_txid(), reverse=True)
+        cluster.promote(new, [other])
+        assert info(new).role == pb.NODE_ROLE_PRIMARY and info(other).primary == new.target
+        # Serving again: an enqueue through the other replica is forwarded to the new primary.
+        with Client(other.target) as client:
+            back = client.enqueue("fo", b"after-failover")
+            outage = time.monotonic() - killed_at
+            stored = {j.payload.decode() for j in all_jobs(new.target, "fo", back.txid)}
+            # And a worker connected through the other replica processes it.
+            done = threading.Event()
+
+            def handle(job: object) -> None:
+                if getattr(job, "payload", b"") == b"after-failover":
+                    done.set()
+
+            with Worker(other.target, ["fo"], handle, concurrency=4):
+                assert done.wait(30)
+        lost = sorted(acked_before_kill - stored)
+        report = {"durability": durability, "acked": len(acked_before_kill), "acked_with_replicas_down": acked_alone,
+                  "lost": len(lost), "failed_calls": len(errors), "restart_to_serving_seconds": round(outage, 2)}
+        print("failover:", json.dumps(report))
+        if RESULTS is not None:
+            with RESULTS.open("a") as f:
+                f.write(json.dumps(report) + "\n")
+        if durability == "replicated":
+            assert acked_alone == 0
+            assert lost == [], f"acknowledged writes lost under replicated durability: {lost[:10]}"
+        else:
+            assert acked_alone > 0
+            assert len(lost) >= acked_alone > 0  # every write only the dead primary had is gone
