@@ -78,10 +78,11 @@ def single_enqueue_latency(target: str, n: int) -> dict[str, float]:
             "mean_ms": statistics.fmean(lat) * 1e3}
 
 
-async def concurrent_enqueue(target: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def concurrent_enqueue(target: str, concurrency: int, seconds: float, batch: int = 1) -> dict[str, float]:
+    """``concurrency`` producers, each sending Enqueue calls of ``batch`` jobs back to back."""
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="conc", payload=PAYLOAD)])
+        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="conc", payload=PAYLOAD)] * batch)
         done = 0
         lat: list[float] = []
         stop_at = time.perf_counter() + seconds
@@ -97,8 +98,8 @@ async def concurrent_enqueue(target: str, concurrency: int, seconds: float) -> d
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(concurrency)))
         el = time.perf_counter() - t0
-    return {"concurrency": concurrency, "calls_per_s": done / el, "p50_ms": pct(lat, 0.5) * 1e3,
-            "p99_ms": pct(lat, 0.99) * 1e3}
+    return {"concurrency": concurrency, "batch": batch, "calls_per_s": done / el, "jobs_per_s": done * batch / el,
+            "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
 
 
 def bench_batched(target: str, batch: int, seconds: float) -> dict[str, float]:

@@ -54,3 +54,20 @@ async def test_tokens_gate_queue_service_but_not_health(server: EdgeqServer) -> 
         health = health_pb2_grpc.HealthStub(ch)
         check = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_node_to_node_calls_need_the_admin_token(server: EdgeqServer) -> None:
+    from edgeq.v1 import replication_pb2 as repl_pb
+    from edgeq.v1 import replication_pb2_grpc as repl_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = repl_grpc.ReplicationServiceStub(ch)
+        for metadata, code in (
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            (md("worker-secret"), grpc.StatusCode.UNAUTHENTICATED),
+            # Past authentication; a standalone node has no replication service to offer.
+            (md("admin-secret"), grpc.StatusCode.UNIMPLEMENTED),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ReportPositions(iter([repl_pb.ReportPositionsRequest(node="x", txid=1)]), metadata=metadata)
+            assert err.value.code() == code

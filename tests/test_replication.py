@@ -1,13 +1,21 @@
-"""replication.py on its own: parsing LiteFS's files and the bounded position wait (the
-real LiteFS behaviour is covered by tests/test_cluster.py)."""
+"""replication.py on its own: parsing LiteFS's files and events, the bounded position wait,
+replica position bookkeeping, the cluster options, and GetNodeInfo on a standalone node
+(the real LiteFS behaviour is covered by tests/test_cluster.py and test_cluster_ha.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
-from edgeq_server.replication import LiteFSNode, Position, read_txid
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+from edgeq_server.app import EdgeqServer
+from edgeq_server.clock import ManualClock
+from edgeq_server.config import Config
+from edgeq_server.replication import LiteFSNode, Position, ReplicaPositions, read_txid
 
 
 def test_read_txid_parses_the_pos_file_and_treats_absence_as_zero(tmp_path: Path) -> None:
@@ -38,3 +46,71 @@ async def test_position_wait_returns_as_soon_as_reached_and_gives_up_after_the_b
     assert not await position.wait_for(6, 0.02)
     value[0] = 6
     assert await position.wait_for(6, 0.02)
+
+
+def test_litefs_events_set_the_role_and_wake_position_listeners(tmp_path: Path) -> None:
+    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    woken: list[int] = []
+    node.on_position(lambda: woken.append(1))
+    node._event({"type": "init", "data": {"isPrimary": False, "hostname": "10.0.0.2:50051"}})
+    assert not node.is_primary() and node.primary_address() == "10.0.0.2:50051"
+    # Disconnected from the primary: still a replica, with nowhere to forward to.
+    node._event({"type": "primaryChange", "data": {"isPrimary": False}})
+    assert not node.is_primary() and node.primary_address() is None
+    node._event({"type": "primaryChange", "data": {"isPrimary": True}})
+    assert node.is_primary() and node.primary_address() is None
+    node._event({"type": "tx", "db": "other.db", "data": {"txID": "0000000000000002"}})
+    assert woken == []
+    node._event({"type": "tx", "db": "edgeq.db", "data": {"txID": "0000000000000003"}})
+    assert woken == [1]
+
+
+async def test_replica_positions_wait_for_the_required_number_of_replicas() -> None:
+    positions = ReplicaPositions(required=2, now=lambda: 7)
+    waiting = asyncio.create_task(positions.wait(10, 5))
+    await asyncio.sleep(0)
+    positions.report("a:1", 12)
+    await asyncio.sleep(0)
+    assert not waiting.done()  # one replica is not enough
+    positions.report("b:1", 10)
+    assert await waiting
+    assert positions.snapshot() == [("a:1", 12, 7), ("b:1", 10, 7)]
+    assert await positions.wait(10, 0)  # already durable
+    positions.forget("b:1")  # a disconnected replica no longer counts
+    assert not await positions.wait(10, 0.02)
+    positions.report("b:1", 11)  # the timed-out waiter left nothing behind that breaks later ones
+    assert await positions.wait(11, 0.02)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"durability": "sometimes"}, "durability must be"),
+        ({"durability": "replicated"}, "need LiteFS mode"),
+        ({"outbox_path": "/tmp/o.db"}, "need LiteFS mode"),
+        ({"litefs_mount": "/litefs", "durability_replicas": 0}, "durability_replicas"),
+        ({"litefs_mount": "/litefs", "client_token": "c"}, "auth_token too"),
+        ({"litefs_mount": "/litefs", "outbox_forward_timeout_seconds": 0}, "outbox_forward_timeout"),
+    ],
+)
+def test_cluster_options_are_validated(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(**overrides)  # type: ignore[arg-type]
+
+
+async def test_a_standalone_node_describes_itself(tmp_path: Path) -> None:
+    srv = EdgeqServer(Config(port=0, db_path=str(tmp_path / "n.db")), clock=ManualClock())
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.QueueServiceStub(ch)
+            before = await stub.GetNodeInfo(pb.GetNodeInfoRequest())
+            job = pb.JobSpec(queue="q", payload=b"x", idempotency_key="k")
+            resp = await stub.Enqueue(pb.EnqueueRequest(jobs=[job]))
+            after = await stub.GetNodeInfo(pb.GetNodeInfoRequest())
+    finally:
+        await srv.stop(drain_seconds=0, grace_seconds=0)
+    assert before.role == after.role == pb.NODE_ROLE_STANDALONE
+    assert after.txid == resp.txid > before.txid
+    assert after.durability == "local" and after.primary == "" and not after.replicas
+    assert resp.results[0].idempotency_key == "k" and not resp.buffered
