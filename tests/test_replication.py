@@ -51,7 +51,7 @@ async def test_position_wait_returns_as_soon_as_reached_and_gives_up_after_the_b
 def test_litefs_events_set_the_role_and_wake_position_listeners(tmp_path: Path) -> None:
     node = LiteFSNode(str(tmp_path), "edgeq.db")
     woken: list[int] = []
-    node.on_position(lambda: woken.append(1))
+    node.on_position(woken.append)
     node._event({"type": "init", "data": {"isPrimary": False, "hostname": "10.0.0.2:50051"}})
     assert not node.is_primary() and node.primary_address() == "10.0.0.2:50051"
     # Disconnected from the primary: still a replica, with nowhere to forward to.
@@ -62,7 +62,7 @@ def test_litefs_events_set_the_role_and_wake_position_listeners(tmp_path: Path) 
     node._event({"type": "tx", "db": "other.db", "data": {"txID": "0000000000000002"}})
     assert woken == []
     node._event({"type": "tx", "db": "edgeq.db", "data": {"txID": "0000000000000003"}})
-    assert woken == [1]
+    assert woken == [3]
 
 
 async def test_replica_positions_wait_for_the_required_number_of_replicas() -> None:

@@ -93,7 +93,7 @@ class LiteFSNode:
         self._stop = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._thread: threading.Thread | None = None
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[int], None]] = []
 
     def txid(self) -> int:
         """This node's replication position (LiteFS TXID of the database)."""
@@ -113,8 +113,8 @@ class LiteFSNode:
     def is_primary(self) -> bool:
         return self._is_primary
 
-    def on_position(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (from the events thread) whenever this database's position moves."""
+    def on_position(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(txid)`` (from the events thread) whenever this database's position moves."""
         self._listeners.append(listener)
 
     def _set_role(self, is_primary: bool, primary: str | None) -> None:
@@ -163,8 +163,9 @@ class LiteFSNode:
             data = event.get("data") or {}
             self._set_role(bool(data.get("isPrimary")), data.get("hostname") or None)
         elif kind == "tx" and event.get("db") == self.db_name:
+            txid = int(event["data"]["txID"], 16)
             for listener in self._listeners:
-                listener()
+                listener(txid)
 
     async def watch(self) -> None:
         """Fallback while ``/events`` is not followed: re-read ``.primary`` (runs until cancelled)."""
@@ -282,11 +283,13 @@ class ReplicaLink:
         self.reachable = True
         self._moved = asyncio.Event()
         self._pending = False
+        self._latest: int | None = None  # from the last tx event
         self._loop = asyncio.get_running_loop()
         self._tasks: list[asyncio.Task[None]] = []
         node.on_position(self._wake)
 
-    def _wake(self) -> None:  # events thread
+    def _wake(self, txid: int) -> None:  # events thread
+        self._latest = txid
         if not self._pending:
             self._pending = True
             self._loop.call_soon_threadsafe(self._moved.set)
@@ -333,16 +336,22 @@ class ReplicaLink:
 
     async def _reports(self, primary: str) -> AsyncIterator[repl_pb.ReportPositionsRequest]:
         sent = -1
+        woken = False
         while self._node.primary_address() == primary:
             self._pending = False
             self._moved.clear()
-            txid = await asyncio.to_thread(self._node.txid)
+            # The event's TXID when woken by one (no FUSE read); else read -pos, the truth
+            # (after a failover a replica's TXID can even go down).
+            txid = self._latest if woken and self._latest is not None else await asyncio.to_thread(self._node.txid)
             if txid != sent:
                 yield repl_pb.ReportPositionsRequest(node=self._self, txid=txid)
                 sent = txid
-            with contextlib.suppress(TimeoutError):
+            woken = True
+            try:
                 async with asyncio.timeout(WATCH_SECONDS):
                     await self._moved.wait()
+            except TimeoutError:
+                woken = False
 
 
 #: Metadata key a forwarding replica adds; a node that receives it and is not primary
