@@ -77,6 +77,7 @@ class Node:
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.extra_args: list[str] = []  # per-node `edgeq serve` flags; "{dir}" is this node's directory
+        self.delay_seconds = 0.0  # LiteFS starts edgeq this long after it is ready
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "litefs.log"
 
@@ -111,6 +112,8 @@ class Node:
             f"{sys.executable} -m edgeq_server serve --port {self.grpc_port} --litefs-mount {self.mount}"
             f" --litefs-db {DB} --litefs-http 127.0.0.1:{self.http_port} --log-level INFO {flags}"
         )
+        if self.delay_seconds:
+            cmd = f"sh -c 'sleep {self.delay_seconds}; exec {cmd}'"
         candidate = self is primary
         config = self.dir / "litefs.yml"
         config.write_text(
@@ -156,14 +159,15 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, node: Node, timeout: float = 60) -> None:
+    def start(self, node: Node, timeout: float = 60, wait: bool = True) -> None:
         config = node.write_config(self.primary, self.server_args)
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
                 [self.binary, "mount", "-config", str(config)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
             )
-        self.wait_serving(node, timeout)
+        if wait:
+            self.wait_serving(node, timeout)
 
     def wait_serving(self, node: Node, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -87,6 +87,27 @@ def test_node_info_shows_roles_primary_and_replica_positions(tmp_path: Path) -> 
         )
 
 
+def test_a_replica_started_before_the_primary_created_the_database_waits_for_it(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 2)
+    try:
+        primary, replica = cluster.nodes
+        primary.delay_seconds = 3  # LiteFS is up (the replica can sync), edgeq is not yet
+        cluster.start(primary, wait=False)
+        cluster.start(replica, wait=False)
+        time.sleep(1.5)
+        assert replica.proc is not None and replica.proc.poll() is None  # waiting, not crashed
+        assert not primary.db.exists()
+        cluster.wait_serving(primary, 60)
+        cluster.wait_serving(replica, 60)
+        ch, s = stub(replica.target)
+        with ch:
+            txid = s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", payload=b"x")]), timeout=10).txid
+        assert [j.payload for j in all_jobs(replica.target, "q", txid)] == [b"x"]
+        assert "waiting for the primary to create" in replica.log.read_text()
+    finally:
+        cluster.close()
+
+
 def test_replica_health_follows_whether_the_primary_answers(tmp_path: Path) -> None:
     with Cluster(tmp_path, 2) as cluster:
         replica = cluster.replicas[0]

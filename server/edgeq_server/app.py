@@ -174,9 +174,25 @@ class EdgeqServer:
             await self._close_resources()  # a failed start leaves no thread or file open
             raise
 
+    async def _wait_for_schema(self) -> None:
+        """A replica cannot create or migrate the (read-only) database: wait until the
+        primary has, e.g. on a fresh cluster whose replica synced before the first write."""
+        assert self.litefs is not None
+        litefs = self.litefs
+        await asyncio.to_thread(litefs.wait_ready, 2.0)
+        waited = 0.0
+        while not litefs.is_primary() and await asyncio.to_thread(db.schema_version, self._path) < len(db.MIGRATIONS):
+            if waited % 10 == 0:
+                log.info("replica: waiting for the primary to create or migrate %s", self._path)
+            await asyncio.sleep(0.5)
+            waited += 0.5
+
     async def _start(self) -> None:
         cfg = self.config
         path = self._path
+        if self.litefs is not None:
+            self.litefs.start()
+            await self._wait_for_schema()
         self._checkpointer = db.Checkpointer(path)
         self.writer = Writer(
             path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer,
@@ -213,7 +229,6 @@ class EdgeqServer:
         self._server = server
         cluster = None
         if self.litefs is not None:
-            self.litefs.start()
             self._role_watch = asyncio.create_task(self.litefs.watch(), name="edgeq-litefs-role")
             self._forwarder = Forwarder(self.litefs, cfg.address, server_options(cfg))
             peer_metadata = (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()

@@ -95,6 +95,18 @@ def connect(path: str, *, writer: bool = False) -> apsw.Connection:
     return conn
 
 
+def schema_version(path: str) -> int:
+    """The schema version of the database at ``path`` (0 if it does not exist yet), read
+    without writing anything (a LiteFS replica's file is read-only)."""
+    if not os.path.exists(path):
+        return 0
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("PRAGMA user_version").get or 0)
+    finally:
+        conn.close()
+
+
 def migrate(conn: apsw.Connection) -> int:
     """Bring the schema up to date; return the resulting version."""
     version: Any = conn.execute("PRAGMA user_version").fetchall()[0][0]

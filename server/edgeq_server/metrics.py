@@ -32,6 +32,7 @@ WRITE_SECONDS = Histogram(
 
 
 def serve(address: str) -> None:
-    """Start the /metrics HTTP endpoint on ``host:port`` (a daemon thread)."""
+    """Start the /metrics HTTP endpoint on ``host:port`` (a daemon thread); an IPv6 host
+    is written as for ``--host``: ``[::]:9464``."""
     host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "127.0.0.1")
+    start_http_server(int(port), addr=host.removeprefix("[").removesuffix("]") or "127.0.0.1")

@@ -90,6 +90,7 @@ class LiteFSNode:
         self._primary: str | None = self.read_primary()
         self._is_primary = self._primary is None
         self._events_ok = False
+        self._ready = threading.Event()  # the first /events message (init) arrived
         self._stop = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._thread: threading.Thread | None = None
@@ -129,6 +130,10 @@ class LiteFSNode:
             self._thread = threading.Thread(target=self._follow_events, name="edgeq-litefs-events", daemon=True)
             self._thread.start()
 
+    def wait_ready(self, seconds: float) -> bool:
+        """Wait (blocking) until ``/events`` gave the role; False without it (``.primary`` is used)."""
+        return bool(self.http_address) and self._ready.wait(seconds)
+
     def stop(self) -> None:
         self._stop.set()
         conn = self._conn
@@ -148,6 +153,7 @@ class LiteFSNode:
                 for line in response:
                     self._event(json.loads(line))
                     self._events_ok = True
+                    self._ready.set()
             except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 if self._events_ok:
                     log.warning("LiteFS /events at %s: %s; reconnecting", self.http_address, exc)

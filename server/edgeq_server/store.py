@@ -13,6 +13,7 @@ nothing, whether or not the expiry sweep has run yet.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -491,6 +492,7 @@ class OutboxStore:
     Every append is durable (synchronous=FULL) before the caller hears OK."""
 
     def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.conn = apsw.Connection(path)
         self.conn.set_busy_timeout(5000)
         self.conn.execute("PRAGMA journal_mode=WAL")
