@@ -114,3 +114,15 @@ async def test_a_standalone_node_describes_itself(tmp_path: Path) -> None:
     assert after.txid == resp.txid > before.txid
     assert after.durability == "local" and after.primary == "" and not after.replicas
     assert resp.results[0].idempotency_key == "k" and not resp.buffered
+
+
+def test_litefs_node_txid_follows_the_pos_file_through_one_open_descriptor(tmp_path: Path) -> None:
+    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    assert node.txid() == 0  # no -pos yet
+    pos = tmp_path / "edgeq.db-pos"
+    pos.write_text("0000000000000010/e7e51312420eb41d\n")
+    assert node.txid() == 16
+    with pos.open("r+") as f:  # rewritten in place, as LiteFS presents it
+        f.write("0000000000000011/e7e51312420eb41d\n")
+    assert node.txid() == 17
+    node.stop()

@@ -354,8 +354,6 @@ class EdgeqServer:
             await self._forwarder.close()
         if self._role_watch is not None:
             self._role_watch.cancel()
-        if self.litefs is not None:
-            self.litefs.stop()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:
@@ -364,6 +362,8 @@ class EdgeqServer:
             self.readers.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        if self.litefs is not None:  # after the writer, which reads the position per commit
+            self.litefs.stop()
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -20,8 +20,14 @@ import apsw
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-#: WAL pages after which the writer asks for a checkpoint (4 MiB at 4 KiB pages).
+#: WAL pages after which the writer asks for a checkpoint (4 MiB at 4 KiB pages), and again
+#: after each further this many.
 CHECKPOINT_PAGES = 1000
+#: WAL pages past which the writer itself runs a RESTART checkpoint between transactions:
+#: under continuous writes a PASSIVE checkpoint never catches up with the end of the WAL,
+#: so SQLite never starts it over and it grows without bound (through LiteFS, a checkpoint
+#: per commit and, at ~1 GB, LiteFS #445).
+WAL_RESTART_PAGES = 10 * CHECKPOINT_PAGES
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
@@ -136,6 +142,9 @@ class Checkpointer:
         self._interval = interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
+        #: Frames in the WAL after the writer's last commit (from the WAL hook).
+        self.wal_pages = 0
+        self._requested_at = 0
         self._thread = threading.Thread(target=self._run, name="edgeq-checkpoint", daemon=True)
 
     def start(self) -> None:
@@ -146,8 +155,14 @@ class Checkpointer:
         self._wake.set()
 
     def wal_hook(self, _conn: apsw.Connection, _name: str, pages: int) -> int:
-        """apsw WAL hook for the writer connection: wake the checkpointer past a size."""
-        if pages >= CHECKPOINT_PAGES:
+        """apsw WAL hook for the writer connection: wake the checkpointer once the WAL passes
+        a size and once per further ``CHECKPOINT_PAGES`` (not on every commit: through
+        LiteFS a checkpoint costs two fsyncs and a truncate on the FUSE mount)."""
+        self.wal_pages = pages
+        if pages < self._requested_at:  # the WAL started over
+            self._requested_at = 0
+        if pages >= self._requested_at + CHECKPOINT_PAGES:
+            self._requested_at = pages
             self._wake.set()
         return apsw.SQLITE_OK
 

@@ -190,8 +190,26 @@ class Writer:
                         break
                     batch.append(item)
                 self._commit(store, batch)
+                if self._checkpointer is not None and self._checkpointer.wal_pages >= db.WAL_RESTART_PAGES:
+                    self._restart_wal(conn)
         finally:
             conn.close()
+
+    def _restart_wal(self, conn: apsw.Connection) -> None:
+        """Checkpoint everything and make the next transaction start the WAL over (see
+        ``db.WAL_RESTART_PAGES``); writes wait meanwhile, readers are waited for."""
+        assert self._checkpointer is not None
+        started = time.perf_counter()
+        try:
+            frames, done = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+        except apsw.BusyError:
+            log.info("WAL restart checkpoint busy (a reader held on); retried after the next commit")
+            return
+        except apsw.Error:
+            log.exception("WAL restart checkpoint failed")
+            return
+        self._checkpointer.wal_pages = 0
+        log.info("WAL restart checkpoint: %d/%d frames in %.1f ms", done, frames, (time.perf_counter() - started) * 1e3)
 
     def _commit(self, store: Store, batch: list[_Pending]) -> None:
         started = time.perf_counter()
