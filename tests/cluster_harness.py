@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import grpc
@@ -53,6 +55,66 @@ def require_litefs() -> str:
     return binary
 
 
+def consul_binary() -> str:
+    """The Consul binary, or skip (laptop) / fail (CI)."""
+    candidates = (os.environ.get("EDGEQ_CONSUL_BIN"), str(ROOT / ".cache/consul/bin/consul"), shutil.which("consul"))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    message = "the Consul failover test needs consul (bash scripts/test builds it into .cache/consul)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (CI must run it)", pytrace=False)
+    pytest.skip(message)
+
+
+class ConsulAgent:
+    """``consul agent -dev`` on loopback with free ports and ``session_ttl_min = 1s`` (so a
+    LiteFS lease can use a 1 s TTL and fail over in seconds), stopped on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.binary = consul_binary()
+        self.http_port = free_port()
+        self.log = root / "consul.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def __enter__(self) -> ConsulAgent:
+        cmd = [
+            self.binary, "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
+            "-http-port", str(self.http_port), "-serf-lan-port", str(free_port()),
+            "-serf-wan-port", str(free_port()), "-server-port", str(free_port()),
+            "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn",
+            "-hcl", 'session_ttl_min = "1s"',
+        ]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/v1/status/leader", timeout=1) as r:
+                    if r.read().strip() not in (b"", b'""'):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"consul did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # consul exits 1 on SIGTERM; that is fine
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,6 +138,8 @@ class Node:
         self.data = self.dir / "data"
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.cluster = cluster
+        self.consul_candidate = True  # consul lease only
         self.extra_args: list[str] = []  # per-node `edgeq serve` flags; "{dir}" is this node's directory
         self.delay_seconds = 0.0  # LiteFS starts edgeq this long after it is ready
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,6 +161,31 @@ class Node:
         LTX files are named ``<min TXID>-<max TXID>.ltx`` in hex."""
         names = (self.data / "dbs" / DB / "ltx").glob("*.ltx")
         return max((int(p.stem.split("-")[1], 16) for p in names), default=0)
+
+    def _lease(self, primary: Node, candidate: bool) -> str:
+        consul = self.cluster.consul
+        if consul is None:
+            # Static lease: every node names the primary (its gRPC address ends up in .primary).
+            return (
+                "lease:\n"
+                '  type: "static"\n'
+                f"  candidate: {'true' if candidate else 'false'}\n"
+                f'  hostname: "{primary.target}"\n'
+                f'  advertise-url: "http://127.0.0.1:{primary.http_port}"\n'
+            )
+        # Consul lease: each node names itself; the lock holder's hostname is the primary.
+        return (
+            "lease:\n"
+            '  type: "consul"\n'
+            f"  candidate: {'true' if self.consul_candidate else 'false'}\n"
+            f'  hostname: "{self.target}"\n'
+            f'  advertise-url: "http://127.0.0.1:{self.http_port}"\n'
+            "  consul:\n"
+            f'    url: "{consul.url}"\n'
+            f'    key: "{self.cluster.consul_key}"\n'
+            '    ttl: "1s"\n'
+            '    lock-delay: "1s"\n'
+        )
 
     def server_pid(self) -> int:
         """The pid of the edgeq server LiteFS runs (its exec child)."""
@@ -120,22 +209,20 @@ class Node:
             f'fuse: {{ dir: "{self.mount}" }}\n'
             f'data: {{ dir: "{self.data}" }}\n'
             f'http: {{ addr: "127.0.0.1:{self.http_port}" }}\n'
-            "lease:\n"
-            '  type: "static"\n'
-            f"  candidate: {'true' if candidate else 'false'}\n"
-            # Static lease: every node names the primary (its gRPC address ends up in .primary).
-            f'  hostname: "{primary.target}"\n'
-            f'  advertise-url: "http://127.0.0.1:{primary.http_port}"\n'
+            f"{self._lease(primary, candidate)}"
             f'exec: "{cmd}"\n'
         )
         return config
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, *server_args: str) -> None:
+    def __init__(self, root: Path, size: int = 3, *server_args: str, consul: ConsulAgent | None = None) -> None:
         """``server_args`` are extra ``edgeq serve`` flags for every node ("{dir}" is replaced
-        by the node's directory)."""
+        by the node's directory). With ``consul``, the nodes use a Consul lease (a fresh key
+        per cluster) and node 1, started first, takes it; otherwise the static lease."""
         self.binary = require_litefs()
+        self.consul = consul
+        self.consul_key = f"edgeq-test-{uuid.uuid4().hex[:12]}/primary"
         self.server_args = list(server_args)
         self.root = root
         self.nodes = [Node(self, i) for i in range(1, size + 1)]

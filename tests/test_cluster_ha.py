@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster_harness import Cluster, Node
+from cluster_harness import Cluster, ConsulAgent, Node
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgeq import Client, Worker
+from edgeq import Client, EdgeqError, Worker
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
@@ -268,3 +268,55 @@ def test_failover_promote_a_replica_and_count_acknowledged_writes_lost(tmp_path:
         else:
             assert acked_alone > 0
             assert len(lost) >= acked_alone > 0  # every write only the dead primary had is gone
+
+
+def test_consul_lease_fails_over_by_itself_and_a_worker_on_a_replica_resumes(tmp_path: Path) -> None:
+    """Real Consul (dev agent, 1 s session TTL): kill -9 the primary; the other candidate
+    takes the lease, the non-candidate replica follows it, a worker connected through that
+    replica resumes, and enqueues through any node succeed. Reports the write outage."""
+    with ConsulAgent(tmp_path) as consul:
+        cluster = Cluster(tmp_path, 3, "--drain-seconds", "1", "--grace-seconds", "1", consul=consul)
+        cluster.nodes[2].consul_candidate = False  # node 3 only ever replicates
+        with cluster:
+            old, heir, follower = cluster.nodes
+            assert info(old).role == pb.NODE_ROLE_PRIMARY
+            assert info(follower).primary == old.target
+            seen: list[bytes] = []
+            got = threading.Event()
+
+            def handle(job: object) -> None:
+                seen.append(getattr(job, "payload", b""))
+                got.set()
+
+            with Client(follower.target, timeout=2) as client, Worker(follower.target, ["cf"], handle, concurrency=2):
+                client.enqueue("cf", b"before")
+                assert got.wait(20)
+                got.clear()
+                cluster.kill9(old)
+                killed_at = time.monotonic()
+                while True:  # the write outage, as a producer on the replica sees it
+                    try:
+                        client.enqueue("cf", b"after", idempotency_key="after")
+                        break
+                    except EdgeqError:  # UNAVAILABLE / deadline until a primary is back
+                        if time.monotonic() - killed_at > 60:
+                            raise
+                        time.sleep(0.05)
+                outage = time.monotonic() - killed_at
+                cluster.primary = heir
+                assert info(heir).role == pb.NODE_ROLE_PRIMARY
+                assert info(follower).primary == heir.target
+                # The worker on the replica resumes: its proxied stream ended when the primary
+                # changed, it reconnected, and the new primary delivers the job.
+                assert got.wait(30), f"worker did not resume; saw {seen}"
+                assert seen == [b"before", b"after"]
+            # Enqueue through each surviving node works.
+            for node in (heir, follower):
+                ch, s = stub(node.target)
+                with ch:
+                    assert s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="cf2", payload=b"x")]), timeout=10).txid
+    report = {"consul_failover_write_outage_seconds": round(outage, 2)}
+    print("failover:", json.dumps(report))
+    if RESULTS is not None:
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(report) + "\n")

@@ -64,6 +64,7 @@ class Maintenance:
         self._clock = clock
         self._retention = retention
         self._is_primary = is_primary  # replicas leave writes (expiry, retention) to the primary
+        self._acting = is_primary()  # whether the last run acted as primary
         self._due: dict[str, int] = {}
         self._next_expiry: int | None = None
         self._next_retention = 0
@@ -108,7 +109,14 @@ class Maintenance:
     async def run_once(self, now: int) -> RunStats:
         stats = RunStats()
         if not self._is_primary():
+            self._acting = False
             return stats
+        if not self._acting:
+            # Promoted: the timers loaded at startup are stale; the old primary added delayed
+            # jobs and leases since. Read them again from the (replicated) database.
+            log.info("this node is primary now: reloading timers (due jobs, lease expiry)")
+            await self.load()
+            self._acting = True
         await self._promote_due(now, stats)
         if self._next_expiry is not None and self._next_expiry <= now:
             await self._expire(now, stats)
