@@ -2,8 +2,8 @@
 
   1. single Enqueue latency, one client: direct on the primary vs forwarded by a replica
   2. Enqueue throughput through the LiteFS mount with 16 concurrent producers, calls of
-     1, 10 and 50 jobs, on the primary and via a replica; with the CPU seconds each kind of
-     process used during the run (2 cores shared by everything)
+     1, 10 and 50 jobs, on the primary and via a replica, and 64/128 single-job producers;
+     with the CPU seconds each kind of process used during the run (2 cores shared by all)
   3. replication lag: primary commit (Enqueue reply) -> replica's <db>-pos reaches that TXID
   4. the same latency and throughput with --durability replicated
 
@@ -40,8 +40,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def producers(cluster: Cluster, target: str, batch: int, seconds: float = 5) -> dict[str, object]:
-    """16 producers; CPU seconds used by the LiteFS daemons, the edgeq servers and this
+def producers(cluster: Cluster, target: str, batch: int, seconds: float = 5, count: int = 16) -> dict[str, object]:
+    """``count`` producers; CPU seconds used by the LiteFS daemons, the edgeq servers and this
     (client) process during the run."""
     pids = {
         "litefs": [n.proc.pid for n in cluster.nodes if n.proc],
@@ -50,7 +50,7 @@ def producers(cluster: Cluster, target: str, batch: int, seconds: float = 5) -> 
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     client_before = time.process_time()
     t0 = time.perf_counter()
-    result: dict[str, object] = dict(asyncio.run(concurrent_enqueue(target, 16, seconds, batch)))
+    result: dict[str, object] = dict(asyncio.run(concurrent_enqueue(target, count, seconds, batch)))
     wall = time.perf_counter() - t0
     used = {k: sum(cpu_seconds(p) for p in v) - before[k] for k, v in pids.items()}
     used["bench_client"] = time.process_time() - client_before
@@ -91,6 +91,8 @@ def main() -> None:
         for batch in (1, 10, 50):
             results[f"16_producers_batch{batch}_on_primary"] = producers(cluster, cluster.primary.target, batch)
         results["16_producers_batch10_via_replica"] = producers(cluster, cluster.replicas[0].target, 10)
+        for count in (64, 128):  # more single-job producers -> bigger groups per commit
+            results[f"{count}_producers_batch1_on_primary"] = producers(cluster, cluster.primary.target, 1, count=count)
         results["replication_lag"] = replication_lag(cluster, 300)
     with tempfile.TemporaryDirectory() as d, Cluster(Path(d), 3, "--durability", "replicated") as cluster:
         wait_reports(cluster)
