@@ -91,6 +91,8 @@ def test_cli_commands_round_trip(tmp_path: Path) -> None:
         assert cli(t, "resume", "mail").returncode == 0
         assert json.loads(cli(t, "cancel", job_id).stdout)["job"]["state"] == "JOB_STATE_CANCELLED"
         assert json.loads(cli(t, "retry", job_id).stdout)["job"]["state"] == "JOB_STATE_PENDING"
+        node = json.loads(cli(t, "node").stdout)
+        assert node["role"] == "NODE_ROLE_STANDALONE" and int(node["txid"]) > 0
         listed = cli(t, "jobs", "--queue", "mail", "--state", "pending")
         assert job_id in listed.stdout
         bad = cli(t, "job", "nope")

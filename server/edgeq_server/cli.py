@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="queue statistics")
     p.add_argument("queues", nargs="*")
 
+    sub.add_parser("node", help="the answering node: role, primary, txid, replicas, outbox")
+
     for name, helptext in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("job_id")
@@ -147,6 +149,8 @@ def _client(args: argparse.Namespace) -> int:
             _print(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t))
         elif cmd == "stats":
             _print(stub.GetQueueStats(pb.GetQueueStatsRequest(queues=args.queues), timeout=t))
+        elif cmd == "node":
+            _print(stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=t))
         elif cmd == "cancel":
             _print(stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id), timeout=t))
         elif cmd == "retry":
