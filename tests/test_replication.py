@@ -126,3 +126,20 @@ def test_litefs_node_txid_follows_the_pos_file_through_one_open_descriptor(tmp_p
         f.write("0000000000000011/e7e51312420eb41d\n")
     assert node.txid() == 17
     node.stop()
+
+
+async def test_the_python_client_reads_node_info(tmp_path: Path) -> None:
+    from edgeq import Client
+
+    srv = EdgeqServer(Config(port=0, db_path=str(tmp_path / "n.db")), clock=ManualClock())
+    await srv.start()
+    try:
+        def read() -> tuple[str, int, str]:
+            with Client(f"127.0.0.1:{srv.port}") as client:
+                txid = client.enqueue("q", b"x").txid
+                info = client.node_info()
+                return info.role, info.txid - txid, info.durability
+
+        assert await asyncio.to_thread(read) == ("standalone", 0, "local")
+    finally:
+        await srv.stop(drain_seconds=0, grace_seconds=0)

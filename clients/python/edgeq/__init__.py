@@ -21,7 +21,7 @@ from ._errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from ._models import EnqueueResult, Job, JobSpec, JobState, LeaseOutcome, QueueStats
+from ._models import EnqueueResult, Job, JobSpec, JobState, LeaseOutcome, NodeInfo, QueueStats, ReplicaPosition
 from ._worker import Handler, LeasedJob, Worker, WorkerStats
 
 __version__ = "0.1.0"
@@ -42,9 +42,11 @@ __all__ = [
     "JobState",
     "LeaseOutcome",
     "LeasedJob",
+    "NodeInfo",
     "NotFoundError",
     "PermissionDeniedError",
     "QueueStats",
+    "ReplicaPosition",
     "ResourceExhaustedError",
     "Retry",
     "UnauthenticatedError",

@@ -29,6 +29,7 @@ from ._models import (
     JobSpecLike,
     JobState,
     LeaseOutcome,
+    NodeInfo,
     QueueStats,
     to_duration,
     to_job_spec,
@@ -198,6 +199,11 @@ class Client:
         """Counts per queue, sorted by name; no arguments means every known queue."""
         resp = self._call(self.stub.GetQueueStats, pb.GetQueueStatsRequest(queues=queues, min_txid=self._min_txid()))
         return [QueueStats.from_proto(s) for s in resp.stats]
+
+    def node_info(self) -> NodeInfo:
+        """The answering node's role (standalone, primary, replica), primary, txid, replica
+        positions and outbox backlog. Describes whichever node the channel reached."""
+        return NodeInfo.from_proto(self._call(self.stub.GetNodeInfo, pb.GetNodeInfoRequest()))
 
     # ------------------------------------------------------------------ admin
 

@@ -208,6 +208,55 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaPosition:
+    """A replica's last reported position, as the primary knows it."""
+
+    node: str
+    txid: int
+    reported_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The node that answered: its role in the cluster and its replication state."""
+
+    #: "standalone", "primary" or "replica".
+    role: str
+    #: The node's own address (its LiteFS lease.hostname).
+    address: str
+    #: On a replica, the primary's address ("" on a primary, standalone node, or a replica
+    #: that has lost its primary).
+    primary: str
+    #: The txid this node has applied.
+    txid: int
+    #: On a replica: whether the primary answered its last health check.
+    primary_reachable: bool
+    #: On the primary: the connected replicas and their positions.
+    replicas: tuple[ReplicaPosition, ...]
+    #: "local" or "replicated".
+    durability: str
+    #: Enqueue requests waiting in this node's partition outbox.
+    outbox_pending: int
+    raw: pb.GetNodeInfoResponse = field(repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_proto(cls, m: pb.GetNodeInfoResponse) -> NodeInfo:
+        return cls(
+            role=pb.NodeRole.Name(m.role).removeprefix("NODE_ROLE_").lower(),
+            address=m.address,
+            primary=m.primary,
+            txid=m.txid,
+            primary_reachable=m.primary_reachable,
+            replicas=tuple(
+                ReplicaPosition(r.node, r.txid, to_datetime(r.reported_at)) for r in m.replicas
+            ),
+            durability=m.durability,
+            outbox_pending=m.outbox_pending,
+            raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueResult:
     """The outcome for one enqueued job."""
 
