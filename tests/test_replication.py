@@ -143,3 +143,27 @@ async def test_the_python_client_reads_node_info(tmp_path: Path) -> None:
         assert await asyncio.to_thread(read) == ("standalone", 0, "local")
     finally:
         await srv.stop(drain_seconds=0, grace_seconds=0)
+
+
+async def test_a_replica_reporting_a_position_ahead_of_the_primary_does_not_count(tmp_path: Path) -> None:
+    """After a failover a replica may still hold the old lineage's higher TXIDs until LiteFS
+    snapshots it: such a report must not satisfy replicated durability."""
+    from edgeq.v1 import replication_pb2 as repl_pb
+    from edgeq_server.replication import ReplicationServicer
+
+    (tmp_path / "edgeq.db-pos").write_text("000000000000000a/e7e51312420eb41d\n")  # the primary is at 10
+    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    positions = ReplicaPositions(required=1, now=lambda: 0)
+    servicer = ReplicationServicer(node, positions, lambda: 9)  # in memory: trails -pos by one
+    seen: list[list[tuple[str, int, int]]] = []
+
+    async def reports():  # type: ignore[no-untyped-def]
+        for txid in (50, 10, 8):
+            yield repl_pb.ReportPositionsRequest(node="r:1", txid=txid)
+            await asyncio.sleep(0)
+            seen.append(positions.snapshot())
+
+    await servicer.ReportPositions(reports(), context=None)
+    assert seen == [[("r:1", 0, 0)], [("r:1", 10, 0)], [("r:1", 8, 0)]]
+    assert positions.snapshot() == []  # forgotten when the stream ends
+    node.stop()

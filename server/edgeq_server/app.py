@@ -88,7 +88,9 @@ def _routed(name: str, fn: Any, cluster: Cluster) -> Any:
     outbox = cluster.outbox if name == "Enqueue" else None
 
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if outbox is not None and not forwarder.forwarded(context) and not forwarder.local():
+        # Through the outbox on a replica, and on a promoted node until what it buffered is
+        # drained (jobs keep the order this node accepted them in).
+        if outbox is not None and not forwarder.forwarded(context) and (outbox.pending or not forwarder.local()):
             return await outbox.enqueue(request, context)
         primary = forwarder.target(context)
         if primary is not None:
@@ -233,7 +235,8 @@ class EdgeqServer:
             self._forwarder = Forwarder(self.litefs, cfg.address, server_options(cfg))
             peer_metadata = (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
             self.positions = ReplicaPositions(cfg.durability_replicas, self.clock.now)
-            repl_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.litefs, self.positions), server)
+            servicer = ReplicationServicer(self.litefs, self.positions, lambda: writer.txid)
+            repl_grpc.add_ReplicationServiceServicer_to_server(servicer, server)
             self.link = ReplicaLink(self.litefs, self._forwarder, cfg.address, peer_metadata)
             if cfg.outbox_path:
                 self.outbox = Outbox(cfg, self.clock, self.litefs, self._forwarder, peer_metadata)

@@ -277,9 +277,10 @@ class ReplicaPositions:
 class ReplicationServicer(repl_grpc.ReplicationServiceServicer):
     """The primary's end of ``ReportPositions``."""
 
-    def __init__(self, node: LiteFSNode, positions: ReplicaPositions) -> None:
+    def __init__(self, node: LiteFSNode, positions: ReplicaPositions, committed: Callable[[], int]) -> None:
         self._node = node
         self._positions = positions
+        self._committed = committed  # the primary's own last TXID (in memory, cheap)
 
     async def ReportPositions(
         self, request_iterator: AsyncIterator[repl_pb.ReportPositionsRequest], context: Any
@@ -290,7 +291,13 @@ class ReplicationServicer(repl_grpc.ReplicationServiceServicer):
         try:
             async for report in request_iterator:
                 reporter = report.node
-                self._positions.report(report.node, report.txid)
+                # A replica cannot be ahead of its primary; one that says so still holds
+                # another lineage's transactions (LiteFS will snapshot it after a failover)
+                # and must not count towards durability meanwhile.
+                txid = report.txid
+                if txid > self._committed() and txid > await asyncio.to_thread(self._node.txid):
+                    txid = 0  # (the in-memory TXID can trail a commit by a moment: -pos decides)
+                self._positions.report(report.node, txid)
         finally:
             if reporter:
                 self._positions.forget(reporter)
