@@ -267,7 +267,9 @@ def test_failover_promote_a_replica_and_count_acknowledged_writes_lost(tmp_path:
             assert lost == [], f"acknowledged writes lost under replicated durability: {lost[:10]}"
         else:
             assert acked_alone > 0
-            assert len(lost) >= acked_alone > 0  # every write only the dead primary had is gone
+            # Every write only the dead primary had is gone. (Up to one call per producer can
+            # have been replicated before the replicas died and acknowledged after.)
+            assert len(lost) >= acked_alone - len(producers) > 0
 
 
 def test_consul_lease_fails_over_by_itself_and_a_worker_on_a_replica_resumes(tmp_path: Path) -> None:
