@@ -1,0 +1,231 @@
+package edgeq
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	edgeqv1 "github.com/edgeq/edgeq/clients/go/edgeq/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// startServer runs a real edgeq server (the Python one) on port 0 with a fresh database.
+func startServer(t *testing.T) string {
+	t.Helper()
+	addr, _ := startServerOn(t, "0", filepath.Join(t.TempDir(), "e.db"))
+	return addr
+}
+
+// startServerOn runs the server on port with the database file db; stopped at cleanup.
+func startServerOn(t *testing.T, port, db string) (string, *exec.Cmd) {
+	t.Helper()
+	python := os.Getenv("EDGEQ_PYTHON")
+	if python == "" {
+		python, _ = filepath.Abs("../../.venv/bin/python")
+	}
+	cmd := exec.Command(python, "-m", "edgeq_server", "serve", "--port", port,
+		"--db-path", db, "--log-level", "WARNING", "--drain-seconds", "1", "--grace-seconds", "1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", python, err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			if strings.HasPrefix(s.Text(), "edgeq listening on ") {
+				lines <- strings.TrimPrefix(s.Text(), "edgeq listening on ")
+			}
+		}
+	}()
+	select {
+	case addr := <-lines:
+		return addr, cmd
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not start")
+		return "", nil
+	}
+}
+
+func dial(t *testing.T) *Client {
+	c, err := Dial(startServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func waitState(t *testing.T, c *Client, id string, want edgeqv1.JobState) *edgeqv1.Job {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		job, err := c.Get(context.Background(), id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.GetState() == want {
+			return job
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %v, wanted %v", id, job.GetState(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestClientRoundTripAndErrors(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	resp, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "mail", Payload: []byte("hi"), IdempotencyKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetResults()[0].GetJobId()
+	job, err := c.Get(ctx, id, resp.GetTxid())
+	if err != nil || string(job.GetPayload()) != "hi" || job.GetState() != edgeqv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("get: %v %v", job, err)
+	}
+	again, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "mail", Payload: []byte("hi"), IdempotencyKey: "k"})
+	if err != nil || !again.GetResults()[0].GetDuplicate() || again.GetResults()[0].GetJobId() != id {
+		t.Fatalf("idempotent enqueue: %v %v", again, err)
+	}
+	stats, err := c.Stats(ctx, "mail")
+	if err != nil || stats[0].GetPending() != 1 {
+		t.Fatalf("stats: %v %v", stats, err)
+	}
+	page, err := c.List(ctx, &edgeqv1.ListJobsRequest{Queue: "mail"})
+	if err != nil || len(page.GetJobs()) != 1 {
+		t.Fatalf("list: %v %v", page, err)
+	}
+	info, err := c.NodeInfo(ctx)
+	if err != nil || info.GetRole() != edgeqv1.NodeRole_NODE_ROLE_STANDALONE {
+		t.Fatalf("node info: %v %v", info, err)
+	}
+	_, err = c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "", Payload: []byte("x")})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "jobs[0].queue") {
+		t.Fatalf("want INVALID_ARGUMENT naming jobs[0].queue, got %v", err)
+	}
+	if _, err := c.Get(ctx, "0190a0a0-0000-7000-8000-000000000000", 0); status.Code(err) != codes.NotFound {
+		t.Fatalf("want NOT_FOUND, got %v", err)
+	}
+}
+
+func TestWorkerAcksRetriesAndFails(t *testing.T) {
+	c := dial(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var ids []string
+	for i := 0; i < 20; i++ {
+		r, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "q", Payload: []byte("ok")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.GetResults()[0].GetJobId())
+	}
+	bad, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "q", Payload: []byte("bad"), MaxAttempts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	w := NewWorker(c, []string{"q"}, func(_ context.Context, job *edgeqv1.Job) error {
+		calls.Add(1)
+		if string(job.GetPayload()) == "bad" {
+			return &RetryError{After: time.Millisecond, Err: errors.New("boom")}
+		}
+		return nil
+	}, WorkerOptions{Concurrency: 4})
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	for _, id := range ids {
+		waitState(t, c, id, edgeqv1.JobState_JOB_STATE_COMPLETED)
+	}
+	failed := waitState(t, c, bad.GetResults()[0].GetJobId(), edgeqv1.JobState_JOB_STATE_FAILED)
+	if failed.GetAttempts() != 2 || !strings.Contains(failed.GetErrorMessage(), "boom") {
+		t.Fatalf("failed job: %v", failed)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v", err)
+	}
+	if calls.Load() != 22 {
+		t.Fatalf("handler ran %d times, want 22", calls.Load())
+	}
+}
+
+func TestWorkerHeartbeatsLongJobsAndDrainsOnShutdown(t *testing.T) {
+	c := dial(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "slow", Payload: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	w := NewWorker(c, []string{"slow"}, func(context.Context, *edgeqv1.Job) error {
+		close(started)
+		time.Sleep(3 * time.Second) // longer than the 2 s lease: heartbeats keep it
+		return nil
+	}, WorkerOptions{Concurrency: 1, LeaseDuration: 2 * time.Second})
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	<-started
+	cancel() // shutdown while the job runs: it finishes and is acked
+	<-done
+	job := waitState(t, c, r.GetResults()[0].GetJobId(), edgeqv1.JobState_JOB_STATE_COMPLETED)
+	if job.GetAttempts() != 1 {
+		t.Fatalf("attempts %d: the lease expired and the job ran again", job.GetAttempts())
+	}
+}
+
+func TestWorkerReconnectsWhenTheServerRestarts(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "e.db")
+	addr, first := startServerOn(t, "0", db)
+	c, err := Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 4)
+	w := NewWorker(c, []string{"r"}, func(_ context.Context, job *edgeqv1.Job) error {
+		got <- string(job.GetPayload())
+		return nil
+	}, WorkerOptions{Concurrency: 1, MaxBackoff: 300 * time.Millisecond})
+	go func() { _ = w.Run(ctx) }()
+	if _, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "r", Payload: []byte("one")}); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-got; p != "one" {
+		t.Fatal(p)
+	}
+	// SIGTERM: the server drains (the Lease stream ends UNAVAILABLE) and exits; a new one
+	// starts on the same port and file. The worker reconnects by itself.
+	_ = first.Process.Signal(syscall.SIGTERM)
+	_ = first.Wait()
+	startServerOn(t, addr[strings.LastIndex(addr, ":")+1:], db)
+	if _, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "r", Payload: []byte("two")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-got:
+		if p != "two" {
+			t.Fatal(p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the worker did not reconnect")
+	}
+}
