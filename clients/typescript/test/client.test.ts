@@ -1,0 +1,93 @@
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { EdgeqClient, JobState, NodeRole, RetryError, Worker } from "../src/index.js";
+
+const python = process.env.EDGEQ_PYTHON ?? resolve("../../.venv/bin/python");
+const servers: ChildProcess[] = [];
+
+/** A real edgeq server (the Python one) on port 0 with a fresh database. */
+async function startServer(): Promise<string> {
+  const db = join(mkdtempSync(join(tmpdir(), "edgeq-ts-")), "e.db");
+  const proc = spawn(python, ["-m", "edgeq_server", "serve", "--port", "0", "--db-path", db, "--log-level", "WARNING",
+    "--drain-seconds", "1", "--grace-seconds", "1"], { stdio: ["ignore", "pipe", "inherit"] });
+  servers.push(proc);
+  const lines = createInterface({ input: proc.stdout! });
+  for await (const line of lines) {
+    if (line.startsWith("edgeq listening on ")) return line.slice("edgeq listening on ".length);
+  }
+  throw new Error("server exited before listening");
+}
+
+let client: EdgeqClient;
+before(async () => { client = new EdgeqClient(await startServer()); });
+after(() => { for (const s of servers) s.kill("SIGKILL"); });
+
+async function waitState(id: string, want: JobState) {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const job = await client.get(id);
+    if (job.state === want) return job;
+    if (Date.now() > deadline) throw new Error(`job ${id} is ${JobState[job.state]}, wanted ${JobState[want]}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("round trip, idempotency, stats, node info and named errors", async () => {
+  const resp = await client.enqueue({ queue: "mail", payload: new TextEncoder().encode("hi"), idempotencyKey: "k" });
+  const id = resp.results[0].jobId;
+  const job = await client.get(id, resp.txid);
+  assert.equal(new TextDecoder().decode(job.payload), "hi");
+  assert.equal(job.state, JobState.PENDING);
+  const again = await client.enqueue({ queue: "mail", payload: new Uint8Array([1]), idempotencyKey: "k" });
+  assert.ok(again.results[0].duplicate);
+  assert.equal(again.results[0].jobId, id);
+  assert.equal((await client.stats("mail"))[0].pending, 1n);
+  assert.equal((await client.list({ queue: "mail" })).jobs.length, 1);
+  assert.equal((await client.nodeInfo()).role, NodeRole.STANDALONE);
+  await assert.rejects(client.enqueue({ queue: "", payload: new Uint8Array() }), (err: unknown) => {
+    const e = ConnectError.from(err);
+    return e.code === Code.InvalidArgument && e.rawMessage.includes("jobs[0].queue");
+  });
+  await assert.rejects(client.get("0190a0a0-0000-7000-8000-000000000000"), (err: unknown) => ConnectError.from(err).code === Code.NotFound);
+});
+
+test("a worker acks, retries then fails, and keeps long jobs alive with heartbeats", async () => {
+  const ids: string[] = [];
+  for (let i = 0; i < 10; i++) ids.push((await client.enqueue({ queue: "w", payload: new TextEncoder().encode("ok") })).results[0].jobId);
+  const bad = (await client.enqueue({ queue: "w", payload: new TextEncoder().encode("bad"), maxAttempts: 2 })).results[0].jobId;
+  const slow = (await client.enqueue({ queue: "w", payload: new TextEncoder().encode("slow") })).results[0].jobId;
+  const worker = new Worker(client, ["w"], async (job) => {
+    const p = new TextDecoder().decode(job.payload);
+    if (p === "bad") throw new RetryError(1, "boom");
+    if (p === "slow") await new Promise((r) => setTimeout(r, 3000)); // lease is 2 s
+  }, { concurrency: 4, leaseDurationMs: 2000 }).start();
+  try {
+    for (const id of ids) await waitState(id, JobState.COMPLETED);
+    const failed = await waitState(bad, JobState.FAILED);
+    assert.equal(failed.attempts, 2);
+    assert.match(failed.errorMessage, /boom/);
+    const long = await waitState(slow, JobState.COMPLETED);
+    assert.equal(long.attempts, 1);
+  } finally {
+    await worker.stop(5000);
+  }
+});
+
+test("stop() lets a running handler finish and acks it", async () => {
+  const id = (await client.enqueue({ queue: "drain", payload: new Uint8Array([1]) })).results[0].jobId;
+  let started!: () => void;
+  const running = new Promise<void>((r) => { started = r; });
+  const worker = new Worker(client, ["drain"], async () => {
+    started();
+    await new Promise((r) => setTimeout(r, 500));
+  }).start();
+  await running;
+  await worker.stop(5000);
+  assert.equal((await waitState(id, JobState.COMPLETED)).attempts, 1);
+});
