@@ -11,10 +11,9 @@ import { EdgeqClient, JobState, NodeRole, RetryError, Worker } from "../src/inde
 const python = process.env.EDGEQ_PYTHON ?? resolve("../../.venv/bin/python");
 const servers: ChildProcess[] = [];
 
-/** A real edgeq server (the Python one) on port 0 with a fresh database. */
-async function startServer(): Promise<string> {
-  const db = join(mkdtempSync(join(tmpdir(), "edgeq-ts-")), "e.db");
-  const proc = spawn(python, ["-m", "edgeq_server", "serve", "--port", "0", "--db-path", db, "--log-level", "WARNING",
+/** A real edgeq server (the Python one), by default on port 0 with a fresh database. */
+async function startServer(port = "0", db = join(mkdtempSync(join(tmpdir(), "edgeq-ts-")), "e.db")): Promise<string> {
+  const proc = spawn(python, ["-m", "edgeq_server", "serve", "--port", port, "--db-path", db, "--log-level", "WARNING",
     "--drain-seconds", "1", "--grace-seconds", "1"], { stdio: ["ignore", "pipe", "inherit"] });
   servers.push(proc);
   const lines = createInterface({ input: proc.stdout! });
@@ -90,4 +89,32 @@ test("stop() lets a running handler finish and acks it", async () => {
   await running;
   await worker.stop(5000);
   assert.equal((await waitState(id, JobState.COMPLETED)).attempts, 1);
+});
+
+test("a worker reconnects by itself when the server restarts", async () => {
+  const db = join(mkdtempSync(join(tmpdir(), "edgeq-ts-")), "e.db");
+  const target = await startServer("0", db);
+  const first = servers[servers.length - 1];
+  const c = new EdgeqClient(target);
+  const seen: string[] = [];
+  const worker = new Worker(c, ["r"], async (job) => { seen.push(new TextDecoder().decode(job.payload)); },
+    { concurrency: 1, maxBackoffMs: 300 }).start();
+  try {
+    await c.enqueue({ queue: "r", payload: new TextEncoder().encode("one") });
+    const until = async (n: number) => {
+      const deadline = Date.now() + 20_000;
+      while (seen.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    };
+    await until(1);
+    // SIGTERM: the server drains (the stream ends UNAVAILABLE); a new one takes its port and file.
+    const exited = new Promise((r) => first.once("exit", r));
+    first.kill("SIGTERM");
+    await exited;
+    await startServer(target.slice(target.lastIndexOf(":") + 1), db);
+    await c.enqueue({ queue: "r", payload: new TextEncoder().encode("two") });
+    await until(2);
+    assert.deepEqual(seen, ["one", "two"]);
+  } finally {
+    await worker.stop(2000);
+  }
 });
