@@ -15,7 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from cluster_harness import Cluster, ConsulAgent, Node
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from edgeq import Client, EdgeqError, Worker
 from edgeq.v1 import queue_pb2 as pb
@@ -136,14 +138,29 @@ def test_replicated_durability_answers_after_a_replica_applied_the_write(tmp_pat
         for node in cluster.replicas:
             cluster.stop(node)
         ch, s = stub(cluster.primary.target)
+        request = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="d", payload=b"alone", idempotency_key="k")])
         with ch:
+            # Fault 2: "committed, not confirmed" is not UNAVAILABLE ("not written", which
+            # clients retry blindly): ABORTED with ErrorInfo COMMITTED_NOT_REPLICATED.
             with pytest.raises(grpc.RpcError) as err:
-                s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="d", payload=b"alone", idempotency_key="k")]),
-                          timeout=10)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                s.Enqueue(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.ABORTED
             assert "replica" in (err.value.details() or "")
-            # Committed on the primary all the same: a retry with the key finds it, not a twin.
+            rich = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+            assert rich is not None
+            info_detail = error_details_pb2.ErrorInfo()
+            assert rich.details[0].Unpack(info_detail)
+            assert (info_detail.reason, info_detail.domain) == ("COMMITTED_NOT_REPLICATED", "edgeq.v1")
+            committed_at = int(info_detail.metadata["txid"])
+            # Committed on the primary all the same: a retry with the key finds it, not a twin;
+            # and once a replica is back, the retry is confirmed.
             assert [j.payload for j in all_jobs(cluster.primary.target, "d")][-1] == b"alone"
+            first = [j.id for j in all_jobs(cluster.primary.target, "d") if j.idempotency_key == "k"]
+            cluster.start(cluster.replicas[0])
+            retried = s.Enqueue(request, timeout=20)
+            assert retried.results[0].duplicate and retried.results[0].job_id == first[0]
+            assert retried.txid >= committed_at
+            assert [j.id for j in all_jobs(cluster.primary.target, "d") if j.idempotency_key == "k"] == first
 
 
 def test_outbox_buffers_enqueues_while_the_primary_hangs_and_drains_them_once_in_order(tmp_path: Path) -> None:

@@ -227,8 +227,8 @@ async def test_ack_with_result_is_visible(h: Harness) -> None:
     assert (job.state, job.result, job.attempts) == (COMPLETED, b"42", 1)
     assert us(job.completed_at) == h.clock.now()
     assert not job.HasField("lease_expires_at")
-    # Settling twice: the second is stale and changes nothing.
-    assert await h.ack(leased.lease_token, result=b"other") == [STALE]
+    # Settling twice (a retry whose first reply was lost): OK again, and changes nothing.
+    assert await h.ack(leased.lease_token, result=b"other") == [OK]
     assert (await h.job(job_id)).result == b"42"
 
 
@@ -502,9 +502,9 @@ async def test_cancel_completed_job_is_failed_precondition(h: Harness) -> None:
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await h.job(job_id)).state == COMPLETED
     cancelled = await h.put()
-    await h.stub.CancelJob(pb.CancelJobRequest(job_id=cancelled))
-    err = await rpc_error(h.stub.CancelJob(pb.CancelJobRequest(job_id=cancelled)))
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    first = await h.stub.CancelJob(pb.CancelJobRequest(job_id=cancelled))
+    again = await h.stub.CancelJob(pb.CancelJobRequest(job_id=cancelled))  # a retry: same outcome
+    assert again.job == first.job and again.job.state == CANCELLED
     err = await rpc_error(h.stub.CancelJob(pb.CancelJobRequest(job_id="01890a5d-ac96-774b-bcce-b302099a8057")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
@@ -526,9 +526,11 @@ async def test_retry_failed_job_redelivers_it(h: Harness) -> None:
 
 async def test_retry_cancelled_job_and_illegal_retries(h: Harness) -> None:
     job_id = await h.put()
+    call = await h.lease("q")
+    await h.take(call, 1)
     err = await rpc_error(h.stub.RetryJob(pb.RetryJobRequest(job_id=job_id)))
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert (await h.job(job_id)).state == PENDING
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # RUNNING
+    assert (await h.job(job_id)).state == RUNNING
     await h.stub.CancelJob(pb.CancelJobRequest(job_id=job_id))
     assert (await h.stub.RetryJob(pb.RetryJobRequest(job_id=job_id))).job.state == PENDING
     err = await rpc_error(h.stub.RetryJob(pb.RetryJobRequest(job_id="01890a5d-ac96-774b-bcce-b302099a8057")))

@@ -1,6 +1,7 @@
-"""replication.py on its own: parsing LiteFS's files and events, the bounded position wait,
-replica position bookkeeping, the cluster options, and GetNodeInfo on a standalone node
-(the real LiteFS behaviour is covered by tests/test_cluster.py and test_cluster_ha.py)."""
+"""The cluster package's parts on their own: parsing LiteFS's files and events, the role
+state machine, the bounded position wait, verified replica positions and their waiters,
+the cluster options, and GetNodeInfo on a standalone node (the real LiteFS behaviour is
+covered by tests/test_cluster.py, test_cluster_ha.py and the fault suite, test_chaos.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from edgeq_server.app import EdgeqServer
 from edgeq_server.clock import ManualClock
+from edgeq_server.cluster import Position, Role
+from edgeq_server.cluster.durability import ReplicaPositions, ReplicationServicer
+from edgeq_server.cluster.litefs import LiteFSNode, read_txid
 from edgeq_server.config import Config
-from edgeq_server.replication import LiteFSNode, Position, ReplicaPositions, read_txid
 
 
 def test_read_txid_parses_the_pos_file_and_treats_absence_as_zero(tmp_path: Path) -> None:
@@ -28,15 +31,40 @@ def test_read_txid_parses_the_pos_file_and_treats_absence_as_zero(tmp_path: Path
         read_txid(pos)
 
 
-def test_litefs_node_is_primary_exactly_when_no_primary_file_exists(tmp_path: Path) -> None:
-    node = LiteFSNode(str(tmp_path), "edgeq.db")
-    assert node.db_path == str(tmp_path / "edgeq.db")
-    assert node.is_primary() and node.primary_address() is None
+def test_a_node_is_never_primary_without_litefs_saying_so(tmp_path: Path) -> None:
+    """Fault 4: an absent .primary used to mean "I am primary" whenever /events was down
+    (every reconnect): a replica without a primary called itself primary. Now only an
+    isPrimary event makes a node primary; .primary can only say "replica of"."""
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "127.0.0.1:1")  # nothing listens: /events is down
+    assert node.role() is Role.UNKNOWN and not node.is_primary() and node.primary_address() is None
     (tmp_path / ".primary").write_text("10.0.0.1:50051\n")
     assert node.read_primary() == "10.0.0.1:50051"
-    assert node.is_primary()  # the cached role changes only when watch() refreshes it
-    fresh = LiteFSNode(str(tmp_path), "edgeq.db")
-    assert not fresh.is_primary() and fresh.primary_address() == "10.0.0.1:50051"
+    node._event({"type": "init", "data": {"isPrimary": True}})
+    assert node.is_primary()
+    node._event({"type": "primaryChange", "data": {"isPrimary": False, "hostname": "10.0.0.1:50051"}})
+    assert node.role() is Role.REPLICA and node.primary_address() == "10.0.0.1:50051"
+
+
+async def test_the_events_follower_says_unknown_not_primary_while_litefs_is_unreachable(tmp_path: Path) -> None:
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "127.0.0.1:1")
+    roles: list[Role] = []
+    node.on_role_change(roles.append)
+    node.start()
+    try:
+        assert not await asyncio.to_thread(node.wait_ready, 1.2)  # several reconnect attempts
+        assert node.role() is Role.UNKNOWN and roles == []
+        (tmp_path / ".primary").write_text("10.0.0.9:50051\n")  # LiteFS's word: a replica of 10.0.0.9
+        for _ in range(100):
+            if node.role() is Role.REPLICA:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0)
+        assert node.primary_address() == "10.0.0.9:50051" and roles == [Role.REPLICA]
+        (tmp_path / ".primary").unlink()  # absent proves nothing: stays a replica, never primary
+        await asyncio.sleep(1.2)
+        assert not node.is_primary()
+    finally:
+        node.stop()
 
 
 async def test_position_wait_returns_as_soon_as_reached_and_gives_up_after_the_bound() -> None:
@@ -49,9 +77,9 @@ async def test_position_wait_returns_as_soon_as_reached_and_gives_up_after_the_b
 
 
 def test_litefs_events_set_the_role_and_wake_position_listeners(tmp_path: Path) -> None:
-    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "")
     woken: list[int] = []
-    node.on_position(woken.append)
+    node.on_position(lambda txid, _checksum: woken.append(txid))
     node._event({"type": "init", "data": {"isPrimary": False, "hostname": "10.0.0.2:50051"}})
     assert not node.is_primary() and node.primary_address() == "10.0.0.2:50051"
     # Disconnected from the primary: still a replica, with nowhere to forward to.
@@ -74,7 +102,7 @@ async def test_replica_positions_wait_for_the_required_number_of_replicas() -> N
     assert not waiting.done()  # one replica is not enough
     positions.report("b:1", 10)
     assert await waiting
-    assert positions.snapshot() == [("a:1", 12, 7), ("b:1", 10, 7)]
+    assert positions.snapshot() == [("a:1", 12, 7, True), ("b:1", 10, 7, True)]
     assert await positions.wait(10, 0)  # already durable
     positions.forget("b:1")  # a disconnected replica no longer counts
     assert not await positions.wait(10, 0.02)
@@ -117,7 +145,7 @@ async def test_a_standalone_node_describes_itself(tmp_path: Path) -> None:
 
 
 def test_litefs_node_txid_follows_the_pos_file_through_one_open_descriptor(tmp_path: Path) -> None:
-    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "")
     assert node.txid() == 0  # no -pos yet
     pos = tmp_path / "edgeq.db-pos"
     pos.write_text("0000000000000010/e7e51312420eb41d\n")
@@ -145,25 +173,50 @@ async def test_the_python_client_reads_node_info(tmp_path: Path) -> None:
         await srv.stop(drain_seconds=0, grace_seconds=0)
 
 
-async def test_a_replica_reporting_a_position_ahead_of_the_primary_does_not_count(tmp_path: Path) -> None:
-    """After a failover a replica may still hold the old lineage's higher TXIDs until LiteFS
-    snapshots it: such a report must not satisfy replicated durability."""
+async def test_a_position_counts_only_if_its_checksum_matches_the_primarys(tmp_path: Path) -> None:
+    """Fault 5: a replica that restored or diverged can report the primary's TXID number
+    from another lineage (or one ahead of it). Only a matching checksum counts."""
     from edgeq.v1 import replication_pb2 as repl_pb
-    from edgeq_server.replication import ReplicationServicer
 
-    (tmp_path / "edgeq.db-pos").write_text("000000000000000a/e7e51312420eb41d\n")  # the primary is at 10
-    node = LiteFSNode(str(tmp_path), "edgeq.db")
+    (tmp_path / "edgeq.db-pos").write_text("000000000000000a/e7e51312420eb41d\n")  # the primary: 10/e7e5...
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "")
     positions = ReplicaPositions(required=1, now=lambda: 0)
-    servicer = ReplicationServicer(node, positions, lambda: 9)  # in memory: trails -pos by one
-    seen: list[list[tuple[str, int, int]]] = []
+    servicer = ReplicationServicer(node, positions)
+    node._event({"type": "init", "data": {"isPrimary": True}})
+    seen: list[list[tuple[str, int, int, bool]]] = []
 
     async def reports():  # type: ignore[no-untyped-def]
-        for txid in (50, 10, 8):
-            yield repl_pb.ReportPositionsRequest(node="r:1", txid=txid)
+        for txid, checksum in ((50, "00000000000000aa"), (10, "ffffffffffffffff"), (10, "e7e51312420eb41d"),
+                               (11, "0000000000000001"), (9, "")):
+            yield repl_pb.ReportPositionsRequest(node="r:1", txid=txid, checksum=checksum)
             await asyncio.sleep(0)
             seen.append(positions.snapshot())
 
     await servicer.ReportPositions(reports(), context=None)
-    assert seen == [[("r:1", 0, 0)], [("r:1", 10, 0)], [("r:1", 8, 0)]]
+    assert [s[0][1:] for s in seen] == [
+        (50, 0, False),  # ahead of the primary: another lineage
+        (10, 0, False),  # the same number, another checksum
+        (10, 0, True),   # the primary's own transaction 10
+        (10, 0, True),   # 11 is not the primary's (yet): the verified 10 still holds, nothing more
+        (9, 0, False),   # went back (LiteFS re-snapshotted it), no checksum: not verified
+    ]
     assert positions.snapshot() == []  # forgotten when the stream ends
     node.stop()
+
+
+async def test_replica_position_waiters_leave_on_every_exit_path() -> None:
+    """Fault 7: timed-out and cancelled waits stayed in the heap forever."""
+    positions = ReplicaPositions(required=1, now=lambda: 0)
+    timed_out = [asyncio.create_task(positions.wait(100 + i, 0.01)) for i in range(1000)]
+    cancelled = [asyncio.create_task(positions.wait(5000 + i, 10)) for i in range(1000)]
+    reached = [asyncio.create_task(positions.wait(i, 10)) for i in range(1, 11)]
+    await asyncio.sleep(0)
+    assert positions.waiting == 2010
+    assert not any(await asyncio.gather(*timed_out))
+    for task in cancelled:
+        task.cancel()
+    await asyncio.gather(*cancelled, return_exceptions=True)
+    positions.report("r:1", 10)
+    assert all(await asyncio.gather(*reached))
+    assert positions.waiting == 0
+    assert len(positions._heap) <= 64  # entries of abandoned waits were dropped in bulk, not kept

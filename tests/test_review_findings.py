@@ -177,19 +177,19 @@ async def test_drain_during_an_in_flight_claim_delivers_what_it_claimed(h: Harne
     assert (job.state, job.attempts) == (RUNNING, 1)  # delivered once; expiry returns it if unacked
 
 
-# ------------------------------------------------------------------ 4. closed stream's outbox
+# ------------------------------------------------------------------ 4. closed stream's send queue
 
 
 async def test_deliveries_left_in_a_closed_streams_outbox_are_put_back(h: Harness) -> None:
-    """Lease's finally calls dispatcher.close(stream); batches already in stream.outbox (the
+    """Lease's finally calls dispatcher.close(stream); batches already in stream.sends (the
     handler was suspended in ``yield`` on a slow client, or cancelled right after being
     woken) are dropped: RUNNING until expiry, attempt counted, credit held. The docs say
     jobs claimed for a stream that closed are put back without counting the attempt."""
     d = h.server.dispatcher
     assert d is not None
-    stream = d.open(["q"], "w", 1, 30_000_000)  # what Lease() does; nobody reads this outbox
+    stream = d.open(["q"], "w", 1, 30_000_000)  # what Lease() does; nobody reads its send queue
     job_id = await h.put()
-    await h.until(lambda: asyncio.sleep(0, not stream.outbox.empty()), "the delivery")
+    await h.until(lambda: asyncio.sleep(0, not stream.sends.empty()), "the delivery")
     d.close(stream)  # what Lease()'s finally does
     await asyncio.sleep(0.2)
     job = await h.job(job_id)

@@ -4,7 +4,9 @@ time passing, the lease-expiry sweep, unclaim, cancel and retry.
 
 After every step the store's rows must equal the model, every RUNNING job must hold exactly
 the lease the model handed out, and attempts never exceed max_attempts. Every operation
-with a stale lease must report STALE and leave every row byte-for-byte unchanged.
+with a stale lease must report STALE and leave every row byte-for-byte unchanged; a retried
+Ack/Nack with the token that settled the job (still as that settle left it) reports OK as
+a replay and changes nothing either, as do CancelJob on CANCELLED and RetryJob on PENDING.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Model:
     lease_id: str | None = None
     lease_expires_at: int | None = None
     lease_us: int | None = None
+    settled_lease_id: str | None = None  # the lease an Ack/Nack settled the job with
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -90,8 +93,15 @@ class StoreMachine(RuleBasedStateMachine):
     def live_refs(self) -> list[LeaseRef]:
         return [r for r in self.refs if self.is_live(r)]
 
+    def is_settler(self, ref: LeaseRef) -> bool:
+        return self.jobs[ref.job_id].settled_lease_id == ref.lease_id
+
     def stale_refs(self) -> list[LeaseRef]:
-        return [r for r in self.refs if not self.is_live(r)]
+        """Leases no Ack/Nack/Heartbeat may use (settlers excluded: see replays)."""
+        return [r for r in self.refs if not self.is_live(r) and not self.is_settler(r)]
+
+    def replay_refs(self) -> list[LeaseRef]:
+        return [r for r in self.refs if self.is_settler(r)]
 
     # ------------------------------------------------------------------ rules
 
@@ -136,6 +146,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert job.lease_id is not None
             m.state, m.attempts = JobState.RUNNING, m.attempts + 1
             m.lease_id, m.lease_expires_at, m.lease_us = job.lease_id, self.now + lease_us, lease_us
+            m.settled_lease_id = None
             assert (job.state, job.attempts, job.lease_expires_at) == (m.state, m.attempts, m.lease_expires_at)
             self.refs.append(LeaseRef(job.id, job.lease_id))
 
@@ -150,6 +161,7 @@ class StoreMachine(RuleBasedStateMachine):
             [settled] = write(s, lambda: s.ack([(ref, b"ok")], self.now))
             assert (settled.outcome, settled.state) == (LeaseOutcome.OK, JobState.COMPLETED)
             m.state = JobState.COMPLETED
+            m.settled_lease_id = ref.lease_id
             m.drop_lease()
         elif op == "nack":
             delay = data.draw(st.sampled_from([0, SECOND, 3 * SECOND]), label="retry delay")
@@ -162,6 +174,7 @@ class StoreMachine(RuleBasedStateMachine):
                 m.state, m.run_at = JobState.PENDING, self.now + delay
                 assert settled.run_at == m.run_at
             assert settled.state is m.state
+            m.settled_lease_id = ref.lease_id
             m.drop_lease()
         else:
             extend_by = data.draw(st.sampled_from([None, SECOND, 4 * SECOND]), label="extend by")
@@ -259,6 +272,16 @@ class StoreMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(list(self.jobs)), label="job")
         m = self.jobs[job_id]
         allowed = (JobState.PENDING, JobState.RUNNING) if op == "cancel" else (JobState.FAILED, JobState.CANCELLED)
+        already = JobState.CANCELLED if op == "cancel" else JobState.PENDING
+        if m.state is already:  # a retried CancelJob / RetryJob: the job, unchanged
+            before = rows(self.store)
+            result = write(self.store, lambda: getattr(self.store, op)(job_id, self.now))
+            job = result[0] if op == "cancel" else result
+            assert job.state is already
+            if op == "cancel":
+                assert result[1] is False
+            assert rows(self.store) == before
+            return
         if m.state not in allowed:
             before = rows(self.store)
             with pytest.raises(FailedPrecondition):
@@ -270,10 +293,12 @@ class StoreMachine(RuleBasedStateMachine):
             assert was_running == (m.state is JobState.RUNNING)
             assert (job.state, job.completed_at) == (JobState.CANCELLED, self.now)
             m.state = JobState.CANCELLED
+            m.settled_lease_id = None
             m.drop_lease()
         else:
             job = write(self.store, lambda: self.store.retry(job_id, self.now))
             m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
+            m.settled_lease_id = None
             assert (job.state, job.attempts, job.run_at) == (m.state, m.attempts, m.run_at)
 
     # ------------------------------------------------------------------ invariants
@@ -283,7 +308,7 @@ class StoreMachine(RuleBasedStateMachine):
             str(r[0]): tuple(r[1:])
             for r in self.store.conn.execute(
                 "SELECT id, queue_name, priority, max_attempts, status, attempts, run_at,"
-                " lease_id, lease_expires_at, lease_us, completed_at IS NOT NULL FROM jobs"
+                " lease_id, lease_expires_at, lease_us, completed_at IS NOT NULL, settled_lease_id FROM jobs"
             )
         }
 
@@ -292,7 +317,7 @@ class StoreMachine(RuleBasedStateMachine):
         expected = {
             job_id: (
                 m.queue, m.priority, m.max_attempts, m.state.value, m.attempts, m.run_at,
-                m.lease_id, m.lease_expires_at, m.lease_us, int(m.state.final),
+                m.lease_id, m.lease_expires_at, m.lease_us, int(m.state.final), m.settled_lease_id,
             )
             for job_id, m in self.jobs.items()
         }
@@ -328,6 +353,34 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             s.rollback()
         assert {x.outcome for x in acked + nacked + failed} == {LeaseOutcome.STALE}
+        assert {outcome for outcome, _ in beat} == {LeaseOutcome.STALE}
+        assert after == before
+
+    @invariant()
+    def every_retried_settle_is_an_ok_replay_and_changes_nothing(self) -> None:
+        """A retried Ack (job COMPLETED) or Nack (job PENDING/FAILED) with the token that
+        settled it is OK and a replay; the other kind, and Heartbeat, are STALE."""
+        refs = self.replay_refs()
+        if not refs:
+            return
+        s = self.store
+        before = rows(s)
+        s.begin()
+        try:
+            acked = s.ack([(r, b"again") for r in refs], self.now)
+            nacked = s.nack([(r, "again", None, False) for r in refs], BACKOFF, self.now)
+            beat = s.heartbeat(refs, 3600 * SECOND, self.now)
+            after = rows(s)
+        finally:
+            s.rollback()
+        for r, a, n in zip(refs, acked, nacked, strict=True):
+            state = self.jobs[r.job_id].state
+            by_ack = state is JobState.COMPLETED
+            assert state in (JobState.COMPLETED, JobState.PENDING, JobState.FAILED)
+            assert (a.outcome, a.replay) == ((LeaseOutcome.OK, True) if by_ack else (LeaseOutcome.STALE, False))
+            assert (n.outcome, n.replay) == ((LeaseOutcome.STALE, False) if by_ack else (LeaseOutcome.OK, True))
+            assert a.job_id is None or not a.replay
+            assert n.job_id is None or not n.replay
         assert {outcome for outcome, _ in beat} == {LeaseOutcome.STALE}
         assert after == before
 

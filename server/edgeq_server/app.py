@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import grpc
@@ -16,19 +15,18 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import replication_pb2 as repl_pb
-from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
-from . import convert, db, metrics, status
+from . import db, metrics, status
 from .auth import TokenAuth
 from .clock import MICROS, Clock, SystemClock
+from .cluster import Cluster, Role
+from .cluster import build as cluster_build
 from .config import Config
-from .dispatch import Dispatcher
-from .errors import Unavailable
+from .dispatch import Dispatcher, End
 from .maintenance import Maintenance, Retention
-from .outbox import Outbox
 from .readers import Readers
-from .replication import Forwarder, LiteFSNode, Position, ReplicaLink, ReplicaPositions, ReplicationServicer
 from .service import QueueService
+from .supervise import Supervisor
 from .tokens import TokenCodec
 from .wire import safe_deserializer
 from .writer import Writer
@@ -37,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QueueService"].full_name
 REPLICATION_SERVICE = repl_pb.DESCRIPTOR.services_by_name["ReplicationService"].full_name
+#: A node whose role is merely unknown (LiteFS's event stream blipped) keeps its Lease
+#: streams this long before ending them; a node LiteFS demotes ends them at once.
+ROLE_GRACE_SECONDS = 0.5
+HEALTH_SECONDS = 0.5
 
 
 def server_options(cfg: Config) -> list[tuple[str, Any]]:
@@ -55,77 +57,14 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
     ]
 
 
-#: RPCs that write: on a LiteFS replica they are forwarded to the primary.
-WRITE_METHODS = frozenset({"Enqueue", "Ack", "Nack", "Heartbeat", "CancelJob", "RetryJob", "PauseQueue", "ResumeQueue"})
-
-
-class Cluster:
-    """What a LiteFS node adds around the service: forwarding writes to the primary, the
-    partition outbox for Enqueue, and waiting for replicas (replicated durability)."""
-
-    def __init__(
-        self, forwarder: Forwarder, outbox: Outbox | None, positions: ReplicaPositions | None, cfg: Config
-    ) -> None:
-        self.forwarder = forwarder
-        self.outbox = outbox
-        self.positions = positions if cfg.durability == "replicated" else None
-        self.timeout = cfg.durability_timeout_seconds
-
-    async def replicated(self, txid: int) -> None:
-        """Replicated durability: return once enough replicas applied ``txid``."""
-        if self.positions is None or not txid:
-            return
-        if not await self.positions.wait(txid, self.timeout):
-            raise Unavailable(
-                f"committed on the primary at txid {txid}, but fewer than {self.positions.required} replica(s)"
-                f" applied it within {self.timeout:g}s, so a failover could lose it; retry (with the same"
-                " idempotency key for Enqueue)"
-            )
-
-
-def _routed(name: str, fn: Any, cluster: Cluster) -> Any:
-    forwarder = cluster.forwarder
-    outbox = cluster.outbox if name == "Enqueue" else None
-
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        # Through the outbox on a replica, and on a promoted node until what it buffered is
-        # drained (jobs keep the order this node accepted them in).
-        if outbox is not None and not forwarder.forwarded(context) and (outbox.pending or not forwarder.local()):
-            return await outbox.enqueue(request, context)
-        primary = forwarder.target(context)
-        if primary is not None:
-            return await forwarder.unary(primary, name, request, context)
-        response = await fn(request, context)
-        await cluster.replicated(response.txid)
-        return response
-
-    return handler
-
-
-def _lease_routed(fn: Any, forwarder: Forwarder) -> Any:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        primary = forwarder.target(context)
-        stream = fn(request, context) if primary is None else forwarder.lease(primary, request, context)
-        async for message in stream:
-            yield message
-
-    return handler
-
-
-def method_handlers(
-    service: QueueService, cluster: Cluster | None = None
-) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely; on a
-    LiteFS node, writes are routed to the primary."""
+def method_handlers(service: QueueService, cluster: Cluster) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely, and
+    routed by the cluster (on a LiteFS node, writes and Lease go to the primary)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
-        fn = getattr(service, m.name)
-        if cluster is not None and m.name in WRITE_METHODS:
-            fn = _routed(m.name, fn, cluster)
-        elif cluster is not None and m.server_streaming:
-            fn = _lease_routed(fn, cluster.forwarder)
+        fn = cluster.route(m.name, getattr(service, m.name), streaming=m.server_streaming)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 status.stream(m.name, fn),
@@ -142,12 +81,19 @@ def method_handlers(
 
 
 class EdgeqServer:
-    """One node. ``await start()``, then ``await stop()`` (or ``wait()`` for termination)."""
+    """One node. ``await start()``, then ``await stop()`` (or ``wait()`` for termination).
+
+    It owns the database threads, the dispatcher, the maintenance timers and the gRPC
+    server; everything cluster-specific is ``self.cluster`` (``cluster.build``); every
+    background loop runs under ``self.supervisor``.
+    """
 
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.port = 0
+        self.supervisor = Supervisor()
+        self.cluster: Cluster = cluster_build(config, self.clock, self._committed, server_options(config))
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lag grpcio
         self._checkpointer: db.Checkpointer | None = None
@@ -157,17 +103,11 @@ class EdgeqServer:
         self.maintenance: Maintenance | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._watch: asyncio.Task[None] | None = None
-        self._forwarder: Forwarder | None = None
-        self._role_watch: asyncio.Task[None] | None = None
-        self.positions: ReplicaPositions | None = None
-        self.link: ReplicaLink | None = None
-        self.outbox: Outbox | None = None
         self._serving: bool | None = None
-        self.litefs = (
-            LiteFSNode(config.litefs_mount, config.litefs_db, config.litefs_http) if config.litefs_mount else None
-        )
-        self._path = os.path.abspath(self.litefs.db_path if self.litefs else config.db_path)
+        self._demotion: asyncio.TimerHandle | None = None
+
+    def _committed(self) -> int:
+        return self.writer.txid if self.writer is not None else 0
 
     async def start(self) -> None:
         try:
@@ -176,36 +116,23 @@ class EdgeqServer:
             await self._close_resources()  # a failed start leaves no thread or file open
             raise
 
-    async def _wait_for_schema(self) -> None:
-        """A replica cannot create or migrate the (read-only) database: wait until the
-        primary has, e.g. on a fresh cluster whose replica synced before the first write."""
-        assert self.litefs is not None
-        litefs = self.litefs
-        await asyncio.to_thread(litefs.wait_ready, 2.0)
-        waited = 0.0
-        while not litefs.is_primary() and await asyncio.to_thread(db.schema_version, self._path) < len(db.MIGRATIONS):
-            if waited % 10 == 0:
-                log.info("replica: waiting for the primary to create or migrate %s", self._path)
-            await asyncio.sleep(0.5)
-            waited += 0.5
-
     async def _start(self) -> None:
         cfg = self.config
-        path = self._path
-        if self.litefs is not None:
-            self.litefs.start()
-            await self._wait_for_schema()
+        cluster = self.cluster
+        await cluster.start()
+        path = cluster.db_path
         self._checkpointer = db.Checkpointer(path)
         self.writer = Writer(
             path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer,
-            txid_after_commit=self.litefs.txid if self.litefs else None,
+            txid_after_commit=cluster.txid_after_commit,
         )
         await asyncio.to_thread(self.writer.start)  # opens the file and migrates
         self._checkpointer.start()
         self.readers = Readers(path, threads=cfg.read_threads)
         codec = TokenCodec(await self.readers.run(lambda s: s.token_key()))
-        self.maintenance = None
-        self.dispatcher = Dispatcher(self.writer, codec, on_leased=self._note_lease)
+        self.dispatcher = Dispatcher(
+            self.writer, codec, self.supervisor, on_leased=self._note_lease, is_primary=cluster.is_primary
+        )
         retention = Retention(
             completed_us=int(cfg.retention_completed_seconds * MICROS),
             failed_us=int(cfg.retention_failed_seconds * MICROS),
@@ -213,14 +140,11 @@ class EdgeqServer:
             interval_us=int(cfg.retention_interval_seconds * MICROS),
         )
         self.maintenance = Maintenance(
-            self.writer, self.readers, self.dispatcher, self.clock, retention,
-            is_primary=self.litefs.is_primary if self.litefs else lambda: True,
+            self.writer, self.readers, self.dispatcher, self.clock, retention, is_primary=cluster.is_primary
         )
         await self.maintenance.load()
-        writer = self.writer
-        position = Position(self.litefs.txid if self.litefs else lambda: writer.txid)
         service = QueueService(
-            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, position,
+            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, cluster.position,
             node_info=self.node_info,
         )
 
@@ -229,20 +153,8 @@ class EdgeqServer:
             interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token, REPLICATION_SERVICE))
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
-        cluster = None
-        if self.litefs is not None:
-            self._role_watch = asyncio.create_task(self.litefs.watch(), name="edgeq-litefs-role")
-            self._forwarder = Forwarder(self.litefs, cfg.address, server_options(cfg))
-            peer_metadata = (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
-            self.positions = ReplicaPositions(cfg.durability_replicas, self.clock.now)
-            servicer = ReplicationServicer(self.litefs, self.positions, lambda: writer.txid)
-            repl_grpc.add_ReplicationServiceServicer_to_server(servicer, server)
-            self.link = ReplicaLink(self.litefs, self._forwarder, cfg.address, peer_metadata)
-            if cfg.outbox_path:
-                self.outbox = Outbox(cfg, self.clock, self.litefs, self._forwarder, peer_metadata)
-                await self.outbox.start()
-            cluster = Cluster(self._forwarder, self.outbox, self.positions, cfg)
         server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, cluster))  # type: ignore[attr-defined]
+        cluster.attach(server, self.supervisor, self._committed)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -254,64 +166,83 @@ class EdgeqServer:
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         await server.start()
         self.dispatcher.start()
-        self.maintenance.start()
-        if self.link is not None:
-            self.link.start()
+        self.maintenance.start(self.supervisor)
+        cluster.on_role_change(self._role_changed)
+        self._role_changed(cluster.role())
         if cfg.metrics_address:
             metrics.serve(cfg.metrics_address)
         # Readiness: the database is open and migrated, timers loaded, dispatch running (and
-        # on a replica, a primary answering).
+        # in a cluster, a role from LiteFS and, on a replica, a primary answering).
         await self._update_health()
-        self._watch = asyncio.create_task(self._watch_health(), name="edgeq-health")
+        self.supervisor.loop("health", self._watch_health)
         log.info(
             "edgeq serving on %s:%d (db %s, %s)", cfg.host, self.port, path,
-            "standalone" if self.litefs is None else
-            f"LiteFS {'primary' if self.litefs.is_primary() else 'replica of ' + str(self.litefs.primary_address())},"
-            f" durability {cfg.durability}, outbox {'on' if self.outbox else 'off'}",
+            "standalone" if cluster.kind == "standalone" else
+            f"LiteFS {cluster.role().value}, durability {cfg.durability}, outbox {'on' if cfg.outbox_path else 'off'}",
         )
+
+    def _role_changed(self, role: Role) -> None:
+        """Follow the cluster role: only a primary dispatches; a node that stops being
+        primary ends its Lease streams (UNAVAILABLE: workers reconnect to the new primary)
+        at once when LiteFS names another primary, and after ``ROLE_GRACE_SECONDS`` when
+        the role is merely unknown (a LiteFS event stream blip must not end every stream)."""
+        standalone = self.cluster.kind == "standalone"
+        metrics.ROLE.set(3 if standalone else {Role.UNKNOWN: 0, Role.REPLICA: 1, Role.PRIMARY: 2}[role])
+        if self._demotion is not None:
+            self._demotion.cancel()
+            self._demotion = None
+        if self.dispatcher is None or self.maintenance is None:
+            return
+        if role is Role.PRIMARY:
+            self.dispatcher.role_changed(True)
+            self.maintenance.wake()
+            return
+        self.dispatcher.role_changed(False)
+        if role is Role.REPLICA:
+            self._demote(role)
+        else:
+            self._demotion = asyncio.get_running_loop().call_later(ROLE_GRACE_SECONDS, self._demote, role)
+
+    def _demote(self, role: Role) -> None:
+        self._demotion = None
+        if self.dispatcher is None or self.cluster.is_primary():
+            return
+        n = self.dispatcher.end_streams(
+            End(f"this node is not the primary any more ({role.value}); reconnect", "NOT_PRIMARY_ANY_MORE")
+        )
+        if n:
+            log.warning("not primary (%s): ended %d local Lease stream(s); their workers reconnect", role.value, n)
 
     def _healthy(self) -> bool:
         if self.writer is not None and not self.writer.alive:
             return False
-        return self.link is None or self.link.reachable
+        return self.cluster.healthy()
 
     async def _update_health(self) -> None:
         serving = self._healthy()
         if serving == self._serving or self._stopping:
             return
         if self._serving is not None:
-            log.warning("health: %s", "SERVING" if serving else "NOT_SERVING (writer stopped or no primary reachable)")
+            log.warning("health: %s", "SERVING" if serving else "NOT_SERVING (writer stopped, or no primary reachable)")
         self._serving = serving
         state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self._health.set(name, state)
 
     async def _watch_health(self) -> None:
-        """Health follows real readiness: NOT_SERVING once the writer thread is gone, or on
-        a replica while its primary does not answer (a load balancer then prefers others)."""
+        """Health follows real readiness: NOT_SERVING once the writer thread is gone, or in
+        a cluster while the role is unknown or (replica) the primary does not answer."""
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(HEALTH_SECONDS)
             await self._update_health()
 
     def node_info(self) -> pb.GetNodeInfoResponse:
         """GetNodeInfo's answer: this node's role, primary, position, replicas, outbox."""
         cfg = self.config
         info = pb.GetNodeInfoResponse(
-            address=cfg.address, durability=cfg.durability, outbox_pending=self.outbox.pending if self.outbox else 0
+            address=cfg.address, durability=cfg.durability, loop_restarts=sum(self.supervisor.restarts.values())
         )
-        if self.litefs is None:
-            info.role = pb.NODE_ROLE_STANDALONE
-            info.txid = self.writer.txid if self.writer else 0
-            return info
-        info.txid = self.litefs.txid()
-        if self.litefs.is_primary():
-            info.role = pb.NODE_ROLE_PRIMARY
-            for node, txid, at in self.positions.snapshot() if self.positions else ():
-                info.replicas.add(node=node, txid=txid, reported_at=convert.timestamp(at))
-        else:
-            info.role = pb.NODE_ROLE_REPLICA
-            info.primary = self.litefs.primary_address() or ""
-            info.primary_reachable = self.link.reachable if self.link else False
+        self.cluster.describe(info)
         return info
 
     def _note_lease(self, expires_at: int) -> None:
@@ -319,9 +250,10 @@ class EdgeqServer:
             self.maintenance.note_lease(expires_at)
 
     async def stop(self, drain_seconds: float | None = None, grace_seconds: float | None = None) -> None:
-        """Drain and stop: NOT_SERVING, end Lease streams (workers stop getting jobs but can
-        still Ack/Nack what they hold) until no leases are outstanding or ``drain_seconds``
-        pass, then stop the gRPC server with a grace period, then close the database."""
+        """Drain and stop: NOT_SERVING, end Lease streams, local and proxied (workers stop
+        getting jobs but can still Ack/Nack what they hold) until no leases are outstanding
+        or ``drain_seconds`` pass, then stop the gRPC server with a grace period, then close
+        the database."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -331,8 +263,7 @@ class EdgeqServer:
         grace = cfg.grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining (up to %gs), then stopping with %gs grace", drain, grace)
         await self._health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
+        await self.cluster.drain()
         if self.dispatcher is not None:
             await self.dispatcher.drain()
             loop = asyncio.get_running_loop()
@@ -342,21 +273,16 @@ class EdgeqServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self._close_resources()
-        await asyncio.to_thread(db.final_checkpoint, self._path)
+        await asyncio.to_thread(db.final_checkpoint, self.cluster.db_path)
         log.info("stopped")
         self._stopped.set()
 
     async def _close_resources(self) -> None:
+        if self._demotion is not None:
+            self._demotion.cancel()
         if self._server is not None:
             await self._server.stop(0)
-        if self.link is not None:
-            await self.link.stop()
-        if self.outbox is not None:
-            await self.outbox.stop()
-        if self._forwarder is not None:
-            await self._forwarder.close()
-        if self._role_watch is not None:
-            self._role_watch.cancel()
+        await self.supervisor.stop()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.writer is not None:
@@ -365,8 +291,7 @@ class EdgeqServer:
             self.readers.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        if self.litefs is not None:  # after the writer, which reads the position per commit
-            self.litefs.stop()
+        await self.cluster.stop()  # after the writer, which reads the position per commit
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -4,6 +4,13 @@
 - The writer's connection has auto-checkpoint off; a ``Checkpointer`` thread on its own
   connection checkpoints (PASSIVE) when the WAL grows or once a second, so commits never
   pay for copying WAL pages back (limits.md: that is half the cost of a small commit).
+- Under continuous writes a PASSIVE checkpoint never quite reaches the end of the WAL, so
+  SQLite never starts it over. Past ``WAL_RESTART_PAGES`` the writer, between two
+  transactions, copies back the few pages the checkpointer has not yet (a PASSIVE
+  checkpoint of at most ``RESTART_CATCH_UP_PAGES``, which never waits for readers); the
+  next write transaction then starts the WAL over. Only past ``WAL_FORCE_RESTART_PAGES``
+  (the checkpointer cannot catch up, e.g. a reader pins an old snapshot) does it run a
+  blocking RESTART checkpoint.
 - Migrations are numbered and tracked in ``PRAGMA user_version``; each runs in one
   transaction. Never edit a released migration: add the next one.
 """
@@ -23,11 +30,21 @@ BUSY_TIMEOUT_MS = 5000
 #: WAL pages after which the writer asks for a checkpoint (4 MiB at 4 KiB pages), and again
 #: after each further this many.
 CHECKPOINT_PAGES = 1000
-#: WAL pages past which the writer itself runs a RESTART checkpoint between transactions:
-#: under continuous writes a PASSIVE checkpoint never catches up with the end of the WAL,
-#: so SQLite never starts it over and it grows without bound (through LiteFS, a checkpoint
-#: per commit and, at ~1 GB, LiteFS #445).
+#: WAL pages past which the writer makes the WAL start over: under continuous writes a
+#: PASSIVE checkpoint never catches up with the end of the WAL, so SQLite never starts it
+#: over and it grows without bound (through LiteFS, a checkpoint per commit and, at ~1 GB,
+#: LiteFS #445). The writer finishes the backfill itself (PASSIVE, between transactions)
+#: once the checkpointer has left no more than RESTART_CATCH_UP_PAGES to copy, so that
+#: pause stays short (a few ms; a RESTART that copies the whole WAL and waits for readers
+#: stalled every write for 40 ms to 5 s).
 WAL_RESTART_PAGES = 10 * CHECKPOINT_PAGES
+#: Most WAL pages the writer copies back itself when it finishes a backfill (1 MiB).
+RESTART_CATCH_UP_PAGES = CHECKPOINT_PAGES // 4
+#: How long the writer then waits for readers to leave the old WAL (writes wait too).
+RESTART_WAIT_MS = 20
+#: WAL pages past which the writer runs a blocking RESTART checkpoint anyway (copy all,
+#: wait up to the busy timeout for readers): the checkpointer is not keeping up.
+WAL_FORCE_RESTART_PAGES = 4 * WAL_RESTART_PAGES
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
@@ -84,6 +101,14 @@ MIGRATIONS: list[str] = [
     -- Idempotency: one retained job per (queue, key).
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (queue_name, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
+    """,
+    # 2: the lease id that settled the job (Ack or Nack), so a retried Ack/Nack with the
+    # same token (its first reply lost) is recognised and answered OK again without
+    # changing anything. Cleared whenever the job is leased, cancelled or redriven, so it
+    # is only ever set on a job that is not RUNNING.
+    """
+    ALTER TABLE jobs ADD COLUMN settled_lease_id TEXT
+        CHECK (settled_lease_id IS NULL OR status <> 'running');
     """,
 ]
 
@@ -144,6 +169,15 @@ class Checkpointer:
         self._stop = threading.Event()
         #: Frames in the WAL after the writer's last commit (from the WAL hook).
         self.wal_pages = 0
+        #: Frames of the current WAL known copied back into the database (by the last
+        #: PASSIVE checkpoint of this thread); and how many checkpoints have finished.
+        self.backfilled = 0
+        self.passes = 0
+        self._generation = 0  # bumped when the WAL starts over: older results are void
+        self._lock = threading.Lock()
+        #: Held while this thread checkpoints: the writer, which finishes backfills
+        #: itself, checkpoints only while it holds it (two checkpoints at once: BUSY).
+        self.checkpointing = threading.Lock()
         self._requested_at = 0
         self._thread = threading.Thread(target=self._run, name="edgeq-checkpoint", daemon=True)
 
@@ -161,10 +195,21 @@ class Checkpointer:
         self.wal_pages = pages
         if pages < self._requested_at:  # the WAL started over
             self._requested_at = 0
+            self.started_over()
         if pages >= self._requested_at + CHECKPOINT_PAGES:
             self._requested_at = pages
             self._wake.set()
         return apsw.SQLITE_OK
+
+    def started_over(self) -> None:
+        """The WAL was started over: nothing of it is backfilled yet."""
+        with self._lock:
+            self._generation += 1
+            self.backfilled = 0
+
+    def behind(self) -> int:
+        """WAL frames the last checkpoint has not copied back (all of them if none ran)."""
+        return max(0, self.wal_pages - self.backfilled)
 
     def _run(self) -> None:
         conn = connect(self._path)
@@ -174,12 +219,19 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stop.is_set():
                     break
+                generation = self._generation
                 try:
-                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                    with self.checkpointing:
+                        _frames, done = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
                 except apsw.BusyError:
-                    pass
+                    continue
                 except apsw.Error:
                     log.exception("WAL checkpoint failed")
+                    continue
+                with self._lock:
+                    if generation == self._generation:
+                        self.backfilled = done
+                    self.passes += 1
         finally:
             conn.close()
 

@@ -12,6 +12,11 @@ transaction, one after the other: streams on the same queue share the work and e
 goes to exactly one stream. A queue leaves the ready set only when a claim on it came back
 short and nothing was notified for it since the claim was submitted. No polling anywhere:
 an idle server wakes only for keepalives and timers.
+
+Only the primary claims: while ``is_primary()`` is false the loop claims nothing, and
+``end_streams`` (called when the node loses primacy, and on drain) ends every open stream
+with UNAVAILABLE so its worker reconnects to a node that can serve it. Short-lived work
+(unclaiming what a closed stream was never sent) runs as supervised tasks.
 """
 
 from __future__ import annotations
@@ -27,12 +32,25 @@ from . import metrics
 from .errors import Unavailable
 from .models import Job
 from .store import Store
+from .supervise import Supervisor
 from .tokens import TokenCodec
 from .writer import Writer
 
 log = logging.getLogger(__name__)
 
-_CLOSE = None
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Put on a stream's send queue: the stream ends with UNAVAILABLE (``reason`` as ErrorInfo)."""
+
+    message: str
+    reason: str
+
+    def error(self) -> Unavailable:
+        return Unavailable(self.message, reason=self.reason, retry_after=0.2)
+
+
+DRAINING = End("server is draining; reconnect to another node", "DRAINING")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +71,8 @@ class LeaseStream:
     outstanding: set[str] = field(default_factory=set)  # job ids leased, not yet settled
     claiming: int = 0
     closed: bool = False
-    outbox: asyncio.Queue[list[Delivery] | None] = field(default_factory=asyncio.Queue)
+    #: What the stream's handler sends next: batches of deliveries, or an End.
+    sends: asyncio.Queue[list[Delivery] | End] = field(default_factory=asyncio.Queue)
 
     @property
     def credits(self) -> int:
@@ -65,23 +84,30 @@ class Dispatcher:
         self,
         writer: Writer,
         codec: TokenCodec,
+        supervisor: Supervisor,
         *,
         on_leased: Callable[[int], None] = lambda _t: None,
+        is_primary: Callable[[], bool] = lambda: True,
     ) -> None:
         self._writer = writer
         self._codec = codec
+        self._supervisor = supervisor
         self._on_leased = on_leased
+        self._is_primary = is_primary
         self._streams: dict[int, LeaseStream] = {}
         self._ids = itertools.count(1)
         self._ready: set[str] = set()
+        # Per ready queue, the notification generation (from one global counter, so an
+        # entry can be dropped when its queue leaves the ready set without any ABA risk).
         self._gen: dict[str, int] = {}
+        self._gens = itertools.count(1)
         self._leases: dict[str, LeaseStream] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
         self._stopping = False
         self._rotate = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self._unclaiming: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ streams
 
@@ -110,23 +136,48 @@ class Dispatcher:
 
     def close(self, stream: LeaseStream) -> None:
         """The stream ended. Jobs it was sent stay leased: the worker may still settle them,
-        and expiry returns them if it does not. Jobs still waiting in its outbox were never
+        and expiry returns them if it does not. Jobs still waiting in its send queue were never
         sent: they go back to PENDING without counting the attempt."""
         stream.closed = True
         self._streams.pop(stream.id, None)
         metrics.STREAMS.set(len(self._streams))
         unsent: list[Job] = []
-        while not stream.outbox.empty():
-            batch = stream.outbox.get_nowait()
-            for d in batch or ():
+        while not stream.sends.empty():
+            batch = stream.sends.get_nowait()
+            if isinstance(batch, End):
+                continue
+            for d in batch:
                 unsent.append(d.job)
                 stream.outstanding.discard(d.job.id)
                 if self._leases.get(d.job.id) is stream:
                     del self._leases[d.job.id]
         if unsent:
-            task = asyncio.create_task(self._unclaim(unsent))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn_unclaim(unsent)
+
+    def _spawn_unclaim(self, jobs: list[Job]) -> None:
+        task = self._supervisor.task("dispatch-unclaim", self._unclaim(jobs))
+        self._unclaiming.add(task)
+        task.add_done_callback(self._unclaiming.discard)
+
+    def end_streams(self, end: End) -> int:
+        """End every open stream with ``end`` (this node lost primacy, or drains). Their
+        workers reconnect; what they hold stays leased until settled (through the new
+        primary) or expired. Returns how many streams were told to end."""
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.sends.put_nowait(end)
+        return len(streams)
+
+    def role_changed(self, primary: bool) -> None:
+        """The node became primary (claims may start) or stopped being it (no claims; the
+        leases this node handed out are the new primary's business now)."""
+        if primary:
+            self.notify(q for s in self._streams.values() for q in s.queues)
+            return
+        self._leases.clear()
+        for stream in self._streams.values():
+            stream.outstanding.clear()
+        metrics.OUTSTANDING.set(0)
 
     # ------------------------------------------------------------------ events
 
@@ -134,7 +185,7 @@ class Dispatcher:
         """Work may be due now on ``queues`` (called after the commit that made it so)."""
         for q in queues:
             self._ready.add(q)
-            self._gen[q] = self._gen.get(q, 0) + 1
+            self._gen[q] = next(self._gens)
         self._wake.set()
 
     def settled(self, job_ids: Iterable[str]) -> None:
@@ -152,7 +203,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ loop
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="edgeq-dispatch")
+        self._task = self._supervisor.loop("dispatch", self._run, finished=lambda: self._stopping)
 
     async def drain(self) -> None:
         """Stop handing out jobs and end every stream (workers reconnect elsewhere).
@@ -167,10 +218,9 @@ class Dispatcher:
         if self._task is not None:
             await self._task
             self._task = None
-        for stream in list(self._streams.values()):
-            stream.outbox.put_nowait(_CLOSE)
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        self.end_streams(DRAINING)
+        while self._unclaiming:
+            await asyncio.gather(*self._unclaiming, return_exceptions=True)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -189,7 +239,7 @@ class Dispatcher:
 
     async def _pass(self) -> None:
         streams = list(self._streams.values())
-        if not streams or not self._ready:
+        if not streams or not self._ready or not self._is_primary():
             return
         self._rotate = (self._rotate + 1) % len(streams)
         streams = streams[self._rotate :] + streams[: self._rotate]
@@ -217,6 +267,7 @@ class Dispatcher:
             for q in queues:
                 if self._gen.get(q, 0) == gens[q]:
                     self._ready.discard(q)
+                    self._gen.pop(q, None)
         if not jobs:
             return
         if s.closed:
@@ -232,9 +283,9 @@ class Dispatcher:
             s.outstanding.add(job.id)
             deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
         for queue, n in Counter(j.queue for j in jobs).items():  # one metric update per queue, not per job
-            metrics.DELIVERED.labels(queue).inc(n)
+            metrics.DELIVERED.labels(metrics.queue_label(queue)).inc(n)
         metrics.OUTSTANDING.set(len(self._leases))
-        s.outbox.put_nowait(deliveries)
+        s.sends.put_nowait(deliveries)
         self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))
 
     async def _unclaim(self, jobs: list[Job]) -> None:

@@ -5,10 +5,22 @@
      ├── ResourceExhausted    a request field is over a size limit (names the field)
      ├── NotFound             the named job does not exist
      ├── FailedPrecondition   the job's state does not allow the change
-     └── Unavailable          the server cannot serve this now (draining, no primary); retryable
+     ├── Unavailable          the server cannot serve this now (draining, no primary); retryable
+     └── CommittedNotReplicated  the write committed on the primary, but too few replicas
+                              confirmed it in time (ABORTED + ErrorInfo COMMITTED_NOT_REPLICATED)
+
+    Forwarded                 the primary's own error for a forwarded call, passed on unchanged
+
+Errors may carry a machine-readable ``reason`` (a google.rpc.ErrorInfo reason), metadata,
+and a retry hint; ``status.py`` turns them into rich gRPC error details.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+#: google.rpc.ErrorInfo domain of every reason edgeq sets.
+DOMAIN = "edgeq.v1"
 
 
 class EdgeqError(Exception):
@@ -40,4 +52,48 @@ class FailedPrecondition(EdgeqError):
 
 
 class Unavailable(EdgeqError):
-    """The server cannot serve the request now; the client may retry elsewhere or later."""
+    """The server cannot serve the request now; the client may retry elsewhere or later.
+    ``reason``: e.g. NO_PRIMARY, NOT_PRIMARY, DRAINING; ``retry_after``: a hint in seconds."""
+
+    def __init__(self, message: str, *, reason: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class CommittedNotReplicated(EdgeqError):
+    """Replicated durability: the write committed on the primary at ``txid`` but fewer than
+    the required replicas applied it in time, so a failover could still lose it. Not
+    "not written": a retry with the same idempotency key (or the same lease token) returns
+    the same outcome once replicas caught up, and never writes twice."""
+
+    reason = "COMMITTED_NOT_REPLICATED"
+
+    def __init__(self, txid: int, required: int, seconds: float) -> None:
+        super().__init__(
+            f"committed on the primary at txid {txid}, but fewer than {required} replica(s) applied it within"
+            f" {seconds:g}s, so a failover could lose it; retry with the same idempotency key / lease token"
+            " (retries never duplicate)"
+        )
+        self.txid = txid
+        self.required = required
+
+
+class Forwarded(Exception):
+    """The primary's own error for a forwarded call, passed back to the caller unchanged
+    (code, message and rich details)."""
+
+    def __init__(self, code: Any, details: str, status_details: bytes | None = None) -> None:
+        super().__init__(details)
+        self.code = code  # grpc.StatusCode
+        self.details = details
+        self.status_details = status_details  # the primary's grpc-status-details-bin, if any
+
+    @classmethod
+    def from_rpc_error(cls, exc: Any) -> Forwarded:
+        """From a grpc.aio.AioRpcError."""
+        raw = None
+        for key, value in exc.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                raw = value if isinstance(value, bytes) else None
+        return cls(exc.code(), exc.details() or "", raw)

@@ -20,6 +20,7 @@ from .dispatch import Dispatcher
 from .models import JobState
 from .readers import Readers
 from .store import Expired, Store
+from .supervise import Supervisor
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,12 @@ class Maintenance:
 
     # ------------------------------------------------------------------ loop
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="edgeq-maintenance")
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.loop("maintenance", self._run)
+
+    def wake(self) -> None:
+        """Look again now (e.g. this node just became primary: reload the timers)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         self._clock.unsubscribe(self._on_clock)

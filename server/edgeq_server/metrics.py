@@ -36,3 +36,30 @@ def serve(address: str) -> None:
     is written as for ``--host``: ``[::]:9464``."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host.removeprefix("[").removesuffix("]") or "127.0.0.1")
+
+
+LOOP_RESTARTS = Counter(
+    "edgeq_loop_restarts_total", "Background loops restarted after failing or ending (supervise.py)", ["loop"]
+)
+ROLE = Gauge("edgeq_cluster_role", "This node's cluster role: 0 unknown, 1 replica, 2 primary, 3 standalone")
+BUFFER_PENDING = Gauge("edgeq_enqueue_buffer_pending", "Enqueue requests waiting in the edge buffer (outbox)")
+BUFFER_DEAD = Gauge("edgeq_enqueue_buffer_dead", "Buffered Enqueue requests the primary refused for good")
+WATCHDOG_KILLS = Counter(
+    "edgeq_litefs_stalled_connections_closed_total",
+    "LiteFS TCP connections closed by the watchdog because the peer stopped answering",
+)
+
+#: Distinct queue names used as metric labels; later queues share the label "_other", so a
+#: producer inventing queue names cannot grow the metrics without bound.
+MAX_QUEUE_LABELS = 1000
+_queue_labels: set[str] = set()
+
+
+def queue_label(queue: str) -> str:
+    """``queue`` as a metric label value, capped at ``MAX_QUEUE_LABELS`` distinct names."""
+    if queue in _queue_labels:
+        return queue
+    if len(_queue_labels) < MAX_QUEUE_LABELS:
+        _queue_labels.add(queue)
+        return queue
+    return "_other"

@@ -8,7 +8,10 @@ State machine (docs/architecture.md draws it)::
     FAILED/CANCELLED                  \\--CancelJob--> CANCELLED (from PENDING too)
 
 The database enforces the same with CHECK constraints (``db.py``); this module is the
-Python-side statement of it, used by the store and by tests.
+Python-side statement of it, used by the store and by tests. A retried request that finds
+the job where its first attempt left it (Ack/Nack by the lease that settled it, CancelJob
+on CANCELLED, RetryJob on PENDING) is no transition: the store answers as before and
+changes nothing.
 """
 
 from __future__ import annotations

@@ -18,14 +18,14 @@ from edgeq.v1 import queue_pb2 as pb
 
 from . import convert, metrics, validate
 from .clock import MICROS, Clock
+from .cluster import Position
 from .config import Config
-from .dispatch import Delivery, Dispatcher
+from .dispatch import Delivery, Dispatcher, End
 from .errors import NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
 from .models import Backoff, EnqueueResult, Job, JobState, LeaseOutcome
 from .readers import Readers
-from .replication import Position
 from .store import Settled, Store
 from .tokens import TokenCodec
 from .writer import Writer
@@ -93,9 +93,12 @@ class QueueService:
                 added[r.queue] += 1
         for queue, at in due.items():
             self._maintenance.note_due(queue, at)
-            metrics.ENQUEUED.labels(queue).inc(added[queue])
+            metrics.ENQUEUED.labels(metrics.queue_label(queue)).inc(added[queue])
 
     def _after_settle(self, settled: list[Settled], _txid: int) -> None:
+        # A replayed settle (a client retrying the same Ack/Nack) changed nothing: no credit,
+        # no metric, no timer.
+        settled = [s for s in settled if not s.replay]
         for result, n in Counter(_RESULT[s.outcome, s.state] for s in settled).items():
             metrics.SETTLED.labels(result).inc(n)
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
@@ -242,17 +245,17 @@ class QueueService:
             while True:
                 try:
                     async with asyncio.timeout(keepalive):  # not wait_for: see maintenance._run
-                        batch = await stream.outbox.get()
+                        batch = await stream.sends.get()
                 except TimeoutError:
                     yield pb.LeaseResponse()  # keepalive
                     continue
-                if batch is None:
-                    raise Unavailable("server is draining; reconnect")
+                if isinstance(batch, End):
+                    raise batch.error()
                 deliveries: list[Delivery] = list(batch)
-                while not stream.outbox.empty():  # coalesce whatever else is ready
-                    more = stream.outbox.get_nowait()
-                    if more is None:
-                        stream.outbox.put_nowait(None)
+                while not stream.sends.empty():  # coalesce whatever else is ready
+                    more = stream.sends.get_nowait()
+                    if isinstance(more, End):
+                        stream.sends.put_nowait(more)
                         break
                     deliveries.extend(more)
                 for message in self._messages(deliveries):

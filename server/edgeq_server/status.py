@@ -1,9 +1,17 @@
 """The one place where errors become gRPC status codes.
 
-``to_status`` maps domain errors (``errors.py``) and SQLite errors to a code and message;
+``to_status`` maps domain errors (``errors.py``) and SQLite errors to a code, a message and
+rich error details (grpcio-status: a ``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer): ``ErrorInfo`` (domain ``edgeq.v1``) with a reason a program can act on,
+``RetryInfo`` with a retry hint, ``BadRequest`` naming the field of an invalid request.
 ``unary``/``stream`` wrap RPC handlers so every handler raises plain exceptions and never
 calls ``context.abort`` itself. Requests that failed to decode arrive as ``wire.Malformed``
 and are refused here too.
+
+Reasons: ``COMMITTED_NOT_REPLICATED`` (ABORTED: written, not yet confirmed by replicas;
+retrying with the same idempotency key or token is safe), ``NO_PRIMARY`` / ``NOT_PRIMARY``
+/ ``DRAINING`` / ``NOT_PRIMARY_ANY_MORE`` (UNAVAILABLE: not written; retry), ``INVALID_FIELD``,
+``LIMIT_EXCEEDED``.
 """
 
 from __future__ import annotations
@@ -11,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import apsw
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from . import errors
-from .replication import Forwarded
 from .wire import Malformed
 
 log = logging.getLogger(__name__)
@@ -31,6 +42,7 @@ _DOMAIN: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.CommittedNotReplicated, grpc.StatusCode.ABORTED),
     # SQLite: contention and a read-only file (a LiteFS replica refuses writes) are
     # transient; a full disk is a resource limit.
     (apsw.BusyError, grpc.StatusCode.UNAVAILABLE),
@@ -43,16 +55,64 @@ _DOMAIN: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC code and message for an exception raised while serving a request."""
-    if isinstance(exc, Forwarded):  # the primary's answer to a forwarded call, unchanged
-        return exc.code, exc.details
+@dataclass
+class Status:
+    code: grpc.StatusCode
+    message: str
+    details: list[Any] = field(default_factory=list)  # protobuf messages packed into google.rpc.Status
+    raw_details: bytes | None = None  # a forwarded call's details, passed on as they came
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        if self.raw_details is not None:
+            return (("grpc-status-details-bin", self.raw_details),)
+        if not self.details:
+            return ()
+        packed = []
+        for detail in self.details:
+            item = any_pb2.Any()
+            item.Pack(detail)
+            packed.append(item)
+        status = rpc_status.to_status(
+            status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        )
+        return tuple((str(k), v if isinstance(v, bytes) else v.encode()) for k, v in status.trailing_metadata)
+
+
+def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=errors.DOMAIN, metadata=metadata)
+
+
+def _retry(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def to_status(exc: BaseException) -> Status:
+    """The gRPC status (code, message, details) for an exception raised while serving a request."""
+    if isinstance(exc, errors.Forwarded):  # the primary's answer to a forwarded call, unchanged
+        return Status(exc.code, exc.details, raw_details=exc.status_details)
     for kind, code in _DOMAIN:
-        if isinstance(exc, kind):
-            if isinstance(exc, apsw.Error):
-                return code, f"database: {exc}"
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error"
+        if not isinstance(exc, kind):
+            continue
+        if isinstance(exc, apsw.Error):
+            if code is grpc.StatusCode.UNAVAILABLE:  # LiteFS refused the write: primacy lost
+                return Status(code, f"database: {exc}", [_info("NOT_PRIMARY_ANY_MORE"), _retry(0.2)])
+            return Status(code, f"database: {exc}")
+        details: list[Any] = []
+        if isinstance(exc, errors.CommittedNotReplicated):
+            details = [_info(exc.reason, txid=str(exc.txid), replicas_required=str(exc.required))]
+        elif isinstance(exc, errors.Unavailable):
+            if exc.reason:
+                details.append(_info(exc.reason))
+            if exc.retry_after is not None:
+                details.append(_retry(exc.retry_after))
+        elif isinstance(exc, errors.InvalidArgument | errors.ResourceExhausted):
+            reason = "INVALID_FIELD" if isinstance(exc, errors.InvalidArgument) else "LIMIT_EXCEEDED"
+            violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
+            details = [_info(reason, field=exc.field), error_details_pb2.BadRequest(field_violations=[violation])]
+        return Status(code, str(exc), details)
+    return Status(grpc.StatusCode.INTERNAL, "internal error")
 
 
 def _check(request: Any) -> None:
@@ -61,10 +121,10 @@ def _check(request: Any) -> None:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
-    code, message = to_status(exc)
-    if code is grpc.StatusCode.INTERNAL:
+    status = to_status(exc)
+    if status.code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method, exc_info=exc)
-    await context.abort(code, message)
+    await context.abort(status.code, status.message, trailing_metadata=status.trailing_metadata())
 
 
 def unary(

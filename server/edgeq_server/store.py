@@ -8,6 +8,18 @@ group); read methods run on reader connections. Every method that depends on tim
 A lease is "live" while the job is RUNNING with that ``lease_id`` and ``now`` is before
 ``lease_expires_at``; Ack, Nack and Heartbeat on anything else report STALE and change
 nothing, whether or not the expiry sweep has run yet.
+
+Retried writes get the same outcome and change nothing more (under replicated durability a
+write can commit and its reply still be lost, so clients retry it):
+
+- Ack/Nack record the lease they settled in ``settled_lease_id``. An Ack again with that
+  token while the job is still COMPLETED, or a Nack again while it is still PENDING or
+  FAILED from that Nack, is OK once more: the row is untouched (no second attempt, no new
+  backoff, the first result kept) and the ``Settled`` says ``replay=True`` with no
+  ``job_id``, so the caller neither returns credit nor counts it twice. Leasing,
+  cancelling or redriving the job clears ``settled_lease_id``: after that (and after an
+  expiry, which settles nothing) the old token is STALE as before.
+- CancelJob on a CANCELLED job and RetryJob on a PENDING job return the job unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ _COLUMNS = (
 # worker_id names the holder of the current lease, so it goes with the lease.
 _CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL, worker_id = NULL"
 _FINAL = "('completed', 'failed', 'cancelled')"
+# Settling moves the lease id to settled_lease_id (SET sees the row's old values).
+_SETTLE_LEASE = f"settled_lease_id = lease_id, {_CLEAR_LEASE}"
 
 
 def _job(row: Any) -> Job:
@@ -60,13 +74,18 @@ def _job(row: Any) -> Job:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What one Ack/Nack item did, for the dispatcher to return credit."""
+    """What one Ack/Nack item did, for the dispatcher to return credit.
+
+    ``replay``: a retry of an Ack/Nack that already settled this lease (OK again, nothing
+    changed). Its ``job_id`` is None so no credit is returned twice; ``queue``, ``state``
+    and ``run_at`` describe the job as the first settle left it. Count it nowhere."""
 
     outcome: LeaseOutcome
     job_id: str | None = None
     queue: str | None = None
     state: JobState | None = None  # state after the change
     run_at: int | None = None  # when a retried job may run again
+    replay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +236,7 @@ class Store:
         rows: list[Any] = cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
             " lease_expires_at = ?, lease_us = ?, lease_id = lower(hex(randomblob(8))),"
-            " worker_id = ? WHERE rowid IN (SELECT value FROM json_each(?))"
+            " worker_id = ?, settled_lease_id = NULL WHERE rowid IN (SELECT value FROM json_each(?))"
             f" RETURNING rowid, {_COLUMNS}",
             (now, now + lease_us, lease_us, worker_id or None, json.dumps(chosen)),
         ).fetchall()
@@ -249,8 +268,22 @@ class Store:
             return None
         return str(row[0]), int(row[1]), int(row[2]), int(row[3])
 
+    def _replay(self, cur: apsw.Cursor, ref: LeaseRef, states: str) -> Settled | None:
+        """The Settled of a retried Ack/Nack: ``ref`` settled the job, which is still in one
+        of ``states`` (an SQL list) as that settle left it; None otherwise (STALE)."""
+        row: Any = cur.execute(
+            f"SELECT queue_name, status, run_at FROM jobs WHERE id = ? AND settled_lease_id = ? AND status IN {states}",
+            (ref.job_id, ref.lease_id),
+        ).fetchone()
+        if row is None:
+            return None
+        state = JobState(row[1])
+        run_at = int(row[2]) if state is JobState.PENDING else None
+        return Settled(LeaseOutcome.OK, None, str(row[0]), state, run_at, replay=True)
+
     def ack(self, items: Sequence[tuple[LeaseRef | None, bytes]], now: int) -> list[Settled]:
-        """Complete live leases; ``None`` refs (bad signature) are INVALID."""
+        """Complete live leases; ``None`` refs (bad signature) are INVALID. Acking again a
+        lease this token already acked is OK (``replay``) and changes nothing."""
         cur = self.conn.cursor()
         out: list[Settled] = []
         for ref, result in items:
@@ -259,12 +292,12 @@ class Store:
                 continue
             row = cur.execute(
                 "UPDATE jobs SET status = 'completed', completed_at = ?, result = ?,"
-                f" {_CLEAR_LEASE} WHERE id = ? AND lease_id = ? AND status = 'running'"
+                f" {_SETTLE_LEASE} WHERE id = ? AND lease_id = ? AND status = 'running'"
                 " AND lease_expires_at > ? RETURNING queue_name",
                 (now, result or None, ref.job_id, ref.lease_id, now),
             ).fetchone()
             if row is None:
-                out.append(Settled(LeaseOutcome.STALE, ref.job_id))
+                out.append(self._replay(cur, ref, "('completed')") or Settled(LeaseOutcome.STALE, ref.job_id))
             else:
                 out.append(Settled(LeaseOutcome.OK, ref.job_id, str(row[0]), JobState.COMPLETED))
         return out
@@ -276,7 +309,9 @@ class Store:
         now: int,
     ) -> list[Settled]:
         """Fail live leases: (ref, error_message, retry_delay_us or None, terminal).
-        Retries after the delay (or backoff) unless terminal or out of attempts."""
+        Retries after the delay (or backoff) unless terminal or out of attempts. Nacking
+        again a lease this token already nacked, while the job is still PENDING or FAILED
+        from it, is OK (``replay``) and changes nothing: no attempt, no new backoff."""
         cur = self.conn.cursor()
         out: list[Settled] = []
         for ref, message, delay_us, terminal in items:
@@ -285,13 +320,13 @@ class Store:
                 continue
             live = self._live(cur, ref, now)
             if live is None:
-                out.append(Settled(LeaseOutcome.STALE, ref.job_id))
+                out.append(self._replay(cur, ref, "('pending', 'failed')") or Settled(LeaseOutcome.STALE, ref.job_id))
                 continue
             queue, attempts, max_attempts, _ = live
             if terminal or attempts >= max_attempts:
                 cur.execute(
                     "UPDATE jobs SET status = 'failed', completed_at = ?, error_message = ?,"
-                    f" {_CLEAR_LEASE} WHERE id = ?",
+                    f" {_SETTLE_LEASE} WHERE id = ?",
                     (now, message or None, ref.job_id),
                 )
                 out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.FAILED))
@@ -299,7 +334,7 @@ class Store:
                 delay = backoff.delay_us(attempts) if delay_us is None else delay_us
                 cur.execute(
                     "UPDATE jobs SET status = 'pending', run_at = ?, error_message = ?,"
-                    f" {_CLEAR_LEASE} WHERE id = ?",
+                    f" {_SETTLE_LEASE} WHERE id = ?",
                     (now + delay, message or None, ref.job_id),
                 )
                 out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.PENDING, now + delay))
@@ -325,17 +360,20 @@ class Store:
         return out
 
     def cancel(self, job_id: str, now: int) -> tuple[Job, bool]:
-        """Cancel a PENDING or RUNNING job. Returns the job and whether it was RUNNING."""
+        """Cancel a PENDING or RUNNING job. Returns the job and whether it was RUNNING.
+        A job already CANCELLED (a retried CancelJob) is returned unchanged."""
         cur = self.conn.cursor()
-        row = cur.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        state = JobState(row[0])
+        state = JobState(row[3])
+        if state is JobState.CANCELLED:
+            return _job(row), False
         if state.final:
             raise FailedPrecondition(f"job {job_id} is {state.value}; only pending or running jobs can be cancelled")
         job = _job(
             cur.execute(  # the row exists: checked above, same transaction
-                "UPDATE jobs SET status = 'cancelled', completed_at = ?,"
+                "UPDATE jobs SET status = 'cancelled', completed_at = ?, settled_lease_id = NULL,"
                 f" {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
             ).fetchone()
@@ -343,18 +381,21 @@ class Store:
         return job, state is JobState.RUNNING
 
     def retry(self, job_id: str, now: int) -> Job:
-        """Redrive a FAILED or CANCELLED job: PENDING now, attempts reset."""
+        """Redrive a FAILED or CANCELLED job: PENDING now, attempts reset. A job already
+        PENDING (a retried RetryJob) is returned unchanged."""
         cur = self.conn.cursor()
-        row = cur.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        state = JobState(row[0])
+        state = JobState(row[3])
+        if state is JobState.PENDING:
+            return _job(row)
         if state not in (JobState.FAILED, JobState.CANCELLED):
             raise FailedPrecondition(f"job {job_id} is {state.value}; only failed or cancelled jobs can be retried")
         return _job(
             cur.execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"
-                f" result = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                f" result = NULL, settled_lease_id = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
             ).fetchone()
         )
@@ -525,6 +566,19 @@ class OutboxStore:
     def pending(self) -> int:
         """Requests still to send (rejected ones excluded)."""
         return int(self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NULL").get or 0)
+
+    def dead(self) -> int:
+        """Requests the primary refused for good (kept with the reason, never retried)."""
+        return int(self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL").get or 0)
+
+    def dead_rows(self) -> list[tuple[int, int, int, str]]:
+        """(seq, jobs, created_at, reason) of every refused request, oldest first."""
+        return [
+            (int(r[0]), int(r[1]), int(r[2]), str(r[3]))
+            for r in self.conn.execute(
+                "SELECT seq, jobs, created_at, rejected FROM outbox WHERE rejected IS NOT NULL ORDER BY seq"
+            )
+        ]
 
     def close(self) -> None:
         self.conn.close()

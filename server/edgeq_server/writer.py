@@ -11,7 +11,15 @@ load instead of collapsing (limits.md: ~2.4-2.9k RPC/s, the bare gRPC ceiling).
 ``txid`` grows by one per committed transaction that changed rows and is handed back with
 each result: on a single node it is the consistency token of the contract. It is kept in
 memory; the database stores a reserved high-water mark (``TXID_BLOCK`` ahead), so after a
-restart txids resume above anything handed out before.
+restart txids resume above anything handed out before. Under LiteFS the txid is read after
+each COMMIT instead (``txid_after_commit``); a batch that committed is always reported
+committed: if that read fails (twice), the results carry the last known txid and a warning
+is logged, since reporting an error would make clients retry writes that took effect.
+
+Between transactions the writer keeps the WAL bounded (see ``db.WAL_RESTART_PAGES``): it
+finishes a backfill the checkpointer has nearly done (a short PASSIVE checkpoint, which
+never waits for readers) so the next transaction starts the WAL over, and only when the
+checkpointer cannot keep up does it run a blocking RESTART checkpoint.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class Writer:
         self._txid = 0
         self._txid_reserved = 0
         self._startup_error: BaseException | None = None
+        self._catch_up_pass = -1  # the checkpointer pass after which the writer last caught up
         self._thread = threading.Thread(target=self._run, name="edgeq-writer", daemon=True)
         self.commits = 0  # transactions committed (for metrics and the benchmark)
         self.ops = 0  # operations committed
@@ -191,31 +200,98 @@ class Writer:
                     batch.append(item)
                 self._commit(store, batch)
                 if self._checkpointer is not None and self._checkpointer.wal_pages >= db.WAL_RESTART_PAGES:
-                    self._restart_wal(conn)
+                    self._bound_wal(conn, self._checkpointer)
         finally:
             conn.close()
 
-    def _restart_wal(self, conn: apsw.Connection) -> None:
-        """Checkpoint everything and make the next transaction start the WAL over (see
-        ``db.WAL_RESTART_PAGES``); writes wait meanwhile, readers are waited for."""
-        assert self._checkpointer is not None
+    def _bound_wal(self, conn: apsw.Connection, cp: db.Checkpointer) -> None:
+        """The WAL is past ``db.WAL_RESTART_PAGES``: make the next transaction start it over,
+        pausing writes as little as possible (see ``db.py``)."""
+        if cp.wal_pages >= db.WAL_FORCE_RESTART_PAGES:
+            self._restart_wal(conn, cp)
+        elif cp.passes != self._catch_up_pass:  # once per checkpointer pass, not per commit
+            if cp.behind() > db.RESTART_CATCH_UP_PAGES:
+                cp.request()
+            elif cp.checkpointing.acquire(blocking=False):  # else: after the next commit
+                try:
+                    self._catch_up_pass = cp.passes
+                    self._finish_backfill(conn, cp)
+                finally:
+                    cp.checkpointing.release()
+
+    def _finish_backfill(self, conn: apsw.Connection, cp: db.Checkpointer) -> None:
+        """The checkpointer has copied back all but a few WAL frames: copy the rest and make
+        the next transaction start the WAL over (RESTART), waiting at most
+        ``db.RESTART_WAIT_MS`` in all for readers to leave the old WAL. The wait polls
+        finely: SQLite's own busy handler sleeps in steps of up to 100 ms and keeps missing
+        the short gaps between a busy reader's queries. If readers hold on, this is tried
+        again after the checkpointer's next pass."""
+        started = time.perf_counter()
+        deadline = started + db.RESTART_WAIT_MS / 1e3
+
+        def poll(_tries: int) -> bool:
+            time.sleep(0.0002)
+            return time.perf_counter() < deadline
+
+        conn.set_busy_handler(poll)
+        try:
+            frames, done = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+        except apsw.BusyError:
+            log.info("WAL catch-up: readers held on; %.1f ms", (time.perf_counter() - started) * 1e3)
+            return
+        except apsw.Error:
+            log.exception("WAL catch-up checkpoint failed")
+            return
+        finally:
+            conn.set_busy_timeout(db.BUSY_TIMEOUT_MS)
+        cp.wal_pages = 0
+        cp.started_over()
+        log.info(
+            "WAL catch-up: %d/%d frames, the WAL starts over; %.1f ms",
+            done, frames, (time.perf_counter() - started) * 1e3,
+        )
+
+    def _restart_wal(self, conn: apsw.Connection, cp: db.Checkpointer) -> None:
+        """Checkpoint everything and make the next transaction start the WAL over; writes
+        wait meanwhile, readers are waited for (up to the busy timeout). Only when the
+        checkpointer cannot keep up (``db.WAL_FORCE_RESTART_PAGES``)."""
         started = time.perf_counter()
         try:
             frames, done = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
         except apsw.BusyError:
-            log.info("WAL restart checkpoint busy (a reader held on); retried after the next commit")
+            log.warning("WAL restart checkpoint busy (a reader held on); retried after the next commit")
             return
         except apsw.Error:
             log.exception("WAL restart checkpoint failed")
             return
-        self._checkpointer.wal_pages = 0
-        log.info("WAL restart checkpoint: %d/%d frames in %.1f ms", done, frames, (time.perf_counter() - started) * 1e3)
+        cp.wal_pages = 0
+        cp.started_over()
+        log.warning(
+            "WAL restart checkpoint (the checkpointer fell behind): %d/%d frames in %.1f ms",
+            done, frames, (time.perf_counter() - started) * 1e3,
+        )
+
+    def _read_txid(self) -> int:
+        """The txid after a COMMIT that succeeded: read it (twice at most); if that fails,
+        the last known one. The batch committed either way."""
+        assert self._txid_after_commit is not None
+        for attempt in (1, 2):
+            try:
+                return self._txid_after_commit()
+            except Exception:
+                if attempt == 2:
+                    log.exception(
+                        "reading the txid after COMMIT failed twice; the batch committed,"
+                        " reporting the last known txid %d", self._txid,
+                    )
+        return self._txid
 
     def _commit(self, store: Store, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         now = self._clock.now()
         # A batch of one needs no savepoint: if it fails, the whole transaction rolls back.
         single = len(batch) == 1
+        committed = False
         try:
             store.begin()
             changes = store.conn.total_changes()
@@ -242,9 +318,8 @@ class Writer:
                     if txid > reserved:
                         reserved = store.reserve_txids(txid + TXID_BLOCK)
                 store.commit()
+                committed = True
                 self._txid, self._txid_reserved = txid, reserved
-                if self._txid_after_commit is not None:
-                    self._txid = self._txid_after_commit()
         except BaseException as exc:
             log.exception("write transaction failed; %d operations rolled back", len(batch))
             try:
@@ -253,6 +328,10 @@ class Writer:
                 log.exception("rollback failed")
             for item in batch:
                 item.error = item.error or exc
+        if committed and self._txid_after_commit is not None:
+            # After the try: nothing that fails from here on may report the batch as
+            # rolled back (its callers would retry writes that took effect).
+            self._txid = self._read_txid()
         self.commits += 1
         self.ops += len(batch)
         metrics.WRITE_BATCH.observe(len(batch))

@@ -33,6 +33,7 @@ class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_ROLE_STANDALONE: _ClassVar[NodeRole]
     NODE_ROLE_PRIMARY: _ClassVar[NodeRole]
     NODE_ROLE_REPLICA: _ClassVar[NodeRole]
+    NODE_ROLE_UNKNOWN: _ClassVar[NodeRole]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_RUNNING: JobState
@@ -47,6 +48,7 @@ NODE_ROLE_UNSPECIFIED: NodeRole
 NODE_ROLE_STANDALONE: NodeRole
 NODE_ROLE_PRIMARY: NodeRole
 NODE_ROLE_REPLICA: NodeRole
+NODE_ROLE_UNKNOWN: NodeRole
 
 class JobSpec(_message.Message):
     __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers")
@@ -369,17 +371,19 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaPosition(_message.Message):
-    __slots__ = ("node", "txid", "reported_at")
+    __slots__ = ("node", "txid", "reported_at", "verified")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TXID_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
     node: str
     txid: int
     reported_at: _timestamp_pb2.Timestamp
-    def __init__(self, node: _Optional[str] = ..., txid: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    verified: bool
+    def __init__(self, node: _Optional[str] = ..., txid: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class GetNodeInfoResponse(_message.Message):
-    __slots__ = ("role", "address", "primary", "txid", "primary_reachable", "replicas", "durability", "outbox_pending")
+    __slots__ = ("role", "address", "primary", "txid", "primary_reachable", "replicas", "durability", "outbox_pending", "outbox_dead", "loop_restarts")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +392,8 @@ class GetNodeInfoResponse(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_PENDING_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DEAD_FIELD_NUMBER: _ClassVar[int]
+    LOOP_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     role: NodeRole
     address: str
     primary: str
@@ -396,4 +402,6 @@ class GetNodeInfoResponse(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaPosition]
     durability: str
     outbox_pending: int
-    def __init__(self, role: _Optional[_Union[NodeRole, str]] = ..., address: _Optional[str] = ..., primary: _Optional[str] = ..., txid: _Optional[int] = ..., primary_reachable: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPosition, _Mapping]]] = ..., durability: _Optional[str] = ..., outbox_pending: _Optional[int] = ...) -> None: ...
+    outbox_dead: int
+    loop_restarts: int
+    def __init__(self, role: _Optional[_Union[NodeRole, str]] = ..., address: _Optional[str] = ..., primary: _Optional[str] = ..., txid: _Optional[int] = ..., primary_reachable: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPosition, _Mapping]]] = ..., durability: _Optional[str] = ..., outbox_pending: _Optional[int] = ..., outbox_dead: _Optional[int] = ..., loop_restarts: _Optional[int] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64geq/v1/replication.proto\x12\x08\x65\x64geq.v1\"4\n\x16ReportPositionsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04txid\x18\x02 \x01(\x04\"\x19\n\x17ReportPositionsResponse2n\n\x12ReplicationService\x12X\n\x0fReportPositions\x12 .edgeq.v1.ReportPositionsRequest\x1a!.edgeq.v1.ReportPositionsResponse(\x01\x42\x34Z2github.com/edgeq/edgeq/clients/go/edgeq/v1;edgeqv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64geq/v1/replication.proto\x12\x08\x65\x64geq.v1\"F\n\x16ReportPositionsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04txid\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\t\"\x19\n\x17ReportPositionsResponse2n\n\x12ReplicationService\x12X\n\x0fReportPositions\x12 .edgeq.v1.ReportPositionsRequest\x1a!.edgeq.v1.ReportPositionsResponse(\x01\x42\x34Z2github.com/edgeq/edgeq/clients/go/edgeq/v1;edgeqv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z2github.com/edgeq/edgeq/clients/go/edgeq/v1;edgeqv1'
   _globals['_REPORTPOSITIONSREQUEST']._serialized_start=40
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=92
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=94
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=119
-  _globals['_REPLICATIONSERVICE']._serialized_start=121
-  _globals['_REPLICATIONSERVICE']._serialized_end=231
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=110
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=112
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=137
+  _globals['_REPLICATIONSERVICE']._serialized_start=139
+  _globals['_REPLICATIONSERVICE']._serialized_end=249
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,6 @@
-"""The partition outbox: Enqueue on a replica that cannot reach the primary.
+"""The enqueue buffer (``--outbox-path``): Enqueue on a node that cannot reach the primary.
 
-Off by default (``outbox_path``). When on, a replica handles Enqueue like this:
+Off by default. When on, a node that is not primary handles Enqueue like this:
 
 1. Validate locally, exactly as the primary would: a bad request is refused here with the
    field named, and nothing is stored.
@@ -9,14 +9,21 @@ Off by default (``outbox_path``). When on, a replica handles Enqueue like this:
    duplicate the primary recognises, so each job is stored exactly once.
 3. Forward to the primary, waiting at most ``outbox_forward_timeout_seconds``. If the
    primary is unreachable (no primary, UNAVAILABLE, or that wait ran out), append the request
-   to the outbox file (outside the LiteFS mount, fsynced) and answer OK with
+   to the buffer file (outside the LiteFS mount, fsynced) and answer OK with
    ``buffered = true``. While anything is buffered, new Enqueues are buffered behind it, so
-   jobs reach the primary in the order this replica accepted them.
+   jobs reach the primary in the order this node accepted them.
 
-A drain task sends the buffered requests one at a time, oldest first, whenever a primary
-answers, deleting each only after the primary's OK. A request the primary refuses for good
-(INVALID_ARGUMENT, PERMISSION_DENIED...: step 1 makes this unlikely) is kept in the file
-marked ``rejected`` and logged, never dropped silently.
+Appends are cancellation-safe: the append and the count run as one shielded step, so a
+caller that goes away mid-append leaves either a row that will drain, or nothing.
+
+The drain (a supervised loop) sends the buffered requests one at a time, oldest first,
+whenever a primary answers, deleting each only after the primary's OK. Transient failures
+(UNAVAILABLE, deadline, ABORTED committed-not-replicated: the keys make re-sending safe)
+back off with jitter, 0.1 s doubling to 2 s, reset by a success or a new primary. A request
+the primary refuses for good (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, PERMISSION_DENIED...,
+or INTERNAL/UNKNOWN ``INTERNAL_ATTEMPTS`` times) moves to the dead table (the row stays in
+the file with the reason), is logged and counted (GetNodeInfo ``outbox_dead``, the
+``edgeq_enqueue_buffer_dead`` gauge, ``edgeq node``), and the rows behind it go on.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ import grpc
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import validate
-from .clock import Clock
-from .config import Config
-from .errors import Unavailable
-from .ids import uuid7
-from .replication import Forwarded, Forwarder, LiteFSNode
-from .store import OutboxStore
+from .. import metrics, validate
+from ..clock import Clock
+from ..config import Config
+from ..errors import Forwarded, Unavailable
+from ..ids import uuid7
+from ..store import OutboxStore
+from .forward import Forwarder
+from .litefs import LiteFSNode
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +55,21 @@ KEY_PREFIX = "outbox-"
 DRAIN_TIMEOUT_SECONDS = 5.0
 RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
+#: INTERNAL/UNKNOWN answers for one request before it is dead.
+INTERNAL_ATTEMPTS = 5
+
+#: Answers after which the same request is sent again later.
+TRANSIENT = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED, grpc.StatusCode.UNAUTHENTICATED,
+})
+#: Answers that may be transient, tried ``INTERNAL_ATTEMPTS`` times.
+DOUBTFUL = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class Outbox:
+class EnqueueBuffer:
     def __init__(
         self, cfg: Config, clock: Clock, node: LiteFSNode, forwarder: Forwarder,
         metadata: tuple[tuple[str, str], ...],
@@ -64,28 +82,31 @@ class Outbox:
         self._store: OutboxStore | None = None
         self._lock = asyncio.Lock()  # appends and the drain's deletes keep order
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.pending = 0
+        self.dead = 0
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         self._store = await asyncio.to_thread(OutboxStore, self._cfg.outbox_path)
-        self.pending = await self._run(lambda s: s.pending())
+        await self._recount()
         if self.pending:
             log.info("outbox: %d buffered Enqueue request(s) to send", self.pending)
             self._wake.set()
-        self._task = asyncio.create_task(self._drain(), name="edgeq-outbox-drain")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def close(self) -> None:
         if self._store is not None:
-            await asyncio.to_thread(self._store.close)
+            async with self._lock:
+                await asyncio.to_thread(self._store.close)
 
     async def _run(self, fn: Callable[[OutboxStore], Any]) -> Any:
         store = self._store
         assert store is not None
         return await asyncio.to_thread(fn, store)
+
+    async def _recount(self) -> None:
+        """Counters from the file itself (exact; called with the lock held or at start)."""
+        self.pending, self.dead = await self._run(lambda s: (s.pending(), s.dead()))
+        metrics.BUFFER_PENDING.set(self.pending)
+        metrics.BUFFER_DEAD.set(self.dead)
 
     async def enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
         """Forward to the primary, or buffer when it cannot be reached."""
@@ -105,38 +126,47 @@ class Outbox:
             except Unavailable:
                 pass
             except Forwarded as exc:
-                if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if exc.code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
                     raise
-        return await self._buffer(keyed)
+        # Shielded: if the caller goes away mid-append, the row and the count still agree.
+        await asyncio.shield(asyncio.ensure_future(self._append(keyed)))
+        return pb.EnqueueResponse(
+            results=[pb.EnqueueResult(idempotency_key=s.idempotency_key) for s in keyed.jobs], buffered=True
+        )
 
-    async def _buffer(self, request: pb.EnqueueRequest) -> pb.EnqueueResponse:
+    async def _append(self, request: pb.EnqueueRequest) -> None:
         blob = request.SerializeToString()
         now = self._clock.now()
         async with self._lock:
             await self._run(lambda s: s.append(blob, len(request.jobs), now))
-            self.pending += 1
+            await self._recount()
         self._wake.set()
-        return pb.EnqueueResponse(
-            results=[pb.EnqueueResult(idempotency_key=s.idempotency_key) for s in request.jobs], buffered=True
-        )
 
     def _target(self) -> str | None:
         if self._node.is_primary():  # promoted: send to ourselves, the write path is the same
             return self._cfg.address
         return self._node.primary_address()
 
-    async def _drain(self) -> None:
+    async def drain_loop(self) -> None:
+        """Send buffered requests to the primary, oldest first (runs until cancelled)."""
         delay = RETRY_MIN_SECONDS
+        doubtful = 0  # INTERNAL/UNKNOWN answers for the current head row
+        head = -1
+        last_target: str | None = None
         while True:
             await self._wake.wait()
             async with self._lock:  # an append cannot slip between "empty" and clear()
                 row = await self._run(lambda s: s.oldest())
                 if row is None:
-                    self.pending = 0
+                    await self._recount()
                     self._wake.clear()
                     continue
             seq, blob = row
+            if seq != head:
+                head, doubtful = seq, 0
             target = self._target()
+            if target != last_target:
+                delay, last_target = RETRY_MIN_SECONDS, target
             try:
                 if target is None:
                     raise Unavailable("no primary")
@@ -145,24 +175,25 @@ class Outbox:
                     seconds=DRAIN_TIMEOUT_SECONDS, metadata=self._metadata,
                 )
             except (Unavailable, Forwarded) as exc:
-                transient = isinstance(exc, Unavailable) or exc.code in (
-                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED,
-                )
-                if transient:
+                code = exc.code if isinstance(exc, Forwarded) else grpc.StatusCode.UNAVAILABLE
+                if code in DOUBTFUL:
+                    doubtful += 1
+                if code in TRANSIENT or (code in DOUBTFUL and doubtful < INTERNAL_ATTEMPTS):
+                    log.debug("outbox: request %d not sent yet (%s); retrying in <= %.2fs", seq, code.name, delay)
                     await asyncio.sleep(random.uniform(delay / 2, delay))
                     delay = min(delay * 2, RETRY_MAX_SECONDS)
                     continue
-                reason = f"{exc.code.name}: {exc.details}" if isinstance(exc, Forwarded) else str(exc)
-                log.error("outbox: primary refused buffered request %d for good (%s); kept in %s",
-                          seq, reason, self._cfg.outbox_path)
+                reason = f"{code.name}: {exc.details}" if isinstance(exc, Forwarded) else str(exc)
+                log.error(
+                    "outbox: primary refused buffered request %d for good (%s); moved to the dead table in %s",
+                    seq, reason, self._cfg.outbox_path,
+                )
                 async with self._lock:
                     await self._run(functools.partial(OutboxStore.reject, seq=seq, reason=reason))
-                    self.pending -= 1
+                    await self._recount()
                 continue
             delay = RETRY_MIN_SECONDS
             async with self._lock:
                 await self._run(functools.partial(OutboxStore.delete, seq=seq))
-                self.pending -= 1
+                await self._recount()
             log.debug("outbox: request %d stored on %s", seq, target)
