@@ -31,13 +31,15 @@ FROM python:3.12-slim-bookworm
 
 # fuse3: LiteFS mounts through the setuid helper fusermount3 (and unmounts with it).
 # ca-certificates: LiteFS talks to Fly's Consul (FLY_CONSUL_URL) over HTTPS.
+# iproute2: `ss`, which edgeq's LiteFS watchdog uses to close LiteFS connections to a peer
+# that went silent (needs root or CAP_NET_ADMIN; docs/operations.md, "Failover timing").
 # Versions are not pinned: Debian's archive keeps only the current version of a package
 # in bookworm (and bookworm-security), so a pinned version stops installing as soon as a
 # point release or security update supersedes it (ca-certificates did exactly that). The
 # python:3.12-slim-bookworm base already fixes the distribution release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates fuse3 \
+    && apt-get install -y --no-install-recommends ca-certificates fuse3 iproute2 \
     && rm -rf /var/lib/apt/lists/*
 
 # The LiteFS binary from its official image, same version as the tests build (v0.5.14).

@@ -143,3 +143,46 @@ async def test_a_failing_loop_is_logged_counted_and_restarted_and_never_ends_sil
     assert supervisor.restarts["one-off"] == 1  # seen and counted, not lost in an orphan task
     await supervisor.stop()
     assert supervisor.running == []
+
+
+@pytest.mark.slow
+def test_a_frozen_primary_is_replaced_within_seconds_and_steps_down_when_it_thaws(tmp_path: Path) -> None:
+    """The silent failure: SIGSTOP of the primary's LiteFS and edgeq (its kernel still
+    answers TCP, so the replicas' LiteFS streams never fail by themselves). The watchdog
+    closes them once LiteFS heartbeats stop; a replica takes the lease when the frozen
+    primary's Consul session expires; on SIGCONT the old primary finds its lease gone and
+    follows the new one: never two primaries."""
+    import os
+    import signal
+
+    with ConsulAgent(tmp_path) as consul:
+        cluster = Cluster(tmp_path, 3, "--drain-seconds", "1", "--grace-seconds", "1", consul=consul)
+        with cluster:
+            old, a, b = cluster.nodes
+            assert info(old).role == pb.NODE_ROLE_PRIMARY
+            assert old.proc is not None
+            with Client(a.target, timeout=2) as client:
+                client.enqueue("f", b"before", idempotency_key="before")
+                os.killpg(old.proc.pid, signal.SIGSTOP)
+                frozen = time.monotonic()
+                try:
+                    while True:
+                        try:
+                            client.enqueue("f", b"during", idempotency_key="during")
+                            break
+                        except Exception:
+                            if time.monotonic() - frozen > 40:
+                                raise
+                            time.sleep(0.1)
+                    outage = time.monotonic() - frozen
+                    assert outage < 10, f"writes were out for {outage:.1f}s with the primary frozen"
+                    assert pb.NODE_ROLE_PRIMARY in (info(a).role, info(b).role)
+                finally:
+                    os.killpg(old.proc.pid, signal.SIGCONT)
+                deadline = time.monotonic() + 20
+                while info(old).role == pb.NODE_ROLE_PRIMARY:
+                    assert time.monotonic() < deadline, "the thawed primary never stepped down"
+                    time.sleep(0.1)
+            roles = [info(n).role for n in cluster.nodes]
+            assert roles.count(pb.NODE_ROLE_PRIMARY) == 1, roles
+            print("frozen primary: write outage", round(outage, 2), "s")
