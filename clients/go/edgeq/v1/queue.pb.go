@@ -167,6 +167,9 @@ const (
 	NodeRole_NODE_ROLE_PRIMARY NodeRole = 2
 	// A LiteFS replica: serves reads from its copy, forwards writes.
 	NodeRole_NODE_ROLE_REPLICA NodeRole = 3
+	// A LiteFS node that has no word from LiteFS on its role yet (starting, or
+	// its LiteFS event stream is down): serves reads, answers writes UNAVAILABLE.
+	NodeRole_NODE_ROLE_UNKNOWN NodeRole = 4
 )
 
 // Enum value maps for NodeRole.
@@ -176,12 +179,14 @@ var (
 		1: "NODE_ROLE_STANDALONE",
 		2: "NODE_ROLE_PRIMARY",
 		3: "NODE_ROLE_REPLICA",
+		4: "NODE_ROLE_UNKNOWN",
 	}
 	NodeRole_value = map[string]int32{
 		"NODE_ROLE_UNSPECIFIED": 0,
 		"NODE_ROLE_STANDALONE":  1,
 		"NODE_ROLE_PRIMARY":     2,
 		"NODE_ROLE_REPLICA":     3,
+		"NODE_ROLE_UNKNOWN":     4,
 	}
 )
 
@@ -2213,7 +2218,10 @@ type ReplicaPosition struct {
 	// The highest txid the replica has applied.
 	Txid uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
 	// When the primary received that report.
-	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	ReportedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	// Whether that position counts toward replicated durability: false while
+	// its checksum does not match the primary's at that txid (another lineage).
+	Verified      bool `protobuf:"varint,4,opt,name=verified,proto3" json:"verified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2269,6 +2277,13 @@ func (x *ReplicaPosition) GetReportedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ReplicaPosition) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
 // GetNodeInfoResponse describes one node.
 type GetNodeInfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2289,6 +2304,11 @@ type GetNodeInfoResponse struct {
 	Durability string `protobuf:"bytes,7,opt,name=durability,proto3" json:"durability,omitempty"`
 	// Enqueue requests waiting in this node's partition outbox.
 	OutboxPending int64 `protobuf:"varint,8,opt,name=outbox_pending,json=outboxPending,proto3" json:"outbox_pending,omitempty"`
+	// Buffered Enqueue requests the primary refused for good (kept in the
+	// outbox's dead table, never dropped silently).
+	OutboxDead int64 `protobuf:"varint,9,opt,name=outbox_dead,json=outboxDead,proto3" json:"outbox_dead,omitempty"`
+	// Background loops restarted after failing (see edgeq_loop_restarts_total).
+	LoopRestarts  int64 `protobuf:"varint,10,opt,name=loop_restarts,json=loopRestarts,proto3" json:"loop_restarts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2375,6 +2395,20 @@ func (x *GetNodeInfoResponse) GetDurability() string {
 func (x *GetNodeInfoResponse) GetOutboxPending() int64 {
 	if x != nil {
 		return x.OutboxPending
+	}
+	return 0
+}
+
+func (x *GetNodeInfoResponse) GetOutboxDead() int64 {
+	if x != nil {
+		return x.OutboxDead
+	}
+	return 0
+}
+
+func (x *GetNodeInfoResponse) GetLoopRestarts() int64 {
+	if x != nil {
+		return x.LoopRestarts
 	}
 	return 0
 }
@@ -2520,12 +2554,13 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\")\n" +
 	"\x13ResumeQueueResponse\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\x04R\x04txid\"\x14\n" +
-	"\x12GetNodeInfoRequest\"v\n" +
+	"\x12GetNodeInfoRequest\"\x92\x01\n" +
 	"\x0fReplicaPosition\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12;\n" +
 	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\"\xb0\x02\n" +
+	"reportedAt\x12\x1a\n" +
+	"\bverified\x18\x04 \x01(\bR\bverified\"\xf6\x02\n" +
 	"\x13GetNodeInfoResponse\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.edgeq.v1.NodeRoleR\x04role\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
@@ -2536,7 +2571,11 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"durability\x18\a \x01(\tR\n" +
 	"durability\x12%\n" +
-	"\x0eoutbox_pending\x18\b \x01(\x03R\routboxPending*\x9b\x01\n" +
+	"\x0eoutbox_pending\x18\b \x01(\x03R\routboxPending\x12\x1f\n" +
+	"\voutbox_dead\x18\t \x01(\x03R\n" +
+	"outboxDead\x12#\n" +
+	"\rloop_restarts\x18\n" +
+	" \x01(\x03R\floopRestarts*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -2548,12 +2587,13 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n" +
 	"\x13LEASE_OUTCOME_STALE\x10\x02\x12\x19\n" +
-	"\x15LEASE_OUTCOME_INVALID\x10\x03*m\n" +
+	"\x15LEASE_OUTCOME_INVALID\x10\x03*\x84\x01\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
 	"\x11NODE_ROLE_PRIMARY\x10\x02\x12\x15\n" +
-	"\x11NODE_ROLE_REPLICA\x10\x032\xf7\x06\n" +
+	"\x11NODE_ROLE_REPLICA\x10\x03\x12\x15\n" +
+	"\x11NODE_ROLE_UNKNOWN\x10\x042\xf7\x06\n" +
 	"\fQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.edgeq.v1.EnqueueRequest\x1a\x19.edgeq.v1.EnqueueResponse\x12:\n" +
 	"\x05Lease\x12\x16.edgeq.v1.LeaseRequest\x1a\x17.edgeq.v1.LeaseResponse0\x01\x122\n" +

@@ -29,7 +29,12 @@ type ReportPositionsRequest struct {
 	// The reporting replica's address (its LiteFS lease.hostname).
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// The highest txid the replica has applied.
-	Txid          uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	Txid uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	// LiteFS's post-apply checksum of the database at that txid (16 hex digits,
+	// as in the -pos file). A position counts toward durability only if it
+	// matches the primary's checksum at the same txid: a replica on another
+	// lineage (restored, diverged before a failover) can report the same number.
+	Checksum      string `protobuf:"bytes,3,opt,name=checksum,proto3" json:"checksum,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -78,6 +83,13 @@ func (x *ReportPositionsRequest) GetTxid() uint64 {
 	return 0
 }
 
+func (x *ReportPositionsRequest) GetChecksum() string {
+	if x != nil {
+		return x.Checksum
+	}
+	return ""
+}
+
 // ReportPositionsResponse ends the stream (sent when the replica closes it).
 type ReportPositionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -119,10 +131,11 @@ var File_edgeq_v1_replication_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1aedgeq/v1/replication.proto\x12\bedgeq.v1\"@\n" +
+	"\x1aedgeq/v1/replication.proto\x12\bedgeq.v1\"\\\n" +
 	"\x16ReportPositionsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
-	"\x04txid\x18\x02 \x01(\x04R\x04txid\"\x19\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12\x1a\n" +
+	"\bchecksum\x18\x03 \x01(\tR\bchecksum\"\x19\n" +
 	"\x17ReportPositionsResponse2n\n" +
 	"\x12ReplicationService\x12X\n" +
 	"\x0fReportPositions\x12 .edgeq.v1.ReportPositionsRequest\x1a!.edgeq.v1.ReportPositionsResponse(\x01B4Z2github.com/edgeq/edgeq/clients/go/edgeq/v1;edgeqv1b\x06proto3"

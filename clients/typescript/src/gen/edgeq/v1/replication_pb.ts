@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/replication.proto.
  */
 export const file_edgeq_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("ChplZGdlcS92MS9yZXBsaWNhdGlvbi5wcm90bxIIZWRnZXEudjEiNAoWUmVwb3J0UG9zaXRpb25zUmVxdWVzdBIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQiGQoXUmVwb3J0UG9zaXRpb25zUmVzcG9uc2UybgoSUmVwbGljYXRpb25TZXJ2aWNlElgKD1JlcG9ydFBvc2l0aW9ucxIgLmVkZ2VxLnYxLlJlcG9ydFBvc2l0aW9uc1JlcXVlc3QaIS5lZGdlcS52MS5SZXBvcnRQb3NpdGlvbnNSZXNwb25zZSgBQjRaMmdpdGh1Yi5jb20vZWRnZXEvZWRnZXEvY2xpZW50cy9nby9lZGdlcS92MTtlZGdlcXYxYgZwcm90bzM");
+  fileDesc("ChplZGdlcS92MS9yZXBsaWNhdGlvbi5wcm90bxIIZWRnZXEudjEiRgoWUmVwb3J0UG9zaXRpb25zUmVxdWVzdBIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQSEAoIY2hlY2tzdW0YAyABKAkiGQoXUmVwb3J0UG9zaXRpb25zUmVzcG9uc2UybgoSUmVwbGljYXRpb25TZXJ2aWNlElgKD1JlcG9ydFBvc2l0aW9ucxIgLmVkZ2VxLnYxLlJlcG9ydFBvc2l0aW9uc1JlcXVlc3QaIS5lZGdlcS52MS5SZXBvcnRQb3NpdGlvbnNSZXNwb25zZSgBQjRaMmdpdGh1Yi5jb20vZWRnZXEvZWRnZXEvY2xpZW50cy9nby9lZGdlcS92MTtlZGdlcXYxYgZwcm90bzM");
 
 /**
  * ReportPositionsRequest is one position report.
@@ -33,6 +33,16 @@ export type ReportPositionsRequest = Message<"edgeq.v1.ReportPositionsRequest"> 
    * @generated from field: uint64 txid = 2;
    */
   txid: bigint;
+
+  /**
+   * LiteFS's post-apply checksum of the database at that txid (16 hex digits,
+   * as in the -pos file). A position counts toward durability only if it
+   * matches the primary's checksum at the same txid: a replica on another
+   * lineage (restored, diverged before a failover) can report the same number.
+   *
+   * @generated from field: string checksum = 3;
+   */
+  checksum: string;
 };
 
 /**
