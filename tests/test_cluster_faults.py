@@ -186,3 +186,38 @@ def test_a_frozen_primary_is_replaced_within_seconds_and_steps_down_when_it_thaw
             roles = [info(n).role for n in cluster.nodes]
             assert roles.count(pb.NODE_ROLE_PRIMARY) == 1, roles
             print("frozen primary: write outage", round(outage, 2), "s")
+
+
+@pytest.mark.slow
+def test_a_buffered_request_the_primary_refuses_goes_to_the_dead_table_and_the_rest_drain(tmp_path: Path) -> None:
+    """Fault 6: the outbox drain retried a refused request (RESOURCE_EXHAUSTED) forever and
+    blocked every row behind it. Here the primary accepts smaller payloads than the replica
+    (a config drift the replica's own validation cannot see)."""
+    import os
+    import signal
+
+    cluster = Cluster(tmp_path, 2, "--outbox-path", "{dir}/outbox.db", "--outbox-forward-timeout-seconds", "0.5")
+    cluster.nodes[0].extra_args = ["--max-payload-bytes", "100"]
+    with cluster:
+        primary, replica = cluster.nodes
+        pid = primary.server_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with grpc.insecure_channel(replica.target) as ch:
+                stub = pb_grpc.QueueServiceStub(ch)
+                for payload in (b"a", b"x" * 500, b"b"):
+                    request = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="dead", payload=payload)])
+                    answer = stub.Enqueue(request, timeout=10)
+                    assert answer.buffered
+            assert info(replica).outbox_pending == 3
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while (state := info(replica)).outbox_pending:
+            assert time.monotonic() < deadline, f"drain stuck: {state}"
+            time.sleep(0.1)
+        assert state.outbox_dead == 1
+        with grpc.insecure_channel(primary.target) as ch:
+            jobs = pb_grpc.QueueServiceStub(ch).ListJobs(pb.ListJobsRequest(queue="dead"), timeout=5).jobs
+        assert [j.payload for j in jobs] == [b"a", b"b"]  # in order, the refused one set aside
+        assert "RESOURCE_EXHAUSTED" in replica.log.read_text()
