@@ -1,6 +1,7 @@
 """The synchronous ``edgeq.Client`` against a real server (in a background thread): every
-method round-trips, errors map to the EdgeqError tree, batches split at 1000, session
-consistency sends min_txid, and bearer tokens are sent."""
+method round-trips, jobs sent without a key get a generated one, errors map to the
+EdgeqError tree, batches split at 1000, session consistency sends min_txid, and bearer
+tokens are sent. (Retries of rich ABORTED errors: ``test_client_retries.py``.)"""
 
 from __future__ import annotations
 
@@ -77,6 +78,18 @@ def test_enqueue_and_get_round_trip(client: Client) -> None:
     assert client.get(d.job_id).max_attempts == 3  # the server default
 
 
+def test_jobs_without_a_key_get_a_generated_one(client: Client) -> None:
+    r = client.enqueue("auto", b"x")
+    assert r.idempotency_key.startswith(edgeq.AUTO_KEY_PREFIX) and not r.duplicate
+    assert client.get(r.job_id).idempotency_key == r.idempotency_key
+    many = client.enqueue_many([JobSpec("auto", b"1"), JobSpec("auto", b"2", idempotency_key="own")])
+    assert many[0].idempotency_key.startswith("auto-") and many[1].idempotency_key == "own"
+    assert len({r.idempotency_key, many[0].idempotency_key}) == 2
+    # The generated key dedupes like any other: resending it names the stored job.
+    again = client.enqueue("auto", b"x", idempotency_key=r.idempotency_key)
+    assert again.duplicate and again.job_id == r.job_id
+
+
 def test_run_at_delay_and_naive_datetimes(client: Client) -> None:
     at = datetime.now(UTC).replace(microsecond=123456) + timedelta(hours=1)
     job = client.get(client.enqueue("later", b"x", run_at=at).job_id)
@@ -137,13 +150,11 @@ def test_cancel_and_retry(client: Client) -> None:
     job_id = client.enqueue("c", b"x").job_id
     cancelled = client.cancel(job_id)
     assert cancelled.state is JobState.CANCELLED and cancelled.completed_at is not None
-    with pytest.raises(FailedPreconditionError) as err:
-        client.cancel(job_id)
-    assert err.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    # Both are idempotent (a retried call gets the same answer): the job comes back unchanged.
+    assert client.cancel(job_id) == cancelled
     redriven = client.retry(job_id)
     assert redriven.state is JobState.PENDING and redriven.attempts == 0
-    with pytest.raises(FailedPreconditionError):
-        client.retry(job_id)
+    assert client.retry(job_id) == redriven
 
 
 def test_lease_ack_nack_heartbeat(client: Client) -> None:
@@ -165,8 +176,11 @@ def test_lease_ack_nack_heartbeat(client: Client) -> None:
     assert client.heartbeat(tokens.values(), extend_by=60) == [LeaseOutcome.OK] * 3
     assert client.get(first).lease_expires_at > running.lease_expires_at  # type: ignore[operator]
     assert client.ack([(tokens[first], b"done")]) == [LeaseOutcome.OK]
-    assert client.ack([tokens[first]]) == [LeaseOutcome.STALE]
+    assert client.ack([tokens[first]]) == [LeaseOutcome.OK]  # a repeated Ack replays its outcome
     assert client.heartbeat([tokens[first]]) == [LeaseOutcome.STALE]
+    with pytest.raises(FailedPreconditionError) as err:
+        client.cancel(first)
+    assert err.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert client.nack([tokens[second]], error_message="bad", terminal=True) == [LeaseOutcome.OK]
     assert client.nack([tokens[third]], error_message="later", retry_delay=120) == [LeaseOutcome.OK]
 

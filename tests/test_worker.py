@@ -1,9 +1,11 @@
 """``edgeq.Worker`` against a real server (in a background thread): acks, nacks and the
-Retry / Fail signals, heartbeats that keep a long job's lease, lease loss, draining on
-stop(), and reconnecting after the server restarts on the same port and database."""
+Retry / Fail signals, heartbeats that keep a long job's lease, lease loss (and no false
+lease loss when a heartbeat races the worker's own ack), draining on stop(), and
+reconnecting after the server restarts on the same port and database."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -11,11 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from serverthread import ServerThread
 
 from edgeq import Client, Fail, InvalidArgumentError, Job, JobSpec, JobState, LeasedJob, Retry, Worker
+from edgeq.v1 import queue_pb2 as pb
 
 WAIT = 15.0  # bound of every poll; the happy path takes milliseconds to a few seconds
 
@@ -181,6 +186,46 @@ def test_lease_lost_when_cancelled(client: Client) -> None:
         wait_until(lambda: worker.stats.stale == 1, what="the stale ack")
     assert lost == [True] and worker.stats.lease_lost == 1 and worker.acked == 0
     assert client.get(job_id).state is JobState.CANCELLED
+
+
+class _AckWaitsForAHeartbeat(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Lets an Ack reach the server, then holds its answer until a Heartbeat sent after
+    it has been answered: the heartbeat finds the lease settled (STALE) while the worker
+    still waits for its Ack's outcome."""
+
+    def __init__(self) -> None:
+        self.acked = threading.Event()
+        self.heartbeat_after_ack = threading.Event()
+        self.late_heartbeats: list[list[int]] = []
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        if details.method.endswith("/Ack"):
+            self.acked.set()
+            self.heartbeat_after_ack.wait(WAIT)
+        elif details.method.endswith("/Heartbeat") and self.acked.is_set():
+            self.late_heartbeats.append(list(outcome.result().outcomes))
+            self.heartbeat_after_ack.set()
+        return outcome
+
+
+def test_heartbeat_racing_the_own_ack_is_not_a_lost_lease(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold = _AckWaitsForAHeartbeat()
+    seen: list[LeasedJob] = []
+    with grpc.insecure_channel(server.target) as ch:
+        client = Client(channel=grpc.intercept_channel(ch, hold), timeout=5)
+        job_id = client.enqueue("race", b"x").job_id
+        caplog.set_level(logging.DEBUG, logger="edgeq.worker")
+        with Worker(client, ["race"], seen.append, lease_duration=1) as worker:
+            assert hold.heartbeat_after_ack.wait(WAIT), "no heartbeat while the ack was in flight"
+            wait_until(lambda: worker.acked == 1, what="the ack")
+        assert hold.late_heartbeats[0] == [pb.LEASE_OUTCOME_STALE]  # the race did happen
+        assert client.get(job_id).state is JobState.COMPLETED
+    assert worker.stats.lease_lost == 0 and worker.stats.stale == 0
+    assert not seen[0].lease_lost.is_set()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "lost" in r.getMessage()]
 
 
 def test_stop_drains_in_flight_jobs(server: ServerThread, client: Client) -> None:

@@ -2,10 +2,19 @@
 // deadline, bearer-token metadata and gRPC's service-config retry of UNAVAILABLE; Worker
 // (worker.go) holds a Lease stream and runs a handler. The generated stubs are in
 // github.com/edgeq/edgeq/clients/go/edgeq/v1 (regenerate with `bash scripts/gen`).
+//
+// Retried writes never duplicate: Enqueue sends an idempotency key for every job (the
+// caller's, or "auto-<UUIDv7>" generated once per job before the first attempt), and every
+// write the server answers ABORTED with reason COMMITTED_NOT_REPLICATED (committed on the
+// primary, replicas not confirmed in time) is resent unchanged within the call's deadline
+// (errors.go); the server dedupes it. Past the deadline the call returns a
+// *CommittedNotReplicatedError (errors.Is(err, ErrCommittedNotReplicated)); Reason(err) is
+// the ErrorInfo reason of any failed call.
 package edgeq
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	edgeqv1 "github.com/edgeq/edgeq/clients/go/edgeq/v1"
@@ -13,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	dpb "google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -88,11 +98,48 @@ func (c *Client) unary(ctx context.Context) (context.Context, context.CancelFunc
 	return context.WithTimeout(ctx, c.timeout)
 }
 
-// Enqueue adds 1..1000 jobs atomically.
+// Enqueue adds 1..1000 jobs atomically. A job without an IdempotencyKey is sent with one
+// the client generates (AutoIdempotencyKey; the caller's JobSpec is not modified), so a
+// resend cannot store it twice; the results name every key. Such a job is never reported
+// Duplicate: a duplicate of a generated key can only be this call's own earlier attempt.
 func (c *Client) Enqueue(ctx context.Context, jobs ...*edgeqv1.JobSpec) (*edgeqv1.EnqueueResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.Enqueue(ctx, &edgeqv1.EnqueueRequest{Jobs: jobs})
+	req := &edgeqv1.EnqueueRequest{Jobs: make([]*edgeqv1.JobSpec, len(jobs))}
+	auto := make(map[int]bool)
+	for i, job := range jobs {
+		if job.GetIdempotencyKey() == "" {
+			if job == nil {
+				job = &edgeqv1.JobSpec{}
+			} else {
+				job = proto.Clone(job).(*edgeqv1.JobSpec)
+			}
+			job.IdempotencyKey = AutoIdempotencyKey()
+			auto[i] = true
+		}
+		req.Jobs[i] = job
+	}
+	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.EnqueueResponse, error) {
+		return c.raw.Enqueue(ctx, req)
+	})
+	if err != nil {
+		var cnr *CommittedNotReplicatedError
+		if errors.As(err, &cnr) {
+			for _, job := range req.Jobs {
+				cnr.IdempotencyKeys = append(cnr.IdempotencyKeys, job.GetIdempotencyKey())
+			}
+		}
+		return nil, err
+	}
+	for i, r := range resp.GetResults() {
+		if r.GetIdempotencyKey() == "" && i < len(req.Jobs) {
+			r.IdempotencyKey = req.Jobs[i].GetIdempotencyKey()
+		}
+		if auto[i] {
+			r.Duplicate = false
+		}
+	}
+	return resp, nil
 }
 
 // Get reads one job (codes.NotFound if absent); minTxid > 0 waits for read-your-writes.
@@ -124,25 +171,29 @@ func (c *Client) Stats(ctx context.Context, queues ...string) ([]*edgeqv1.QueueS
 	return resp.GetStats(), nil
 }
 
-// Cancel cancels a PENDING or RUNNING job.
+// Cancel cancels a PENDING or RUNNING job. Like every write (Retry, Pause, Resume, Ack,
+// Nack, Heartbeat), it is resent unchanged while the server answers COMMITTED_NOT_REPLICATED.
 func (c *Client) Cancel(ctx context.Context, jobID string) (*edgeqv1.CancelJobResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.CancelJob(ctx, &edgeqv1.CancelJobRequest{JobId: jobID})
+	req := &edgeqv1.CancelJobRequest{JobId: jobID}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.CancelJobResponse, error) { return c.raw.CancelJob(ctx, req) })
 }
 
 // Retry moves a FAILED or CANCELLED job back to PENDING.
 func (c *Client) Retry(ctx context.Context, jobID string) (*edgeqv1.RetryJobResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.RetryJob(ctx, &edgeqv1.RetryJobRequest{JobId: jobID})
+	req := &edgeqv1.RetryJobRequest{JobId: jobID}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.RetryJobResponse, error) { return c.raw.RetryJob(ctx, req) })
 }
 
 // Pause stops delivery from a queue.
 func (c *Client) Pause(ctx context.Context, queue string) error {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	_, err := c.raw.PauseQueue(ctx, &edgeqv1.PauseQueueRequest{Queue: queue})
+	req := &edgeqv1.PauseQueueRequest{Queue: queue}
+	_, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.PauseQueueResponse, error) { return c.raw.PauseQueue(ctx, req) })
 	return err
 }
 
@@ -150,7 +201,8 @@ func (c *Client) Pause(ctx context.Context, queue string) error {
 func (c *Client) Resume(ctx context.Context, queue string) error {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	_, err := c.raw.ResumeQueue(ctx, &edgeqv1.ResumeQueueRequest{Queue: queue})
+	req := &edgeqv1.ResumeQueueRequest{Queue: queue}
+	_, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.ResumeQueueResponse, error) { return c.raw.ResumeQueue(ctx, req) })
 	return err
 }
 
@@ -158,21 +210,24 @@ func (c *Client) Resume(ctx context.Context, queue string) error {
 func (c *Client) Ack(ctx context.Context, items ...*edgeqv1.AckItem) (*edgeqv1.AckResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.Ack(ctx, &edgeqv1.AckRequest{Items: items})
+	req := &edgeqv1.AckRequest{Items: items}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.AckResponse, error) { return c.raw.Ack(ctx, req) })
 }
 
 // Nack fails leased jobs (retried or FAILED); one outcome per item.
 func (c *Client) Nack(ctx context.Context, items ...*edgeqv1.NackItem) (*edgeqv1.NackResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.Nack(ctx, &edgeqv1.NackRequest{Items: items})
+	req := &edgeqv1.NackRequest{Items: items}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.NackResponse, error) { return c.raw.Nack(ctx, req) })
 }
 
 // Heartbeat extends live leases to now + extendBy.
 func (c *Client) Heartbeat(ctx context.Context, extendBy time.Duration, tokens ...string) (*edgeqv1.HeartbeatResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	return c.raw.Heartbeat(ctx, &edgeqv1.HeartbeatRequest{LeaseTokens: tokens, ExtendBy: dpb.New(extendBy)})
+	req := &edgeqv1.HeartbeatRequest{LeaseTokens: tokens, ExtendBy: dpb.New(extendBy)}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.HeartbeatResponse, error) { return c.raw.Heartbeat(ctx, req) })
 }
 
 // NodeInfo describes the answering node (role, primary, txid, replicas, outbox).

@@ -1,13 +1,22 @@
 package edgeq
 
+// The Worker: one Lease stream with credits, at most Concurrency handlers, a heartbeat
+// per running job at half the lease, and one settler goroutine that batches acks and nacks.
+// A settle call that fails transiently is resent unchanged (same lease tokens; the server
+// answers a repeated Ack/Nack with its first outcome) until the leases would have expired;
+// STALE or INVALID outcomes and settles given up on are logged once per job.
+
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
 
 	edgeqv1 "github.com/edgeq/edgeq/clients/go/edgeq/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	dpb "google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -45,7 +54,8 @@ type WorkerOptions struct {
 	WorkerID      string        // shown on running jobs
 	DrainTimeout  time.Duration // on shutdown, how long running handlers may finish [30s]
 	MinBackoff    time.Duration // reconnect backoff, full jitter [100ms]
-	MaxBackoff    time.Duration // [5s]
+	MaxBackoff    time.Duration // [5s]; also bounds the pause between settle resends
+	Logger        *slog.Logger  // settle failures and refused settles [slog.Default()]
 }
 
 // Worker holds one Lease stream and runs Handler on the jobs the server pushes.
@@ -58,8 +68,16 @@ type Worker struct {
 }
 
 type settle struct {
-	ack  *edgeqv1.AckItem
-	nack *edgeqv1.NackItem
+	ack   *edgeqv1.AckItem
+	nack  *edgeqv1.NackItem
+	jobID string // for the log
+}
+
+// transientSettle are the settle errors worth resending (the server restarting, draining,
+// failing over, or a write committed but not yet confirmed by replicas).
+var transientSettle = map[codes.Code]bool{
+	codes.Unavailable: true, codes.DeadlineExceeded: true, codes.Internal: true,
+	codes.Unknown: true, codes.Aborted: true,
 }
 
 // NewWorker builds a worker for queues.
@@ -81,6 +99,9 @@ func NewWorker(client *Client, queues []string, handler Handler, opts WorkerOpti
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
 	return &Worker{client: client, queues: queues, handler: handler, opts: opts, settles: make(chan settle, 1024)}
 }
@@ -152,7 +173,7 @@ func (w *Worker) stream(ctx, handlerCtx context.Context, sem chan struct{}, runn
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				// Not started: hand it straight back for another worker.
-				w.settles <- settle{nack: &edgeqv1.NackItem{LeaseToken: leased.GetLeaseToken(), ErrorMessage: "worker stopping", RetryDelay: dpb.New(time.Microsecond)}}
+				w.settles <- settle{jobID: leased.GetJob().GetId(), nack: &edgeqv1.NackItem{LeaseToken: leased.GetLeaseToken(), ErrorMessage: "worker stopping", RetryDelay: dpb.New(time.Microsecond)}}
 				continue
 			}
 			running.Add(1)
@@ -181,19 +202,19 @@ func (w *Worker) run(ctx context.Context, leased *edgeqv1.LeasedJob) {
 	}()
 	err := w.safeHandle(ctx, leased.GetJob())
 	close(beat)
-	token := leased.GetLeaseToken()
+	token, id := leased.GetLeaseToken(), leased.GetJob().GetId()
 	var retry *RetryError
 	var fail *FailError
 	switch {
 	case err == nil:
-		w.settles <- settle{ack: &edgeqv1.AckItem{LeaseToken: token}}
+		w.settles <- settle{jobID: id, ack: &edgeqv1.AckItem{LeaseToken: token}}
 	case errors.As(err, &fail):
-		w.settles <- settle{nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error(), Terminal: true}}
+		w.settles <- settle{jobID: id, nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error(), Terminal: true}}
 	case errors.As(err, &retry):
 		delay := max(retry.After, time.Microsecond) // 0 would mean "server backoff"
-		w.settles <- settle{nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error(), RetryDelay: dpb.New(delay)}}
+		w.settles <- settle{jobID: id, nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error(), RetryDelay: dpb.New(delay)}}
 	default:
-		w.settles <- settle{nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error()}}
+		w.settles <- settle{jobID: id, nack: &edgeqv1.NackItem{LeaseToken: token, ErrorMessage: err.Error()}}
 	}
 }
 
@@ -209,15 +230,28 @@ func (w *Worker) safeHandle(ctx context.Context, job *edgeqv1.Job) (err error) {
 // settler batches acks and nacks: one call per kind every 5 ms or 256 items.
 func (w *Worker) settler(done chan struct{}) {
 	defer close(done)
-	var acks []*edgeqv1.AckItem
-	var nacks []*edgeqv1.NackItem
+	var acks, nacks []settle
 	flush := func() {
 		if len(acks) > 0 {
-			_, _ = w.client.Ack(context.Background(), acks...)
+			items := make([]*edgeqv1.AckItem, len(acks))
+			for i, s := range acks {
+				items[i] = s.ack
+			}
+			w.send("ack", acks, func(ctx context.Context) ([]edgeqv1.LeaseOutcome, error) {
+				resp, err := w.client.Ack(ctx, items...)
+				return resp.GetOutcomes(), err
+			})
 			acks = nil
 		}
 		if len(nacks) > 0 {
-			_, _ = w.client.Nack(context.Background(), nacks...)
+			items := make([]*edgeqv1.NackItem, len(nacks))
+			for i, s := range nacks {
+				items[i] = s.nack
+			}
+			w.send("nack", nacks, func(ctx context.Context) ([]edgeqv1.LeaseOutcome, error) {
+				resp, err := w.client.Nack(ctx, items...)
+				return resp.GetOutcomes(), err
+			})
 			nacks = nil
 		}
 	}
@@ -231,9 +265,9 @@ func (w *Worker) settler(done chan struct{}) {
 				return
 			}
 			if s.ack != nil {
-				acks = append(acks, s.ack)
+				acks = append(acks, s)
 			} else {
-				nacks = append(nacks, s.nack)
+				nacks = append(nacks, s)
 			}
 			if len(acks)+len(nacks) >= 256 {
 				flush()
@@ -241,5 +275,38 @@ func (w *Worker) settler(done chan struct{}) {
 		case <-tick.C:
 			flush()
 		}
+	}
+}
+
+// send makes one settle call; a transient failure resends the very same items (call must
+// send the same request each time) with backoff until the leases would have expired.
+// Outcomes other than OK, and a call given up on, are logged once per job.
+func (w *Worker) send(what string, batch []settle, call func(context.Context) ([]edgeqv1.LeaseOutcome, error)) {
+	log := w.opts.Logger
+	giveUp := time.Now().Add(w.opts.LeaseDuration)
+	backoff := w.opts.MinBackoff
+	for {
+		outcomes, err := call(context.Background())
+		if err == nil {
+			for i, outcome := range outcomes {
+				if outcome != edgeqv1.LeaseOutcome_LEASE_OUTCOME_OK && i < len(batch) {
+					log.Warn("edgeq: "+what+" refused: the lease expired, was re-leased or the job cancelled; nothing changed",
+						"job", batch[i].jobID, "outcome", outcome.String())
+				}
+			}
+			return
+		}
+		if !transientSettle[status.Code(err)] || time.Now().Add(backoff).After(giveUp) {
+			ids := make([]string, len(batch))
+			for i, s := range batch {
+				ids[i] = s.jobID
+			}
+			log.Error("edgeq: "+what+" failed; the leases will expire and the jobs be redelivered",
+				"jobs", ids, "err", err)
+			return
+		}
+		log.Warn("edgeq: "+what+" failed; resending", "jobs", len(batch), "err", err, "in", backoff)
+		time.Sleep(backoff)
+		backoff = min(backoff*2, w.opts.MaxBackoff)
 	}
 }

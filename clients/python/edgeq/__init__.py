@@ -6,9 +6,12 @@ their protobuf conversion, ``_client`` the Client and ``_worker`` the Worker. Th
 stubs live in ``edgeq.v1`` (``queue_pb2``, ``queue_pb2_grpc``).
 """
 
-from ._client import Client
+from ._client import AUTO_KEY_PREFIX, Client, auto_idempotency_key
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, channel_options, create_channel
 from ._errors import (
+    COMMITTED_NOT_REPLICATED,
+    ERROR_DOMAIN,
+    CommittedNotReplicated,
     DeadlineExceededError,
     EdgeqError,
     Fail,
@@ -27,9 +30,13 @@ from ._worker import Handler, LeasedJob, Worker, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTO_KEY_PREFIX",
+    "COMMITTED_NOT_REPLICATED",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "ERROR_DOMAIN",
     "Client",
+    "CommittedNotReplicated",
     "DeadlineExceededError",
     "EdgeqError",
     "EnqueueResult",
@@ -53,6 +60,7 @@ __all__ = [
     "UnavailableError",
     "Worker",
     "WorkerStats",
+    "auto_idempotency_key",
     "channel_options",
     "create_channel",
 ]

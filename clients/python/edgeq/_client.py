@@ -4,12 +4,22 @@ Owns the unary calls (each with a deadline, retried on UNAVAILABLE by the channe
 retry policy, failures mapped to ``EdgeqError``), batching of ``enqueue_many`` into calls
 of at most 1000 jobs, paging of ``list``, and session consistency (the highest txid seen
 from writes is sent as ``min_txid`` on reads when ``session_consistency=True``).
+
+Retried writes never duplicate: every job is sent with an idempotency key (the caller's,
+or ``auto-<UUIDv7>`` generated once per job before the first attempt), and a write the
+server answers with ``CommittedNotReplicated`` (committed on the primary, replicas not
+confirmed in time) is sent again as the very same request, with jittered backoff, within
+the call's deadline. The server dedupes it (Enqueue by key; Ack, Nack, Heartbeat, CancelJob,
+RetryJob by token or job), so the retry returns the first outcome once replicas confirm.
 """
 
 from __future__ import annotations
 
 import builtins
+import os
+import random
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -21,7 +31,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, create_channel
-from ._errors import error_from_rpc
+from ._errors import CommittedNotReplicated, DeadlineExceededError, error_from_rpc
 from ._models import (
     EnqueueResult,
     Job,
@@ -35,13 +45,32 @@ from ._models import (
     to_job_spec,
 )
 
-__all__ = ["BATCH_MAX", "Client"]
+__all__ = ["AUTO_KEY_PREFIX", "BATCH_MAX", "Client", "auto_idempotency_key"]
 
 #: Most jobs (or Ack / Nack / Heartbeat items) the server takes in one call.
 BATCH_MAX = 1000
+#: Prefix of the idempotency keys the client generates for jobs sent without one.
+AUTO_KEY_PREFIX = "auto-"
+#: Backoff between retries of a write answered CommittedNotReplicated: (initial, max)
+#: seconds, doubling, full jitter (at least the server's RetryInfo delay when it sends one).
+_WRITE_BACKOFF = (0.05, 1.0)
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+
+
+def _uuid7() -> str:
+    """A UUIDv7 string (RFC 9562): 48-bit Unix milliseconds, version 7, 74 random bits."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def auto_idempotency_key() -> str:
+    """A fresh key as the client generates it for a job sent without one: ``auto-<UUIDv7>``."""
+    return AUTO_KEY_PREFIX + _uuid7()
 
 
 def _chunks(items: Sequence[_Req], size: int) -> Iterator[Sequence[_Req]]:
@@ -114,11 +143,39 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, timeout: float | None = None
+    ) -> _Resp:
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
+
+    def _write(self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+        """A write: ``request`` (the same object, so the same keys and tokens) is sent again
+        while the server answers CommittedNotReplicated, with jittered backoff, until the
+        call's deadline (``timeout`` for all attempts together). Raises the last
+        CommittedNotReplicated when the deadline runs out first."""
+        deadline = time.monotonic() + self.timeout
+        backoff, max_backoff = _WRITE_BACKOFF
+        last: CommittedNotReplicated | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and last is not None:
+                raise last
+            try:
+                return self._call(method, request, max(remaining, 0.001))
+            except CommittedNotReplicated as err:
+                last = err
+                pause = max(random.uniform(0, backoff), err.retry_delay or 0.0)
+                if time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                backoff = min(backoff * 2, max_backoff)
+            except DeadlineExceededError as err:
+                if last is not None:  # it did commit: say so, not just "deadline exceeded"
+                    raise last from err
+                raise
 
     def _note_txid(self, txid: int) -> int:
         if txid > self._txid:
@@ -145,7 +202,9 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> EnqueueResult:
         """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
-        exclusive; ``max_attempts=0`` means the server default (3)."""
+        exclusive; ``max_attempts=0`` means the server default (3). Without an
+        ``idempotency_key`` the client sends one it generates (``auto-<UUIDv7>``), so its
+        own retries cannot add the job twice; the result's ``idempotency_key`` names it."""
         spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
         return self._enqueue([spec.to_proto()])[0]
 
@@ -162,9 +221,30 @@ class Client:
         return results
 
     def _enqueue(self, messages: Sequence[pb.JobSpec]) -> builtins.list[EnqueueResult]:
-        resp = self._call(self.stub.Enqueue, pb.EnqueueRequest(jobs=messages))
+        request = pb.EnqueueRequest(jobs=messages)  # copies: the caller's messages stay as they are
+        auto: set[int] = set()
+        for i, job in enumerate(request.jobs):
+            if not job.idempotency_key:
+                job.idempotency_key = auto_idempotency_key()
+                auto.add(i)
+        try:
+            resp = self._write(self.stub.Enqueue, request)
+        except CommittedNotReplicated as err:
+            err.idempotency_keys = tuple(job.idempotency_key for job in request.jobs)
+            raise
         txid = self._note_txid(resp.txid)
-        return [EnqueueResult(r.job_id, r.duplicate, txid, r.idempotency_key, resp.buffered) for r in resp.results]
+        # A generated key is unique to this call: "duplicate" can only mean that an earlier
+        # attempt of this very call stored the job, which the caller enqueued once.
+        return [
+            EnqueueResult(
+                r.job_id,
+                r.duplicate and i not in auto,
+                txid,
+                r.idempotency_key or request.jobs[i].idempotency_key,
+                resp.buffered,
+            )
+            for i, r in enumerate(resp.results)
+        ]
 
     # ------------------------------------------------------------------ reading
 
@@ -210,27 +290,28 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         """Cancel a PENDING or RUNNING job (its lease becomes stale); returns the job after.
         ``FailedPreconditionError`` for jobs already in a final state."""
-        resp = self._call(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+        resp = self._write(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
         self._note_txid(resp.txid)
         return Job.from_proto(resp.job)
 
     def retry(self, job_id: str) -> Job:
         """Move a FAILED or CANCELLED job back to PENDING, attempts reset (dead-letter redrive)."""
-        resp = self._call(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
+        resp = self._write(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
         self._note_txid(resp.txid)
         return Job.from_proto(resp.job)
 
     def pause(self, queue: str) -> None:
         """Stop delivery from ``queue``; enqueues are still accepted."""
-        self._note_txid(self._call(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue)).txid)
+        self._note_txid(self._write(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue)).txid)
 
     def resume(self, queue: str) -> None:
         """Restart delivery from a paused ``queue``."""
-        self._note_txid(self._call(self.stub.ResumeQueue, pb.ResumeQueueRequest(queue=queue)).txid)
+        self._note_txid(self._write(self.stub.ResumeQueue, pb.ResumeQueueRequest(queue=queue)).txid)
 
     # ------------------------------------------------------------------ leases (low level)
     # Workers normally use ``Worker``, which batches these. Each takes any number of items
-    # (split into calls of at most 1000) and returns one outcome per item, in order.
+    # (split into calls of at most 1000) and returns one outcome per item, in order. Like
+    # every write, each call is resent unchanged on CommittedNotReplicated (see ``_write``).
 
     def ack(self, items: Iterable[str | tuple[str, bytes | None] | pb.AckItem]) -> builtins.list[LeaseOutcome]:
         """Complete leases: lease tokens, ``(token, result)`` pairs or ``AckItem``s."""
@@ -288,7 +369,7 @@ class Client:
         """Send ``items`` in calls of at most BATCH_MAX; collect outcomes; return the last txid."""
         txid = 0
         for chunk in _chunks(items, BATCH_MAX):
-            resp = self._call(method, request(items=chunk))
+            resp = self._write(method, request(items=chunk))
             outcomes.extend(resp.outcomes)
             txid = self._note_txid(max(txid, resp.txid))
         return txid
@@ -302,7 +383,7 @@ class Client:
             req = pb.HeartbeatRequest(lease_tokens=chunk)
             if extend_by is not None:
                 req.extend_by.CopyFrom(to_duration(extend_by))
-            resp = self._call(self.stub.Heartbeat, req)
+            resp = self._write(self.stub.Heartbeat, req)
             out.outcomes.extend(resp.outcomes)
             out.lease_expires_at.extend(resp.lease_expires_at)
             out.txid = self._note_txid(max(out.txid, resp.txid))

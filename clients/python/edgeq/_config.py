@@ -2,7 +2,8 @@
 
 Owns the defaults (target, per-call deadline), the service config with the retry policy
 for ``edgeq.v1.QueueService`` (gRPC retries UNAVAILABLE itself: no hand-rolled retry loop
-for unary calls), keepalive pings, reconnect backoff and message size limits.
+for it; the Client resends only writes answered CommittedNotReplicated, see ``_client``),
+keepalive pings, reconnect backoff and message size limits.
 """
 
 from __future__ import annotations

@@ -1,15 +1,28 @@
 """Exceptions: the ``EdgeqError`` tree that Client methods raise in place of
 ``grpc.RpcError``, and ``Retry`` / ``Fail``, which Worker handlers raise to steer a Nack.
+
+``error_from_rpc`` also reads the server's rich error details (a ``google.rpc.Status`` in
+the ``grpc-status-details-bin`` trailer, via ``grpcio-status``): the ``google.rpc.ErrorInfo``
+reason and metadata land on ``EdgeqError.reason`` / ``.metadata``, a ``google.rpc.RetryInfo``
+delay on ``.retry_delay``, and ABORTED with reason ``COMMITTED_NOT_REPLICATED`` becomes
+``CommittedNotReplicated`` (the write committed on the primary; retry the same request).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2  # type: ignore[import-untyped,unused-ignore]  # no py.typed
+from grpc_status import rpc_status
 
 __all__ = [
+    "COMMITTED_NOT_REPLICATED",
+    "ERROR_DOMAIN",
+    "CommittedNotReplicated",
     "DeadlineExceededError",
     "EdgeqError",
     "Fail",
@@ -25,14 +38,37 @@ __all__ = [
 ]
 
 
+#: ``google.rpc.ErrorInfo.domain`` of the server's errors.
+ERROR_DOMAIN = "edgeq.v1"
+#: ErrorInfo reason of a write that committed on the primary but was not confirmed by
+#: replicas in time (status ABORTED, metadata ``{"txid": "<decimal>"}``).
+COMMITTED_NOT_REPLICATED = "COMMITTED_NOT_REPLICATED"
+
+
 class EdgeqError(Exception):
-    """A failed edgeq call: ``code`` is the gRPC status code, ``details`` the server's message."""
+    """A failed edgeq call: ``code`` is the gRPC status code, ``details`` the server's message.
+
+    From the server's rich error details, when it sent them: ``reason`` and ``metadata`` of
+    its ``google.rpc.ErrorInfo`` (``""`` and ``{}`` otherwise; e.g. ``NO_PRIMARY``) and
+    ``retry_delay`` (seconds) of its ``google.rpc.RetryInfo`` (``None`` otherwise).
+    """
 
     default_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str = "", code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        details: str = "",
+        code: grpc.StatusCode | None = None,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
+    ) -> None:
         self.code: grpc.StatusCode = code if code is not None else self.default_code
         self.details: str = details
+        self.reason: str = reason
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+        self.retry_delay: float | None = retry_delay
         super().__init__(details)
 
     def __str__(self) -> str:
@@ -87,6 +123,33 @@ class PermissionDeniedError(EdgeqError):
     default_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class CommittedNotReplicated(EdgeqError):
+    """The write committed on the primary but replicas did not confirm it in time (ABORTED,
+    reason ``COMMITTED_NOT_REPLICATED``). ``txid`` is the commit's txid (0 if unknown).
+
+    The Client already retried the same request (same idempotency keys, same lease tokens)
+    until its deadline; this is raised when the deadline ran out first. Sending the same
+    request again (``idempotency_keys`` for an Enqueue) is safe: it cannot duplicate.
+    """
+
+    default_code = grpc.StatusCode.ABORTED
+
+    def __init__(
+        self,
+        details: str = "",
+        code: grpc.StatusCode | None = None,
+        *,
+        reason: str = COMMITTED_NOT_REPLICATED,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
+    ) -> None:
+        super().__init__(details, code, reason=reason, metadata=metadata, retry_delay=retry_delay)
+        txid = self.metadata.get("txid", "")
+        self.txid: int = int(txid) if txid.isdigit() else 0
+        #: The Enqueue's idempotency keys, in request order (empty for other calls).
+        self.idempotency_keys: tuple[str, ...] = ()
+
+
 _BY_CODE: dict[grpc.StatusCode, type[EdgeqError]] = {
     cls.default_code: cls
     for cls in (
@@ -102,15 +165,46 @@ _BY_CODE: dict[grpc.StatusCode, type[EdgeqError]] = {
 }
 
 
+def _rich_details(err: Any) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:
+    """(the first ErrorInfo, the RetryInfo delay in seconds) from the error's trailer."""
+    if not callable(getattr(err, "trailing_metadata", None)):
+        return None, None
+    try:
+        status = rpc_status.from_call(err)
+    except (ValueError, DecodeError):  # malformed or inconsistent details: keep the plain status
+        return None, None
+    info: error_details_pb2.ErrorInfo | None = None
+    delay: float | None = None
+    for detail in status.details if status is not None else ():
+        if info is None and detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif delay is None and detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return info, delay
+
+
 def error_from_rpc(err: grpc.RpcError) -> EdgeqError:
-    """The EdgeqError for a failed gRPC call (the base class for codes without a subclass)."""
+    """The EdgeqError for a failed gRPC call (the base class for codes without a subclass),
+    with the reason, metadata and retry delay of the server's rich error details."""
     code_fn = getattr(err, "code", None)
     details_fn = getattr(err, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details = (details_fn() if callable(details_fn) else None) or ""
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
-    return _BY_CODE.get(code, EdgeqError)(str(details), code)
+    info, delay = _rich_details(err)
+    reason, metadata = (info.reason, dict(info.metadata)) if info is not None else ("", {})
+    cls = _BY_CODE.get(code, EdgeqError)
+    if (
+        code is grpc.StatusCode.ABORTED
+        and info is not None
+        and (info.reason, info.domain) == (COMMITTED_NOT_REPLICATED, ERROR_DOMAIN)
+    ):
+        cls = CommittedNotReplicated
+    return cls(str(details), code, reason=reason, metadata=metadata, retry_delay=delay)
 
 
 class Retry(Exception):

@@ -220,7 +220,7 @@ class ReplicaPosition:
 class NodeInfo:
     """The node that answered: its role in the cluster and its replication state."""
 
-    #: "standalone", "primary" or "replica".
+    #: "standalone", "primary", "replica", or "unknown" (no word from LiteFS yet).
     role: str
     #: The node's own address (its LiteFS lease.hostname).
     address: str
@@ -237,6 +237,10 @@ class NodeInfo:
     durability: str
     #: Enqueue requests waiting in this node's partition outbox.
     outbox_pending: int
+    #: Buffered requests the primary refused for good (the outbox's dead table).
+    outbox_dead: int
+    #: Background loops the node restarted after a failure.
+    loop_restarts: int
     raw: pb.GetNodeInfoResponse = field(repr=False, compare=False, hash=False)
 
     @classmethod
@@ -252,6 +256,8 @@ class NodeInfo:
             ),
             durability=m.durability,
             outbox_pending=m.outbox_pending,
+            outbox_dead=m.outbox_dead,
+            loop_restarts=m.loop_restarts,
             raw=m,
         )
 
@@ -262,11 +268,12 @@ class EnqueueResult:
 
     #: The job's id (the first job's id when ``duplicate``).
     job_id: str
-    #: True when an existing job with the same (queue, idempotency_key) was returned.
+    #: True when an existing job with the same (queue, idempotency_key) was returned (never
+    #: for a generated key: that can only be this call's own earlier attempt).
     duplicate: bool
     #: Consistency token of the write (pass as min_txid to read it back anywhere).
     txid: int
-    #: The job's idempotency key (a replica's partition outbox assigns one when none was given).
+    #: The job's idempotency key: the caller's, or the ``auto-<UUIDv7>`` the client generated.
     idempotency_key: str = ""
     #: True when a replica kept the job in its partition outbox because the primary was
     #: unreachable: it is stored later, exactly once; ``job_id`` is then empty and ``txid`` 0.

@@ -12,6 +12,12 @@ Owns the consumer side of the protocol with a fixed set of threads and no per-jo
 - the *heartbeat* thread extends, in one batched call, every lease that has used about
   half of its duration, so long handlers keep their jobs.
 
+Settles and heartbeats are resent with the same lease tokens when they fail transiently
+(the Client itself resends a write answered CommittedNotReplicated; the server answers a
+repeated Ack / Nack with the first outcome). A heartbeat that finds a lease STALE after
+this worker queued the job's outcome is not a lost lease: the Ack or Nack in flight settled
+it (the race of a heartbeat with this worker's own settle); the settle's outcome decides.
+
 ``stop()`` drains: the Lease stream is cancelled first (no new jobs), jobs already received
 run to completion (up to the timeout), their outcomes are flushed, and whatever is still
 unfinished at the timeout is handed back with an immediate-retry Nack.
@@ -83,7 +89,7 @@ class LeasedJob:
     handler may stop early, since its outcome will be ignored.
     """
 
-    __slots__ = ("_due", "_job", "lease_expires_at", "lease_lost", "lease_token", "raw")
+    __slots__ = ("_due", "_job", "_settling", "lease_expires_at", "lease_lost", "lease_token", "raw")
 
     def __init__(self, raw: pb.LeasedJob, due: float) -> None:
         self.raw = raw
@@ -92,6 +98,7 @@ class LeasedJob:
         self.lease_expires_at: datetime | None = to_datetime(raw.lease_expires_at)
         self.lease_lost = threading.Event()
         self._due = due  # monotonic time of the next heartbeat
+        self._settling = False  # its Ack / Nack is queued or sent: heartbeats no longer judge the lease
         self._job: Job | None = None
 
     @property
@@ -418,6 +425,7 @@ class Worker:
         if self._running.pop(token, None) is None:
             log.warning("job %s finished after the drain timeout; it was handed back already", lj.id)
             return
+        lj._settling = True
         self._settle_q.put((lj, item, True))
         if self._draining and not self._running:
             with self._idle:
@@ -576,6 +584,11 @@ class Worker:
                 lj._due = sent + self._half
                 if i < len(resp.lease_expires_at):
                     lj.lease_expires_at = to_datetime(resp.lease_expires_at[i]) or lj.lease_expires_at
+            elif lj._settling:
+                # This worker's own Ack / Nack got there first (or is on its way and will
+                # report STALE itself if the lease really was lost): not a lost lease.
+                log.debug("heartbeat of job %s: %s while its outcome is being settled",
+                          lj.id, pb.LeaseOutcome.Name(outcome))
             else:
                 self._lost += 1
                 lj.lease_lost.set()
@@ -597,6 +610,7 @@ class Worker:
             if leftover:
                 log.warning("stop timeout: handing back %d unfinished jobs", len(leftover))
             for lj in leftover:
+                lj._settling = True
                 item = pb.NackItem(lease_token=lj.lease_token, error_message="worker stopped before the job finished",
                                    retry_delay=_IMMEDIATE)
                 self._settle_q.put((lj, item, False))

@@ -3,8 +3,14 @@
  * deadline on each unary call, an optional bearer token, and retries of UNAVAILABLE.
  * connect-node has no gRPC service-config retry policy, so an interceptor retries unary
  * calls (5 attempts, 100 ms doubling to 2 s, full jitter, within the deadline).
+ *
+ * Retried writes never duplicate: enqueue() sends an idempotency key for every job (the
+ * caller's, or "auto-<UUIDv7>" generated once per job before the first attempt), and a
+ * write answered ABORTED with reason COMMITTED_NOT_REPLICATED is resent unchanged within
+ * the deadline (errors.ts), then thrown as a CommittedNotReplicatedError.
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep } from "./errors.js";
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -24,8 +30,6 @@ export interface ClientOptions {
   token?: string;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 function retryUnavailable(attempts: number): Interceptor {
   return (next) => async (req) => {
     if (req.stream) return next(req); // Lease: the Worker reconnects by itself
@@ -36,7 +40,8 @@ function retryUnavailable(attempts: number): Interceptor {
       } catch (err) {
         const unavailable = ConnectError.from(err).code === Code.Unavailable;
         if (!unavailable || attempt >= attempts || req.signal.aborted) throw err;
-        await sleep(Math.random() * delay);
+        await abortableSleep(Math.random() * delay, req.signal);
+        if (req.signal.aborted) throw err;
         delay = Math.min(delay * 2, 2000);
       }
     }
@@ -52,7 +57,8 @@ export class EdgeqClient {
 
   constructor(target: string, options: ClientOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
-    const interceptors: Interceptor[] = [retryUnavailable(5)];
+    // Outermost first: each resend of a committed write gets its own UNAVAILABLE retries.
+    const interceptors: Interceptor[] = [retryCommittedWrites(this.timeoutMs), retryUnavailable(5)];
     if (options.token) {
       const token = options.token;
       interceptors.push((next) => (req) => {
@@ -68,8 +74,32 @@ export class EdgeqClient {
     return { timeoutMs: this.timeoutMs };
   }
 
-  enqueue(...jobs: JobSpecInit[]) {
-    return this.raw.enqueue(create(EnqueueRequestSchema, { jobs }), this.call);
+  /** Adds 1..1000 jobs atomically. A job without an idempotencyKey is sent with one the
+   * client generates (the caller's object is not modified); results name every key. Such
+   * a job is never reported duplicate: a duplicate of a generated key can only be this
+   * call's own earlier attempt. */
+  async enqueue(...jobs: JobSpecInit[]) {
+    const auto = new Set<number>();
+    const specs = jobs.map((job, i) => {
+      if (job.idempotencyKey) return job;
+      auto.add(i);
+      return { ...job, idempotencyKey: autoIdempotencyKey() };
+    });
+    const request = create(EnqueueRequestSchema, { jobs: specs });
+    let resp;
+    try {
+      resp = await this.raw.enqueue(request, this.call);
+    } catch (err) {
+      const cnr = asCommittedNotReplicated(err);
+      if (cnr === undefined) throw err;
+      cnr.idempotencyKeys = request.jobs.map((j) => j.idempotencyKey);
+      throw cnr;
+    }
+    resp.results.forEach((r, i) => {
+      if (!r.idempotencyKey && request.jobs[i]) r.idempotencyKey = request.jobs[i].idempotencyKey;
+      if (auto.has(i)) r.duplicate = false;
+    });
+    return resp;
   }
   async get(jobId: string, minTxid = 0n) {
     return (await this.raw.getJob({ jobId, minTxid }, this.call)).job!;

@@ -1,4 +1,16 @@
-/** edgeq TypeScript client: EdgeqClient (every RPC) and Worker; generated types in ./gen. */
+/** edgeq TypeScript client: EdgeqClient (every RPC), Worker, the error helpers and
+ * CommittedNotReplicatedError; generated types in ./gen. */
 export { EdgeqClient, type ClientOptions, type JobSpecInit } from "./client.js";
+export {
+  AUTO_KEY_PREFIX,
+  COMMITTED_NOT_REPLICATED,
+  CommittedNotReplicatedError,
+  ERROR_DOMAIN,
+  autoIdempotencyKey,
+  errorInfo,
+  errorReason,
+  retryDelayMs,
+  type ErrorInfo,
+} from "./errors.js";
 export { FailError, RetryError, Worker, type Handler, type WorkerOptions } from "./worker.js";
 export * from "./gen/edgeq/v1/queue_pb.js";

@@ -3,8 +3,14 @@
  * time, heartbeats at half the lease, batched acks/nacks, reconnect with exponential
  * backoff and full jitter when the stream ends (drain, primary change, network), and a
  * draining stop().
+ *
+ * Settles go out one flush at a time; a flush that fails transiently is resent unchanged
+ * (same lease tokens: the server answers a repeated Ack/Nack with its first outcome) until
+ * the leases would have expired. STALE/INVALID outcomes and settles given up on are logged
+ * once per job.
  */
-import type { Job } from "./gen/edgeq/v1/queue_pb.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { LeaseOutcome, type Job } from "./gen/edgeq/v1/queue_pb.js";
 import type { EdgeqClient } from "./client.js";
 
 /** Throw to retry after `afterMs` (0: at once). */
@@ -24,8 +30,15 @@ export interface WorkerOptions {
   leaseDurationMs?: number;
   workerId?: string;
   minBackoffMs?: number;
+  /** Also bounds the pause between settle resends. */
   maxBackoffMs?: number;
+  /** Where refused and failed settles are reported (default: console). */
+  logger?: Pick<Console, "warn" | "error">;
 }
+
+/** Settle errors worth resending: the server restarting, draining, failing over, or a
+ * write committed but not yet confirmed by replicas. */
+const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Internal, Code.Unknown, Code.Aborted]);
 
 const dur = (ms: number) => ({ seconds: BigInt(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) });
 const sleep = (ms: number, signal: AbortSignal) =>
@@ -34,10 +47,14 @@ const sleep = (ms: number, signal: AbortSignal) =>
     signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
   });
 
-type Settle = { ack: { leaseToken: string } } | { nack: { leaseToken: string; errorMessage: string; retryDelay?: ReturnType<typeof dur>; terminal?: boolean } };
+type Settle = { jobId: string } & (
+  | { ack: { leaseToken: string } }
+  | { nack: { leaseToken: string; errorMessage: string; retryDelay?: ReturnType<typeof dur>; terminal?: boolean } }
+);
 
 export class Worker {
   private readonly opts: Required<Omit<WorkerOptions, "workerId">> & { workerId: string };
+  private flushing?: Promise<void>;
   private readonly stopping = new AbortController();
   private readonly handlers = new AbortController();
   private readonly running = new Set<Promise<void>>();
@@ -60,11 +77,14 @@ export class Worker {
       workerId: options.workerId ?? "",
       minBackoffMs: options.minBackoffMs ?? 100,
       maxBackoffMs: options.maxBackoffMs ?? 5_000,
+      logger: options.logger ?? console,
     };
   }
 
   start(): this {
-    this.flusher = setInterval(() => void this.flush(), 5);
+    this.flusher = setInterval(() => {
+      if (!this.flushing) void this.flush();
+    }, 5);
     this.loop = this.run();
     return this;
   }
@@ -100,7 +120,7 @@ export class Worker {
             delivered = true;
             await this.slot();
             if (this.stopping.signal.aborted) {
-              this.pending.push({ nack: { leaseToken: leased.leaseToken, errorMessage: "worker stopping", retryDelay: dur(0.001) } });
+              this.pending.push({ jobId: leased.job?.id ?? "", nack: { leaseToken: leased.leaseToken, errorMessage: "worker stopping", retryDelay: dur(0.001) } });
               continue;
             }
             const p = this.handle(leased.job!, leased.leaseToken).finally(() => {
@@ -130,33 +150,73 @@ export class Worker {
     const beat = setInterval(() => {
       this.client.heartbeat([leaseToken], this.opts.leaseDurationMs).catch(() => undefined);
     }, this.opts.leaseDurationMs / 2);
+    const jobId = job.id;
     try {
       await this.handler(job, this.handlers.signal);
-      this.pending.push({ ack: { leaseToken } });
+      this.pending.push({ jobId, ack: { leaseToken } });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       if (err instanceof FailError) {
-        this.pending.push({ nack: { leaseToken, errorMessage: message, terminal: true } });
+        this.pending.push({ jobId, nack: { leaseToken, errorMessage: message, terminal: true } });
       } else if (err instanceof RetryError) {
-        this.pending.push({ nack: { leaseToken, errorMessage: message, retryDelay: dur(Math.max(err.afterMs, 0.001)) } });
+        this.pending.push({ jobId, nack: { leaseToken, errorMessage: message, retryDelay: dur(Math.max(err.afterMs, 0.001)) } });
       } else {
-        this.pending.push({ nack: { leaseToken, errorMessage: message } });
+        this.pending.push({ jobId, nack: { leaseToken, errorMessage: message } });
       }
     } finally {
       clearInterval(beat);
     }
   }
 
+  /** Sends what is pending; one flush at a time (a running one is awaited first). */
   private async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
     if (this.pending.length === 0) return;
     const batch = this.pending.splice(0, this.pending.length);
-    const acks = batch.flatMap((s) => ("ack" in s ? [s.ack] : []));
-    const nacks = batch.flatMap((s) => ("nack" in s ? [s.nack] : []));
+    this.flushing = (async () => {
+      const acks = batch.filter((s) => "ack" in s);
+      const nacks = batch.filter((s) => "nack" in s);
+      if (acks.length) {
+        const items = acks.map((s) => ("ack" in s ? s.ack : undefined)!);
+        await this.send("ack", acks, async () => (await this.client.ack(items)).outcomes);
+      }
+      if (nacks.length) {
+        const items = nacks.map((s) => ("nack" in s ? s.nack : undefined)!);
+        await this.send("nack", nacks, async () => (await this.client.nack(items)).outcomes);
+      }
+    })();
     try {
-      if (acks.length) await this.client.ack(acks);
-      if (nacks.length) await this.client.nack(nacks);
-    } catch {
-      // lost settles: the leases expire and the jobs are delivered again (at-least-once)
+      await this.flushing;
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** One settle call; a transient failure resends the same items with backoff until the
+   * leases would have expired. Refused outcomes and a call given up on are logged once. */
+  private async send(what: string, batch: Settle[], call: () => Promise<LeaseOutcome[]>): Promise<void> {
+    const log = this.opts.logger;
+    const giveUp = Date.now() + this.opts.leaseDurationMs;
+    let backoff = this.opts.minBackoffMs;
+    for (;;) {
+      try {
+        const outcomes = await call();
+        outcomes.forEach((outcome, i) => {
+          if (outcome !== LeaseOutcome.OK && batch[i]) {
+            log.warn(`edgeq: ${what} of job ${batch[i].jobId} refused (${LeaseOutcome[outcome]}): the lease expired, was re-leased or the job cancelled; nothing changed`);
+          }
+        });
+        return;
+      } catch (err) {
+        const code = ConnectError.from(err).code;
+        if (!TRANSIENT.has(code) || Date.now() + backoff >= giveUp) {
+          // The leases expire and the jobs are delivered again (at-least-once).
+          log.error(`edgeq: ${what} of jobs ${batch.map((s) => s.jobId).join(", ")} failed (${String(err)}); they will be redelivered`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, this.opts.maxBackoffMs);
+      }
     }
   }
 }
