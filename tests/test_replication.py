@@ -220,3 +220,25 @@ async def test_replica_position_waiters_leave_on_every_exit_path() -> None:
     assert all(await asyncio.gather(*reached))
     assert positions.waiting == 0
     assert len(positions._heap) <= 64  # entries of abandoned waits were dropped in bulk, not kept
+
+
+async def test_durability_all_waits_for_every_live_replica_and_skips_silent_ones() -> None:
+    """With a Consul lease any candidate may become primary: 'all' waits for every replica
+    that reported within LIVE_SECONDS (at least ``required``), so none that may win is behind."""
+    now = [0]
+    positions = ReplicaPositions(required=1, now=lambda: now[0], wait_all=True)
+    positions.report("a:1", 5)
+    positions.report("b:1", 3)
+    waiting = asyncio.create_task(positions.wait(5, 5))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # b is live and behind
+    positions.report("b:1", 5)
+    assert await waiting
+    now[0] += 2_000_000  # both went silent: a fresh report from one is enough
+    waiting = asyncio.create_task(positions.wait(6, 5))
+    await asyncio.sleep(0)
+    positions.report("a:1", 6)
+    assert await waiting
+    positions.forget("a:1")
+    positions.forget("b:1")
+    assert not await positions.wait(7, 0.01)  # nobody live: at least ``required`` still holds

@@ -33,15 +33,21 @@ from .litefs import LiteFSNode
 
 log = logging.getLogger(__name__)
 
-#: A replica sends its position at least this often, even without new transactions.
+#: A replica sends its position at least this often, even without new transactions (a
+#: report is also the replica's heartbeat).
 REPORT_SECONDS = 0.2
+#: ``durability all``: a replica whose last report is older than this is not waited for
+#: (stopped, cut off, or gone); it counts again with its next report.
+LIVE_SECONDS = 1.0
 
 
 class ReplicaPositions:
-    """On the primary: verified replica positions, and waits for ``required`` of them."""
+    """On the primary: verified replica positions, and waits for ``required`` of them
+    (``wait_all``: for every live replica, and at least ``required``)."""
 
-    def __init__(self, required: int, now: Callable[[], int]) -> None:
+    def __init__(self, required: int, now: Callable[[], int], *, wait_all: bool = False) -> None:
         self.required = required
+        self.wait_all = wait_all
         self._now = now
         self._positions: dict[str, tuple[int, int, bool]] = {}  # node -> (txid, reported_at µs, verified)
         self._waiting: dict[int, asyncio.Future[None]] = {}  # seq -> future, of waits still on
@@ -58,7 +64,12 @@ class ReplicaPositions:
         return sorted((node, txid, at, ok) for node, (txid, at, ok) in self._positions.items())
 
     def _durable(self) -> int:
-        """The highest txid that at least ``required`` replicas verifiably applied (0 if none)."""
+        """The highest txid that at least ``required`` replicas verifiably applied (with
+        ``wait_all``: that every live replica, and at least ``required``, applied); 0 if none."""
+        if self.wait_all:
+            cutoff = self._now() - int(LIVE_SECONDS * 1_000_000)
+            live = [txid for txid, at, ok in self._positions.values() if ok and at >= cutoff]
+            return min(live) if len(live) >= self.required else 0
         verified = sorted((txid for txid, _, ok in self._positions.values() if ok), reverse=True)
         return verified[self.required - 1] if len(verified) >= self.required else 0
 
@@ -200,7 +211,6 @@ class ReplicaLink:
             await asyncio.sleep(REPORT_SECONDS)
 
     async def _reports(self, primary: str) -> AsyncIterator[repl_pb.ReportPositionsRequest]:
-        sent: tuple[int, str] | None = None
         woken = False
         while self._node.primary_address() == primary:
             self._pending = False
@@ -209,9 +219,8 @@ class ReplicaLink:
             # truth (after a failover a replica's TXID can even go down).
             latest = self._latest
             pos = latest if woken and latest is not None else await asyncio.to_thread(self._node.read_pos)
-            if pos != sent:
-                yield repl_pb.ReportPositionsRequest(node=self._self, txid=pos[0], checksum=pos[1])
-                sent = pos
+            # Sent when it moved, and at least every REPORT_SECONDS as a heartbeat.
+            yield repl_pb.ReportPositionsRequest(node=self._self, txid=pos[0], checksum=pos[1])
             woken = True
             try:
                 async with asyncio.timeout(REPORT_SECONDS):

@@ -18,8 +18,10 @@ What: every ``CHECK_SECONDS`` this loop lists the TCP connections of the LiteFS 
 ``ss -K`` (the kernel's SOCK_DESTROY), connections LiteFS *dialed* that are stalled:
 
 - still connecting (SYN-SENT) after ``STALL_SECONDS``;
-- data sent but unacknowledged for ``STALL_SECONDS`` (the peer's path is dead: a Consul
-  renewal or a replication request into a black hole);
+- with output pending (queued or unacknowledged) in every look for ``STALL_SECONDS`` (the
+  peer's path is dead: a Consul renewal or a replication request into a black hole; with a
+  blackhole route the kernel does not even count the data as sent, so "unacknowledged"
+  alone misses it);
 - on a replica whose ``.lag`` exceeds ``LAG_STALE_SECONDS`` (no heartbeat from the
   primary): connections that received nothing for ``LAG_STALE_SECONDS``.
 
@@ -55,10 +57,18 @@ _FIELD = re.compile(r"\b(lastrcv|lastack|lastsnd|unacked):(\d+)")
 
 
 class Conn:
-    __slots__ = ("info", "local", "peer", "state")
+    __slots__ = ("info", "local", "peer", "send_q", "state")
 
-    def __init__(self, state: str, local: str, peer: str, info: dict[str, int]) -> None:
-        self.state, self.local, self.peer, self.info = state, local, peer, info
+    def __init__(self, state: str, local: str, peer: str, info: dict[str, int], send_q: int = 0) -> None:
+        self.state, self.local, self.peer, self.info, self.send_q = state, local, peer, info, send_q
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.local, self.peer)
+
+    @property
+    def output_pending(self) -> bool:
+        return self.send_q > 0 or self.info.get("unacked", 0) > 0
 
 
 def parse_ss(output: str, state: str) -> dict[int, list[Conn]]:
@@ -74,7 +84,8 @@ def parse_ss(output: str, state: str) -> dict[int, list[Conn]]:
         parts = line.split()
         if len(parts) < 4:
             continue
-        conn = Conn(state, parts[2], parts[3], {})
+        send_q = int(parts[1]) if parts[1].isdigit() else 0
+        conn = Conn(state, parts[2], parts[3], {}, send_q)
         pids = [int(p) for p in _PID.findall(line)]
         for pid in pids:
             out.setdefault(pid, []).append(conn)
@@ -93,6 +104,7 @@ class LiteFSWatchdog:
         self._ss = shutil.which("ss")
         self._pid: int | None = None
         self._connecting: dict[tuple[str, str], float] = {}  # SYN-SENT (local, peer) -> first seen
+        self._pending: dict[tuple[str, str], float] = {}  # output pending since (every look)
         self.closed = 0
         self._disabled = False
 
@@ -145,14 +157,19 @@ class LiteFSWatchdog:
             if now - first > STALL_SECONDS:
                 victims.append(conn)
         self._connecting = {k: v for k, v in self._connecting.items() if k in seen}
+        pending: dict[tuple[str, str], float] = {}
         for conn in established.get(pid, []) if pid is not None else []:
             if _port(conn.local) == self._http_port:
                 continue  # accepted by LiteFS (a replica streaming from us, /events): not dialed
             info = conn.info
-            if info.get("unacked", 0) > 0 and info.get("lastack", 0) > stale_ms:
+            if conn.output_pending:
+                since = pending[conn.key] = self._pending.get(conn.key, now)
+                if now - since > STALL_SECONDS and info.get("lastack", 0) > stale_ms:
+                    victims.append(conn)
+                    continue
+            if lag_stale and info.get("lastrcv", 0) > LAG_STALE_SECONDS * 1000:
                 victims.append(conn)
-            elif lag_stale and info.get("lastrcv", 0) > LAG_STALE_SECONDS * 1000:
-                victims.append(conn)
+        self._pending = pending
         for conn in victims:
             self._kill(conn)
         return len(victims)
