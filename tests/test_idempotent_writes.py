@@ -16,7 +16,7 @@ from factories import NOW, SECOND, add, claim_one, get, new_ids, ref, rows, spec
 
 from edgeq_server import db, ids
 from edgeq_server.clock import ManualClock
-from edgeq_server.errors import FailedPrecondition
+from edgeq_server.errors import CommitUnconfirmed, FailedPrecondition
 from edgeq_server.models import Backoff, Job, JobState, LeaseOutcome
 from edgeq_server.store import Settled, Store
 from edgeq_server.tokens import LeaseRef
@@ -332,11 +332,14 @@ def _enqueue_op(store: Store, now: int) -> str:
     return store.enqueue([spec()], now, new_ids(1))[0].job_id
 
 
-async def test_a_batch_whose_txid_read_fails_after_commit_is_still_reported_committed(
+async def test_a_commit_litefs_cannot_confirm_is_reported_unconfirmed_never_ok(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """LiteFS: the txid comes from the -pos file after COMMIT. If that read fails the batch
-    has committed all the same; reporting it rolled back would make clients retry it."""
+    """LiteFS: the txid comes from the -pos file after COMMIT. When LiteFS loses the lease
+    mid-commit it rolls the transaction back and exits (code 99): the -pos read then fails.
+    Found by the fault suite: answering OK with the last known txid acknowledged a write no
+    node kept. Neither OK (maybe lost) nor a plain error (maybe written): CommitUnconfirmed
+    (ABORTED, COMMITTED_NOT_REPLICATED), which clients retry with the same key."""
     path = str(tmp_path / "t.db")
     position = [7]
     failures = [0]
@@ -360,11 +363,17 @@ async def test_a_batch_whose_txid_read_fails_after_commit_is_still_reported_comm
         assert txid2 == 9
 
         position[0] = 10
-        failures[0] = 2  # fails twice: keep the last known txid
-        third, txid3 = await writer.submit(_enqueue_op)
-        assert txid3 == 9
+        failures[0] = 2  # fails twice: unconfirmed
+        with pytest.raises(CommitUnconfirmed) as err:
+            await writer.submit(_enqueue_op)
+        assert err.value.reason == "COMMITTED_NOT_REPLICATED"
         assert writer.txid == 9
-        assert any("txid" in r.getMessage() and "committed" in r.getMessage() for r in caplog.records)
+        assert any("did not confirm" in r.getMessage() for r in caplog.records)
+
+        # A write whose position did not move was not recorded by LiteFS either.
+        position[0] = 9
+        with pytest.raises(CommitUnconfirmed):
+            await writer.submit(_enqueue_op)
 
         position[0] = 11
         fourth, txid4 = await writer.submit(_enqueue_op)
@@ -373,12 +382,12 @@ async def test_a_batch_whose_txid_read_fails_after_commit_is_still_reported_comm
         writer.close()
     reader = Store(db.connect(path))
     try:
-        assert all(reader.get_job(j) is not None for j in (first, second, third, fourth))
+        assert all(reader.get_job(j) is not None for j in (first, second, fourth))
     finally:
         reader.conn.close()
 
 
-async def test_a_failing_txid_read_in_a_grouped_batch_fails_no_operation(tmp_path: Path) -> None:
+async def test_an_unconfirmed_grouped_batch_fails_every_operation_alike(tmp_path: Path) -> None:
     path = str(tmp_path / "g.db")
     fail = [False]
 
@@ -394,9 +403,4 @@ async def test_a_failing_txid_read_in_a_grouped_batch_fails_no_operation(tmp_pat
         results = await asyncio.gather(*(writer.submit(_enqueue_op) for _ in range(20)), return_exceptions=True)
     finally:
         writer.close()
-    assert all(isinstance(r, tuple) and r[1] == 5 for r in results), results
-    reader = Store(db.connect(path))
-    try:
-        assert len(reader.list_jobs(None, None, 0, 100)) == 20
-    finally:
-        reader.conn.close()
+    assert all(isinstance(r, CommitUnconfirmed) for r in results), results

@@ -79,6 +79,22 @@ class CommittedNotReplicated(EdgeqError):
         self.required = required
 
 
+class CommitUnconfirmed(CommittedNotReplicated):
+    """SQLite's COMMIT returned, but LiteFS could not confirm the transaction (its position
+    could not be read, or did not move): LiteFS rolls back a transaction when it loses the
+    lease mid-commit, and exits. Maybe written, maybe not; a retry with the same
+    idempotency key / lease token is safe either way (same reason, so clients retry)."""
+
+    def __init__(self, detail: str) -> None:
+        EdgeqError.__init__(
+            self,
+            f"the commit could not be confirmed by LiteFS ({detail}); it may or may not have taken"
+            " effect: retry with the same idempotency key / lease token (retries never duplicate)",
+        )
+        self.txid = 0
+        self.required = 0
+
+
 class Forwarded(Exception):
     """The primary's own error for a forwarded call, passed back to the caller unchanged
     (code, message and rich details)."""

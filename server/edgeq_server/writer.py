@@ -12,9 +12,11 @@ load instead of collapsing (limits.md: ~2.4-2.9k RPC/s, the bare gRPC ceiling).
 each result: on a single node it is the consistency token of the contract. It is kept in
 memory; the database stores a reserved high-water mark (``TXID_BLOCK`` ahead), so after a
 restart txids resume above anything handed out before. Under LiteFS the txid is read after
-each COMMIT instead (``txid_after_commit``); a batch that committed is always reported
-committed: if that read fails (twice), the results carry the last known txid and a warning
-is logged, since reporting an error would make clients retry writes that took effect.
+each COMMIT instead (``txid_after_commit``). A COMMIT SQLite accepted counts only once
+LiteFS recorded it: if the position cannot be read (twice) or did not move, LiteFS may have
+rolled the transaction back (it does, and exits, when it loses the lease mid-commit), so
+the batch's callers get ``CommitUnconfirmed`` (ABORTED, COMMITTED_NOT_REPLICATED: retry
+with the same keys), never OK with a stale txid and never "rolled back".
 
 Between transactions the writer keeps the WAL bounded (see ``db.WAL_RESTART_PAGES``): it
 finishes a backfill the checkpointer has nearly done (a short PASSIVE checkpoint, which
@@ -36,7 +38,7 @@ import apsw
 
 from . import db, metrics
 from .clock import Clock
-from .errors import EdgeqError, Unavailable
+from .errors import CommitUnconfirmed, EdgeqError, Unavailable
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -271,27 +273,24 @@ class Writer:
             done, frames, (time.perf_counter() - started) * 1e3,
         )
 
-    def _read_txid(self) -> int:
-        """The txid after a COMMIT that succeeded: read it (twice at most); if that fails,
-        the last known one. The batch committed either way."""
+    def _read_txid(self) -> int | None:
+        """The txid after a COMMIT that SQLite accepted: read it (twice at most); None if
+        that fails."""
         assert self._txid_after_commit is not None
         for attempt in (1, 2):
             try:
                 return self._txid_after_commit()
             except Exception:
                 if attempt == 2:
-                    log.exception(
-                        "reading the txid after COMMIT failed twice; the batch committed,"
-                        " reporting the last known txid %d", self._txid,
-                    )
-        return self._txid
+                    log.exception("reading the txid after COMMIT failed twice")
+        return None
 
     def _commit(self, store: Store, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         now = self._clock.now()
         # A batch of one needs no savepoint: if it fails, the whole transaction rolls back.
         single = len(batch) == 1
-        committed = False
+        committed = changed = False
         try:
             store.begin()
             changes = store.conn.total_changes()
@@ -317,6 +316,7 @@ class Writer:
                     txid += 1
                     if txid > reserved:
                         reserved = store.reserve_txids(txid + TXID_BLOCK)
+                changed = store.conn.total_changes() != changes
                 store.commit()
                 committed = True
                 self._txid, self._txid_reserved = txid, reserved
@@ -329,9 +329,24 @@ class Writer:
             for item in batch:
                 item.error = item.error or exc
         if committed and self._txid_after_commit is not None:
-            # After the try: nothing that fails from here on may report the batch as
-            # rolled back (its callers would retry writes that took effect).
-            self._txid = self._read_txid()
+            # After the try. Under LiteFS a COMMIT that SQLite accepted is durable only once
+            # LiteFS recorded it: LiteFS rolls a transaction back (and exits) when it loses
+            # the lease mid-commit, and then the position cannot be read. Such a batch is
+            # neither "written" nor "not written": CommitUnconfirmed (ABORTED,
+            # COMMITTED_NOT_REPLICATED), which callers retry safely with the same keys.
+            previous = self._txid
+            txid_now = self._read_txid()
+            unconfirmed = (
+                "its position could not be read" if txid_now is None
+                else f"its position stayed at {txid_now}" if changed and txid_now <= previous else ""
+            )
+            if unconfirmed:
+                log.error("LiteFS did not confirm a committed batch of %d operations: %s", len(batch), unconfirmed)
+                for item in batch:
+                    item.error = item.error or CommitUnconfirmed(unconfirmed)
+            else:
+                assert txid_now is not None
+                self._txid = txid_now
         self.commits += 1
         self.ops += len(batch)
         metrics.WRITE_BATCH.observe(len(batch))

@@ -16,6 +16,7 @@ primary acknowledges a write only once enough replicas applied it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -204,10 +205,26 @@ class ReplicaLink:
                 await asyncio.sleep(REPORT_SECONDS)
                 continue
             stub = repl_grpc.ReplicationServiceStub(self._forwarder.channel(primary))
+            call = stub.ReportPositions(self._reports(primary), metadata=self._metadata)
+            ended = asyncio.ensure_future(_finished(call))
+            moved = False
             try:
-                await stub.ReportPositions(self._reports(primary), metadata=self._metadata)
+                # Not a plain await: when the primary changes, a call to the old one that went
+                # silent (cut off, frozen) would keep this loop from reporting to the new
+                # primary, whose writes wait for replicas, until TCP gives up.
+                while not ended.done():
+                    if self._node.primary_address() != primary:
+                        moved = True
+                        call.cancel()
+                        break
+                    await asyncio.wait([ended], timeout=REPORT_SECONDS)
+                if not moved:
+                    await call
             except grpc.aio.AioRpcError as exc:
                 log.debug("position reports to %s ended: %s", primary, exc.code())
+            finally:
+                call.cancel()
+                ended.cancel()
             await asyncio.sleep(REPORT_SECONDS)
 
     async def _reports(self, primary: str) -> AsyncIterator[repl_pb.ReportPositionsRequest]:
@@ -227,3 +244,9 @@ class ReplicaLink:
                     await self._moved.wait()
             except TimeoutError:
                 woken = False
+
+
+async def _finished(call: Any) -> None:
+    """Wait for a gRPC aio call to end, whatever its outcome (errors are read by its owner)."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+        await call
