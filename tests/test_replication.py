@@ -222,11 +222,12 @@ async def test_replica_position_waiters_leave_on_every_exit_path() -> None:
     assert len(positions._heap) <= 64  # entries of abandoned waits were dropped in bulk, not kept
 
 
-async def test_durability_all_waits_for_every_live_replica_and_skips_silent_ones() -> None:
-    """With a Consul lease any candidate may become primary: 'all' waits for every replica
-    that reported within LIVE_SECONDS (at least ``required``), so none that may win is behind."""
+async def test_replicated_durability_waits_for_every_live_replica_and_skips_silent_ones() -> None:
+    """With a Consul lease any candidate may become primary: the fault suite lost a write
+    one replica confirmed when the other won the election. Replicated durability waits for
+    every replica that reported within LIVE_SECONDS (at least ``required``)."""
     now = [0]
-    positions = ReplicaPositions(required=1, now=lambda: now[0], wait_all=True)
+    positions = ReplicaPositions(required=1, now=lambda: now[0])
     positions.report("a:1", 5)
     positions.report("b:1", 3)
     waiting = asyncio.create_task(positions.wait(5, 5))

@@ -29,11 +29,10 @@ class Config:
     #: means host:port.
     advertise_address: str = ""
     #: "local": a write is acknowledged once committed on the primary (a failover can lose
-    #: the last ones). "replicated": only once ``durability_replicas`` replicas applied it.
-    #: "all": once every live replica (one that reported within the last second) applied
-    #: it, and at least ``durability_replicas``: with a Consul lease, where any candidate
-    #: may become the next primary, this is what loses no acknowledged write on failover.
-    #: Both wait up to ``durability_timeout_seconds``, then answer ABORTED
+    #: the last ones). "replicated": only once every live replica (one that reported its
+    #: position within the last second) applied it, and at least ``durability_replicas``:
+    #: with a Consul lease any candidate may become the next primary, so every one that can
+    #: must hold the write. Waits up to ``durability_timeout_seconds``, then answers ABORTED
     #: (COMMITTED_NOT_REPLICATED). LiteFS mode only.
     durability: str = "local"
     durability_replicas: int = 1
@@ -105,10 +104,10 @@ class Config:
             raise ValueError("keepalive_seconds must be > 0")
         if self.retention_interval_seconds <= 0:
             raise ValueError("retention_interval_seconds must be > 0")
-        if self.durability not in ("local", "replicated", "all"):
-            raise ValueError(f"durability must be 'local', 'replicated' or 'all' (got {self.durability!r})")
+        if self.durability not in ("local", "replicated"):
+            raise ValueError(f"durability must be 'local' or 'replicated' (got {self.durability!r})")
         if not self.litefs_mount and (self.durability != "local" or self.outbox_path):
-            raise ValueError("durability=replicated/all and outbox_path need LiteFS mode (litefs_mount)")
+            raise ValueError("durability=replicated and outbox_path need LiteFS mode (litefs_mount)")
         if self.durability_replicas < 1:
             raise ValueError("durability_replicas must be at least 1")
         if self.litefs_mount and self.client_token and not self.auth_token:

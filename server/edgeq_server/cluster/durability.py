@@ -37,18 +37,17 @@ log = logging.getLogger(__name__)
 #: A replica sends its position at least this often, even without new transactions (a
 #: report is also the replica's heartbeat).
 REPORT_SECONDS = 0.2
-#: ``durability all``: a replica whose last report is older than this is not waited for
-#: (stopped, cut off, or gone); it counts again with its next report.
+#: A replica whose last report is older than this is not waited for (stopped, cut off, or
+#: gone: it cannot win an election while away); it counts again with its next report.
 LIVE_SECONDS = 1.0
 
 
 class ReplicaPositions:
-    """On the primary: verified replica positions, and waits for ``required`` of them
-    (``wait_all``: for every live replica, and at least ``required``)."""
+    """On the primary: verified replica positions, and waits until every live replica (and
+    at least ``required``) applied a txid."""
 
-    def __init__(self, required: int, now: Callable[[], int], *, wait_all: bool = False) -> None:
+    def __init__(self, required: int, now: Callable[[], int]) -> None:
         self.required = required
-        self.wait_all = wait_all
         self._now = now
         self._positions: dict[str, tuple[int, int, bool]] = {}  # node -> (txid, reported_at µs, verified)
         self._waiting: dict[int, asyncio.Future[None]] = {}  # seq -> future, of waits still on
@@ -65,14 +64,13 @@ class ReplicaPositions:
         return sorted((node, txid, at, ok) for node, (txid, at, ok) in self._positions.items())
 
     def _durable(self) -> int:
-        """The highest txid that at least ``required`` replicas verifiably applied (with
-        ``wait_all``: that every live replica, and at least ``required``, applied); 0 if none."""
-        if self.wait_all:
-            cutoff = self._now() - int(LIVE_SECONDS * 1_000_000)
-            live = [txid for txid, at, ok in self._positions.values() if ok and at >= cutoff]
-            return min(live) if len(live) >= self.required else 0
-        verified = sorted((txid for txid, _, ok in self._positions.values() if ok), reverse=True)
-        return verified[self.required - 1] if len(verified) >= self.required else 0
+        """The highest txid every live replica verifiably applied, if at least ``required``
+        replicas are live; else 0. (With a Consul lease any live candidate may be the next
+        primary: all of them must hold an acknowledged write. One that stopped reporting
+        cannot win while away, and catches up when it is back.)"""
+        cutoff = self._now() - int(LIVE_SECONDS * 1_000_000)
+        live = [txid for txid, at, ok in self._positions.values() if ok and at >= cutoff]
+        return min(live) if len(live) >= self.required else 0
 
     def report(self, node: str, txid: int, verified: bool | None = True) -> None:
         """``node`` is at ``txid``; ``verified``: its checksum matched the primary's (True),

@@ -144,7 +144,7 @@ class LiteFSNode:
         """LiteFS ``.lag``: ms since the primary was last heard from (blocking; None if absent)."""
         try:
             return int(self._lag_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # absent, or the mount is gone (LiteFS exited: ENOTCONN)
             return None
 
     # ------------------------------------------------------------------ role

@@ -79,13 +79,13 @@ class LiteFSCluster(Cluster):
         self.peer_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
         )
-        self.positions = ReplicaPositions(cfg.durability_replicas, clock.now, wait_all=cfg.durability == "all")
+        self.positions = ReplicaPositions(cfg.durability_replicas, clock.now)
         self.link: ReplicaLink | None = None
         self.buffer = (
             EnqueueBuffer(cfg, clock, self.node, self.forwarder, self.peer_metadata) if cfg.outbox_path else None
         )
         self.watchdog = LiteFSWatchdog(self.node, cfg.litefs_http)
-        self._replicated = cfg.durability in ("replicated", "all")
+        self._replicated = cfg.durability == "replicated"
         self.node.on_role_change(self._role_changed)
 
     def role(self) -> Role:
