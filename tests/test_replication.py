@@ -243,3 +243,42 @@ async def test_replicated_durability_waits_for_every_live_replica_and_skips_sile
     positions.forget("a:1")
     positions.forget("b:1")
     assert not await positions.wait(7, 0.01)  # nobody live: at least ``required`` still holds
+
+
+async def test_a_buffered_enqueue_whose_caller_goes_away_mid_append_is_stored_and_counted(tmp_path: Path) -> None:
+    """Fault 6: a caller cancelled during the append stranded a row the counter did not
+    know about. Now the append and the count are one shielded step: the row exists (and
+    will drain) and the counters agree with the file."""
+    from edgeq_server.cluster.buffer import EnqueueBuffer
+    from edgeq_server.cluster.forward import Forwarder
+
+    cfg = Config(litefs_mount=str(tmp_path), outbox_path=str(tmp_path / "outbox" / "o.db"))
+    node = LiteFSNode(str(tmp_path), "edgeq.db", "127.0.0.1:1")  # role unknown: no primary, so it buffers
+    buffer = EnqueueBuffer(cfg, ManualClock(), node, Forwarder(node, "me:1", []), ())
+    await buffer.open()
+    try:
+        request = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", payload=b"x")])
+        calls = [asyncio.create_task(buffer.enqueue(request, None)) for _ in range(20)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        for call in calls[::2]:
+            call.cancel()  # half the callers go away mid-append
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        answered = [d for d in done if isinstance(d, pb.EnqueueResponse)]
+        assert len(answered) == 10 and all(a.buffered for a in answered)
+        for _ in range(100):  # the shielded appends of the cancelled callers finish on their own
+            if buffer.pending == 20:
+                break
+            await asyncio.sleep(0.01)
+        stored = await asyncio.to_thread(lambda: buffer._store.pending())  # type: ignore[union-attr]
+        assert buffer.pending == stored == 20 and buffer.dead == 0
+    finally:
+        await buffer.close()
+        node.stop()
+
+
+def test_metric_labels_per_queue_are_capped() -> None:
+    from edgeq_server import metrics
+
+    names = [f"label-cap-{i}" for i in range(metrics.MAX_QUEUE_LABELS + 50)]
+    labels = {metrics.queue_label(n) for n in names}
+    assert len(labels) <= metrics.MAX_QUEUE_LABELS + 1 and "_other" in labels
