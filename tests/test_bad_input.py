@@ -125,6 +125,8 @@ NOW_S = 1_800_000_000  # ManualClock's start
         ({"headers": {"big": "v" * 20 * 1024}}, EXHAUSTED, "jobs[0].headers"),
         ({"headers": {"": "empty key"}}, INVALID, "jobs[0].headers"),
         ({"headers": {"k" * 129: "long key"}}, INVALID, "jobs[0].headers"),
+        ({"job_id": "not-a-uuid"}, INVALID, "jobs[0].job_id"),
+        ({"job_id": "0190F3C2-0000-7000-8000-000000000001"}, INVALID, "jobs[0].job_id"),
     ],
     ids=[
         "negative-delay",
@@ -144,6 +146,8 @@ NOW_S = 1_800_000_000  # ManualClock's start
         "20KiB-header",
         "empty-header-key",
         "long-header-key",
+        "job_id-not-a-uuid",
+        "job_id-uppercase",
     ],
 )
 async def test_enqueue_bad_spec(h: Harness, kw: dict[str, Any], code: grpc.StatusCode, field: str) -> None:

@@ -183,7 +183,7 @@ def test_outbox_buffers_enqueues_while_the_primary_hangs_and_drains_them_once_in
                     s.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="", payload=b"x")]), timeout=10)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "jobs[0].queue" in (err.value.details() or "")
-            assert all(a.buffered and a.txid == 0 and a.results[0].job_id == "" for a in answers)
+            assert all(a.buffered and a.txid == 0 and len(a.results[0].job_id) == 36 for a in answers)
             keys = [a.results[0].idempotency_key for a in answers]
             assert keys[7] == "mine-7" and all(k.startswith("outbox-") for i, k in enumerate(keys) if i != 7)
             assert len(set(keys)) == 30
@@ -195,6 +195,8 @@ def test_outbox_buffers_enqueues_while_the_primary_hangs_and_drains_them_once_in
         # Exactly once and in the order the replica accepted them, with the keys it gave out.
         assert [j.payload for j in jobs] == [b"%03d" % i for i in range(30)]
         assert [j.idempotency_key for j in jobs] == keys
+        # Stored under the ids the replica answered with when it buffered them.
+        assert [j.id for j in jobs] == [a.results[0].job_id for a in answers]
         # With the primary back, Enqueue through the replica is forwarded again.
         ch, s = stub(replica.target)
         with ch:

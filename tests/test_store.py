@@ -1238,3 +1238,21 @@ async def test_writer_start_reports_a_refused_database(db_path: str) -> None:
     with pytest.raises(RuntimeError, match="newer"):
         await _open_writer(db_path)
 
+
+
+def test_a_sender_chosen_job_id_is_stored_once_and_a_repeat_is_a_duplicate(store: Store) -> None:
+    """An edge node (the outbox) assigns job ids before buffering; its drain may re-send
+    (a forward that timed out after the commit): the primary stores each id once."""
+    from edgeq_server.models import JobSpec
+
+    chosen = "0190f3c2-0000-7000-8000-000000000001"
+    first = write(store, lambda: store.enqueue([JobSpec("q", b"a", None, 3, job_id=chosen)], NOW, new_ids(1)))
+    again = write(
+        store,
+        lambda: store.enqueue(
+            [JobSpec("q", b"b", None, 3, job_id=chosen), JobSpec("q", b"c", None, 3, job_id=chosen)], NOW, new_ids(2)
+        ),
+    )
+    assert (first[0].job_id, first[0].duplicate) == (chosen, False)
+    assert [(r.job_id, r.duplicate) for r in again] == [(chosen, True), (chosen, True)]
+    assert get(store, chosen).payload == b"a"

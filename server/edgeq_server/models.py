@@ -71,6 +71,7 @@ class JobSpec:
     priority: int = 0
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    job_id: str | None = None  # chosen by the sender (an edge node); None: assigned at insert
 
 
 @dataclass(frozen=True, slots=True)

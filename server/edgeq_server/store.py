@@ -157,10 +157,12 @@ class Store:
 
     def enqueue(self, specs: Sequence[JobSpec], now: int, new_id: Iterable[str]) -> list[EnqueueResult]:
         """Insert jobs; a (queue, idempotency_key) already retained (or earlier in this
-        batch) returns that job's id with duplicate=True."""
+        batch), or a sender-chosen ``job_id`` already stored, returns that job's id with
+        duplicate=True and stores nothing."""
         ids = iter(new_id)
         results: list[EnqueueResult] = []
         seen: dict[tuple[str, str], EnqueueResult] = {}
+        seen_ids: dict[str, EnqueueResult] = {}
         cur = self.conn.cursor()
         for queue in {s.queue for s in specs}:
             cur.execute(
@@ -183,7 +185,18 @@ class Store:
                     seen[key] = res
                     results.append(res)
                     continue
-            job_id = next(ids)
+            if spec.job_id is not None:
+                if spec.job_id in seen_ids:
+                    first = seen_ids[spec.job_id]
+                    results.append(EnqueueResult(first.job_id, True, first.queue, first.run_at))
+                    continue
+                row = cur.execute("SELECT queue_name, run_at FROM jobs WHERE id = ?", (spec.job_id,)).fetchone()
+                if row is not None:
+                    res = EnqueueResult(spec.job_id, True, str(row[0]), int(row[1]))
+                    seen_ids[spec.job_id] = res
+                    results.append(res)
+                    continue
+            job_id = spec.job_id or next(ids)
             run_at = now if spec.run_at is None else spec.run_at
             cur.execute(
                 "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
@@ -204,6 +217,7 @@ class Store:
             res = EnqueueResult(job_id, False, spec.queue, run_at)
             if key is not None:
                 seen[key] = res
+            seen_ids[job_id] = res
             results.append(res)
         return results
 

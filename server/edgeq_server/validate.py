@@ -121,6 +121,7 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         priority=s.priority,
         idempotency_key=key or None,
         headers=headers,
+        job_id=job_id(s.job_id, f"{field}.job_id") if s.job_id else None,
     )
 
 

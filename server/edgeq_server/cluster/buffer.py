@@ -4,13 +4,14 @@ Off by default. When on, a node that is not primary handles Enqueue like this:
 
 1. Validate locally, exactly as the primary would: a bad request is refused here with the
    field named, and nothing is stored.
-2. Give every job without an idempotency key one (``outbox-<uuid7>``), *before* the first
-   attempt: if a forward times out after the primary committed it, the later re-send is a
-   duplicate the primary recognises, so each job is stored exactly once.
+2. Give every job without an idempotency key one (``outbox-<uuid7>``), and every job its id
+   (a UUIDv7, ``JobSpec.job_id``), *before* the first attempt: if a forward times out after
+   the primary committed it, the later re-send is a duplicate the primary recognises (by key
+   and by id), so each job is stored exactly once, under the id this node answered with.
 3. Forward to the primary, waiting at most ``outbox_forward_timeout_seconds``. If the
    primary is unreachable (no primary, UNAVAILABLE, or that wait ran out), append the request
    to the buffer file (outside the LiteFS mount, fsynced) and answer OK with
-   ``buffered = true``. While anything is buffered, new Enqueues are buffered behind it, so
+   ``buffered = true`` and the jobs' ids (the ids they will have on the primary). While anything is buffered, new Enqueues are buffered behind it, so
    jobs reach the primary in the order this node accepted them.
 
 Appends are cancellation-safe: the append and the count run as one shielded step, so a
@@ -116,6 +117,8 @@ class EnqueueBuffer:
         for spec in keyed.jobs:
             if not spec.idempotency_key:
                 spec.idempotency_key = KEY_PREFIX + uuid7()
+            if not spec.job_id:
+                spec.job_id = uuid7()
         primary = self._node.primary_address()
         if not self.pending and primary is not None:
             try:
@@ -131,7 +134,8 @@ class EnqueueBuffer:
         # Shielded: if the caller goes away mid-append, the row and the count still agree.
         await asyncio.shield(asyncio.ensure_future(self._append(keyed)))
         return pb.EnqueueResponse(
-            results=[pb.EnqueueResult(idempotency_key=s.idempotency_key) for s in keyed.jobs], buffered=True
+            results=[pb.EnqueueResult(job_id=s.job_id, idempotency_key=s.idempotency_key) for s in keyed.jobs],
+            buffered=True,
         )
 
     async def _append(self, request: pb.EnqueueRequest) -> None:

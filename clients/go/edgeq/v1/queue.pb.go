@@ -236,7 +236,14 @@ type JobSpec struct {
 	// Higher runs first; ties by run_at, then enqueue order.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Small metadata (trace ids, content type).
-	Headers       map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headers map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional: the job's id, chosen by the sender (lowercase UUID text; edgeq
+	// uses UUIDv7). A node that buffers an Enqueue (the partition outbox, the
+	// edge log) assigns it before buffering and answers with it at once; the
+	// primary then stores the job under that id exactly once: an Enqueue whose
+	// job_id is already stored returns duplicate = true and stores nothing.
+	// Empty: the primary assigns one.
+	JobId         string `protobuf:"bytes,9,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +332,13 @@ func (x *JobSpec) GetHeaders() map[string]string {
 		return x.Headers
 	}
 	return nil
+}
+
+func (x *JobSpec) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
 }
 
 // Job is what readers and workers see.
@@ -2417,7 +2431,7 @@ var File_edgeq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x02\n" +
+	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x03\n" +
 	"\aJobSpec\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12'\n" +
@@ -2426,7 +2440,8 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x06run_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12!\n" +
 	"\fmax_attempts\x18\x06 \x01(\x05R\vmaxAttempts\x12\x1a\n" +
 	"\bpriority\x18\a \x01(\x05R\bpriority\x128\n" +
-	"\aheaders\x18\b \x03(\v2\x1e.edgeq.v1.JobSpec.HeadersEntryR\aheaders\x1a:\n" +
+	"\aheaders\x18\b \x03(\v2\x1e.edgeq.v1.JobSpec.HeadersEntryR\aheaders\x12\x15\n" +
+	"\x06job_id\x18\t \x01(\tR\x05jobId\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xed\x05\n" +
