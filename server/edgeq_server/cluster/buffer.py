@@ -11,8 +11,9 @@ Off by default. When on, a node that is not primary handles Enqueue like this:
 3. Forward to the primary, waiting at most ``outbox_forward_timeout_seconds``. If the
    primary is unreachable (no primary, UNAVAILABLE, or that wait ran out), append the request
    to the buffer file (outside the LiteFS mount, fsynced) and answer OK with
-   ``buffered = true`` and the jobs' ids (the ids they will have on the primary). While anything is buffered, new Enqueues are buffered behind it, so
-   jobs reach the primary in the order this node accepted them.
+   ``buffered = true`` and the jobs' ids (the ids they will have on the primary). While
+   anything is buffered, new Enqueues are buffered behind it, so jobs reach the primary in
+   the order this node accepted them.
 
 Appends are cancellation-safe: the append and the count run as one shielded step, so a
 caller that goes away mid-append leaves either a row that will drain, or nothing.
