@@ -276,7 +276,7 @@ class EnqueueResult:
     #: The job's idempotency key: the caller's, or the ``auto-<UUIDv7>`` the client generated.
     idempotency_key: str = ""
     #: True when a replica kept the job in its partition outbox because the primary was
-    #: unreachable: it is stored later, exactly once; ``job_id`` is then empty and ``txid`` 0.
+    #: unreachable: it is stored later, exactly once, under ``job_id``; ``txid`` is then 0.
     buffered: bool = False
 
 

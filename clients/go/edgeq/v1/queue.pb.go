@@ -654,7 +654,8 @@ type EnqueueResponse struct {
 	Txid uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
 	// True when a replica could not reach the primary and kept the jobs in its
 	// partition outbox: they are stored on the primary later, in order, exactly
-	// once. job_id is then empty and txid 0; use the idempotency keys.
+	// once, under the job_ids returned here (assigned before buffering). txid
+	// is then 0.
 	Buffered      bool `protobuf:"varint,3,opt,name=buffered,proto3" json:"buffered,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -319,7 +319,8 @@ export type EnqueueResponse = Message<"edgeq.v1.EnqueueResponse"> & {
   /**
    * True when a replica could not reach the primary and kept the jobs in its
    * partition outbox: they are stored on the primary later, in order, exactly
-   * once. job_id is then empty and txid 0; use the idempotency keys.
+   * once, under the job_ids returned here (assigned before buffering). txid
+   * is then 0.
    *
    * @generated from field: bool buffered = 3;
    */
