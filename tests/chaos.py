@@ -50,7 +50,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_harness import DB, ROOT, free_port, litefs_binary
+from cluster_harness import DB, ROOT, ConsulAgent, litefs_binary
 
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
@@ -263,66 +263,14 @@ def kill_netns_pids(name: str) -> None:
 # Consul
 
 
-class Consul:
-    """``consul agent -dev`` bound to the bridge address, ``session_ttl_min = 1s``."""
+class Consul(ConsulAgent):
+    """``cluster_harness.ConsulAgent`` bound to the bridge address."""
 
     def __init__(self, root: Path) -> None:
         binary = consul_path()
         if binary is None:
             raise RuntimeError("consul binary missing")
-        self.binary = binary
-        self.port = free_port()
-        self.log = root / "consul.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{BRIDGE_IP}:{self.port}"
-
-    def __enter__(self) -> Consul:
-        cmd = [
-            self.binary, "agent", "-dev", "-client", BRIDGE_IP, "-bind", BRIDGE_IP,
-            "-http-port", str(self.port), "-serf-lan-port", str(free_port()),
-            "-serf-wan-port", str(free_port()), "-server-port", str(free_port()),
-            "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn",
-            "-hcl", 'session_ttl_min = "1s"',
-        ]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if self.get("/v1/status/leader").strip() not in (b"", b'""'):
-                    return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"consul did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=2) as r:
-            return bytes(r.read())
-
-    def put(self, path: str) -> bytes:
-        req = urllib.request.Request(self.url + path, method="PUT", data=b"")
-        with urllib.request.urlopen(req, timeout=2) as r:
-            return bytes(r.read())
-
-    def lease_session(self, key: str) -> str | None:
-        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-            entries = json.loads(self.get(f"/v1/kv/{key}"))
-            return str(entries[0]["Session"]) if entries and entries[0].get("Session") else None
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        super().__init__(root, BRIDGE_IP, binary)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ when ``CI=true``: a cluster test that silently skips in CI is a failed test.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -71,19 +73,21 @@ class ConsulAgent:
     """``consul agent -dev`` on loopback with free ports and ``session_ttl_min = 1s`` (so a
     LiteFS lease can use a 1 s TTL and fail over in seconds), stopped on exit."""
 
-    def __init__(self, root: Path) -> None:
-        self.binary = consul_binary()
+    def __init__(self, root: Path, address: str = "127.0.0.1", binary: str | None = None) -> None:
+        """``address``: where every Consul port binds (the fault suite uses its bridge)."""
+        self.binary = binary or consul_binary()
+        self.address = address
         self.http_port = free_port()
         self.log = root / "consul.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.address}:{self.http_port}"
 
     def __enter__(self) -> ConsulAgent:
         cmd = [
-            self.binary, "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
+            self.binary, "agent", "-dev", "-client", self.address, "-bind", self.address,
             "-http-port", str(self.http_port), "-serf-lan-port", str(free_port()),
             "-serf-wan-port", str(free_port()), "-server-port", str(free_port()),
             "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn",
@@ -92,7 +96,7 @@ class ConsulAgent:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 with urllib.request.urlopen(self.url + "/v1/status/leader", timeout=1) as r:
@@ -104,6 +108,22 @@ class ConsulAgent:
                 self.__exit__()
                 raise RuntimeError(f"consul did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=2) as r:
+            return bytes(r.read())
+
+    def put(self, path: str) -> bytes:
+        req = urllib.request.Request(self.url + path, method="PUT", data=b"")
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return bytes(r.read())
+
+    def lease_session(self, key: str) -> str | None:
+        """The Consul session holding the LiteFS lease ``key`` (None if nobody holds it)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            entries = json.loads(self.get(f"/v1/kv/{key}"))
+            return str(entries[0]["Session"]) if entries and entries[0].get("Session") else None
+        return None
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:

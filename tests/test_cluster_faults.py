@@ -12,10 +12,8 @@ The fault-injection suite that found them (and more) is tests/test_chaos.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -32,17 +30,6 @@ from edgeq_server.supervise import Supervisor
 def info(node: Node) -> pb.GetNodeInfoResponse:
     with grpc.insecure_channel(node.target) as ch:
         return pb_grpc.QueueServiceStub(ch).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
-
-
-def consul_session(consul: ConsulAgent, key: str) -> str:
-    with urllib.request.urlopen(f"{consul.url}/v1/kv/{key}", timeout=5) as r:
-        return str(json.loads(r.read())[0]["Session"])
-
-
-def destroy_session(consul: ConsulAgent, session: str) -> None:
-    request = urllib.request.Request(f"{consul.url}/v1/session/destroy/{session}", method="PUT")
-    with urllib.request.urlopen(request, timeout=5) as r:
-        assert r.status == 200
 
 
 @pytest.mark.slow
@@ -67,7 +54,9 @@ def test_a_primary_that_loses_its_consul_lease_ends_its_lease_streams_and_jobs_k
                     client.enqueue("z", b"before")
                     assert got.wait(20)
                     got.clear()
-                    destroy_session(consul, consul_session(consul, cluster.consul_key))
+                    session = consul.lease_session(cluster.consul_key)
+                    assert session is not None
+                    consul.put(f"/v1/session/destroy/{session}")
                     destroyed = time.monotonic()
                     # The raw stream on the old primary ends with UNAVAILABLE (not silence).
                     with pytest.raises(grpc.RpcError) as err:

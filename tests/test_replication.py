@@ -282,3 +282,32 @@ def test_metric_labels_per_queue_are_capped() -> None:
     names = [f"label-cap-{i}" for i in range(metrics.MAX_QUEUE_LABELS + 50)]
     labels = {metrics.queue_label(n) for n in names}
     assert len(labels) <= metrics.MAX_QUEUE_LABELS + 1 and "_other" in labels
+
+
+def test_the_watchdog_sees_one_process_connections_by_socket_inode() -> None:
+    """The watchdog lists LiteFS's connections with `ss -tnie` and tells them apart by the
+    inodes in /proc/<pid>/fd (no `ss -p` walk of every process)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    from edgeq_server.cluster.watchdog import parse_ss, socket_inodes
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) missing")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client, server.accept()[0]:
+            client.sendall(b"x")
+            out = subprocess.run(
+                ["ss", "-H", "-tnie", "state", "established"], capture_output=True, text=True, check=True
+            ).stdout
+            inodes = socket_inodes(os.getpid())
+            assert inodes is not None
+            mine = parse_ss(out, "established", inodes)
+            peers = {c.peer for c in mine}
+            assert f"127.0.0.1:{port}" in peers  # the dialed side
+            assert all(c.info.get("lastrcv") is not None for c in mine)
+            assert parse_ss(out, "established", set()) == []
+    assert socket_inodes(2**22 + 12345) is None

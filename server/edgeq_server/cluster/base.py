@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., Any]
 
-#: How often ``Position.wait_for`` looks again while waiting.
+#: How often ``Position.wait_for`` looks again while waiting, and (at most) reads the
+#: position with its blocking ``refresh``.
 POLL_SECONDS = 0.005
+REFRESH_SECONDS = 0.1
 
 
 class Role(enum.Enum):
@@ -65,9 +67,13 @@ class Position:
             return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        refreshed = -REFRESH_SECONDS
         while True:
-            if self._refresh is not None and await asyncio.to_thread(self._refresh) >= txid:
-                return True
+            # ``current`` follows LiteFS events; the blocking read is a fallback, not per poll.
+            if self._refresh is not None and loop.time() - refreshed >= REFRESH_SECONDS:
+                refreshed = loop.time()
+                if await asyncio.to_thread(self._refresh) >= txid:
+                    return True
             if self.current() >= txid:
                 return True
             if loop.time() >= deadline:

@@ -16,7 +16,8 @@ Off by default. When on, a node that is not primary handles Enqueue like this:
    the order this node accepted them.
 
 Appends are cancellation-safe: the append and the count run as one shielded step, so a
-caller that goes away mid-append leaves either a row that will drain, or nothing.
+caller that goes away mid-append leaves either a row that will drain, or nothing, and the
+in-memory counters stay exact without counting rows per request.
 
 The drain (a supervised loop) sends the buffered requests one at a time, oldest first,
 whenever a primary answers, deleting each only after the primary's OK. Transient failures
@@ -105,8 +106,19 @@ class EnqueueBuffer:
         return await asyncio.to_thread(fn, store)
 
     async def _recount(self) -> None:
-        """Counters from the file itself (exact; called with the lock held or at start)."""
+        """Counters from the file itself (at start, and whenever nothing is pending: both
+        counts are then cheap)."""
         self.pending, self.dead = await self._run(lambda s: (s.pending(), s.dead()))
+        self._publish()
+
+    def _counted(self, pending: int, dead: int = 0) -> None:
+        """Move the counters with a change just made to the file (the lock is held, and
+        appends are shielded, so they stay exact without counting rows per request)."""
+        self.pending += pending
+        self.dead += dead
+        self._publish()
+
+    def _publish(self) -> None:
         metrics.BUFFER_PENDING.set(self.pending)
         metrics.BUFFER_DEAD.set(self.dead)
 
@@ -144,7 +156,7 @@ class EnqueueBuffer:
         now = self._clock.now()
         async with self._lock:
             await self._run(lambda s: s.append(blob, len(request.jobs), now))
-            await self._recount()
+            self._counted(+1)
         self._wake.set()
 
     def _target(self) -> str | None:
@@ -195,10 +207,10 @@ class EnqueueBuffer:
                 )
                 async with self._lock:
                     await self._run(functools.partial(OutboxStore.reject, seq=seq, reason=reason))
-                    await self._recount()
+                    self._counted(-1, +1)
                 continue
             delay = RETRY_MIN_SECONDS
             async with self._lock:
                 await self._run(functools.partial(OutboxStore.delete, seq=seq))
-                await self._recount()
+                self._counted(-1)
             log.debug("outbox: request %d stored on %s", seq, target)

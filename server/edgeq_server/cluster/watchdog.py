@@ -14,7 +14,8 @@ calling itself primary. LiteFS's heartbeats (one a second, as ``.lag``) make a d
 visible; nothing in LiteFS acts on it.
 
 What: every ``CHECK_SECONDS`` this loop lists the TCP connections of the LiteFS process
-(the one listening on ``--litefs-http``) with ``ss`` (iproute2) and closes, with
+(the one listening on ``--litefs-http``; its sockets are told apart by inode, from
+``/proc/<pid>/fd``) with ``ss`` (iproute2) and closes, with
 ``ss -K`` (the kernel's SOCK_DESTROY), connections LiteFS *dialed* that are stalled:
 
 - still connecting (SYN-SENT) after ``STALL_SECONDS``;
@@ -36,7 +37,9 @@ them it logs once and stays off (the operator requirement is documented).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -54,6 +57,7 @@ LAG_STALE_SECONDS = 2.5
 
 _PID = re.compile(r"pid=(\d+)")
 _FIELD = re.compile(r"\b(lastrcv|lastack|lastsnd|unacked):(\d+)")
+_INO = re.compile(r"\bino:(\d+)")
 
 
 class Conn:
@@ -71,26 +75,41 @@ class Conn:
         return self.send_q > 0 or self.info.get("unacked", 0) > 0
 
 
-def parse_ss(output: str, state: str) -> dict[int, list[Conn]]:
-    """``ss -H -tnpi state <state>`` output -> {pid: [connections]}."""
-    out: dict[int, list[Conn]] = {}
-    current: tuple[list[int], Conn] | None = None
+def parse_ss(output: str, state: str, inodes: set[int]) -> list[Conn]:
+    """``ss -H -tnie state <state>`` output -> the connections whose socket inode is in
+    ``inodes`` (LiteFS's own sockets: no ``ss -p`` walk of every process's descriptors)."""
+    out: list[Conn] = []
+    current: Conn | None = None
     for line in output.splitlines():
         if not line.strip():
             continue
-        if line[0] in " \t" and current is not None:  # the info line of the previous socket
-            current[1].info.update({k: int(v) for k, v in _FIELD.findall(line)})
+        if line[0] in " \t":  # the info line of the previous socket
+            if current is not None:
+                current.info.update({k: int(v) for k, v in _FIELD.findall(line)})
             continue
         parts = line.split()
-        if len(parts) < 4:
+        ino = _INO.search(line)
+        if len(parts) < 4 or ino is None or int(ino.group(1)) not in inodes:
+            current = None
             continue
         send_q = int(parts[1]) if parts[1].isdigit() else 0
-        conn = Conn(state, parts[2], parts[3], {}, send_q)
-        pids = [int(p) for p in _PID.findall(line)]
-        for pid in pids:
-            out.setdefault(pid, []).append(conn)
-        current = (pids, conn)
+        current = Conn(state, parts[2], parts[3], {}, send_q)
+        out.append(current)
     return out
+
+
+def socket_inodes(pid: int) -> set[int] | None:
+    """The inodes of process ``pid``'s sockets; None if it is gone."""
+    inodes: set[int] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+    except FileNotFoundError:
+        return None
+    return inodes
 
 
 def _port(address: str) -> str:
@@ -136,12 +155,12 @@ class LiteFSWatchdog:
             self._pid = self._litefs_pid()
             if self._pid is None:
                 return 0
-        established = parse_ss(self._ss_run("-H", "-tnpi", "state", "established"), "established")
-        connecting = parse_ss(self._ss_run("-H", "-tnp", "state", "syn-sent"), "syn-sent")
-        if self._pid not in established and self._pid not in connecting:
-            # LiteFS restarted (new pid) or has no connection at all: look it up again next time.
+        inodes = socket_inodes(self._pid)
+        if inodes is None:  # LiteFS restarted (new pid): look it up again next time
             self._pid = None
-        pid = self._pid
+            return 0
+        established = parse_ss(self._ss_run("-H", "-tnie", "state", "established"), "established", inodes)
+        connecting = parse_ss(self._ss_run("-H", "-tne", "state", "syn-sent"), "syn-sent", inodes)
         stale_ms = STALL_SECONDS * 1000
         lag_stale = False
         if self._node.role() is Role.REPLICA:
@@ -150,7 +169,7 @@ class LiteFSWatchdog:
         now = time.monotonic()
         victims: list[Conn] = []
         seen: set[tuple[str, str]] = set()
-        for conn in connecting.get(pid, []) if pid is not None else []:
+        for conn in connecting:
             key = (conn.local, conn.peer)
             seen.add(key)
             first = self._connecting.setdefault(key, now)
@@ -158,7 +177,7 @@ class LiteFSWatchdog:
                 victims.append(conn)
         self._connecting = {k: v for k, v in self._connecting.items() if k in seen}
         pending: dict[tuple[str, str], float] = {}
-        for conn in established.get(pid, []) if pid is not None else []:
+        for conn in established:
             if _port(conn.local) == self._http_port:
                 continue  # accepted by LiteFS (a replica streaming from us, /events): not dialed
             info = conn.info
