@@ -133,6 +133,7 @@ def schema_version(path: str) -> int:
         return 0
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        conn.set_busy_timeout(1000)
         return int(conn.execute("PRAGMA user_version").get or 0)
     finally:
         conn.close()

@@ -22,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+import apsw
 import grpc
 
 from edgeq.v1 import queue_pb2 as pb
@@ -106,15 +107,22 @@ class LiteFSCluster(Cluster):
         while True:
             if self.node.is_primary():
                 return
-            if self.node.role() is Role.REPLICA and await asyncio.to_thread(db.schema_version, self.db_path) >= len(
-                db.MIGRATIONS
-            ):
+            if self.node.role() is Role.REPLICA and await self._replica_schema_version() >= len(db.MIGRATIONS):
                 return
             if waited % 10 == 0:
                 role = self.node.role().value
                 log.info("replica: waiting for the primary to create or migrate %s (%s)", self.db_path, role)
             await asyncio.sleep(0.5)
             waited += 0.5
+
+    async def _replica_schema_version(self) -> int:
+        """The replica's schema version, 0 while LiteFS is still writing a snapshot into the
+        file (the read meets a lock or a half-written file; the next poll sees the result)."""
+        try:
+            return await asyncio.to_thread(db.schema_version, self.db_path)
+        except (apsw.BusyError, apsw.IOError, apsw.CorruptError, apsw.NotADBError) as exc:
+            log.info("replica: database %s not readable yet (%s); waiting", self.db_path, exc)
+            return 0
 
     def attach(self, server: grpc.aio.Server, supervisor: Supervisor, committed: Callable[[], int]) -> None:
         repl_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(self.node, self.positions), server)
