@@ -59,6 +59,20 @@ def enqueue(h: Harness, *specs: pb.JobSpec) -> Any:
 # ---------------------------------------------------------------------- Enqueue
 
 
+async def test_enqueue_with_an_unknown_durability_is_refused_naming_the_field(h: Harness) -> None:
+    request = pb.EnqueueRequest(jobs=[spec(payload=b"x")], durability=42)  # type: ignore[arg-type]
+    await refused(h, h.stub.Enqueue(request), INVALID, "durability")
+
+
+async def test_replicated_durability_on_a_standalone_server_is_refused_and_edge_means_local(h: Harness) -> None:
+    request = pb.EnqueueRequest(jobs=[spec(payload=b"x")], durability=pb.DURABILITY_REPLICATED)
+    err = await refused(h, h.stub.Enqueue(request), grpc.StatusCode.FAILED_PRECONDITION, "durability")
+    assert "standalone" in (err.details() or "")
+    edge = await h.stub.Enqueue(pb.EnqueueRequest(jobs=[spec(payload=b"e")], durability=pb.DURABILITY_EDGE))
+    assert not edge.accepted_at_edge and edge.txid > 0
+    assert (await h.job(edge.results[0].job_id)).state == pb.JOB_STATE_PENDING
+
+
 @pytest.mark.parametrize(
     "queue",
     ["", "has space", "x" * 129, "slash/name", "uni\u00e9", "tab\t", "new\nline"],

@@ -184,15 +184,15 @@ def test_outbox_buffers_enqueues_while_the_primary_hangs_and_drains_them_once_in
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "jobs[0].queue" in (err.value.details() or "")
             assert all(a.buffered and a.txid == 0 and len(a.results[0].job_id) == 36 for a in answers)
+            assert all(a.accepted_at_edge and a.accepted_by == replica.target for a in answers)
             keys = [a.results[0].idempotency_key for a in answers]
-            assert keys[7] == "mine-7" and all(k.startswith("outbox-") for i, k in enumerate(keys) if i != 7)
-            assert len(set(keys)) == 30
-            assert info(replica).outbox_pending == 30
+            assert keys[7] == "mine-7" and all(k == "" for i, k in enumerate(keys) if i != 7)
+            assert info(replica).outbox_pending == 30 and info(replica).edge_log_jobs == 30
         finally:
             os.kill(pid, signal.SIGCONT)
         eventually(lambda: info(replica).outbox_pending == 0, what="outbox drained")
         jobs = all_jobs(cluster.primary.target, "out")
-        # Exactly once and in the order the replica accepted them, with the keys it gave out.
+        # Exactly once and in the order the replica accepted them, with their keys.
         assert [j.payload for j in jobs] == [b"%03d" % i for i in range(30)]
         assert [j.idempotency_key for j in jobs] == keys
         # Stored under the ids the replica answered with when it buffered them.

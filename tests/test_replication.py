@@ -249,16 +249,16 @@ async def test_a_buffered_enqueue_whose_caller_goes_away_mid_append_is_stored_an
     """Fault 6: a caller cancelled during the append stranded a row the counter did not
     know about. Now the append and the count are one shielded step: the row exists (and
     will drain) and the counters agree with the file."""
-    from edgeq_server.cluster.buffer import EnqueueBuffer
+    from edgeq_server.cluster.edgelog import EdgeLog
     from edgeq_server.cluster.forward import Forwarder
 
     cfg = Config(litefs_mount=str(tmp_path), outbox_path=str(tmp_path / "outbox" / "o.db"))
     node = LiteFSNode(str(tmp_path), "edgeq.db", "127.0.0.1:1")  # role unknown: no primary, so it buffers
-    buffer = EnqueueBuffer(cfg, ManualClock(), node, Forwarder(node, "me:1", []), ())
+    buffer = EdgeLog(cfg, ManualClock(), node, Forwarder(node, "me:1", []), (), str(tmp_path / "edgeq.db"))
     await buffer.open()
     try:
         request = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", payload=b"x")])
-        calls = [asyncio.create_task(buffer.enqueue(request, None)) for _ in range(20)]  # type: ignore[arg-type]
+        calls = [asyncio.create_task(buffer.accept(request)) for _ in range(20)]
         await asyncio.sleep(0)
         for call in calls[::2]:
             call.cancel()  # half the callers go away mid-append
@@ -269,8 +269,9 @@ async def test_a_buffered_enqueue_whose_caller_goes_away_mid_append_is_stored_an
             if buffer.pending == 20:
                 break
             await asyncio.sleep(0.01)
-        stored = await asyncio.to_thread(lambda: buffer._store.pending())  # type: ignore[union-attr]
-        assert buffer.pending == stored == 20 and buffer.dead == 0
+        stored = await buffer._run(lambda s: s.totals())
+        assert buffer.pending == stored[0] == 20 and buffer.jobs == stored[1] == 20 and buffer.dead == 0
+        assert buffer.bytes == stored[2] > 0
     finally:
         await buffer.close()
         node.stop()

@@ -1256,3 +1256,57 @@ def test_a_sender_chosen_job_id_is_stored_once_and_a_repeat_is_a_duplicate(store
     assert (first[0].job_id, first[0].duplicate) == (chosen, False)
     assert [(r.job_id, r.duplicate) for r in again] == [(chosen, True), (chosen, True)]
     assert get(store, chosen).payload == b"a"
+
+
+# ---------------------------------------------------------------------- edge ids and the edge log
+
+
+def test_a_key_twin_accepted_at_another_edge_is_recorded_as_an_alias_and_forgotten_with_the_job(store: Store) -> None:
+    from dataclasses import replace
+
+    first = enqueue(store, replace(spec(key="k"), job_id=ids.uuid7()))[0]
+    twin_id = ids.uuid7()
+    twin = enqueue(store, replace(spec(key="k", payload=b"other"), job_id=twin_id))[0]
+    assert twin.duplicate and twin.job_id == first.job_id
+    assert store.get_job(twin_id) is not None and store.get_job(twin_id).id == first.job_id  # type: ignore[union-attr]
+    again = enqueue(store, replace(spec(key="k"), job_id=twin_id))[0]  # a resend changes nothing
+    assert again.duplicate and again.job_id == first.job_id
+    assert store.job_id_by_key("q", "k") == first.job_id and store.job_id_by_key("q", "nope") is None
+    job = claim_one(store)
+    write(store, lambda: store.ack([(ref(job), b"")], NOW))
+    assert write(store, lambda: store.delete_finished(JobState.COMPLETED, NOW + 1, 10)) == 1
+    assert write(store, lambda: store.delete_orphan_aliases(10)) == 1
+    assert store.get_job(twin_id) is None
+
+
+def test_edge_log_store_appends_finds_drains_and_forgets(tmp_path: Any) -> None:
+    from edgeq_server.store import EdgeLogStore
+
+    log = EdgeLogStore(str(tmp_path / "edge" / "log.db"))
+    try:
+        with log.transaction():
+            s1 = log.append(b"req-1", [("id-1", "q", "k1"), ("id-2", "q", "")], NOW)
+            s2 = log.append(b"req-2", [("id-3", "r", "k1")], NOW + 1)
+        assert s2 > s1
+        assert log.totals() == (2, 3, 10, 0, NOW)
+        assert [(r.seq, r.request, r.jobs) for r in log.oldest(10)] == [(s1, b"req-1", 2), (s2, b"req-2", 1)]
+        assert log.find_key("q", "k1") == "id-1" and log.find_key("r", "k1") == "id-3"
+        assert log.find_key("q", "") == "id-2" and log.find_key("q", "zz") is None
+        assert log.accepted_by_queue() == {"q": 2, "r": 1}
+        found = log.find("id-2")
+        assert found is not None and found.request == b"req-1" and found.index == 1 and found.drained_txid is None
+        log.drained([s1], [("id-1", "stored-1"), ("id-2", "id-2")], txid=40)
+        found = log.find("id-1")
+        assert found is not None and found.request is None
+        assert found.drained_txid == 40 and found.stored_id == "stored-1"
+        assert log.find_key("q", "k1") == "stored-1"  # until applied, the key names the stored job
+        assert log.totals()[:3] == (1, 1, 5)
+        log.reject(s2, "INVALID_ARGUMENT: no")
+        assert log.totals() == (0, 0, 0, 1, None) and log.dead_rows()[0][3] == "INVALID_ARGUMENT: no"
+        rejected = log.find("id-3")
+        assert rejected is not None and rejected.rejected == "INVALID_ARGUMENT: no"
+        assert log.find_key("r", "k1") is None  # a refused job names nothing
+        assert log.forget_applied(39) == 0 and log.forget_applied(40) == 2
+        assert log.find("id-1") is None and log.find("id-3") is not None
+    finally:
+        log.close()

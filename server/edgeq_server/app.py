@@ -144,7 +144,7 @@ class EdgeqServer:
         )
         await self.maintenance.load()
         service = QueueService(
-            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, cluster.position,
+            cfg, self.clock, self.writer, self.readers, self.dispatcher, self.maintenance, codec, cluster,
             node_info=self.node_info,
         )
 
@@ -178,7 +178,8 @@ class EdgeqServer:
         log.info(
             "edgeq serving on %s:%d (db %s, %s)", cfg.host, self.port, path,
             "standalone" if cluster.kind == "standalone" else
-            f"LiteFS {cluster.role().value}, durability {cfg.durability}, outbox {'on' if cfg.outbox_path else 'off'}",
+            f"LiteFS {cluster.role().value}, durability {cfg.durability}, edge log {cfg.edge_log}"
+            f"{' (partition outbox on)' if cfg.outbox_path else ''}",
         )
 
     def _role_changed(self, role: Role) -> None:

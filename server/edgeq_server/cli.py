@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
+from . import validate
 from .app import EdgeqServer
 from .config import Config
 
@@ -40,6 +41,7 @@ def _serve_parser(sub: Any) -> None:
         help_text = f"(env {Config.env_name(f.name)}, default {f.default})"
         p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     p.add_argument("--db", dest="db_path", default=None, help="alias of --db-path")
+    p.add_argument("--edge-log", dest="edge_log_path", default=None, help="alias of --edge-log-path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=0)
     p.add_argument("--key", dest="idempotency_key", default="", help="idempotency key")
     p.add_argument("--header", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--durability", choices=sorted(validate.DURABILITY_NAMES.values()),
+        help="when the server answers: edge (fsynced in the answering node's edge log), local (committed on"
+        " the primary), replicated (and applied by its replicas); default: the server's",
+    )
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--queue", default="")
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="queue statistics")
     p.add_argument("queues", nargs="*")
 
-    sub.add_parser("node", help="the answering node: role, primary, txid, replicas, outbox")
+    sub.add_parser("node", help="the answering node: role, primary, txid, replicas, edge log")
 
     for name, helptext in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
         p = sub.add_parser(name, help=helptext)
@@ -130,7 +137,9 @@ def _client(args: argparse.Namespace) -> int:
             )
             if args.delay is not None:
                 spec.delay.FromNanoseconds(int(args.delay * 1e9))
-            _print(stub.Enqueue(pb.EnqueueRequest(jobs=[spec]), timeout=t))
+            levels = {name: value for value, name in validate.DURABILITY_NAMES.items()}
+            durability = levels[args.durability] if args.durability else pb.DURABILITY_UNSPECIFIED
+            _print(stub.Enqueue(pb.EnqueueRequest(jobs=[spec], durability=durability), timeout=t))
         elif cmd == "jobs":
             state: Any = STATES["job_state_" + args.state] if args.state else 0
             remaining, token = args.limit, ""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MiB = 1024 * 1024
+#: Enqueue acknowledgement levels (``--durability``).
+DURABILITIES = ("local", "replicated", "edge")
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,25 @@ class Config:
     #: position within the last second) applied it, and at least ``durability_replicas``:
     #: with a Consul lease any candidate may become the next primary, so every one that can
     #: must hold the write. Waits up to ``durability_timeout_seconds``, then answers ABORTED
-    #: (COMMITTED_NOT_REPLICATED). LiteFS mode only.
+    #: (COMMITTED_NOT_REPLICATED). LiteFS mode only. "edge": once fsynced in the answering
+    #: node's edge log (``edge_log_path``), drained to the primary in the background; on
+    #: a standalone server the same as "local". A request's ``durability`` overrides it.
     durability: str = "local"
     durability_replicas: int = 1
     durability_timeout_seconds: float = 5.0
-    #: Partition outbox (LiteFS replicas): a local SQLite file outside the mount where
-    #: Enqueue requests wait while the primary is unreachable; empty turns it off.
+    #: The edge log (LiteFS mode): a local SQLite file outside the mount holding Enqueues
+    #: accepted at the edge until the drain stores them on the primary. Empty: next to the
+    #: mount, ``<litefs_mount>.edge-log.db``.
+    edge_log_path: str = ""
+    #: Cap on the bytes of requests waiting in the edge log; past it Enqueue answers
+    #: RESOURCE_EXHAUSTED with a retry delay (never unbounded disk, never a silent drop).
+    edge_log_max_bytes: int = 1024 * MiB
+    #: What the primary must reach before a drained job leaves the edge log: "replicated"
+    #: (applied by its live replicas: a failover cannot lose it) or "local".
+    edge_drain_durability: str = "replicated"
+    #: Partition outbox: with a path, "local"/"replicated" Enqueues on a node that cannot
+    #: reach the primary are accepted at the edge instead of failing (the path is then the
+    #: edge log's). Empty: they answer UNAVAILABLE.
     outbox_path: str = ""
     #: With the outbox on: how long a forwarded Enqueue may wait for the primary before
     #: the replica buffers it instead.
@@ -104,10 +119,16 @@ class Config:
             raise ValueError("keepalive_seconds must be > 0")
         if self.retention_interval_seconds <= 0:
             raise ValueError("retention_interval_seconds must be > 0")
-        if self.durability not in ("local", "replicated"):
-            raise ValueError(f"durability must be 'local' or 'replicated' (got {self.durability!r})")
-        if not self.litefs_mount and (self.durability != "local" or self.outbox_path):
-            raise ValueError("durability=replicated and outbox_path need LiteFS mode (litefs_mount)")
+        if self.durability not in DURABILITIES:
+            raise ValueError(f"durability must be 'local', 'replicated' or 'edge' (got {self.durability!r})")
+        if self.edge_drain_durability not in ("local", "replicated"):
+            raise ValueError(
+                f"edge_drain_durability must be 'local' or 'replicated' (got {self.edge_drain_durability!r})"
+            )
+        if not self.litefs_mount and (self.durability == "replicated" or self.outbox_path or self.edge_log_path):
+            raise ValueError("durability=replicated, outbox_path and edge_log_path need LiteFS mode (litefs_mount)")
+        if self.outbox_path and self.edge_log_path and self.outbox_path != self.edge_log_path:
+            raise ValueError("outbox_path and edge_log_path name the same file (the edge log); give one")
         if self.durability_replicas < 1:
             raise ValueError("durability_replicas must be at least 1")
         if self.litefs_mount and self.client_token and not self.auth_token:
@@ -116,6 +137,13 @@ class Config:
             raise ValueError("outbox_forward_timeout_seconds must be > 0")
         if self.max_payload_bytes >= self.max_message_bytes:
             raise ValueError("max_payload_bytes must be below max_message_bytes")
+
+    @property
+    def edge_log(self) -> str:
+        """The edge log's file ("" without LiteFS: a standalone server has no edge log)."""
+        if not self.litefs_mount:
+            return ""
+        return self.edge_log_path or self.outbox_path or self.litefs_mount.rstrip("/") + ".edge-log.db"
 
     @property
     def address(self) -> str:

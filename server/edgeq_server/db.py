@@ -110,6 +110,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN settled_lease_id TEXT
         CHECK (settled_lease_id IS NULL OR status <> 'running');
     """,
+    # 3: other ids of a stored job. Two nodes that accept the same (queue, idempotency_key)
+    # at the edge each answer with an id of their own; the primary stores the first and
+    # records the second here, so GetJob by either id finds the one job on every node.
+    # Removed by retention once the job is gone.
+    """
+    CREATE TABLE job_aliases (
+        alias  TEXT NOT NULL PRIMARY KEY,
+        job_id TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX job_aliases_job ON job_aliases (job_id);
+    """,
 ]
 
 

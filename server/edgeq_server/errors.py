@@ -36,11 +36,17 @@ class InvalidArgument(EdgeqError):
 
 
 class ResourceExhausted(EdgeqError):
-    """A request field is larger than a configured limit."""
+    """A request field is larger than a configured limit (``field`` names it), or, with
+    no field, the node is out of room for now (``reason`` e.g. EDGE_LOG_FULL, and a
+    ``retry_after`` hint)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(
+        self, field: str, message: str, *, reason: str = "LIMIT_EXCEEDED", retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class NotFound(EdgeqError):

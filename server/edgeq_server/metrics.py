@@ -42,8 +42,12 @@ LOOP_RESTARTS = Counter(
     "edgeq_loop_restarts_total", "Background loops restarted after failing or ending (supervise.py)", ["loop"]
 )
 ROLE = Gauge("edgeq_cluster_role", "This node's cluster role: 0 unknown, 1 replica, 2 primary, 3 standalone")
-BUFFER_PENDING = Gauge("edgeq_enqueue_buffer_pending", "Enqueue requests waiting in the edge buffer (outbox)")
-BUFFER_DEAD = Gauge("edgeq_enqueue_buffer_dead", "Buffered Enqueue requests the primary refused for good")
+BUFFER_PENDING = Gauge("edgeq_enqueue_buffer_pending", "Enqueue requests waiting in this node's edge log")
+BUFFER_DEAD = Gauge("edgeq_enqueue_buffer_dead", "Edge-log Enqueue requests the primary refused for good")
+EDGE_LOG_JOBS = Gauge("edgeq_edge_log_jobs", "Jobs accepted at this node's edge and not yet stored on the primary")
+EDGE_LOG_BYTES = Gauge("edgeq_edge_log_bytes", "Bytes of requests waiting in this node's edge log")
+EDGE_LOG_OLDEST_AGE = Gauge("edgeq_edge_log_oldest_age_seconds", "Age of the oldest job waiting in the edge log")
+EDGE_LOG_DRAINED = Counter("edgeq_edge_log_drained_total", "Edge-log jobs the drain stored on the primary")
 WATCHDOG_KILLS = Counter(
     "edgeq_litefs_stalled_connections_closed_total",
     "LiteFS TCP connections closed by the watchdog because the peer stopped answering",

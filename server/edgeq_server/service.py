@@ -18,7 +18,7 @@ from edgeq.v1 import queue_pb2 as pb
 
 from . import convert, metrics, validate
 from .clock import MICROS, Clock
-from .cluster import Position
+from .cluster import Cluster
 from .config import Config
 from .dispatch import Delivery, Dispatcher, End
 from .errors import NotFound, Unavailable
@@ -56,7 +56,7 @@ class QueueService:
         dispatcher: Dispatcher,
         maintenance: Maintenance,
         codec: TokenCodec,
-        position: Position,
+        cluster: Cluster,
         node_info: Callable[[], pb.GetNodeInfoResponse],
     ) -> None:
         self._cfg = cfg
@@ -66,7 +66,8 @@ class QueueService:
         self._dispatcher = dispatcher
         self._maintenance = maintenance
         self._codec = codec
-        self._position = position
+        self._position = cluster.position
+        self._cluster = cluster
         self._node_info = node_info
         self._backoff = Backoff(int(cfg.backoff_base_seconds * MICROS), int(cfg.backoff_max_seconds * MICROS))
 
@@ -187,6 +188,17 @@ class QueueService:
         await self._at_least(request.min_txid)
         job = await self._readers.run(lambda s: s.get_job(job_id))
         if job is None:
+            # Accepted at this node's edge: still waiting (ACCEPTED), or drained to the
+            # primary at a txid this node may not have applied yet (wait for it).
+            accepted = await self._cluster.accepted(job_id)
+            if accepted is not None and accepted.job is not None:
+                return pb.GetJobResponse(job=accepted.job)
+            stored = job_id
+            if accepted is not None:
+                await self._at_least(accepted.txid)
+                stored = accepted.stored_id
+            job = await self._readers.run(lambda s: s.get_job(stored))
+        if job is None:
             raise NotFound(f"job {job_id} not found")
         return pb.GetJobResponse(job=convert.job(job))
 
@@ -204,7 +216,11 @@ class QueueService:
         await self._at_least(request.min_txid)
         now = self._clock.now()
         counts = await self._readers.run(lambda s: Store.queue_stats(s, queues, now))
-        return pb.GetQueueStatsResponse(stats=[convert.queue_stats(c, now) for c in counts])
+        stats = {c.queue: convert.queue_stats(c, now) for c in counts}
+        for queue, n in (await self._cluster.accepted_by_queue()).items():
+            if not queues or queue in queues:
+                stats.setdefault(queue, pb.QueueStats(queue=queue)).accepted = n
+        return pb.GetQueueStatsResponse(stats=[stats[q] for q in sorted(stats)])
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: Ctx) -> pb.GetNodeInfoResponse:
         return self._node_info()

@@ -11,7 +11,8 @@ and are refused here too.
 Reasons: ``COMMITTED_NOT_REPLICATED`` (ABORTED: written, not yet confirmed by replicas;
 retrying with the same idempotency key or token is safe), ``NO_PRIMARY`` / ``NOT_PRIMARY``
 / ``DRAINING`` / ``NOT_PRIMARY_ANY_MORE`` (UNAVAILABLE: not written; retry), ``INVALID_FIELD``,
-``LIMIT_EXCEEDED``.
+``LIMIT_EXCEEDED``, ``EDGE_LOG_FULL`` (RESOURCE_EXHAUSTED with a retry delay: this node's
+edge log is at its cap or its disk is full; nothing was stored).
 """
 
 from __future__ import annotations
@@ -107,8 +108,12 @@ def to_status(exc: BaseException) -> Status:
                 details.append(_info(exc.reason))
             if exc.retry_after is not None:
                 details.append(_retry(exc.retry_after))
+        elif isinstance(exc, errors.ResourceExhausted) and not exc.field:
+            details = [_info(exc.reason)]
+            if exc.retry_after is not None:
+                details.append(_retry(exc.retry_after))
         elif isinstance(exc, errors.InvalidArgument | errors.ResourceExhausted):
-            reason = "INVALID_FIELD" if isinstance(exc, errors.InvalidArgument) else "LIMIT_EXCEEDED"
+            reason = "INVALID_FIELD" if isinstance(exc, errors.InvalidArgument) else exc.reason
             violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
             details = [_info(reason, field=exc.field), error_details_pb2.BadRequest(field_violations=[violation])]
         return Status(code, str(exc), details)

@@ -184,6 +184,12 @@ class Store:
                     res = EnqueueResult(str(row[0]), True, spec.queue, int(row[1]))
                     seen[key] = res
                     results.append(res)
+                    if spec.job_id is not None and spec.job_id != res.job_id:
+                        # Accepted at the edge under another id: that id names this job too.
+                        cur.execute(
+                            "INSERT INTO job_aliases (alias, job_id) VALUES (?, ?) ON CONFLICT (alias) DO NOTHING",
+                            (spec.job_id, res.job_id),
+                        )
                     continue
             if spec.job_id is not None:
                 if spec.job_id in seen_ids:
@@ -450,11 +456,30 @@ class Store:
         )
         return self.conn.changes()
 
+    def delete_orphan_aliases(self, limit: int) -> int:
+        """Forget up to ``limit`` aliases of jobs retention deleted."""
+        self.conn.execute(
+            "DELETE FROM job_aliases WHERE alias IN (SELECT alias FROM job_aliases a"
+            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = a.job_id) LIMIT ?)",
+            (limit,),
+        )
+        return self.conn.changes()
+
     # ----------------------------------------------------------------- reads
 
     def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or with this id as an alias (see ``job_aliases``)."""
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = (SELECT job_id FROM job_aliases WHERE alias = ?)", (job_id,)
+            ).fetchone()
         return None if row is None else _job(row)
+
+    def job_id_by_key(self, queue: str, key: str) -> str | None:
+        """The id of the retained job with this (queue, idempotency_key)."""
+        v = self.conn.execute("SELECT id FROM jobs WHERE queue_name = ? AND idempotency_key = ?", (queue, key)).get
+        return None if v is None else str(v)
 
     def list_jobs(
         self, queue: str | None, state: JobState | None, after_rowid: int, limit: int
@@ -541,10 +566,41 @@ class Store:
         return None if v is None else int(v)
 
 
-class OutboxStore:
-    """The partition outbox: a small SQLite file outside the LiteFS mount where a replica
-    keeps Enqueue requests (serialized, keys assigned) while the primary is unreachable.
-    Every append is durable (synchronous=FULL) before the caller hears OK."""
+@dataclass(frozen=True)
+class EdgeRow:
+    """One Enqueue request waiting in the edge log."""
+
+    seq: int
+    request: bytes
+    jobs: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class EdgeJob:
+    """A job the edge log knows: still waiting (``request`` set, the job at ``index`` in
+    it), refused for good (``rejected``), or drained and stored on the primary as
+    ``stored_id`` at ``drained_txid``."""
+
+    job_id: str
+    request: bytes | None
+    index: int
+    created_at: int
+    rejected: str | None
+    drained_txid: int | None
+    stored_id: str | None
+
+
+class EdgeLogStore:
+    """The edge log: a small SQLite file outside the LiteFS mount holding Enqueue requests
+    accepted at this node (serialized, ids and keys assigned) until the drain stores them
+    on the primary. Every append is durable (synchronous=FULL: fsynced) before it returns.
+
+    ``outbox`` holds the requests in acceptance order (``seq``); a request the primary
+    refused for good stays with its reason (``rejected``). ``edge_jobs`` indexes every job
+    by id and by (queue, key) so the node finds what it accepted; after the drain it keeps
+    the id the primary stored and the txid of that write until this node's database has
+    applied it (``forget_applied``), so read-your-writes holds across the hand-over."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -561,21 +617,116 @@ class OutboxStore:
             " rejected TEXT"  # the primary refused it for good: kept, never retried
             ") STRICT"
         )
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS edge_jobs ("
+            " job_id TEXT PRIMARY KEY,"
+            " seq INTEGER NOT NULL,"  # the outbox row (gone once drained)
+            " idx INTEGER NOT NULL,"  # the job's index in that request
+            " queue TEXT NOT NULL,"
+            " idempotency_key TEXT NOT NULL,"
+            " created_at INTEGER NOT NULL,"
+            " drained_txid INTEGER,"  # set once the primary stored it
+            " stored_id TEXT"  # the id the primary answered (another on a cross-node key twin)
+            ") STRICT, WITHOUT ROWID"
+        )
+        self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_key ON edge_jobs (queue, idempotency_key)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_seq ON edge_jobs (seq)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_drained ON edge_jobs (drained_txid)"
+                          " WHERE drained_txid IS NOT NULL")
 
-    def append(self, request: bytes, jobs: int, now: int) -> None:
-        self.conn.execute("INSERT INTO outbox (request, jobs, created_at) VALUES (?, ?, ?)", (request, jobs, now))
+    def transaction(self) -> apsw.Connection:
+        """``with store.transaction():`` groups appends into one durable commit."""
+        return self.conn
 
-    def oldest(self) -> tuple[int, bytes] | None:
-        row = self.conn.execute(
-            "SELECT seq, request FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT 1"
-        ).fetchone()
-        return None if row is None else (int(row[0]), bytes(row[1]))
+    def append(self, request: bytes, index: Sequence[tuple[str, str, str]], now: int) -> int:
+        """Append one request (inside ``transaction()``): its jobs' [(job_id, queue, key)]
+        are indexed. Returns its seq."""
+        cur = self.conn.cursor()
+        cur.execute("INSERT INTO outbox (request, jobs, created_at) VALUES (?, ?, ?)", (request, len(index), now))
+        seq = self.conn.last_insert_rowid()
+        cur.executemany(
+            "INSERT INTO edge_jobs (job_id, seq, idx, queue, idempotency_key, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+            [(job_id, seq, i, queue, key, now) for i, (job_id, queue, key) in enumerate(index)],
+        )
+        return seq
 
-    def delete(self, seq: int) -> None:
-        self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    def oldest(self, limit: int) -> list[EdgeRow]:
+        """Up to ``limit`` waiting requests, oldest first."""
+        return [
+            EdgeRow(int(r[0]), bytes(r[1]), int(r[2]), int(r[3]))
+            for r in self.conn.execute(
+                "SELECT seq, request, jobs, created_at FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def oldest_created_at(self) -> int | None:
+        v = self.conn.execute("SELECT created_at FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT 1").get
+        return None if v is None else int(v)
+
+    def drained(self, seqs: Sequence[int], stored: Sequence[tuple[str, str]], txid: int) -> None:
+        """The primary stored these requests at ``txid``: delete them, and remember each
+        job's stored id [(job_id, stored_id)] until this node has applied ``txid``."""
+        with self.conn:
+            self.conn.executemany(
+                "UPDATE edge_jobs SET drained_txid = ?, stored_id = ? WHERE job_id = ?",
+                [(txid, stored_id, job_id) for job_id, stored_id in stored],
+            )
+            self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
 
     def reject(self, seq: int, reason: str) -> None:
         self.conn.execute("UPDATE outbox SET rejected = ? WHERE seq = ?", (reason, seq))
+
+    def forget_applied(self, txid: int) -> int:
+        """Drop the records of drained jobs this node's database has applied (up to ``txid``)."""
+        self.conn.execute("DELETE FROM edge_jobs WHERE drained_txid IS NOT NULL AND drained_txid <= ?", (txid,))
+        return self.conn.changes()
+
+    def find(self, job_id: str) -> EdgeJob | None:
+        """What the edge log knows of ``job_id``."""
+        row = self.conn.execute(
+            "SELECT e.job_id, o.request, e.idx, e.created_at, o.rejected, e.drained_txid, e.stored_id"
+            " FROM edge_jobs e LEFT JOIN outbox o ON o.seq = e.seq WHERE e.job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return EdgeJob(
+            str(row[0]), None if row[1] is None else bytes(row[1]), int(row[2]), int(row[3]),
+            None if row[4] is None else str(row[4]), None if row[5] is None else int(row[5]),
+            None if row[6] is None else str(row[6]),
+        )
+
+    def find_key(self, queue: str, key: str) -> str | None:
+        """The id of a job accepted here (waiting, or drained but not yet applied) with this key."""
+        row = self.conn.execute(
+            "SELECT coalesce(stored_id, job_id) FROM edge_jobs e WHERE queue = ? AND idempotency_key = ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = e.seq AND o.rejected IS NOT NULL)"
+            " ORDER BY created_at LIMIT 1",
+            (queue, key),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def accepted_by_queue(self) -> dict[str, int]:
+        """Waiting jobs per queue."""
+        return {
+            str(q): int(n)
+            for q, n in self.conn.execute(
+                "SELECT e.queue, count(*) FROM edge_jobs e JOIN outbox o ON o.seq = e.seq"
+                " WHERE o.rejected IS NULL GROUP BY e.queue"
+            )
+        }
+
+    def totals(self) -> tuple[int, int, int, int, int | None]:
+        """(waiting requests, waiting jobs, waiting bytes, refused requests, oldest created_at)."""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(jobs), 0), coalesce(sum(length(request)), 0), min(created_at)"
+            " FROM outbox WHERE rejected IS NULL"
+        ).fetchone()
+        dead = self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL").get
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), int(dead or 0), None if row[3] is None else int(row[3])
 
     def pending(self) -> int:
         """Requests still to send (rejected ones excluded)."""

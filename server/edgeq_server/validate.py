@@ -126,8 +126,25 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
 
 
 def enqueue(req: pb.EnqueueRequest, cfg: Config, now: int) -> list[JobSpec]:
+    durability(req)
     _batch(len(req.jobs), "jobs", cfg)
     return [job_spec(s, f"jobs[{i}]", cfg, now) for i, s in enumerate(req.jobs)]
+
+
+#: ``EnqueueRequest.durability`` -> ``Config.durability`` name.
+DURABILITY_NAMES = {
+    pb.DURABILITY_LOCAL: "local", pb.DURABILITY_REPLICATED: "replicated", pb.DURABILITY_EDGE: "edge",
+}
+
+
+def durability(req: pb.EnqueueRequest) -> str | None:
+    """The acknowledgement level the request asks for (None: the server's default)."""
+    if req.durability == pb.DURABILITY_UNSPECIFIED:
+        return None
+    name = DURABILITY_NAMES.get(req.durability)
+    if name is None:
+        raise InvalidArgument("durability", f"unknown value {req.durability}")
+    return name
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ else from this package.
     litefs.py      LiteFSNode: what LiteFS says (role state machine, position, checksums)
     forward.py     Forwarder: writes and Lease streams to the primary
     durability.py  replicated durability: position reports, verified positions, waits
-    buffer.py      EnqueueBuffer (--outbox-path): Enqueue while the primary is away
+    edgelog.py     EdgeLog: Enqueues accepted at this node (durability edge, the partition
+                   outbox), drained to the primary exactly once
     watchdog.py    LiteFSWatchdog: closes LiteFS connections to peers that went silent
     node.py        LiteFSCluster: the composition and the routing of RPCs
 """

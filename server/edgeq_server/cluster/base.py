@@ -13,6 +13,8 @@ cluster?". It asks a ``Cluster``:
   ``CommittedNotReplicated``.
 - ``position``: this node's data position, for reads with ``min_txid``.
 - ``txid_after_commit``: where the writer reads the txid after COMMIT (LiteFS: ``-pos``).
+- ``accepted(job_id)`` / ``accepted_by_queue()``: what the node's edge log holds (GetJob
+  shows such a job as ACCEPTED; GetQueueStats counts them).
 - ``healthy()``, ``describe(info)`` (GetNodeInfo), and the lifecycle ``start`` (before the
   database opens), ``attach`` (register services and start loops under the node's
   supervisor), ``drain`` and ``stop``.
@@ -26,13 +28,18 @@ import abc
 import asyncio
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from edgeq.v1 import queue_pb2 as pb
 
+from .. import validate
+from ..errors import FailedPrecondition
+
 if TYPE_CHECKING:
+    from ..store import EdgeJob
     from ..supervise import Supervisor
 
 Handler = Callable[..., Any]
@@ -79,6 +86,37 @@ class Position:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(POLL_SECONDS)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What GetJob learns from this node's edge log: a job still waiting there (``job``,
+    state ACCEPTED, or FAILED if the primary refused it for good), or one drained to the
+    primary, stored as ``stored_id`` at ``txid`` (wait for that txid, then read it)."""
+
+    job: pb.Job | None = None
+    stored_id: str = ""
+    txid: int = 0
+
+    @classmethod
+    def of(cls, found: EdgeJob, default_max_attempts: int) -> Accepted:
+        if found.request is None:
+            return cls(stored_id=found.stored_id or found.job_id, txid=found.drained_txid or 0)
+        spec = pb.EnqueueRequest.FromString(found.request).jobs[found.index]
+        job = pb.Job(
+            id=found.job_id, queue=spec.queue, payload=spec.payload, state=pb.JOB_STATE_ACCEPTED,
+            max_attempts=spec.max_attempts or default_max_attempts, priority=spec.priority,
+            idempotency_key=spec.idempotency_key, headers=dict(spec.headers),
+        )
+        job.created_at.FromMicroseconds(found.created_at)
+        if spec.HasField("run_at"):
+            job.run_at.CopyFrom(spec.run_at)
+        else:
+            job.run_at.FromMicroseconds(found.created_at)
+        if found.rejected is not None:  # refused for good: it will never run
+            job.state = pb.JOB_STATE_FAILED
+            job.error_message = f"refused by the primary: {found.rejected}"
+        return cls(job=job)
 
 
 class Cluster(abc.ABC):
@@ -129,6 +167,14 @@ class Cluster(abc.ABC):
     def healthy(self) -> bool:
         return True
 
+    async def accepted(self, job_id: str) -> Accepted | None:
+        """What this node's edge log knows of ``job_id`` (None: nothing)."""
+        return None
+
+    async def accepted_by_queue(self) -> dict[str, int]:
+        """Jobs per queue waiting in this node's edge log."""
+        return {}
+
     @abc.abstractmethod
     def describe(self, info: pb.GetNodeInfoResponse) -> None:
         """Fill this node's role, primary, position and cluster state into ``info``."""
@@ -154,6 +200,18 @@ class Standalone(Cluster):
 
     def role(self) -> Role:
         return Role.PRIMARY
+
+    def route(self, name: str, handler: Handler, *, streaming: bool = False) -> Handler:
+        if name != "Enqueue":
+            return handler
+
+        async def routed(request: Any, context: Any) -> Any:
+            # "edge" is "local" here: the file is already this node's own.
+            if validate.durability(request) == "replicated":
+                raise FailedPrecondition("durability: a standalone server has no replicas; use local or edge")
+            return await handler(request, context)
+
+        return routed
 
     def describe(self, info: pb.GetNodeInfoResponse) -> None:
         info.role = pb.NODE_ROLE_STANDALONE

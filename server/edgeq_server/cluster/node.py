@@ -3,10 +3,15 @@
 It composes the parts of this package: ``LiteFSNode`` (role state machine, position,
 checksums), ``Forwarder`` (writes and Lease streams to the primary), ``ReplicaPositions`` /
 ``ReplicationServicer`` / ``ReplicaLink`` (replicated durability, primary reachability),
-``EnqueueBuffer`` (``--outbox-path``) and ``LiteFSWatchdog``; and it routes each RPC:
+``EdgeLog`` (edge durability and the partition outbox) and ``LiteFSWatchdog``; and it
+routes each RPC:
 
-- Enqueue on a node that is not primary (or while the buffer holds requests): the buffer,
-  when on; else forwarded.
+- Enqueue at durability "edge" (the request's, else the server's): the edge log, on any
+  node. At "local"/"replicated": stored here on the primary (waiting for replicas when
+  "replicated"), else forwarded with the level made explicit; with the partition outbox
+  on, accepted at the edge instead when the primary cannot be reached (and while earlier
+  such requests wait). A call another node forwarded (or drained) is stored here, never
+  sent on.
 - Other writes: served here on the primary, else forwarded to the primary; while the role
   is UNKNOWN (or no primary is known) they answer UNAVAILABLE with a retry hint.
 - Lease: served here on the primary, else proxied to the primary.
@@ -28,13 +33,14 @@ import grpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
-from .. import convert, db
+from .. import convert, db, validate
 from ..clock import Clock
 from ..config import Config
-from ..errors import CommittedNotReplicated, Unavailable
-from .base import Cluster, Handler, Position, Role
-from .buffer import EnqueueBuffer
+from ..errors import CommittedNotReplicated, Forwarded, Unavailable
+from ..ids import uuid7
+from .base import Accepted, Cluster, Handler, Position, Role
 from .durability import ReplicaLink, ReplicaPositions, ReplicationServicer
+from .edgelog import EdgeLog
 from .forward import Forwarder, forwarded
 from .litefs import LiteFSNode
 from .watchdog import LiteFSWatchdog
@@ -82,11 +88,8 @@ class LiteFSCluster(Cluster):
         )
         self.positions = ReplicaPositions(cfg.durability_replicas, clock.now)
         self.link: ReplicaLink | None = None
-        self.buffer = (
-            EnqueueBuffer(cfg, clock, self.node, self.forwarder, self.peer_metadata) if cfg.outbox_path else None
-        )
+        self.edge = EdgeLog(cfg, clock, self.node, self.forwarder, self.peer_metadata, self.db_path)
         self.watchdog = LiteFSWatchdog(self.node, cfg.litefs_http)
-        self._replicated = cfg.durability == "replicated"
         self.node.on_role_change(self._role_changed)
 
     def role(self) -> Role:
@@ -97,8 +100,7 @@ class LiteFSCluster(Cluster):
         if not await asyncio.to_thread(self.node.wait_ready, 5.0):
             log.warning("no word from LiteFS /events at %s yet; role unknown until it answers", self._cfg.litefs_http)
         await self._wait_for_schema()
-        if self.buffer is not None:
-            await self.buffer.open()
+        await self.edge.open()
 
     async def _wait_for_schema(self) -> None:
         """A replica cannot create or migrate the (read-only) database: wait until the
@@ -131,8 +133,7 @@ class LiteFSCluster(Cluster):
         supervisor.loop("cluster-primary-probe", self.link.probe_loop)
         supervisor.loop("cluster-proxied-stream-watch", self.forwarder.watch)
         supervisor.loop("cluster-litefs-watchdog", self.watchdog.loop)
-        if self.buffer is not None:
-            supervisor.loop("cluster-outbox-drain", self.buffer.drain_loop)
+        supervisor.loop("cluster-edge-log-drain", self.edge.drain_loop)
 
     # ------------------------------------------------------------------ routing
 
@@ -149,23 +150,76 @@ class LiteFSCluster(Cluster):
     def route(self, name: str, handler: Handler, *, streaming: bool = False) -> Handler:
         if streaming:
             return self._route_stream(handler)
+        if name == "Enqueue":
+            return self._route_enqueue(handler)
         if name not in WRITE_METHODS:
             return handler
-        buffer = self.buffer if name == "Enqueue" else None
 
         async def routed(request: Any, context: Ctx) -> Any:
-            # Through the buffer on a node that is not primary, and on a promoted node until
-            # what it buffered is drained (jobs keep the order this node accepted them in).
-            if buffer is not None and not forwarded(context) and (buffer.pending or not self.node.is_primary()):
-                return await buffer.enqueue(request, context)
             primary = self._target(context)
             if primary is not None:
                 return await self.forwarder.unary(primary, name, request, context)
-            response = await handler(request, context)
-            await self.wait_durable(response.txid)
-            return response
+            return await handler(request, context)
 
         return routed
+
+    def _route_enqueue(self, handler: Handler) -> Handler:
+        edge = self.edge
+
+        async def store_here(request: pb.EnqueueRequest, context: Any) -> pb.EnqueueResponse:
+            """On the primary: store, then wait for the request's durability."""
+            response: pb.EnqueueResponse = await handler(request, context)
+            if (validate.durability(request) or self._cfg.durability) == "replicated":
+                await self._replicated(response.txid)
+            return response
+
+        # The drain on this node, when it is the primary: the local write path, no gRPC.
+        # (The service's Enqueue does not use its context.)
+        edge.store_here = lambda request: store_here(request, None)
+
+        async def routed(request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
+            if forwarded(context):  # another node's forward or drain: store here, or refuse
+                self._target(context)  # UNAVAILABLE (NOT_PRIMARY) off the primary: no second hop
+                return await store_here(request, context)
+            level = validate.durability(request) or self._cfg.durability
+            if level == "edge":
+                return await edge.accept(request)
+            explicit = pb.EnqueueRequest()
+            explicit.CopyFrom(request)
+            explicit.durability = pb.DURABILITY_REPLICATED if level == "replicated" else pb.DURABILITY_LOCAL
+            if edge.fallback and (edge.pending or not self.node.is_primary()):
+                return await self._forward_or_accept(explicit, context)
+            primary = self._target(context)
+            if primary is not None:
+                response: pb.EnqueueResponse = await self.forwarder.unary(primary, "Enqueue", explicit, context)
+                return response
+            return await store_here(explicit, context)
+
+        return routed
+
+    async def _forward_or_accept(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
+        """The partition outbox: forward (at most ``outbox_forward_timeout_seconds``), and
+        accept at the edge when the primary cannot be reached, or while earlier requests
+        accepted that way still wait (they reach the primary first)."""
+        primary = None if self.node.is_primary() else self.node.primary_address()
+        if not self.edge.pending and primary is not None:
+            validate.enqueue(request, self._cfg, self._clock.now())  # a bad request is refused here
+            # Ids first: if the forward times out after the primary stored the jobs, the
+            # edge log's later re-send is recognised as the same jobs.
+            for spec in request.jobs:
+                if not spec.job_id:
+                    spec.job_id = uuid7()
+            try:
+                response: pb.EnqueueResponse = await self.forwarder.unary(
+                    primary, "Enqueue", request, context, at_most=self._cfg.outbox_forward_timeout_seconds
+                )
+                return response
+            except Unavailable:
+                pass
+            except Forwarded as exc:
+                if exc.code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
+                    raise
+        return await self.edge.accept(request)
 
     def _route_stream(self, handler: Handler) -> Handler:
         async def routed(request: Any, context: Ctx) -> AsyncIterator[Any]:
@@ -177,7 +231,11 @@ class LiteFSCluster(Cluster):
         return routed
 
     async def wait_durable(self, txid: int) -> None:
-        if not self._replicated or not txid:
+        if self._cfg.durability == "replicated":
+            await self._replicated(txid)
+
+    async def _replicated(self, txid: int) -> None:
+        if not txid:
             return
         seconds = self._cfg.durability_timeout_seconds
         if not await self.positions.wait(txid, seconds):
@@ -186,15 +244,35 @@ class LiteFSCluster(Cluster):
     # ------------------------------------------------------------------ state
 
     def healthy(self) -> bool:
+        """Serving when this node can take its default Enqueue now: as primary, as a replica
+        reaching its primary, or (edge durability or the partition outbox) while its edge
+        log accepts, with or without a primary."""
         role = self.node.role()
         if role is Role.PRIMARY:
             return True
+        if (self._cfg.durability == "edge" or self.edge.fallback) and self.edge.accepting():
+            return True
         return role is Role.REPLICA and self.link is not None and self.link.reachable
+
+    async def accepted(self, job_id: str) -> Accepted | None:
+        found = await self.edge.find(job_id)
+        if found is None:
+            return None
+        return Accepted.of(found, self._cfg.default_max_attempts)
+
+    async def accepted_by_queue(self) -> dict[str, int]:
+        return await self.edge.accepted_by_queue()
 
     def describe(self, info: pb.GetNodeInfoResponse) -> None:
         info.txid = self.node.latest()
-        info.outbox_pending = self.buffer.pending if self.buffer else 0
-        info.outbox_dead = self.buffer.dead if self.buffer else 0
+        edge = self.edge
+        info.outbox_pending = edge.pending
+        info.outbox_dead = edge.dead
+        info.edge_log_jobs = edge.jobs
+        info.edge_log_oldest_age.FromNanoseconds(int(edge.oldest_age() * 1e9))
+        info.edge_log_drain_rate = edge.drain_rate()
+        info.edge_log_bytes = edge.bytes
+        info.edge_log_capacity_bytes = edge.capacity
         role = self.node.role()
         if role is Role.PRIMARY:
             info.role = pb.NODE_ROLE_PRIMARY
@@ -212,6 +290,5 @@ class LiteFSCluster(Cluster):
 
     async def stop(self) -> None:
         await self.forwarder.close()
-        if self.buffer is not None:
-            await self.buffer.close()
+        await self.edge.close()
         self.node.stop()

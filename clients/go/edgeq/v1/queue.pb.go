@@ -48,6 +48,12 @@ const (
 	JobState_JOB_STATE_FAILED JobState = 4
 	// Cancelled by CancelJob. RetryJob moves it back to PENDING.
 	JobState_JOB_STATE_CANCELLED JobState = 5
+	// Accepted at the edge: durable in the edge log of the node that answered
+	// the Enqueue (DURABILITY_EDGE), not yet stored on the primary. Only that
+	// node's GetJob shows it; its drain moves it to the primary, where it
+	// becomes PENDING under the same id. Never leased, cancelled or retried
+	// in this state.
+	JobState_JOB_STATE_ACCEPTED JobState = 6
 )
 
 // Enum value maps for JobState.
@@ -59,6 +65,7 @@ var (
 		3: "JOB_STATE_COMPLETED",
 		4: "JOB_STATE_FAILED",
 		5: "JOB_STATE_CANCELLED",
+		6: "JOB_STATE_ACCEPTED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -67,6 +74,7 @@ var (
 		"JOB_STATE_COMPLETED":   3,
 		"JOB_STATE_FAILED":      4,
 		"JOB_STATE_CANCELLED":   5,
+		"JOB_STATE_ACCEPTED":    6,
 	}
 )
 
@@ -95,6 +103,69 @@ func (x JobState) Number() protoreflect.EnumNumber {
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{0}
+}
+
+// Durability is when an Enqueue is acknowledged.
+type Durability int32
+
+const (
+	// The answering server's default (its --durability).
+	Durability_DURABILITY_UNSPECIFIED Durability = 0
+	// Once committed on the primary (a primary failover can lose the last
+	// writes before they replicate).
+	Durability_DURABILITY_LOCAL Durability = 1
+	// Once committed on the primary and applied by its live replicas.
+	Durability_DURABILITY_REPLICATED Durability = 2
+	// Once fsynced in the edge log of the node that answers (replica or
+	// primary), a local file outside the LiteFS mount: sub-millisecond, and
+	// accepted while no primary is reachable. The node's drain stores the jobs
+	// on the primary later, in order, exactly once, under the ids answered
+	// here. Survives crashes and partitions of that node, not the loss of its
+	// disk before the drain. On a standalone server the same as LOCAL.
+	Durability_DURABILITY_EDGE Durability = 3
+)
+
+// Enum value maps for Durability.
+var (
+	Durability_name = map[int32]string{
+		0: "DURABILITY_UNSPECIFIED",
+		1: "DURABILITY_LOCAL",
+		2: "DURABILITY_REPLICATED",
+		3: "DURABILITY_EDGE",
+	}
+	Durability_value = map[string]int32{
+		"DURABILITY_UNSPECIFIED": 0,
+		"DURABILITY_LOCAL":       1,
+		"DURABILITY_REPLICATED":  2,
+		"DURABILITY_EDGE":        3,
+	}
+)
+
+func (x Durability) Enum() *Durability {
+	p := new(Durability)
+	*p = x
+	return p
+}
+
+func (x Durability) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Durability) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgeq_v1_queue_proto_enumTypes[1].Descriptor()
+}
+
+func (Durability) Type() protoreflect.EnumType {
+	return &file_edgeq_v1_queue_proto_enumTypes[1]
+}
+
+func (x Durability) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Durability.Descriptor instead.
+func (Durability) EnumDescriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{1}
 }
 
 // LeaseOutcome is the result of settling or extending one lease.
@@ -139,11 +210,11 @@ func (x LeaseOutcome) String() string {
 }
 
 func (LeaseOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_edgeq_v1_queue_proto_enumTypes[1].Descriptor()
+	return file_edgeq_v1_queue_proto_enumTypes[2].Descriptor()
 }
 
 func (LeaseOutcome) Type() protoreflect.EnumType {
-	return &file_edgeq_v1_queue_proto_enumTypes[1]
+	return &file_edgeq_v1_queue_proto_enumTypes[2]
 }
 
 func (x LeaseOutcome) Number() protoreflect.EnumNumber {
@@ -152,7 +223,7 @@ func (x LeaseOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LeaseOutcome.Descriptor instead.
 func (LeaseOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{1}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{2}
 }
 
 // NodeRole is a node's place in the cluster.
@@ -201,11 +272,11 @@ func (x NodeRole) String() string {
 }
 
 func (NodeRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_edgeq_v1_queue_proto_enumTypes[2].Descriptor()
+	return file_edgeq_v1_queue_proto_enumTypes[3].Descriptor()
 }
 
 func (NodeRole) Type() protoreflect.EnumType {
-	return &file_edgeq_v1_queue_proto_enumTypes[2]
+	return &file_edgeq_v1_queue_proto_enumTypes[3]
 }
 
 func (x NodeRole) Number() protoreflect.EnumNumber {
@@ -214,7 +285,7 @@ func (x NodeRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeRole.Descriptor instead.
 func (NodeRole) EnumDescriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{3}
 }
 
 // JobSpec is what a producer sends.
@@ -535,7 +606,9 @@ func (x *Job) GetResult() []byte {
 type EnqueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1..1000 jobs, stored atomically.
-	Jobs          []*JobSpec `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Jobs []*JobSpec `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// When to acknowledge; unset means the server's default.
+	Durability    Durability `protobuf:"varint,2,opt,name=durability,proto3,enum=edgeq.v1.Durability" json:"durability,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -575,6 +648,13 @@ func (x *EnqueueRequest) GetJobs() []*JobSpec {
 		return x.Jobs
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetDurability() Durability {
+	if x != nil {
+		return x.Durability
+	}
+	return Durability_DURABILITY_UNSPECIFIED
 }
 
 // EnqueueResult is the outcome for one JobSpec.
@@ -652,11 +732,19 @@ type EnqueueResponse struct {
 	Results []*EnqueueResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	// Consistency token: pass as min_txid to read this write back anywhere.
 	Txid uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
-	// True when a replica could not reach the primary and kept the jobs in its
-	// partition outbox: they are stored on the primary later, in order, exactly
-	// once, under the job_ids returned here (assigned before buffering). txid
-	// is then 0.
-	Buffered      bool `protobuf:"varint,3,opt,name=buffered,proto3" json:"buffered,omitempty"`
+	// True when the jobs were accepted at the edge instead of stored on the
+	// primary: DURABILITY_EDGE, or a node whose partition outbox buffered them
+	// while the primary was unreachable. They are stored on the primary later,
+	// in order, exactly once, under the job_ids returned here (assigned before
+	// buffering); until then the answering node's GetJob shows them as
+	// JOB_STATE_ACCEPTED. txid is then 0.
+	Buffered bool `protobuf:"varint,3,opt,name=buffered,proto3" json:"buffered,omitempty"`
+	// The same as buffered: the jobs are durable in the edge log of the node
+	// named by accepted_by, not yet on the primary.
+	AcceptedAtEdge bool `protobuf:"varint,4,opt,name=accepted_at_edge,json=acceptedAtEdge,proto3" json:"accepted_at_edge,omitempty"`
+	// The node (its advertised address) whose edge log holds the jobs, when
+	// accepted_at_edge.
+	AcceptedBy    string `protobuf:"bytes,5,opt,name=accepted_by,json=acceptedBy,proto3" json:"accepted_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -710,6 +798,20 @@ func (x *EnqueueResponse) GetBuffered() bool {
 		return x.Buffered
 	}
 	return false
+}
+
+func (x *EnqueueResponse) GetAcceptedAtEdge() bool {
+	if x != nil {
+		return x.AcceptedAtEdge
+	}
+	return false
+}
+
+func (x *EnqueueResponse) GetAcceptedBy() string {
+	if x != nil {
+		return x.AcceptedBy
+	}
+	return ""
 }
 
 // LeaseRequest opens a Lease stream.
@@ -1658,7 +1760,10 @@ type QueueStats struct {
 	// Age of the oldest job that may run now (zero when none).
 	OldestPendingAge *durationpb.Duration `protobuf:"bytes,8,opt,name=oldest_pending_age,json=oldestPendingAge,proto3" json:"oldest_pending_age,omitempty"`
 	// True while the queue is paused.
-	Paused        bool `protobuf:"varint,9,opt,name=paused,proto3" json:"paused,omitempty"`
+	Paused bool `protobuf:"varint,9,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Jobs of this queue accepted at the edge by the answering node and not
+	// yet stored on the primary (JOB_STATE_ACCEPTED, in its edge log).
+	Accepted      int64 `protobuf:"varint,10,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1754,6 +1859,13 @@ func (x *QueueStats) GetPaused() bool {
 		return x.Paused
 	}
 	return false
+}
+
+func (x *QueueStats) GetAccepted() int64 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
 }
 
 // GetQueueStatsResponse answers GetQueueStats.
@@ -2314,8 +2426,9 @@ type GetNodeInfoResponse struct {
 	PrimaryReachable bool `protobuf:"varint,5,opt,name=primary_reachable,json=primaryReachable,proto3" json:"primary_reachable,omitempty"`
 	// On the primary: the replicas connected to it and their positions.
 	Replicas []*ReplicaPosition `protobuf:"bytes,6,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	// "local" (a write is acknowledged once committed on the primary) or
-	// "replicated" (once enough replicas applied it too).
+	// The server's default Enqueue durability: "local" (acknowledged once
+	// committed on the primary), "replicated" (once enough replicas applied it
+	// too) or "edge" (once fsynced in the answering node's edge log).
 	Durability string `protobuf:"bytes,7,opt,name=durability,proto3" json:"durability,omitempty"`
 	// Enqueue requests waiting in this node's partition outbox.
 	OutboxPending int64 `protobuf:"varint,8,opt,name=outbox_pending,json=outboxPending,proto3" json:"outbox_pending,omitempty"`
@@ -2323,9 +2436,19 @@ type GetNodeInfoResponse struct {
 	// outbox's dead table, never dropped silently).
 	OutboxDead int64 `protobuf:"varint,9,opt,name=outbox_dead,json=outboxDead,proto3" json:"outbox_dead,omitempty"`
 	// Background loops restarted after failing (see edgeq_loop_restarts_total).
-	LoopRestarts  int64 `protobuf:"varint,10,opt,name=loop_restarts,json=loopRestarts,proto3" json:"loop_restarts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LoopRestarts int64 `protobuf:"varint,10,opt,name=loop_restarts,json=loopRestarts,proto3" json:"loop_restarts,omitempty"`
+	// This node's edge log: jobs accepted here and not yet stored on the
+	// primary, how long the oldest has waited, and the jobs per second its
+	// drain stored on the primary over the last 10 seconds.
+	EdgeLogJobs      int64                `protobuf:"varint,11,opt,name=edge_log_jobs,json=edgeLogJobs,proto3" json:"edge_log_jobs,omitempty"`
+	EdgeLogOldestAge *durationpb.Duration `protobuf:"bytes,12,opt,name=edge_log_oldest_age,json=edgeLogOldestAge,proto3" json:"edge_log_oldest_age,omitempty"`
+	EdgeLogDrainRate float64              `protobuf:"fixed64,13,opt,name=edge_log_drain_rate,json=edgeLogDrainRate,proto3" json:"edge_log_drain_rate,omitempty"`
+	// Bytes of Enqueue requests in the edge log, and the cap past which
+	// Enqueue answers RESOURCE_EXHAUSTED (0: no edge log on this node).
+	EdgeLogBytes         int64 `protobuf:"varint,14,opt,name=edge_log_bytes,json=edgeLogBytes,proto3" json:"edge_log_bytes,omitempty"`
+	EdgeLogCapacityBytes int64 `protobuf:"varint,15,opt,name=edge_log_capacity_bytes,json=edgeLogCapacityBytes,proto3" json:"edge_log_capacity_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetNodeInfoResponse) Reset() {
@@ -2428,6 +2551,41 @@ func (x *GetNodeInfoResponse) GetLoopRestarts() int64 {
 	return 0
 }
 
+func (x *GetNodeInfoResponse) GetEdgeLogJobs() int64 {
+	if x != nil {
+		return x.EdgeLogJobs
+	}
+	return 0
+}
+
+func (x *GetNodeInfoResponse) GetEdgeLogOldestAge() *durationpb.Duration {
+	if x != nil {
+		return x.EdgeLogOldestAge
+	}
+	return nil
+}
+
+func (x *GetNodeInfoResponse) GetEdgeLogDrainRate() float64 {
+	if x != nil {
+		return x.EdgeLogDrainRate
+	}
+	return 0
+}
+
+func (x *GetNodeInfoResponse) GetEdgeLogBytes() int64 {
+	if x != nil {
+		return x.EdgeLogBytes
+	}
+	return 0
+}
+
+func (x *GetNodeInfoResponse) GetEdgeLogCapacityBytes() int64 {
+	if x != nil {
+		return x.EdgeLogCapacityBytes
+	}
+	return 0
+}
+
 var File_edgeq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_queue_proto_rawDesc = "" +
@@ -2469,17 +2627,23 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x06result\x18\x11 \x01(\fR\x06result\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"7\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
 	"\x0eEnqueueRequest\x12%\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x11.edgeq.v1.JobSpecR\x04jobs\"m\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x11.edgeq.v1.JobSpecR\x04jobs\x124\n" +
+	"\n" +
+	"durability\x18\x02 \x01(\x0e2\x14.edgeq.v1.DurabilityR\n" +
+	"durability\"m\n" +
 	"\rEnqueueResult\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12'\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"t\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"\xbf\x01\n" +
 	"\x0fEnqueueResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.edgeq.v1.EnqueueResultR\aresults\x12\x12\n" +
 	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12\x1a\n" +
-	"\bbuffered\x18\x03 \x01(\bR\bbuffered\"\xa9\x01\n" +
+	"\bbuffered\x18\x03 \x01(\bR\bbuffered\x12(\n" +
+	"\x10accepted_at_edge\x18\x04 \x01(\bR\x0eacceptedAtEdge\x12\x1f\n" +
+	"\vaccepted_by\x18\x05 \x01(\tR\n" +
+	"acceptedBy\"\xa9\x01\n" +
 	"\fLeaseRequest\x12\x16\n" +
 	"\x06queues\x18\x01 \x03(\tR\x06queues\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\"\n" +
@@ -2538,7 +2702,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
 	"\x14GetQueueStatsRequest\x12\x16\n" +
 	"\x06queues\x18\x01 \x03(\tR\x06queues\x12\x19\n" +
-	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\xa9\x02\n" +
+	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\xc5\x02\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
@@ -2549,7 +2713,9 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x1c\n" +
 	"\tcancelled\x18\a \x01(\x03R\tcancelled\x12G\n" +
 	"\x12oldest_pending_age\x18\b \x01(\v2\x19.google.protobuf.DurationR\x10oldestPendingAge\x12\x16\n" +
-	"\x06paused\x18\t \x01(\bR\x06paused\"C\n" +
+	"\x06paused\x18\t \x01(\bR\x06paused\x12\x1a\n" +
+	"\baccepted\x18\n" +
+	" \x01(\x03R\baccepted\"C\n" +
 	"\x15GetQueueStatsResponse\x12*\n" +
 	"\x05stats\x18\x01 \x03(\v2\x14.edgeq.v1.QueueStatsR\x05stats\")\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
@@ -2576,7 +2742,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12;\n" +
 	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"reportedAt\x12\x1a\n" +
-	"\bverified\x18\x04 \x01(\bR\bverified\"\xf6\x02\n" +
+	"\bverified\x18\x04 \x01(\bR\bverified\"\xf0\x04\n" +
 	"\x13GetNodeInfoResponse\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.edgeq.v1.NodeRoleR\x04role\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
@@ -2591,14 +2757,26 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\voutbox_dead\x18\t \x01(\x03R\n" +
 	"outboxDead\x12#\n" +
 	"\rloop_restarts\x18\n" +
-	" \x01(\x03R\floopRestarts*\x9b\x01\n" +
+	" \x01(\x03R\floopRestarts\x12\"\n" +
+	"\redge_log_jobs\x18\v \x01(\x03R\vedgeLogJobs\x12H\n" +
+	"\x13edge_log_oldest_age\x18\f \x01(\v2\x19.google.protobuf.DurationR\x10edgeLogOldestAge\x12-\n" +
+	"\x13edge_log_drain_rate\x18\r \x01(\x01R\x10edgeLogDrainRate\x12$\n" +
+	"\x0eedge_log_bytes\x18\x0e \x01(\x03R\fedgeLogBytes\x125\n" +
+	"\x17edge_log_capacity_bytes\x18\x0f \x01(\x03R\x14edgeLogCapacityBytes*\xb3\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x05*w\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x05\x12\x16\n" +
+	"\x12JOB_STATE_ACCEPTED\x10\x06*n\n" +
+	"\n" +
+	"Durability\x12\x1a\n" +
+	"\x16DURABILITY_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10DURABILITY_LOCAL\x10\x01\x12\x19\n" +
+	"\x15DURABILITY_REPLICATED\x10\x02\x12\x13\n" +
+	"\x0fDURABILITY_EDGE\x10\x03*w\n" +
 	"\fLeaseOutcome\x12\x1d\n" +
 	"\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n" +
@@ -2638,117 +2816,120 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 	return file_edgeq_v1_queue_proto_rawDescData
 }
 
-var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: edgeq.v1.JobState
-	(LeaseOutcome)(0),             // 1: edgeq.v1.LeaseOutcome
-	(NodeRole)(0),                 // 2: edgeq.v1.NodeRole
-	(*JobSpec)(nil),               // 3: edgeq.v1.JobSpec
-	(*Job)(nil),                   // 4: edgeq.v1.Job
-	(*EnqueueRequest)(nil),        // 5: edgeq.v1.EnqueueRequest
-	(*EnqueueResult)(nil),         // 6: edgeq.v1.EnqueueResult
-	(*EnqueueResponse)(nil),       // 7: edgeq.v1.EnqueueResponse
-	(*LeaseRequest)(nil),          // 8: edgeq.v1.LeaseRequest
-	(*LeasedJob)(nil),             // 9: edgeq.v1.LeasedJob
-	(*LeaseResponse)(nil),         // 10: edgeq.v1.LeaseResponse
-	(*AckItem)(nil),               // 11: edgeq.v1.AckItem
-	(*AckRequest)(nil),            // 12: edgeq.v1.AckRequest
-	(*AckResponse)(nil),           // 13: edgeq.v1.AckResponse
-	(*NackItem)(nil),              // 14: edgeq.v1.NackItem
-	(*NackRequest)(nil),           // 15: edgeq.v1.NackRequest
-	(*NackResponse)(nil),          // 16: edgeq.v1.NackResponse
-	(*HeartbeatRequest)(nil),      // 17: edgeq.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 18: edgeq.v1.HeartbeatResponse
-	(*GetJobRequest)(nil),         // 19: edgeq.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 20: edgeq.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 21: edgeq.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 22: edgeq.v1.ListJobsResponse
-	(*GetQueueStatsRequest)(nil),  // 23: edgeq.v1.GetQueueStatsRequest
-	(*QueueStats)(nil),            // 24: edgeq.v1.QueueStats
-	(*GetQueueStatsResponse)(nil), // 25: edgeq.v1.GetQueueStatsResponse
-	(*CancelJobRequest)(nil),      // 26: edgeq.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 27: edgeq.v1.CancelJobResponse
-	(*RetryJobRequest)(nil),       // 28: edgeq.v1.RetryJobRequest
-	(*RetryJobResponse)(nil),      // 29: edgeq.v1.RetryJobResponse
-	(*PauseQueueRequest)(nil),     // 30: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 31: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 32: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 33: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),    // 34: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),       // 35: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),   // 36: edgeq.v1.GetNodeInfoResponse
-	nil,                           // 37: edgeq.v1.JobSpec.HeadersEntry
-	nil,                           // 38: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(Durability)(0),               // 1: edgeq.v1.Durability
+	(LeaseOutcome)(0),             // 2: edgeq.v1.LeaseOutcome
+	(NodeRole)(0),                 // 3: edgeq.v1.NodeRole
+	(*JobSpec)(nil),               // 4: edgeq.v1.JobSpec
+	(*Job)(nil),                   // 5: edgeq.v1.Job
+	(*EnqueueRequest)(nil),        // 6: edgeq.v1.EnqueueRequest
+	(*EnqueueResult)(nil),         // 7: edgeq.v1.EnqueueResult
+	(*EnqueueResponse)(nil),       // 8: edgeq.v1.EnqueueResponse
+	(*LeaseRequest)(nil),          // 9: edgeq.v1.LeaseRequest
+	(*LeasedJob)(nil),             // 10: edgeq.v1.LeasedJob
+	(*LeaseResponse)(nil),         // 11: edgeq.v1.LeaseResponse
+	(*AckItem)(nil),               // 12: edgeq.v1.AckItem
+	(*AckRequest)(nil),            // 13: edgeq.v1.AckRequest
+	(*AckResponse)(nil),           // 14: edgeq.v1.AckResponse
+	(*NackItem)(nil),              // 15: edgeq.v1.NackItem
+	(*NackRequest)(nil),           // 16: edgeq.v1.NackRequest
+	(*NackResponse)(nil),          // 17: edgeq.v1.NackResponse
+	(*HeartbeatRequest)(nil),      // 18: edgeq.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 19: edgeq.v1.HeartbeatResponse
+	(*GetJobRequest)(nil),         // 20: edgeq.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 21: edgeq.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 22: edgeq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 23: edgeq.v1.ListJobsResponse
+	(*GetQueueStatsRequest)(nil),  // 24: edgeq.v1.GetQueueStatsRequest
+	(*QueueStats)(nil),            // 25: edgeq.v1.QueueStats
+	(*GetQueueStatsResponse)(nil), // 26: edgeq.v1.GetQueueStatsResponse
+	(*CancelJobRequest)(nil),      // 27: edgeq.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 28: edgeq.v1.CancelJobResponse
+	(*RetryJobRequest)(nil),       // 29: edgeq.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),      // 30: edgeq.v1.RetryJobResponse
+	(*PauseQueueRequest)(nil),     // 31: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 32: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 33: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 34: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),    // 35: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),       // 36: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),   // 37: edgeq.v1.GetNodeInfoResponse
+	nil,                           // 38: edgeq.v1.JobSpec.HeadersEntry
+	nil,                           // 39: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	39, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	40, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	37, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	40, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	41, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	38, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	0,  // 3: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	40, // 4: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	40, // 5: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	40, // 6: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	40, // 7: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	40, // 8: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	38, // 9: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
-	3,  // 10: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
-	6,  // 11: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	39, // 12: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	4,  // 13: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	40, // 14: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 15: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
-	11, // 16: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
-	1,  // 17: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	39, // 18: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
-	14, // 19: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
-	1,  // 20: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	39, // 21: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
-	1,  // 22: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	40, // 23: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 24: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 25: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
-	4,  // 26: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	39, // 27: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	24, // 28: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	4,  // 29: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	4,  // 30: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	40, // 31: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	2,  // 32: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	35, // 33: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	5,  // 34: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	8,  // 35: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	12, // 36: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	15, // 37: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	17, // 38: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	19, // 39: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	21, // 40: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	23, // 41: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	26, // 42: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	28, // 43: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	30, // 44: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	32, // 45: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	34, // 46: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	7,  // 47: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	10, // 48: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	13, // 49: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	16, // 50: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	18, // 51: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	20, // 52: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	22, // 53: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	25, // 54: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	27, // 55: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	29, // 56: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	31, // 57: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	33, // 58: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	36, // 59: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	47, // [47:60] is the sub-list for method output_type
-	34, // [34:47] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	41, // 4: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	41, // 5: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	41, // 6: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	41, // 7: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	41, // 8: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	39, // 9: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	4,  // 10: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
+	1,  // 11: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
+	7,  // 12: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
+	40, // 13: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	5,  // 14: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
+	41, // 15: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	10, // 16: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
+	12, // 17: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
+	2,  // 18: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	40, // 19: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	15, // 20: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
+	2,  // 21: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	40, // 22: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	2,  // 23: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	41, // 24: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 25: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 26: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
+	5,  // 27: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
+	40, // 28: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	25, // 29: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	5,  // 30: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	5,  // 31: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	41, // 32: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	3,  // 33: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	36, // 34: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	40, // 35: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	6,  // 36: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	9,  // 37: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	13, // 38: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	16, // 39: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	18, // 40: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	20, // 41: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	22, // 42: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	24, // 43: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	27, // 44: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	29, // 45: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	31, // 46: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	33, // 47: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	35, // 48: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	8,  // 49: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	11, // 50: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	14, // 51: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	17, // 52: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	19, // 53: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	21, // 54: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	23, // 55: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	26, // 56: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	28, // 57: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	30, // 58: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	32, // 59: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	34, // 60: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	37, // 61: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	49, // [49:62] is the sub-list for method output_type
+	36, // [36:49] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -2761,7 +2942,7 @@ func file_edgeq_v1_queue_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,

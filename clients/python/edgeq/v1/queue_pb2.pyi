@@ -19,6 +19,14 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_COMPLETED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_ACCEPTED: _ClassVar[JobState]
+
+class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DURABILITY_UNSPECIFIED: _ClassVar[Durability]
+    DURABILITY_LOCAL: _ClassVar[Durability]
+    DURABILITY_REPLICATED: _ClassVar[Durability]
+    DURABILITY_EDGE: _ClassVar[Durability]
 
 class LeaseOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +48,11 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_COMPLETED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_ACCEPTED: JobState
+DURABILITY_UNSPECIFIED: Durability
+DURABILITY_LOCAL: Durability
+DURABILITY_REPLICATED: Durability
+DURABILITY_EDGE: Durability
 LEASE_OUTCOME_UNSPECIFIED: LeaseOutcome
 LEASE_OUTCOME_OK: LeaseOutcome
 LEASE_OUTCOME_STALE: LeaseOutcome
@@ -125,10 +138,12 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "durability")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobSpec]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ...) -> None: ...
+    durability: Durability
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
 
 class EnqueueResult(_message.Message):
     __slots__ = ("job_id", "duplicate", "idempotency_key")
@@ -141,14 +156,18 @@ class EnqueueResult(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
-    __slots__ = ("results", "txid", "buffered")
+    __slots__ = ("results", "txid", "buffered", "accepted_at_edge", "accepted_by")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TXID_FIELD_NUMBER: _ClassVar[int]
     BUFFERED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_AT_EDGE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_BY_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[EnqueueResult]
     txid: int
     buffered: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResult, _Mapping]]] = ..., txid: _Optional[int] = ..., buffered: _Optional[bool] = ...) -> None: ...
+    accepted_at_edge: bool
+    accepted_by: str
+    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResult, _Mapping]]] = ..., txid: _Optional[int] = ..., buffered: _Optional[bool] = ..., accepted_at_edge: _Optional[bool] = ..., accepted_by: _Optional[str] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("queues", "worker_id", "max_in_flight", "lease_duration")
@@ -289,7 +308,7 @@ class GetQueueStatsRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ..., min_txid: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused")
+    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused", "accepted")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +318,7 @@ class QueueStats(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     OLDEST_PENDING_AGE_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     pending: int
     scheduled: int
@@ -308,7 +328,8 @@ class QueueStats(_message.Message):
     cancelled: int
     oldest_pending_age: _duration_pb2.Duration
     paused: bool
-    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ...) -> None: ...
+    accepted: int
+    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class GetQueueStatsResponse(_message.Message):
     __slots__ = ("stats",)
@@ -385,7 +406,7 @@ class ReplicaPosition(_message.Message):
     def __init__(self, node: _Optional[str] = ..., txid: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class GetNodeInfoResponse(_message.Message):
-    __slots__ = ("role", "address", "primary", "txid", "primary_reachable", "replicas", "durability", "outbox_pending", "outbox_dead", "loop_restarts")
+    __slots__ = ("role", "address", "primary", "txid", "primary_reachable", "replicas", "durability", "outbox_pending", "outbox_dead", "loop_restarts", "edge_log_jobs", "edge_log_oldest_age", "edge_log_drain_rate", "edge_log_bytes", "edge_log_capacity_bytes")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +417,11 @@ class GetNodeInfoResponse(_message.Message):
     OUTBOX_PENDING_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_DEAD_FIELD_NUMBER: _ClassVar[int]
     LOOP_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_LOG_JOBS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_LOG_OLDEST_AGE_FIELD_NUMBER: _ClassVar[int]
+    EDGE_LOG_DRAIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    EDGE_LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_LOG_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     role: NodeRole
     address: str
     primary: str
@@ -406,4 +432,9 @@ class GetNodeInfoResponse(_message.Message):
     outbox_pending: int
     outbox_dead: int
     loop_restarts: int
-    def __init__(self, role: _Optional[_Union[NodeRole, str]] = ..., address: _Optional[str] = ..., primary: _Optional[str] = ..., txid: _Optional[int] = ..., primary_reachable: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPosition, _Mapping]]] = ..., durability: _Optional[str] = ..., outbox_pending: _Optional[int] = ..., outbox_dead: _Optional[int] = ..., loop_restarts: _Optional[int] = ...) -> None: ...
+    edge_log_jobs: int
+    edge_log_oldest_age: _duration_pb2.Duration
+    edge_log_drain_rate: float
+    edge_log_bytes: int
+    edge_log_capacity_bytes: int
+    def __init__(self, role: _Optional[_Union[NodeRole, str]] = ..., address: _Optional[str] = ..., primary: _Optional[str] = ..., txid: _Optional[int] = ..., primary_reachable: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPosition, _Mapping]]] = ..., durability: _Optional[str] = ..., outbox_pending: _Optional[int] = ..., outbox_dead: _Optional[int] = ..., loop_restarts: _Optional[int] = ..., edge_log_jobs: _Optional[int] = ..., edge_log_oldest_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., edge_log_drain_rate: _Optional[float] = ..., edge_log_bytes: _Optional[int] = ..., edge_log_capacity_bytes: _Optional[int] = ...) -> None: ...

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/queue.proto.
  */
 export const file_edgeq_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEisQIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKyBAoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMQoORW5xdWV1ZVJlcXVlc3QSHwoEam9icxgBIAMoCzIRLmVkZ2VxLnYxLkpvYlNwZWMiSwoNRW5xdWV1ZVJlc3VsdBIOCgZqb2JfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJbCg9FbnF1ZXVlUmVzcG9uc2USKAoHcmVzdWx0cxgBIAMoCzIXLmVkZ2VxLnYxLkVucXVldWVSZXN1bHQSDAoEdHhpZBgCIAEoBBIQCghidWZmZXJlZBgDIAEoCCJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEIlYKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IifAoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSEAoIbWluX3R4aWQYBSABKAQiSAoQTGlzdEpvYnNSZXNwb25zZRIbCgRqb2JzGAEgAygLMg0uZWRnZXEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEAoIbWluX3R4aWQYAiABKAQizQEKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSDwoHcGVuZGluZxgCIAEoAxIRCglzY2hlZHVsZWQYAyABKAMSDwoHcnVubmluZxgEIAEoAxIRCgljb21wbGV0ZWQYBSABKAMSDgoGZmFpbGVkGAYgASgDEhEKCWNhbmNlbGxlZBgHIAEoAxI1ChJvbGRlc3RfcGVuZGluZ19hZ2UYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcGF1c2VkGAkgASgIIjwKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgVzdGF0cxgBIAMoCzIULmVkZ2VxLnYxLlF1ZXVlU3RhdHMiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoRQ2FuY2VsSm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI8ChBSZXRyeUpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiIKElBhdXNlUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIjChNSZXN1bWVRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiFAoSR2V0Tm9kZUluZm9SZXF1ZXN0InAKD1JlcGxpY2FQb3NpdGlvbhIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQSLwoLcmVwb3J0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHZlcmlmaWVkGAQgASgIIocCChNHZXROb2RlSW5mb1Jlc3BvbnNlEiAKBHJvbGUYASABKA4yEi5lZGdlcS52MS5Ob2RlUm9sZRIPCgdhZGRyZXNzGAIgASgJEg8KB3ByaW1hcnkYAyABKAkSDAoEdHhpZBgEIAEoBBIZChFwcmltYXJ5X3JlYWNoYWJsZRgFIAEoCBIrCghyZXBsaWNhcxgGIAMoCzIZLmVkZ2VxLnYxLlJlcGxpY2FQb3NpdGlvbhISCgpkdXJhYmlsaXR5GAcgASgJEhYKDm91dGJveF9wZW5kaW5nGAggASgDEhMKC291dGJveF9kZWFkGAkgASgDEhUKDWxvb3BfcmVzdGFydHMYCiABKAMqmwEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfQ09NUExFVEVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBSp3CgxMZWFzZU91dGNvbWUSHQoZTEVBU0VfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEExFQVNFX09VVENPTUVfT0sQARIXChNMRUFTRV9PVVRDT01FX1NUQUxFEAISGQoVTEVBU0VfT1VUQ09NRV9JTlZBTElEEAMqhAEKCE5vZGVSb2xlEhkKFU5PREVfUk9MRV9VTlNQRUNJRklFRBAAEhgKFE5PREVfUk9MRV9TVEFOREFMT05FEAESFQoRTk9ERV9ST0xFX1BSSU1BUlkQAhIVChFOT0RFX1JPTEVfUkVQTElDQRADEhUKEU5PREVfUk9MRV9VTktOT1dOEAQy9wYKDFF1ZXVlU2VydmljZRI+CgdFbnF1ZXVlEhguZWRnZXEudjEuRW5xdWV1ZVJlcXVlc3QaGS5lZGdlcS52MS5FbnF1ZXVlUmVzcG9uc2USOgoFTGVhc2USFi5lZGdlcS52MS5MZWFzZVJlcXVlc3QaFy5lZGdlcS52MS5MZWFzZVJlc3BvbnNlMAESMgoDQWNrEhQuZWRnZXEudjEuQWNrUmVxdWVzdBoVLmVkZ2VxLnYxLkFja1Jlc3BvbnNlEjUKBE5hY2sSFS5lZGdlcS52MS5OYWNrUmVxdWVzdBoWLmVkZ2VxLnYxLk5hY2tSZXNwb25zZRJECglIZWFydGJlYXQSGi5lZGdlcS52MS5IZWFydGJlYXRSZXF1ZXN0GhsuZWRnZXEudjEuSGVhcnRiZWF0UmVzcG9uc2USOwoGR2V0Sm9iEhcuZWRnZXEudjEuR2V0Sm9iUmVxdWVzdBoYLmVkZ2VxLnYxLkdldEpvYlJlc3BvbnNlEkEKCExpc3RKb2JzEhkuZWRnZXEudjEuTGlzdEpvYnNSZXF1ZXN0GhouZWRnZXEudjEuTGlzdEpvYnNSZXNwb25zZRJQCg1HZXRRdWV1ZVN0YXRzEh4uZWRnZXEudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHy5lZGdlcS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USRAoJQ2FuY2VsSm9iEhouZWRnZXEudjEuQ2FuY2VsSm9iUmVxdWVzdBobLmVkZ2VxLnYxLkNhbmNlbEpvYlJlc3BvbnNlEkEKCFJldHJ5Sm9iEhkuZWRnZXEudjEuUmV0cnlKb2JSZXF1ZXN0GhouZWRnZXEudjEuUmV0cnlKb2JSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEisQIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKyBAoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoORW5xdWV1ZVJlcXVlc3QSHwoEam9icxgBIAMoCzIRLmVkZ2VxLnYxLkpvYlNwZWMSKAoKZHVyYWJpbGl0eRgCIAEoDjIULmVkZ2VxLnYxLkR1cmFiaWxpdHkiSwoNRW5xdWV1ZVJlc3VsdBIOCgZqb2JfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSKKAQoPRW5xdWV1ZVJlc3BvbnNlEigKB3Jlc3VsdHMYASADKAsyFy5lZGdlcS52MS5FbnF1ZXVlUmVzdWx0EgwKBHR4aWQYAiABKAQSEAoIYnVmZmVyZWQYAyABKAgSGAoQYWNjZXB0ZWRfYXRfZWRnZRgEIAEoCBITCgthY2NlcHRlZF9ieRgFIAEoCSJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEIlYKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IifAoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSEAoIbWluX3R4aWQYBSABKAQiSAoQTGlzdEpvYnNSZXNwb25zZRIbCgRqb2JzGAEgAygLMg0uZWRnZXEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEAoIbWluX3R4aWQYAiABKAQi3wEKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSDwoHcGVuZGluZxgCIAEoAxIRCglzY2hlZHVsZWQYAyABKAMSDwoHcnVubmluZxgEIAEoAxIRCgljb21wbGV0ZWQYBSABKAMSDgoGZmFpbGVkGAYgASgDEhEKCWNhbmNlbGxlZBgHIAEoAxI1ChJvbGRlc3RfcGVuZGluZ19hZ2UYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcGF1c2VkGAkgASgIEhAKCGFjY2VwdGVkGAogASgDIjwKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgVzdGF0cxgBIAMoCzIULmVkZ2VxLnYxLlF1ZXVlU3RhdHMiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoRQ2FuY2VsSm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI8ChBSZXRyeUpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiIKElBhdXNlUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIjChNSZXN1bWVRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiFAoSR2V0Tm9kZUluZm9SZXF1ZXN0InAKD1JlcGxpY2FQb3NpdGlvbhIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQSLwoLcmVwb3J0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHZlcmlmaWVkGAQgASgIIqwDChNHZXROb2RlSW5mb1Jlc3BvbnNlEiAKBHJvbGUYASABKA4yEi5lZGdlcS52MS5Ob2RlUm9sZRIPCgdhZGRyZXNzGAIgASgJEg8KB3ByaW1hcnkYAyABKAkSDAoEdHhpZBgEIAEoBBIZChFwcmltYXJ5X3JlYWNoYWJsZRgFIAEoCBIrCghyZXBsaWNhcxgGIAMoCzIZLmVkZ2VxLnYxLlJlcGxpY2FQb3NpdGlvbhISCgpkdXJhYmlsaXR5GAcgASgJEhYKDm91dGJveF9wZW5kaW5nGAggASgDEhMKC291dGJveF9kZWFkGAkgASgDEhUKDWxvb3BfcmVzdGFydHMYCiABKAMSFQoNZWRnZV9sb2dfam9icxgLIAEoAxI2ChNlZGdlX2xvZ19vbGRlc3RfYWdlGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhsKE2VkZ2VfbG9nX2RyYWluX3JhdGUYDSABKAESFgoOZWRnZV9sb2dfYnl0ZXMYDiABKAMSHwoXZWRnZV9sb2dfY2FwYWNpdHlfYnl0ZXMYDyABKAMqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfQ09NUExFVEVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIWChJKT0JfU1RBVEVfQUNDRVBURUQQBipuCgpEdXJhYmlsaXR5EhoKFkRVUkFCSUxJVFlfVU5TUEVDSUZJRUQQABIUChBEVVJBQklMSVRZX0xPQ0FMEAESGQoVRFVSQUJJTElUWV9SRVBMSUNBVEVEEAISEwoPRFVSQUJJTElUWV9FREdFEAMqdwoMTGVhc2VPdXRjb21lEh0KGUxFQVNFX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBMRUFTRV9PVVRDT01FX09LEAESFwoTTEVBU0VfT1VUQ09NRV9TVEFMRRACEhkKFUxFQVNFX09VVENPTUVfSU5WQUxJRBADKoQBCghOb2RlUm9sZRIZChVOT0RFX1JPTEVfVU5TUEVDSUZJRUQQABIYChROT0RFX1JPTEVfU1RBTkRBTE9ORRABEhUKEU5PREVfUk9MRV9QUklNQVJZEAISFQoRTk9ERV9ST0xFX1JFUExJQ0EQAxIVChFOT0RFX1JPTEVfVU5LTk9XThAEMvcGCgxRdWV1ZVNlcnZpY2USPgoHRW5xdWV1ZRIYLmVkZ2VxLnYxLkVucXVldWVSZXF1ZXN0GhkuZWRnZXEudjEuRW5xdWV1ZVJlc3BvbnNlEjoKBUxlYXNlEhYuZWRnZXEudjEuTGVhc2VSZXF1ZXN0GhcuZWRnZXEudjEuTGVhc2VSZXNwb25zZTABEjIKA0FjaxIULmVkZ2VxLnYxLkFja1JlcXVlc3QaFS5lZGdlcS52MS5BY2tSZXNwb25zZRI1CgROYWNrEhUuZWRnZXEudjEuTmFja1JlcXVlc3QaFi5lZGdlcS52MS5OYWNrUmVzcG9uc2USRAoJSGVhcnRiZWF0EhouZWRnZXEudjEuSGVhcnRiZWF0UmVxdWVzdBobLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEjsKBkdldEpvYhIXLmVkZ2VxLnYxLkdldEpvYlJlcXVlc3QaGC5lZGdlcS52MS5HZXRKb2JSZXNwb25zZRJBCghMaXN0Sm9icxIZLmVkZ2VxLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmVkZ2VxLnYxLkxpc3RKb2JzUmVzcG9uc2USUAoNR2V0UXVldWVTdGF0cxIeLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh8uZWRnZXEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkQKCUNhbmNlbEpvYhIaLmVkZ2VxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGy5lZGdlcS52MS5DYW5jZWxKb2JSZXNwb25zZRJBCghSZXRyeUpvYhIZLmVkZ2VxLnYxLlJldHJ5Sm9iUmVxdWVzdBoaLmVkZ2VxLnYxLlJldHJ5Sm9iUmVzcG9uc2USRwoKUGF1c2VRdWV1ZRIbLmVkZ2VxLnYxLlBhdXNlUXVldWVSZXF1ZXN0GhwuZWRnZXEudjEuUGF1c2VRdWV1ZVJlc3BvbnNlEkoKC1Jlc3VtZVF1ZXVlEhwuZWRnZXEudjEuUmVzdW1lUXVldWVSZXF1ZXN0Gh0uZWRnZXEudjEuUmVzdW1lUXVldWVSZXNwb25zZRJKCgtHZXROb2RlSW5mbxIcLmVkZ2VxLnYxLkdldE5vZGVJbmZvUmVxdWVzdBodLmVkZ2VxLnYxLkdldE5vZGVJbmZvUmVzcG9uc2VCNFoyZ2l0aHViLmNvbS9lZGdlcS9lZGdlcS9jbGllbnRzL2dvL2VkZ2VxL3YxO2VkZ2VxdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * JobSpec is what a producer sends.
@@ -248,6 +248,13 @@ export type EnqueueRequest = Message<"edgeq.v1.EnqueueRequest"> & {
    * @generated from field: repeated edgeq.v1.JobSpec jobs = 1;
    */
   jobs: JobSpec[];
+
+  /**
+   * When to acknowledge; unset means the server's default.
+   *
+   * @generated from field: edgeq.v1.Durability durability = 2;
+   */
+  durability: Durability;
 };
 
 /**
@@ -317,14 +324,32 @@ export type EnqueueResponse = Message<"edgeq.v1.EnqueueResponse"> & {
   txid: bigint;
 
   /**
-   * True when a replica could not reach the primary and kept the jobs in its
-   * partition outbox: they are stored on the primary later, in order, exactly
-   * once, under the job_ids returned here (assigned before buffering). txid
-   * is then 0.
+   * True when the jobs were accepted at the edge instead of stored on the
+   * primary: DURABILITY_EDGE, or a node whose partition outbox buffered them
+   * while the primary was unreachable. They are stored on the primary later,
+   * in order, exactly once, under the job_ids returned here (assigned before
+   * buffering); until then the answering node's GetJob shows them as
+   * JOB_STATE_ACCEPTED. txid is then 0.
    *
    * @generated from field: bool buffered = 3;
    */
   buffered: boolean;
+
+  /**
+   * The same as buffered: the jobs are durable in the edge log of the node
+   * named by accepted_by, not yet on the primary.
+   *
+   * @generated from field: bool accepted_at_edge = 4;
+   */
+  acceptedAtEdge: boolean;
+
+  /**
+   * The node (its advertised address) whose edge log holds the jobs, when
+   * accepted_at_edge.
+   *
+   * @generated from field: string accepted_by = 5;
+   */
+  acceptedBy: string;
 };
 
 /**
@@ -886,6 +911,14 @@ export type QueueStats = Message<"edgeq.v1.QueueStats"> & {
    * @generated from field: bool paused = 9;
    */
   paused: boolean;
+
+  /**
+   * Jobs of this queue accepted at the edge by the answering node and not
+   * yet stored on the primary (JOB_STATE_ACCEPTED, in its edge log).
+   *
+   * @generated from field: int64 accepted = 10;
+   */
+  accepted: bigint;
 };
 
 /**
@@ -1205,8 +1238,9 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
   replicas: ReplicaPosition[];
 
   /**
-   * "local" (a write is acknowledged once committed on the primary) or
-   * "replicated" (once enough replicas applied it too).
+   * The server's default Enqueue durability: "local" (acknowledged once
+   * committed on the primary), "replicated" (once enough replicas applied it
+   * too) or "edge" (once fsynced in the answering node's edge log).
    *
    * @generated from field: string durability = 7;
    */
@@ -1233,6 +1267,38 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
    * @generated from field: int64 loop_restarts = 10;
    */
   loopRestarts: bigint;
+
+  /**
+   * This node's edge log: jobs accepted here and not yet stored on the
+   * primary, how long the oldest has waited, and the jobs per second its
+   * drain stored on the primary over the last 10 seconds.
+   *
+   * @generated from field: int64 edge_log_jobs = 11;
+   */
+  edgeLogJobs: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Duration edge_log_oldest_age = 12;
+   */
+  edgeLogOldestAge?: Duration | undefined;
+
+  /**
+   * @generated from field: double edge_log_drain_rate = 13;
+   */
+  edgeLogDrainRate: number;
+
+  /**
+   * Bytes of Enqueue requests in the edge log, and the cap past which
+   * Enqueue answers RESOURCE_EXHAUSTED (0: no edge log on this node).
+   *
+   * @generated from field: int64 edge_log_bytes = 14;
+   */
+  edgeLogBytes: bigint;
+
+  /**
+   * @generated from field: int64 edge_log_capacity_bytes = 15;
+   */
+  edgeLogCapacityBytes: bigint;
 };
 
 /**
@@ -1292,6 +1358,17 @@ export enum JobState {
    * @generated from enum value: JOB_STATE_CANCELLED = 5;
    */
   CANCELLED = 5,
+
+  /**
+   * Accepted at the edge: durable in the edge log of the node that answered
+   * the Enqueue (DURABILITY_EDGE), not yet stored on the primary. Only that
+   * node's GetJob shows it; its drain moves it to the primary, where it
+   * becomes PENDING under the same id. Never leased, cancelled or retried
+   * in this state.
+   *
+   * @generated from enum value: JOB_STATE_ACCEPTED = 6;
+   */
+  ACCEPTED = 6,
 }
 
 /**
@@ -1299,6 +1376,53 @@ export enum JobState {
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
   enumDesc(file_edgeq_v1_queue, 0);
+
+/**
+ * Durability is when an Enqueue is acknowledged.
+ *
+ * @generated from enum edgeq.v1.Durability
+ */
+export enum Durability {
+  /**
+   * The answering server's default (its --durability).
+   *
+   * @generated from enum value: DURABILITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Once committed on the primary (a primary failover can lose the last
+   * writes before they replicate).
+   *
+   * @generated from enum value: DURABILITY_LOCAL = 1;
+   */
+  LOCAL = 1,
+
+  /**
+   * Once committed on the primary and applied by its live replicas.
+   *
+   * @generated from enum value: DURABILITY_REPLICATED = 2;
+   */
+  REPLICATED = 2,
+
+  /**
+   * Once fsynced in the edge log of the node that answers (replica or
+   * primary), a local file outside the LiteFS mount: sub-millisecond, and
+   * accepted while no primary is reachable. The node's drain stores the jobs
+   * on the primary later, in order, exactly once, under the ids answered
+   * here. Survives crashes and partitions of that node, not the loss of its
+   * disk before the drain. On a standalone server the same as LOCAL.
+   *
+   * @generated from enum value: DURABILITY_EDGE = 3;
+   */
+  EDGE = 3,
+}
+
+/**
+ * Describes the enum edgeq.v1.Durability.
+ */
+export const DurabilitySchema: GenEnum<Durability> = /*@__PURE__*/
+  enumDesc(file_edgeq_v1_queue, 1);
 
 /**
  * LeaseOutcome is the result of settling or extending one lease.
@@ -1340,7 +1464,7 @@ export enum LeaseOutcome {
  * Describes the enum edgeq.v1.LeaseOutcome.
  */
 export const LeaseOutcomeSchema: GenEnum<LeaseOutcome> = /*@__PURE__*/
-  enumDesc(file_edgeq_v1_queue, 1);
+  enumDesc(file_edgeq_v1_queue, 2);
 
 /**
  * NodeRole is a node's place in the cluster.
@@ -1389,7 +1513,7 @@ export enum NodeRole {
  * Describes the enum edgeq.v1.NodeRole.
  */
 export const NodeRoleSchema: GenEnum<NodeRole> = /*@__PURE__*/
-  enumDesc(file_edgeq_v1_queue, 2);
+  enumDesc(file_edgeq_v1_queue, 3);
 
 /**
  * QueueService is a durable job queue. Any node accepts any RPC.

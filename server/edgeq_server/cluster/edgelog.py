@@ -1,0 +1,436 @@
+"""The edge log: Enqueues acknowledged by this node before the primary has them.
+
+One file per node (``Config.edge_log``: a SQLite file outside the LiteFS mount, fsynced on
+every commit) and one path through it, used two ways:
+
+- ``durability = edge`` (the server's ``--durability`` or the request's): every Enqueue is
+  accepted here, on a replica and on the primary alike, and answered as soon as its row is
+  durable: ``accepted_at_edge`` (and ``buffered``), ``accepted_by`` this node, the job ids,
+  no txid.
+- the partition outbox (``--outbox-path``): a "local"/"replicated" Enqueue on a node that
+  cannot reach the primary in ``outbox_forward_timeout_seconds`` is accepted here instead
+  of failing; while anything from it is waiting, later ones queue behind it (order).
+
+Accepting (``accept``): validate exactly as the primary would (a bad request is refused
+here, naming the field, and nothing is stored); give every job its id (UUIDv7) and turn a
+``delay`` into an absolute ``run_at`` (the delay counts from acceptance, not from the
+drain); then hand the request to the group commit, which appends every request waiting
+for it in one transaction (one fsync for many callers). Inside that transaction a job
+whose (queue, idempotency key) this node already accepted, or its database already holds,
+is answered with that job's id (``duplicate``) and not appended again. Past
+``edge_log_max_bytes`` (or on a full disk) Enqueue answers RESOURCE_EXHAUSTED
+(``EDGE_LOG_FULL``) with a retry delay: never unbounded disk, never a silent drop.
+
+Draining (``drain_loop``, supervised): the oldest waiting requests are merged into one
+Enqueue of up to ``max_batch`` jobs (many callers' jobs per call, acceptance order kept, so
+per-queue order holds) and stored on the primary with ``edge_drain_durability``: over
+gRPC from a replica, directly through the local write path on the primary (many
+single-job Enqueues, one LiteFS transaction). Rows are deleted only after the primary's
+OK, in the same transaction that records each job's stored id and txid. The primary
+dedupes by job id, so a resend after a lost answer, a kill -9, a SIGSTOP past the deadline
+or a failover stores nothing twice. Transient answers (UNAVAILABLE, deadline, ABORTED...)
+back off with jitter, 0.1 s doubling to 2 s, reset by a success or a new primary. A
+permanent refusal of a merged batch re-sends its requests one by one; a single request
+refused for good (or INTERNAL/UNKNOWN ``INTERNAL_ATTEMPTS`` times) moves to the dead table
+(the row stays with the reason), is logged and counted, and the rows behind it go on.
+
+Reading (``find``): until this node's database has applied the drained txid, the log
+remembers each drained job's stored id and txid, so GetJob here never loses sight of a
+job between the edge and the replica (read-your-writes across the hand-over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+import grpc
+from google.protobuf import timestamp_pb2
+
+from edgeq.v1 import queue_pb2 as pb
+
+from .. import metrics, status, validate
+from ..clock import MICROS, Clock
+from ..config import Config
+from ..errors import Forwarded, ResourceExhausted, Unavailable
+from ..ids import uuid7
+from ..store import EdgeJob, EdgeLogStore, Store
+from .forward import Forwarder
+from .litefs import LiteFSNode
+
+log = logging.getLogger(__name__)
+
+#: Deadline of one drain call, and the backoff between failed drain attempts.
+DRAIN_TIMEOUT_SECONDS = 5.0
+RETRY_MIN_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+#: INTERNAL/UNKNOWN answers for one request before it is dead.
+INTERNAL_ATTEMPTS = 5
+#: The window of GetNodeInfo's drain rate.
+RATE_WINDOW_SECONDS = 10.0
+#: How often records of drained jobs this node has applied are forgotten.
+FORGET_SECONDS = 1.0
+#: Retry hint of a full edge log.
+FULL_RETRY_SECONDS = 1.0
+
+#: Answers after which the same request is sent again later.
+TRANSIENT = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED, grpc.StatusCode.UNAUTHENTICATED,
+})
+#: Answers that may be transient, tried ``INTERNAL_ATTEMPTS`` times.
+DOUBTFUL = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+#: Stores a merged request on this node (the primary) and waits for its durability.
+StoreHere = Callable[[pb.EnqueueRequest], Awaitable[pb.EnqueueResponse]]
+
+
+@dataclass
+class _Pending:
+    """A request waiting for the group commit."""
+
+    request: pb.EnqueueRequest
+    future: asyncio.Future[list[tuple[str, bool]]]
+
+
+class EdgeLog:
+    def __init__(
+        self, cfg: Config, clock: Clock, node: LiteFSNode, forwarder: Forwarder,
+        metadata: tuple[tuple[str, str], ...], db_path: str,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._node = node
+        self._forwarder = forwarder
+        self._metadata = metadata  # node-to-node credentials for the drain
+        self._db_path = db_path
+        self.path = cfg.edge_log
+        self.fallback = bool(cfg.outbox_path)
+        self.capacity = cfg.edge_log_max_bytes
+        self._drain_durability = (
+            pb.DURABILITY_REPLICATED if cfg.edge_drain_durability == "replicated" else pb.DURABILITY_LOCAL
+        )
+        self._store: EdgeLogStore | None = None
+        self._db: Store | None = None  # this node's database, read-only: keys already stored
+        # One thread owns the edge log's connection: appends, drain deletes and reads queue
+        # up in order and never interleave inside a transaction.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log")
+        self._waiting: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.store_here: StoreHere | None = None
+        # Exact counters of waiting rows (the group commit and the drain move them).
+        self.pending = 0  # requests
+        self.jobs = 0
+        self.bytes = 0
+        self.dead = 0
+        self.oldest_at: int | None = None  # created_at of the oldest waiting request
+        self._drained: collections.deque[tuple[float, int]] = collections.deque()
+        self._forget_at = 0.0
+        self._unforgotten = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        self._store = await self._run(lambda _: EdgeLogStore(self.path))
+        pending, jobs, size, dead, oldest = await self._run(lambda s: s.totals())
+        self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = pending, jobs, size, dead, oldest
+        self._unforgotten = True
+        self._publish()
+        log.info("edge log %s: %d job(s) waiting to drain, %d refused request(s)", self.path, jobs, dead)
+        if pending:
+            self._wake.set()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._store is not None:
+            await self._run(lambda s: s.close())
+        self._thread.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[EdgeLogStore], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: fn(self._store))  # type: ignore[arg-type]
+
+    def _publish(self) -> None:
+        metrics.EDGE_LOG_JOBS.set(self.jobs)
+        metrics.EDGE_LOG_BYTES.set(self.bytes)
+        metrics.BUFFER_PENDING.set(self.pending)
+        metrics.BUFFER_DEAD.set(self.dead)
+
+    # ------------------------------------------------------------------ state
+
+    def accepting(self) -> bool:
+        """Whether an Enqueue would be accepted now (open, under the cap)."""
+        return self._store is not None and self.bytes < self.capacity
+
+    def oldest_age(self) -> float:
+        return 0.0 if self.oldest_at is None else max(0.0, (self._clock.now() - self.oldest_at) / MICROS)
+
+    def drain_rate(self) -> float:
+        """Jobs per second stored on the primary over the last ``RATE_WINDOW_SECONDS``."""
+        cutoff = time.monotonic() - RATE_WINDOW_SECONDS
+        while self._drained and self._drained[0][0] < cutoff:
+            self._drained.popleft()
+        return sum(n for _, n in self._drained) / RATE_WINDOW_SECONDS
+
+    async def find(self, job_id: str) -> EdgeJob | None:
+        return await self._run(lambda s: s.find(job_id))  # type: ignore[no-any-return]
+
+    async def accepted_by_queue(self) -> dict[str, int]:
+        if not self.jobs:
+            return {}
+        return await self._run(lambda s: s.accepted_by_queue())  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ accepting
+
+    async def accept(self, request: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        """Accept at the edge: durable here, stored on the primary by the drain."""
+        now = self._clock.now()
+        validate.enqueue(request, self._cfg, now)  # raises InvalidArgument naming the field
+        edge = pb.EnqueueRequest()
+        edge.CopyFrom(request)
+        edge.ClearField("durability")
+        for spec in edge.jobs:
+            if not spec.job_id:
+                spec.job_id = uuid7()
+            if spec.HasField("delay"):  # the delay counts from now, not from the drain
+                at = now + spec.delay.ToMicroseconds()
+                spec.ClearField("delay")
+                spec.run_at.CopyFrom(_timestamp(at))
+        size = edge.ByteSize()
+        if self._store is None or self.bytes + size > self.capacity:
+            raise _full(f"the edge log holds {self.bytes} bytes, its cap is {self.capacity}")
+        pending = _Pending(edge, asyncio.get_running_loop().create_future())
+        self._waiting.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        # Shielded: a caller that goes away mid-commit leaves a row that will drain (or
+        # nothing), and the counters agree with the file either way.
+        answers = await asyncio.shield(pending.future)
+        return pb.EnqueueResponse(
+            results=[
+                pb.EnqueueResult(job_id=job_id, duplicate=dup, idempotency_key=spec.idempotency_key)
+                for (job_id, dup), spec in zip(answers, edge.jobs, strict=True)
+            ],
+            buffered=True, accepted_at_edge=True, accepted_by=self._cfg.address,
+        )
+
+    async def _flush(self) -> None:
+        """The group commit: every request waiting, one durable transaction, until none wait."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            now = self._clock.now()
+            try:
+                outcome = await self._run(lambda s, b=batch, t=now: self._append(s, b, t))  # type: ignore[misc]
+            except apsw.FullError:
+                _fail(batch, _full("the disk holding the edge log is full"))
+                continue
+            except Exception as exc:
+                log.exception("edge log: append failed")
+                _fail(batch, exc)
+                continue
+            for pending, (answers, appended, size) in zip(batch, outcome, strict=True):
+                if appended:
+                    self.pending += 1
+                    self.jobs += appended
+                    self.bytes += size
+                    if self.oldest_at is None:
+                        self.oldest_at = now
+                if not pending.future.done():
+                    pending.future.set_result(answers)
+            self._publish()
+            self._wake.set()
+
+    def _append(
+        self, store: EdgeLogStore, batch: list[_Pending], now: int
+    ) -> list[tuple[list[tuple[str, bool]], int, int]]:
+        """(In the edge log's thread.) Append the batch in one transaction; per request its
+        answers [(job_id, duplicate)], the jobs appended and the bytes they took."""
+        out: list[tuple[list[tuple[str, bool]], int, int]] = []
+        with store.transaction():
+            for pending in batch:
+                answers: list[tuple[str, bool]] = []
+                kept = pb.EnqueueRequest()
+                index: list[tuple[str, str, str]] = []
+                seen: dict[tuple[str, str], str] = {}
+                for spec in pending.request.jobs:
+                    key = spec.idempotency_key
+                    known = None
+                    if key:
+                        known = seen.get((spec.queue, key)) or store.find_key(spec.queue, key) or self._stored(
+                            spec.queue, key
+                        )
+                    if known is not None:
+                        answers.append((known, True))
+                        continue
+                    answers.append((spec.job_id, False))
+                    if key:
+                        seen[spec.queue, key] = spec.job_id
+                    kept.jobs.append(spec)
+                    index.append((spec.job_id, spec.queue, key))
+                size = 0
+                if index:
+                    blob = kept.SerializeToString()
+                    store.append(blob, index, now)
+                    size = len(blob)
+                out.append((answers, len(index), size))
+        return out
+
+    def _stored(self, queue: str, key: str) -> str | None:
+        """(In the edge log's thread.) The id under which this node's database holds the key."""
+        try:
+            if self._db is None:
+                self._db = Store(apsw.Connection(self._db_path, flags=apsw.SQLITE_OPEN_READONLY))
+                self._db.conn.set_busy_timeout(1000)
+            return self._db.job_id_by_key(queue, key)
+        except apsw.Error as exc:  # LiteFS replacing the file: the primary's dedupe decides
+            log.debug("edge log: key lookup in %s failed: %s", self._db_path, exc)
+            if self._db is not None:
+                self._db.conn.close()
+                self._db = None
+            return None
+
+    # ------------------------------------------------------------------ draining
+
+    def _target(self) -> str | None:
+        if self._node.is_primary():
+            return self._cfg.address
+        return self._node.primary_address()
+
+    async def _send(self, target: str | None, request: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        if target is None:
+            raise Unavailable("no primary")
+        if target == self._cfg.address and self.store_here is not None:
+            try:
+                return await self.store_here(request)
+            except (Unavailable, Forwarded):
+                raise
+            except Exception as exc:
+                st = status.to_status(exc)
+                raise Forwarded(st.code, st.message) from exc
+        response: pb.EnqueueResponse = await self._forwarder.call(
+            target, "Enqueue", request, seconds=DRAIN_TIMEOUT_SECONDS, metadata=self._metadata
+        )
+        return response
+
+    def _merge(self, rows: list[Any], solo: bool) -> tuple[list[Any], pb.EnqueueRequest]:
+        """The oldest rows that fit one Enqueue (max_batch jobs, half the message cap)."""
+        merged = pb.EnqueueRequest(durability=self._drain_durability)
+        taken: list[Any] = []
+        size = 0
+        budget = self._cfg.max_message_bytes // 2
+        for row in rows:
+            full = len(merged.jobs) + row.jobs > self._cfg.max_batch or size + len(row.request) > budget
+            if taken and (solo or full):
+                break
+            merged.jobs.extend(pb.EnqueueRequest.FromString(row.request).jobs)
+            size += len(row.request)
+            taken.append(row)
+        return taken, merged
+
+    async def _forget(self) -> None:
+        """Forget drained jobs this node's database has applied (GetJob finds them there)."""
+        if self._unforgotten and time.monotonic() >= self._forget_at:
+            self._forget_at = time.monotonic() + FORGET_SECONDS
+            applied = self._node.latest()
+            await self._run(lambda s: s.forget_applied(applied))
+            self._unforgotten = self.jobs > 0
+
+    async def drain_loop(self) -> None:
+        """Store waiting requests on the primary, oldest first (runs until cancelled)."""
+        delay = RETRY_MIN_SECONDS
+        doubtful = 0  # INTERNAL/UNKNOWN answers for the current head
+        head = -1
+        solo_until = -1  # after a refused merged batch: its rows one by one
+        last_target: str | None = None
+        while True:
+            self._wake.clear()  # before reading: an append after the read sets it again
+            rows = await self._run(lambda s: s.oldest(self._cfg.max_batch))
+            if not rows:
+                await self._forget()
+                self.oldest_at = None
+                timeout = FORGET_SECONDS if self._unforgotten else None
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            self.oldest_at = rows[0].created_at
+            taken, merged = self._merge(rows, solo=rows[0].seq <= solo_until)
+            if taken[0].seq != head:
+                head, doubtful = taken[0].seq, 0
+            target = self._target()
+            if target != last_target:
+                delay, last_target = RETRY_MIN_SECONDS, target
+            try:
+                response = await self._send(target, merged)
+            except (Unavailable, Forwarded) as exc:
+                code = exc.code if isinstance(exc, Forwarded) else grpc.StatusCode.UNAVAILABLE
+                if code in DOUBTFUL:
+                    doubtful += 1
+                if code in TRANSIENT or (code in DOUBTFUL and doubtful < INTERNAL_ATTEMPTS):
+                    log.debug("edge log: %d job(s) not stored yet (%s); retrying in <= %.2fs", len(merged.jobs),
+                              code.name, delay)
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+                    continue
+                if len(taken) > 1:
+                    solo_until = taken[-1].seq
+                    log.warning("edge log: the primary refused a merged batch (%s); sending its requests one by one",
+                                code.name)
+                    continue
+                reason = f"{code.name}: {exc.details}" if isinstance(exc, Forwarded) else str(exc)
+                seq = taken[0].seq
+                log.error("edge log: the primary refused request %d for good (%s); moved to the dead table in %s",
+                          seq, reason, self.path)
+                await self._run(functools.partial(EdgeLogStore.reject, seq=seq, reason=reason))
+                self._moved(taken, dead=1)
+                continue
+            delay = RETRY_MIN_SECONDS
+            stored = [
+                (spec.job_id, result.job_id) for spec, result in zip(merged.jobs, response.results, strict=True)
+            ]
+            seqs = [row.seq for row in taken]
+            await self._run(functools.partial(EdgeLogStore.drained, seqs=seqs, stored=stored, txid=response.txid))
+            self._unforgotten = True
+            self._moved(taken)
+            self._drained.append((time.monotonic(), len(merged.jobs)))
+            metrics.EDGE_LOG_DRAINED.inc(len(merged.jobs))
+            log.debug("edge log: %d job(s) stored on %s at txid %d", len(merged.jobs), target, response.txid)
+            await self._forget()
+
+    def _moved(self, rows: list[Any], dead: int = 0) -> None:
+        self.pending -= len(rows)
+        self.jobs -= sum(r.jobs for r in rows)
+        self.bytes -= sum(len(r.request) for r in rows)
+        self.dead += dead
+        self._publish()
+
+
+def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(micros)
+    return ts
+
+
+def _full(why: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        "", f"edge log full: {why}; retry later", reason="EDGE_LOG_FULL", retry_after=FULL_RETRY_SECONDS
+    )
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
