@@ -273,3 +273,25 @@ def test_bearer_token(tmp_path: Path) -> None:
             c.enqueue("t", b"x")
     finally:
         st.close()
+
+
+def test_durability_client_default_and_per_call(server: ServerThread) -> None:
+    from edgeq import Durability, FailedPreconditionError
+
+    assert JobState("accepted").to_proto() == pb.JOB_STATE_ACCEPTED
+    assert JobState.from_proto(pb.JOB_STATE_ACCEPTED) is JobState.ACCEPTED
+    with Client(server.target, timeout=5, durability="replicated") as c:
+        assert c.durability is Durability.REPLICATED
+        # A standalone server has no replicas: the client's default is refused, naming it...
+        with pytest.raises(FailedPreconditionError, match="durability"):
+            c.enqueue("d", b"x")
+        # ...and a call may choose another level (edge is local on a standalone server).
+        r = c.enqueue("d", b"x", durability=Durability.EDGE)
+        assert not r.accepted_at_edge and not r.buffered and r.txid > 0
+        [m] = c.enqueue_many([{"queue": "d", "payload": b"y"}], durability="local")
+        assert m.txid > 0 and c.get(m.job_id).state is JobState.PENDING
+        assert c.stats("d")[0].accepted == 0
+        info = c.node_info()
+        assert info.edge_log_jobs == 0 and info.edge_log_capacity_bytes == 0
+    with pytest.raises(ValueError):
+        Client(server.target, durability="sometimes")

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from test_cluster_ha import all_jobs, eventually, health, info, stub
 
+from edgeq import Client, JobState
 from edgeq.v1 import queue_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -126,8 +127,15 @@ def test_while_no_primary_answers_the_replica_accepts_shows_and_counts_jobs_then
                 stats = {q.queue: q for q in s.GetQueueStats(pb.GetQueueStatsRequest(), timeout=10).stats}
             assert stats["p"].accepted == 150 and stats["q"].accepted == 150
             assert health(replica) == health_pb2.HealthCheckResponse.SERVING  # the edge log accepts
+            with Client(replica.target, timeout=5, durability="edge") as client:  # the SDK's view
+                sdk = client.enqueue("sdk", b"via the SDK")
+                assert sdk.accepted_at_edge and sdk.accepted_by == replica.target and sdk.txid == 0
+                assert client.get(sdk.job_id).state is JobState.ACCEPTED
+                assert client.node_info().edge_log_jobs == 301
         eventually(lambda: info(replica).edge_log_jobs == 0, what="edge log drained")
         assert info(replica).edge_log_drain_rate > 0
+        with Client(replica.target, timeout=5) as client:
+            assert client.get(sdk.job_id).state is JobState.PENDING
         stored = all_jobs(cluster.primary.target, "p") + all_jobs(cluster.primary.target, "q")
         assert sorted(j.id for j in stored) == sorted(ids)
         # Coalesced: 300 single-job Enqueues reached the primary in a few transactions.

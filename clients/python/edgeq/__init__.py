@@ -24,7 +24,17 @@ from ._errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from ._models import EnqueueResult, Job, JobSpec, JobState, LeaseOutcome, NodeInfo, QueueStats, ReplicaPosition
+from ._models import (
+    Durability,
+    EnqueueResult,
+    Job,
+    JobSpec,
+    JobState,
+    LeaseOutcome,
+    NodeInfo,
+    QueueStats,
+    ReplicaPosition,
+)
 from ._worker import Handler, LeasedJob, Worker, WorkerStats
 
 __version__ = "0.1.0"
@@ -38,6 +48,7 @@ __all__ = [
     "Client",
     "CommittedNotReplicated",
     "DeadlineExceededError",
+    "Durability",
     "EdgeqError",
     "EnqueueResult",
     "Fail",

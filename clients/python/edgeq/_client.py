@@ -33,6 +33,7 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, create_channel
 from ._errors import CommittedNotReplicated, DeadlineExceededError, error_from_rpc
 from ._models import (
+    Durability,
     EnqueueResult,
     Job,
     JobSpec,
@@ -88,6 +89,8 @@ class Client:
     With ``session_consistency=True`` reads carry the highest txid this client has seen
     from its writes as ``min_txid``, so a read after a write sees it (read-your-writes)
     even on a replica. ``token`` is sent as a bearer token when the server has auth on.
+    ``durability`` ("edge", "local", "replicated"; None: the server's default) is when its
+    Enqueues are acknowledged; ``enqueue``/``enqueue_many`` can override it per call.
     """
 
     def __init__(
@@ -98,9 +101,11 @@ class Client:
         channel: grpc.Channel | None = None,
         session_consistency: bool = False,
         token: str | None = None,
+        durability: Durability | str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        self.durability = None if durability is None else Durability(durability)
         self.target = target
         self.timeout = timeout
         self.session_consistency = session_consistency
@@ -200,15 +205,19 @@ class Client:
         max_attempts: int = 0,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        durability: Durability | str | None = None,
     ) -> EnqueueResult:
         """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
         exclusive; ``max_attempts=0`` means the server default (3). Without an
         ``idempotency_key`` the client sends one it generates (``auto-<UUIDv7>``), so its
-        own retries cannot add the job twice; the result's ``idempotency_key`` names it."""
+        own retries cannot add the job twice; the result's ``idempotency_key`` names it.
+        ``durability`` overrides the client's for this call."""
         spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
-        return self._enqueue([spec.to_proto()])[0]
+        return self._enqueue([spec.to_proto()], durability)[0]
 
-    def enqueue_many(self, specs: Iterable[JobSpecLike]) -> builtins.list[EnqueueResult]:
+    def enqueue_many(
+        self, specs: Iterable[JobSpecLike], *, durability: Durability | str | None = None
+    ) -> builtins.list[EnqueueResult]:
         """Add many jobs (``JobSpec``, dicts with JobSpec's keys, or ``edgeq.v1`` JobSpecs).
 
         Sent in calls of at most 1000 jobs; each call is atomic, the whole batch is not: if
@@ -217,11 +226,17 @@ class Client:
         messages = [to_job_spec(s) for s in specs]
         results: builtins.list[EnqueueResult] = []
         for chunk in _chunks(messages, BATCH_MAX):
-            results.extend(self._enqueue(chunk))
+            results.extend(self._enqueue(chunk, durability))
         return results
 
-    def _enqueue(self, messages: Sequence[pb.JobSpec]) -> builtins.list[EnqueueResult]:
-        request = pb.EnqueueRequest(jobs=messages)  # copies: the caller's messages stay as they are
+    def _enqueue(
+        self, messages: Sequence[pb.JobSpec], durability: Durability | str | None = None
+    ) -> builtins.list[EnqueueResult]:
+        # copies: the caller's messages stay as they are
+        request = pb.EnqueueRequest(jobs=messages)
+        level = self.durability if durability is None else Durability(durability)
+        if level is not None:
+            request.durability = level.to_proto()
         auto: set[int] = set()
         for i, job in enumerate(request.jobs):
             if not job.idempotency_key:
@@ -241,7 +256,8 @@ class Client:
                 r.duplicate and i not in auto,
                 txid,
                 r.idempotency_key or request.jobs[i].idempotency_key,
-                resp.buffered,
+                resp.accepted_at_edge or resp.buffered,
+                resp.accepted_by,
             )
             for i, r in enumerate(resp.results)
         ]

@@ -45,6 +45,9 @@ class JobState(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Accepted at the edge: durable in the edge log of the node that answered the
+    #: Enqueue, not yet stored on the primary (only that node's reads show it).
+    ACCEPTED = "accepted"
     #: A state this client version does not know (never sent by a v1 server).
     UNSPECIFIED = "unspecified"
 
@@ -62,9 +65,30 @@ _STATE_TO_PROTO: dict[JobState, pb.JobState] = {
     JobState.COMPLETED: pb.JOB_STATE_COMPLETED,
     JobState.FAILED: pb.JOB_STATE_FAILED,
     JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+    JobState.ACCEPTED: pb.JOB_STATE_ACCEPTED,
     JobState.UNSPECIFIED: pb.JOB_STATE_UNSPECIFIED,
 }
 _STATE_FROM_PROTO: dict[int, JobState] = {int(v): k for k, v in _STATE_TO_PROTO.items()}
+
+
+class Durability(enum.StrEnum):
+    """When an Enqueue is acknowledged (``Client(durability=...)`` or per call)."""
+
+    #: Once fsynced in the edge log of the node that answers (replica or primary):
+    #: sub-millisecond, accepted with no primary reachable; stored on the primary later,
+    #: exactly once, under the returned id. Lost only with that node's disk before it drains.
+    EDGE = "edge"
+    #: Once committed on the primary.
+    LOCAL = "local"
+    #: Once committed on the primary and applied by its live replicas.
+    REPLICATED = "replicated"
+
+    def to_proto(self) -> pb.Durability:
+        return {
+            Durability.EDGE: pb.DURABILITY_EDGE,
+            Durability.LOCAL: pb.DURABILITY_LOCAL,
+            Durability.REPLICATED: pb.DURABILITY_REPLICATED,
+        }[self]
 
 
 class LeaseOutcome(enum.StrEnum):
@@ -189,6 +213,8 @@ class QueueStats:
     #: Age in seconds of the oldest job that may run now (0 when none).
     oldest_pending_age: float
     paused: bool
+    #: Jobs accepted at the edge by the answering node, not yet on the primary.
+    accepted: int
     raw: pb.QueueStats = field(repr=False, compare=False, hash=False)
 
     @classmethod
@@ -203,6 +229,7 @@ class QueueStats:
             cancelled=m.cancelled,
             oldest_pending_age=to_seconds(m.oldest_pending_age),
             paused=m.paused,
+            accepted=m.accepted,
             raw=m,
         )
 
@@ -233,14 +260,22 @@ class NodeInfo:
     primary_reachable: bool
     #: On the primary: the connected replicas and their positions.
     replicas: tuple[ReplicaPosition, ...]
-    #: "local" or "replicated".
+    #: The server's default Enqueue durability: "local", "replicated" or "edge".
     durability: str
-    #: Enqueue requests waiting in this node's partition outbox.
+    #: Enqueue requests waiting in this node's edge log.
     outbox_pending: int
-    #: Buffered requests the primary refused for good (the outbox's dead table).
+    #: Edge-log requests the primary refused for good (kept in its dead table).
     outbox_dead: int
     #: Background loops the node restarted after a failure.
     loop_restarts: int
+    #: Jobs waiting in this node's edge log, the age in seconds of the oldest, and the jobs
+    #: per second its drain stored on the primary over the last 10 s.
+    edge_log_jobs: int
+    edge_log_oldest_age: float
+    edge_log_drain_rate: float
+    #: Bytes waiting in the edge log, and its cap (0: no edge log on this node).
+    edge_log_bytes: int
+    edge_log_capacity_bytes: int
     raw: pb.GetNodeInfoResponse = field(repr=False, compare=False, hash=False)
 
     @classmethod
@@ -258,6 +293,11 @@ class NodeInfo:
             outbox_pending=m.outbox_pending,
             outbox_dead=m.outbox_dead,
             loop_restarts=m.loop_restarts,
+            edge_log_jobs=m.edge_log_jobs,
+            edge_log_oldest_age=to_seconds(m.edge_log_oldest_age),
+            edge_log_drain_rate=m.edge_log_drain_rate,
+            edge_log_bytes=m.edge_log_bytes,
+            edge_log_capacity_bytes=m.edge_log_capacity_bytes,
             raw=m,
         )
 
@@ -275,9 +315,17 @@ class EnqueueResult:
     txid: int
     #: The job's idempotency key: the caller's, or the ``auto-<UUIDv7>`` the client generated.
     idempotency_key: str = ""
-    #: True when a replica kept the job in its partition outbox because the primary was
-    #: unreachable: it is stored later, exactly once, under ``job_id``; ``txid`` is then 0.
-    buffered: bool = False
+    #: True when the job was accepted at the edge (``Durability.EDGE``, or a replica's
+    #: partition outbox while the primary was unreachable): durable in the edge log of the
+    #: node ``accepted_by``, stored on the primary later, exactly once, under ``job_id``;
+    #: ``txid`` is then 0 and, until the drain, only that node's reads show the job (ACCEPTED).
+    accepted_at_edge: bool = False
+    accepted_by: str = ""
+
+    @property
+    def buffered(self) -> bool:
+        """The same as ``accepted_at_edge`` (its earlier name)."""
+        return self.accepted_at_edge
 
 
 # ---------------------------------------------------------------- producer input
