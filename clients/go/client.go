@@ -44,6 +44,13 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 // WithTimeout sets the deadline for unary calls whose context has none.
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
+// WithDurability sets when this client's Enqueues are acknowledged:
+// edgeqv1.Durability_DURABILITY_LOCAL (stored on the primary), _REPLICATED (and confirmed
+// by replicas) or _EDGE (durable in the answering node's edge log, even while no primary
+// is reachable). Unset (DURABILITY_UNSPECIFIED) is the server's default (its --durability).
+// EnqueueOptions.Durability overrides it per call.
+func WithDurability(d edgeqv1.Durability) Option { return func(c *Client) { c.durability = d } }
+
 // WithDialOptions adds gRPC dial options (e.g. TLS credentials, replacing insecure ones).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
@@ -56,6 +63,8 @@ type Client struct {
 	timeout  time.Duration
 	token    string
 	dialOpts []grpc.DialOption
+	// durability is the EnqueueRequest.durability sent when a call sets none.
+	durability edgeqv1.Durability
 }
 
 // Dial connects lazily to target ("host:port").
@@ -98,14 +107,34 @@ func (c *Client) unary(ctx context.Context) (context.Context, context.CancelFunc
 	return context.WithTimeout(ctx, c.timeout)
 }
 
+// EnqueueOptions are the per-call settings of EnqueueWith.
+type EnqueueOptions struct {
+	// Durability overrides the client's WithDurability for this call (unset: the client's).
+	Durability edgeqv1.Durability
+}
+
 // Enqueue adds 1..1000 jobs atomically. A job without an IdempotencyKey is sent with one
 // the client generates (AutoIdempotencyKey; the caller's JobSpec is not modified), so a
 // resend cannot store it twice; the results name every key. Such a job is never reported
 // Duplicate: a duplicate of a generated key can only be this call's own earlier attempt.
+//
+// Jobs accepted at the edge (DURABILITY_EDGE, or a replica's partition outbox) come back
+// with AcceptedAtEdge and Buffered both true, AcceptedBy naming the node whose edge log
+// holds them, and Txid 0; until they reach the primary that node's Get shows them as
+// JOB_STATE_ACCEPTED. A node whose edge log is full answers RESOURCE_EXHAUSTED with reason
+// ReasonEdgeLogFull: nothing was stored, send again after RetryDelay(err).
 func (c *Client) Enqueue(ctx context.Context, jobs ...*edgeqv1.JobSpec) (*edgeqv1.EnqueueResponse, error) {
+	return c.EnqueueWith(ctx, EnqueueOptions{}, jobs...)
+}
+
+// EnqueueWith is Enqueue with per-call options.
+func (c *Client) EnqueueWith(ctx context.Context, opts EnqueueOptions, jobs ...*edgeqv1.JobSpec) (*edgeqv1.EnqueueResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	req := &edgeqv1.EnqueueRequest{Jobs: make([]*edgeqv1.JobSpec, len(jobs))}
+	req := &edgeqv1.EnqueueRequest{Jobs: make([]*edgeqv1.JobSpec, len(jobs)), Durability: c.durability}
+	if opts.Durability != edgeqv1.Durability_DURABILITY_UNSPECIFIED {
+		req.Durability = opts.Durability
+	}
 	auto := make(map[int]bool)
 	for i, job := range jobs {
 		if job.GetIdempotencyKey() == "" {
@@ -138,6 +167,10 @@ func (c *Client) Enqueue(ctx context.Context, jobs ...*edgeqv1.JobSpec) (*edgeqv
 		if auto[i] {
 			r.Duplicate = false
 		}
+	}
+	// One flag, two fields: a server older than accepted_at_edge sets only buffered.
+	if resp.GetBuffered() || resp.GetAcceptedAtEdge() {
+		resp.Buffered, resp.AcceptedAtEdge = true, true
 	}
 	return resp, nil
 }
@@ -230,7 +263,9 @@ func (c *Client) Heartbeat(ctx context.Context, extendBy time.Duration, tokens .
 	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.HeartbeatResponse, error) { return c.raw.Heartbeat(ctx, req) })
 }
 
-// NodeInfo describes the answering node (role, primary, txid, replicas, outbox).
+// NodeInfo describes the answering node (role, primary, txid, replicas, default
+// durability, edge log: EdgeLogJobs, EdgeLogOldestAge, EdgeLogDrainRate, EdgeLogBytes,
+// EdgeLogCapacityBytes).
 func (c *Client) NodeInfo(ctx context.Context) (*edgeqv1.GetNodeInfoResponse, error) {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()

@@ -61,8 +61,8 @@ func startServerOn(t *testing.T, port, db string) (string, *exec.Cmd) {
 	}
 }
 
-func dial(t *testing.T) *Client {
-	c, err := Dial(startServer(t))
+func dial(t *testing.T, opts ...Option) *Client {
+	c, err := Dial(startServer(t), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +122,29 @@ func TestClientRoundTripAndErrors(t *testing.T) {
 	}
 	if _, err := c.Get(ctx, "0190a0a0-0000-7000-8000-000000000000", 0); status.Code(err) != codes.NotFound {
 		t.Fatalf("want NOT_FOUND, got %v", err)
+	}
+}
+
+func TestDurabilityOnAStandaloneServer(t *testing.T) {
+	// A standalone server takes edge as local (no primary to be away from) and refuses
+	// replicated: the client's default and the per-call override both reach it.
+	c := dial(t, WithDurability(edgeqv1.Durability_DURABILITY_EDGE))
+	ctx := context.Background()
+	resp, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "d", Payload: []byte("x")})
+	if err != nil || resp.GetAcceptedAtEdge() || resp.GetBuffered() || resp.GetTxid() == 0 {
+		t.Fatalf("edge on standalone: %v %v", resp, err)
+	}
+	_, err = c.EnqueueWith(ctx, EnqueueOptions{Durability: edgeqv1.Durability_DURABILITY_REPLICATED}, &edgeqv1.JobSpec{Queue: "d"})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("want FAILED_PRECONDITION for replicated, got %v", err)
+	}
+	stats, err := c.Stats(ctx, "d")
+	if err != nil || stats[0].GetPending() != 1 || stats[0].GetAccepted() != 0 {
+		t.Fatalf("stats: %v %v", stats, err)
+	}
+	info, err := c.NodeInfo(ctx)
+	if err != nil || info.GetDurability() != "local" || info.GetEdgeLogJobs() != 0 {
+		t.Fatalf("node info: %v %v", info, err)
 	}
 }
 

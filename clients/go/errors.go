@@ -27,6 +27,12 @@ const ErrorDomain = "edgeq.v1"
 // primary but was not confirmed by replicas in time (status ABORTED, metadata "txid").
 const ReasonCommittedNotReplicated = "COMMITTED_NOT_REPLICATED"
 
+// ReasonEdgeLogFull is the ErrorInfo reason of an Enqueue refused because the answering
+// node's edge log is at its cap (status RESOURCE_EXHAUSTED, with a RetryInfo delay).
+// Nothing was stored: the same call may be sent again after RetryDelay(err). The client
+// does not resend it by itself.
+const ReasonEdgeLogFull = "EDGE_LOG_FULL"
+
 // AutoKeyPrefix starts the idempotency keys the client generates for jobs sent without one.
 const AutoKeyPrefix = "auto-"
 
@@ -81,7 +87,7 @@ func ErrorInfo(err error) *errdetails.ErrorInfo {
 }
 
 // Reason is the ErrorInfo reason of a failed call (e.g. "COMMITTED_NOT_REPLICATED",
-// "NO_PRIMARY", "NOT_PRIMARY"), or "" when the server sent none.
+// "NO_PRIMARY", "NOT_PRIMARY", "EDGE_LOG_FULL"), or "" when the server sent none.
 func Reason(err error) string { return ErrorInfo(err).GetReason() }
 
 // RetryDelay is the google.rpc.RetryInfo delay in err's status details, if any.

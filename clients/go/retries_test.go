@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,7 @@ type scripted struct {
 	failures map[string]int
 	errs     map[string]error
 	keys     map[string]string
+	accepted map[string]bool // job ids enqueued with DURABILITY_EDGE
 	lease    []*edgeqv1.LeasedJob
 	outcome  edgeqv1.LeaseOutcome
 	nextID   int
@@ -89,11 +91,30 @@ func (s *scripted) Enqueue(_ context.Context, req *edgeqv1.EnqueueRequest) (*edg
 		}
 		results = append(results, &edgeqv1.EnqueueResult{JobId: id, Duplicate: dup, IdempotencyKey: job.GetIdempotencyKey()})
 	}
+	edge := req.GetDurability() == edgeqv1.Durability_DURABILITY_EDGE
+	if edge {
+		for _, r := range results {
+			s.accepted[r.GetJobId()] = true
+		}
+	}
 	s.mu.Unlock()
 	if err := s.record("Enqueue", req); err != nil {
 		return nil, err
 	}
+	if edge { // as a node whose edge log holds the jobs (only the new field set: see Enqueue)
+		return &edgeqv1.EnqueueResponse{Results: results, AcceptedAtEdge: true, AcceptedBy: "edge-1:7000"}, nil
+	}
 	return &edgeqv1.EnqueueResponse{Results: results, Txid: 42}, nil
+}
+
+func (s *scripted) GetJob(_ context.Context, req *edgeqv1.GetJobRequest) (*edgeqv1.GetJobResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	state := edgeqv1.JobState_JOB_STATE_PENDING
+	if s.accepted[req.GetJobId()] {
+		state = edgeqv1.JobState_JOB_STATE_ACCEPTED
+	}
+	return &edgeqv1.GetJobResponse{Job: &edgeqv1.Job{Id: req.GetJobId(), State: state}}, nil
 }
 
 func (s *scripted) outcomes(n int) []edgeqv1.LeaseOutcome {
@@ -143,7 +164,9 @@ func (s *scripted) GetQueueStats(_ context.Context, req *edgeqv1.GetQueueStatsRe
 	if err := s.record("GetQueueStats", req); err != nil {
 		return nil, err
 	}
-	return &edgeqv1.GetQueueStatsResponse{}, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &edgeqv1.GetQueueStatsResponse{Stats: []*edgeqv1.QueueStats{{Queue: "q", Accepted: int64(len(s.accepted))}}}, nil
 }
 
 func (s *scripted) Lease(_ *edgeqv1.LeaseRequest, stream grpc.ServerStreamingServer[edgeqv1.LeaseResponse]) error {
@@ -164,7 +187,7 @@ func (s *scripted) Lease(_ *edgeqv1.LeaseRequest, stream grpc.ServerStreamingSer
 func startScripted(t *testing.T, opts ...Option) (*scripted, *Client) {
 	t.Helper()
 	s := &scripted{requests: map[string][]proto.Message{}, failures: map[string]int{}, errs: map[string]error{},
-		keys: map[string]string{}, outcome: edgeqv1.LeaseOutcome_LEASE_OUTCOME_OK}
+		keys: map[string]string{}, accepted: map[string]bool{}, outcome: edgeqv1.LeaseOutcome_LEASE_OUTCOME_OK}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -301,6 +324,67 @@ func TestReasonAndRetryDelayOfOtherErrors(t *testing.T) {
 	if _, err := c.Enqueue(context.Background(), &edgeqv1.JobSpec{Queue: "q"}); status.Code(err) != codes.Aborted ||
 		errors.Is(err, ErrCommittedNotReplicated) || Reason(err) != "" || len(s.sent("Enqueue")) != 1 {
 		t.Fatalf("plain ABORTED: %v, %d calls", err, len(s.sent("Enqueue")))
+	}
+}
+
+func TestDurabilityIsSentAndEdgeAcceptanceMapsThrough(t *testing.T) {
+	ctx := context.Background()
+	job := &edgeqv1.JobSpec{Queue: "q", Payload: []byte("x")}
+	durabilities := func(s *scripted) (out []edgeqv1.Durability) {
+		for _, m := range s.sent("Enqueue") {
+			out = append(out, m.(*edgeqv1.EnqueueRequest).GetDurability())
+		}
+		return out
+	}
+
+	s, c := startScripted(t) // no default: the server's
+	if _, err := c.Enqueue(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.EnqueueWith(ctx, EnqueueOptions{Durability: edgeqv1.Durability_DURABILITY_REPLICATED}, job); err != nil {
+		t.Fatal(err)
+	}
+	if got := durabilities(s); !slices.Equal(got, []edgeqv1.Durability{edgeqv1.Durability_DURABILITY_UNSPECIFIED, edgeqv1.Durability_DURABILITY_REPLICATED}) {
+		t.Fatalf("sent %v", got)
+	}
+
+	s, c = startScripted(t, WithDurability(edgeqv1.Durability_DURABILITY_EDGE))
+	resp, err := c.Enqueue(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetAcceptedAtEdge() || !resp.GetBuffered() || resp.GetAcceptedBy() != "edge-1:7000" || resp.GetTxid() != 0 {
+		t.Fatalf("edge response %v", resp)
+	}
+	id := resp.GetResults()[0].GetJobId()
+	if got, err := c.Get(ctx, id, 0); err != nil || got.GetState() != edgeqv1.JobState_JOB_STATE_ACCEPTED {
+		t.Fatalf("get %v %v", got, err)
+	}
+	if stats, err := c.Stats(ctx, "q"); err != nil || stats[0].GetAccepted() != 1 {
+		t.Fatalf("stats %v %v", stats, err)
+	}
+	local, err := c.EnqueueWith(ctx, EnqueueOptions{Durability: edgeqv1.Durability_DURABILITY_LOCAL}, job)
+	if err != nil || local.GetAcceptedAtEdge() || local.GetBuffered() || local.GetAcceptedBy() != "" {
+		t.Fatalf("local override %v %v", local, err)
+	}
+	if got := durabilities(s); !slices.Equal(got, []edgeqv1.Durability{edgeqv1.Durability_DURABILITY_EDGE, edgeqv1.Durability_DURABILITY_LOCAL}) {
+		t.Fatalf("sent %v", got)
+	}
+}
+
+func TestEdgeLogFullIsNamedAndNotResent(t *testing.T) {
+	s, c := startScripted(t, WithDurability(edgeqv1.Durability_DURABILITY_EDGE))
+	s.failures["Enqueue"] = 1 << 30
+	s.errs["Enqueue"] = richErr(t, codes.ResourceExhausted, "edge log full", ReasonEdgeLogFull, nil, 2*time.Second)
+	_, err := c.Enqueue(context.Background(), &edgeqv1.JobSpec{Queue: "q"})
+	if status.Code(err) != codes.ResourceExhausted || Reason(err) != ReasonEdgeLogFull || errors.Is(err, ErrCommittedNotReplicated) {
+		t.Fatalf("got %v (reason %q)", err, Reason(err))
+	}
+	if d, ok := RetryDelay(err); !ok || d != 2*time.Second {
+		t.Fatalf("retry delay %v %v", d, ok)
+	}
+	if n := len(s.sent("Enqueue")); n != 1 {
+		t.Fatalf("%d attempts: EDGE_LOG_FULL is the caller's to resend", n)
 	}
 }
 

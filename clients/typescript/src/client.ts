@@ -8,6 +8,9 @@
  * caller's, or "auto-<UUIDv7>" generated once per job before the first attempt), and a
  * write answered ABORTED with reason COMMITTED_NOT_REPLICATED is resent unchanged within
  * the deadline (errors.ts), then thrown as a CommittedNotReplicatedError.
+ *
+ * `durability` (client option, or per call with enqueueWith()) is when an Enqueue is
+ * acknowledged; unset, the server's default (its --durability).
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep } from "./errors.js";
@@ -15,6 +18,7 @@ import { Code, ConnectError, createClient, type Client, type Interceptor } from 
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   AckRequestSchema,
+  Durability,
   EnqueueRequestSchema,
   HeartbeatRequestSchema,
   ListJobsRequestSchema,
@@ -28,6 +32,31 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Bearer token for servers with auth on. */
   token?: string;
+  /** When enqueue() is acknowledged (default: the server's own default). */
+  durability?: DurabilityLevel;
+}
+
+/** When an Enqueue is acknowledged: "local" once stored on the primary, "replicated" once
+ * replicas confirmed it too, "edge" once durable in the answering node's edge log (even
+ * while no primary is reachable; stored on the primary later, exactly once). */
+export type DurabilityLevel = "local" | "replicated" | "edge";
+
+/** Per-call settings of enqueueWith(). */
+export interface EnqueueOptions {
+  /** Overrides the client's durability for this call. */
+  durability?: DurabilityLevel;
+}
+
+const DURABILITY: Record<DurabilityLevel, Durability> = {
+  local: Durability.LOCAL,
+  replicated: Durability.REPLICATED,
+  edge: Durability.EDGE,
+};
+
+function durability(level: DurabilityLevel | undefined): Durability {
+  if (level === undefined) return Durability.UNSPECIFIED;
+  if (!Object.hasOwn(DURABILITY, level)) throw new TypeError(`unknown durability ${JSON.stringify(level)}`);
+  return DURABILITY[level];
 }
 
 function retryUnavailable(attempts: number): Interceptor {
@@ -54,9 +83,12 @@ export class EdgeqClient {
   /** The generated client, for anything this class does not wrap. */
   readonly raw: Client<typeof QueueService>;
   readonly timeoutMs: number;
+  readonly durability: DurabilityLevel | undefined;
 
   constructor(target: string, options: ClientOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
+    durability(options.durability); // unknown values fail here, not at the first enqueue
+    this.durability = options.durability;
     // Outermost first: each resend of a committed write gets its own UNAVAILABLE retries.
     const interceptors: Interceptor[] = [retryCommittedWrites(this.timeoutMs), retryUnavailable(5)];
     if (options.token) {
@@ -77,15 +109,25 @@ export class EdgeqClient {
   /** Adds 1..1000 jobs atomically. A job without an idempotencyKey is sent with one the
    * client generates (the caller's object is not modified); results name every key. Such
    * a job is never reported duplicate: a duplicate of a generated key can only be this
-   * call's own earlier attempt. */
-  async enqueue(...jobs: JobSpecInit[]) {
+   * call's own earlier attempt.
+   *
+   * Jobs accepted at the edge come back with acceptedAtEdge (and buffered) true, acceptedBy
+   * naming the node whose edge log holds them, and txid 0n; until they reach the primary
+   * that node's get() shows them as JobState.ACCEPTED. A node whose edge log is full
+   * answers ResourceExhausted with errorReason(err) === EDGE_LOG_FULL: nothing was stored,
+   * send again after retryDelayMs(err) (the client does not). */
+  enqueue(...jobs: JobSpecInit[]) {
+    return this.enqueueWith({}, ...jobs);
+  }
+  /** enqueue() with per-call options. */
+  async enqueueWith(options: EnqueueOptions, ...jobs: JobSpecInit[]) {
     const auto = new Set<number>();
     const specs = jobs.map((job, i) => {
       if (job.idempotencyKey) return job;
       auto.add(i);
       return { ...job, idempotencyKey: autoIdempotencyKey() };
     });
-    const request = create(EnqueueRequestSchema, { jobs: specs });
+    const request = create(EnqueueRequestSchema, { jobs: specs, durability: durability(options.durability ?? this.durability) });
     let resp;
     try {
       resp = await this.raw.enqueue(request, this.call);
@@ -99,6 +141,8 @@ export class EdgeqClient {
       if (!r.idempotencyKey && request.jobs[i]) r.idempotencyKey = request.jobs[i].idempotencyKey;
       if (auto.has(i)) r.duplicate = false;
     });
+    // One flag, two fields: a server older than accepted_at_edge sets only buffered.
+    resp.buffered = resp.acceptedAtEdge = resp.buffered || resp.acceptedAtEdge;
     return resp;
   }
   async get(jobId: string, minTxid = 0n) {

@@ -15,6 +15,10 @@ export const ERROR_DOMAIN = "edgeq.v1";
 /** ErrorInfo reason of a write that committed on the primary but was not confirmed by
  * replicas in time (status ABORTED, metadata "txid"). */
 export const COMMITTED_NOT_REPLICATED = "COMMITTED_NOT_REPLICATED";
+/** ErrorInfo reason of an Enqueue refused because the answering node's edge log is at its
+ * cap (status ResourceExhausted, with a RetryInfo delay). Nothing was stored: send it again
+ * after retryDelayMs(err); the client does not resend it by itself. */
+export const EDGE_LOG_FULL = "EDGE_LOG_FULL";
 /** Prefix of the idempotency keys the client generates for jobs sent without one. */
 export const AUTO_KEY_PREFIX = "auto-";
 
@@ -70,7 +74,7 @@ export function errorInfo(err: unknown): ErrorInfo | undefined {
 }
 
 /** The ErrorInfo reason of a failed call ("COMMITTED_NOT_REPLICATED", "NO_PRIMARY",
- * "NOT_PRIMARY", ...), or "" when the server sent none. */
+ * "NOT_PRIMARY", "EDGE_LOG_FULL", ...), or "" when the server sent none. */
 export function errorReason(err: unknown): string {
   return errorInfo(err)?.reason ?? "";
 }

@@ -56,6 +56,21 @@ test("round trip, idempotency, stats, node info and named errors", async () => {
   await assert.rejects(client.get("0190a0a0-0000-7000-8000-000000000000"), (err: unknown) => ConnectError.from(err).code === Code.NotFound);
 });
 
+test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
+  const c = new EdgeqClient(await startServer(), { durability: "edge" });
+  const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });
+  assert.equal(resp.acceptedAtEdge, false);
+  assert.ok(resp.txid > 0n);
+  await assert.rejects(c.enqueueWith({ durability: "replicated" }, { queue: "d" }),
+    (err: unknown) => ConnectError.from(err).code === Code.FailedPrecondition);
+  const [stats] = await c.stats("d");
+  assert.equal(stats.pending, 1n);
+  assert.equal(stats.accepted, 0n);
+  const info = await c.nodeInfo();
+  assert.equal(info.durability, "local");
+  assert.equal(info.edgeLogJobs, 0n);
+});
+
 test("a worker acks, retries then fails, and keeps long jobs alive with heartbeats", async () => {
   const ids: string[] = [];
   for (let i = 0; i < 10; i++) ids.push((await client.enqueue({ queue: "w", payload: new TextEncoder().encode("ok") })).results[0].jobId);

@@ -6,7 +6,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
-import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -14,6 +14,8 @@ import {
   AckRequestSchema,
   CancelJobRequestSchema,
   CommittedNotReplicatedError,
+  Durability,
+  EDGE_LOG_FULL,
   EdgeqClient,
   EnqueueRequestSchema,
   HeartbeatRequestSchema,
@@ -23,6 +25,7 @@ import {
   QueueService,
   RetryJobRequestSchema,
   Worker,
+  type ClientOptions,
   errorInfo,
   errorReason,
   retryDelayMs,
@@ -53,6 +56,7 @@ class Scripted {
   failures = new Map<string, number>();
   errors = new Map<string, ConnectError>();
   keys = new Map<string, string>();
+  accepted = new Set<string>(); // job ids enqueued with Durability.EDGE
   outcome = LeaseOutcome.OK;
   leaseJobs: { job: { id: string; queue: string }; leaseToken: string }[] = [];
   private next = 0;
@@ -84,8 +88,12 @@ class Scripted {
           return { jobId, duplicate: existing !== undefined, idempotencyKey: job.idempotencyKey };
         });
         this.record("Enqueue", EnqueueRequestSchema, req);
-        return { results, txid: 42n };
+        if (req.durability !== Durability.EDGE) return { results, txid: 42n };
+        for (const r of results) this.accepted.add(r.jobId);
+        // As a node whose edge log holds the jobs (only the new field set: see enqueue()).
+        return { results, acceptedAtEdge: true, acceptedBy: "edge-1:7000" };
       },
+      getJob: (req) => ({ job: { id: req.jobId, state: this.accepted.has(req.jobId) ? JobState.ACCEPTED : JobState.PENDING } }),
       ack: (req) => {
         this.record("Ack", AckRequestSchema, req);
         return { outcomes: req.items.map(() => this.outcome) };
@@ -110,7 +118,7 @@ class Scripted {
         const left = this.failures.get("GetQueueStats") ?? 0;
         this.failures.set("GetQueueStats", left - 1);
         if (left > 0) throw this.errors.get("GetQueueStats");
-        return {};
+        return { stats: [{ queue: "q", accepted: BigInt(this.accepted.size) }] };
       },
       lease: async function* (_req, ctx) {
         const jobs = leaseJobs();
@@ -128,14 +136,14 @@ after(() => {
   for (const s of servers) s.close();
 });
 
-async function scripted(timeoutMs = 5000): Promise<[Scripted, EdgeqClient]> {
+async function scripted(options: ClientOptions = {}): Promise<[Scripted, EdgeqClient]> {
   const s = new Scripted();
   const server = http2.createServer(connectNodeAdapter({ routes: s.routes }));
   servers.push(server);
   server.on("session", (session) => sessions.add(session));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address() as AddressInfo;
-  return [s, new EdgeqClient(`127.0.0.1:${port}`, { timeoutMs })];
+  return [s, new EdgeqClient(`127.0.0.1:${port}`, { timeoutMs: 5000, ...options })];
 }
 
 function allEqual(sent: Uint8Array[], n: number) {
@@ -159,7 +167,7 @@ test("enqueue resends the same generated keys on COMMITTED_NOT_REPLICATED", asyn
 });
 
 test("past the deadline: CommittedNotReplicatedError with the txid and the keys", async () => {
-  const [s, c] = await scripted(700);
+  const [s, c] = await scripted({ timeoutMs: 700 });
   s.failures.set("Enqueue", 1e9);
   s.errors.set("Enqueue", committed("1234"));
   const started = Date.now();
@@ -210,6 +218,45 @@ test("reason and retry delay of other errors; plain ABORTED is not retried", asy
   assert.equal(ConnectError.from(plain).code, Code.Aborted);
   assert.equal(errorReason(plain), "");
   assert.ok(!(plain instanceof CommittedNotReplicatedError));
+  assert.equal(s.sent("Enqueue").length, 1);
+});
+
+test("durability: the client's default and the per-call override are sent; edge acceptance maps through", async () => {
+  const job = { queue: "q", payload: new Uint8Array([1]) };
+  const sentDurability = (s: Scripted) => s.sent("Enqueue").map((b) => fromBinary(EnqueueRequestSchema, b).durability);
+
+  let [s, c] = await scripted(); // no default: the server's
+  await c.enqueue(job);
+  await c.enqueueWith({ durability: "replicated" }, job);
+  assert.deepEqual(sentDurability(s), [Durability.UNSPECIFIED, Durability.REPLICATED]);
+
+  [s, c] = await scripted({ durability: "edge" });
+  const resp = await c.enqueue(job);
+  assert.equal(resp.acceptedAtEdge, true);
+  assert.equal(resp.buffered, true);
+  assert.equal(resp.acceptedBy, "edge-1:7000");
+  assert.equal(resp.txid, 0n);
+  assert.equal((await c.get(resp.results[0].jobId)).state, JobState.ACCEPTED);
+  assert.equal((await c.stats("q"))[0].accepted, 1n);
+  const local = await c.enqueueWith({ durability: "local" }, job);
+  assert.equal(local.acceptedAtEdge, false);
+  assert.equal(local.buffered, false);
+  assert.equal(local.acceptedBy, "");
+  assert.deepEqual(sentDurability(s), [Durability.EDGE, Durability.LOCAL]);
+
+  assert.throws(() => new EdgeqClient("127.0.0.1:1", { durability: "fast" as never }), TypeError);
+  await assert.rejects(c.enqueueWith({ durability: "fast" as never }, job), TypeError);
+});
+
+test("EDGE_LOG_FULL is named, carries its retry delay and is not resent", async () => {
+  const [s, c] = await scripted({ durability: "edge" });
+  s.failures.set("Enqueue", 1e9);
+  s.errors.set("Enqueue", rich(Code.ResourceExhausted, "edge log full", EDGE_LOG_FULL, {}, 2000));
+  const err = await c.enqueue({ queue: "q" }).then(() => undefined, (e: unknown) => e);
+  assert.equal(ConnectError.from(err).code, Code.ResourceExhausted);
+  assert.equal(errorReason(err), "EDGE_LOG_FULL");
+  assert.equal(retryDelayMs(err), 2000);
+  assert.ok(!(err instanceof CommittedNotReplicatedError));
   assert.equal(s.sent("Enqueue").length, 1);
 });
 
