@@ -63,10 +63,10 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
-def single_enqueue_latency(target: str, n: int) -> dict[str, float]:
+def single_enqueue_latency(target: str, n: int, durability: int = 0) -> dict[str, float]:
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="lat", payload=PAYLOAD)])
+        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="lat", payload=PAYLOAD)], durability=durability)
         for _ in range(200):  # warm up
             stub.Enqueue(req)
         lat = []
@@ -78,11 +78,13 @@ def single_enqueue_latency(target: str, n: int) -> dict[str, float]:
             "mean_ms": statistics.fmean(lat) * 1e3}
 
 
-async def concurrent_enqueue(target: str, concurrency: int, seconds: float, batch: int = 1) -> dict[str, float]:
+async def concurrent_enqueue(
+    target: str, concurrency: int, seconds: float, batch: int = 1, durability: int = 0
+) -> dict[str, float]:
     """``concurrency`` producers, each sending Enqueue calls of ``batch`` jobs back to back."""
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
-        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="conc", payload=PAYLOAD)] * batch)
+        req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="conc", payload=PAYLOAD)] * batch, durability=durability)
         done = 0
         lat: list[float] = []
         stop_at = time.perf_counter() + seconds

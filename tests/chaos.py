@@ -71,6 +71,11 @@ CONSUL_TTL = "3s"
 CONSUL_LOCK_DELAY = "1s"
 
 FAULTS = ("kill_primary", "kill_replica", "sigstop", "session_destroy", "partition", "litefs_restart")
+#: Faults aimed at the edge log (``--durability edge``): kill -9 of a replica whose edge log
+#: holds a backlog (the primary's edgeq SIGSTOPped meanwhile); kill -9 of the primary while
+#: replicas drain a backlog into it; SIGSTOP of a replica's edgeq (the drainer) for longer
+#: than its drain deadline while it drains.
+EDGE_FAULTS = ("kill_replica_with_backlog", "kill_primary_mid_drain", "sigstop_drainer")
 
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -347,6 +352,19 @@ class NetNode:
         self.starts += 1
         self.stopped = False
 
+    def server_pid(self) -> int | None:
+        """The edgeq server LiteFS runs (its exec child)."""
+        if self.proc is None:
+            return None
+        out = run("pgrep", "-P", str(self.proc.pid), check=False).stdout.split()
+        return int(out[0]) if out else None
+
+    def signal_server(self, sig: int) -> None:
+        pid = self.server_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def signal_group(self, sig: int) -> None:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -570,8 +588,10 @@ class Load:
     """Producer and worker threads against random nodes, recording into ``history``."""
 
     def __init__(self, targets: list[str], seed: int, producers: int = 4, workers: int = 3,
-                 produce_interval: float = 0.05, lease_seconds: float = 10, stream_idle_seconds: float = 6) -> None:
+                 produce_interval: float = 0.05, lease_seconds: float = 10, stream_idle_seconds: float = 6,
+                 edge: bool = False) -> None:
         self.targets = targets
+        self.edge = edge  # --durability edge: every Enqueue is accepted at the edge
         self.seed = seed
         self.history = History()
         self.n_producers = producers
@@ -627,7 +647,7 @@ class Load:
                     continue
                 now = time.monotonic()
                 result = resp.results[0]
-                if resp.buffered:  # the outbox is off in this suite; count it if it happens
+                if resp.buffered and not self.edge:  # the outbox is off in this suite; count it if it happens
                     h.error(h.enqueue_errors, "BUFFERED")
                 with h.lock:
                     h.acked[key] = (result.job_id, now)
@@ -831,9 +851,9 @@ class Nemesis:
 
     def _target(self, kind: str, primary: NetNode | None) -> NetNode:
         nodes = self.cluster.nodes
-        if kind in ("kill_primary", "session_destroy") and primary is not None:
+        if kind in ("kill_primary", "session_destroy", "kill_primary_mid_drain") and primary is not None:
             return primary
-        if kind == "kill_replica":
+        if kind in ("kill_replica", "kill_replica_with_backlog", "sigstop_drainer"):
             replicas = [n for n in nodes if n is not primary]
             return self.rng.choice(replicas)
         if primary is not None and self.rng.random() < self.primary_bias:  # the interesting one
@@ -884,6 +904,8 @@ class Nemesis:
                     rec.note = f"destroyed session {session}"
                 except OSError as exc:
                     rec.note = f"destroy failed: {exc}"
+        elif kind in EDGE_FAULTS:
+            self._edge_fault(kind, rec, primary)
         elif kind == "partition":
             others = [n.index for n in c.nodes if n is not node]
             c.network.partition(node.index, others, self.partition_mode)
@@ -894,6 +916,49 @@ class Nemesis:
             raise ValueError(kind)
         rec.t_heal = time.monotonic()
         return rec
+
+    def _backlog(self, primary: NetNode, seconds: float) -> None:
+        """SIGSTOP the primary's edgeq for ``seconds``: replicas keep accepting at the edge
+        and build a backlog in their edge logs."""
+        with self.cluster.lock:
+            primary.signal_server(signal.SIGSTOP)
+        time.sleep(seconds)
+
+    def _edge_fault(self, kind: str, rec: FaultRecord, primary: NetNode | None) -> None:
+        c = self.cluster
+        node = c.nodes[rec.node - 1]
+        if kind == "sigstop_drainer":  # the drainer's in-flight calls pass their deadline
+            with c.lock:
+                node.expected_down = True
+                node.signal_server(signal.SIGSTOP)
+            time.sleep(self.stop_seconds)
+            with c.lock:
+                node.signal_server(signal.SIGCONT)
+                node.expected_down = False
+            return
+        if primary is None:
+            rec.note = "no primary: skipped"
+            return
+        try:
+            self._backlog(primary, 3.0)
+            depth = {n.index: (node_info(n.target, 1) or pb.GetNodeInfoResponse()).edge_log_jobs for n in c.nodes}
+            rec.note = f"edge-log backlog {depth}"
+            if kind == "kill_replica_with_backlog":
+                with c.lock:
+                    node.expected_down = True
+                    node.kill9()
+        finally:
+            with c.lock:
+                primary.signal_server(signal.SIGCONT)
+        if kind == "kill_primary_mid_drain":
+            time.sleep(self.rng.uniform(0.02, 0.2))  # the replicas are draining into it now
+            with c.lock:
+                node.expected_down = True
+                node.kill9()
+        time.sleep(self.rng.uniform(*self.down_seconds))
+        with c.lock:
+            node.start()
+            node.expected_down = False
 
     def settle(self, timeout: float = 60) -> None:
         """Wait until the cluster is healthy again, then 2 s more if it was not."""
@@ -919,6 +984,14 @@ class Nemesis:
         log(f"cluster not healthy {timeout:.0f}s after healing {rec.kind}")
 
 
+def edge_schedule(rng: random.Random) -> list[str]:
+    """The edge test's schedule: each edge fault twice, a plain primary kill and a SIGSTOP of
+    the primary, in a seeded random order."""
+    kinds = [*EDGE_FAULTS, *EDGE_FAULTS, "kill_primary", "sigstop"]
+    rng.shuffle(kinds)
+    return kinds
+
+
 def short_schedule(rng: random.Random) -> list[str]:
     """The test's schedule: 4 primary kills, a SIGSTOP, a partition, 3 session destroys (cheap,
     and the fault most likely to catch a write acknowledged while the primary is demoted), a
@@ -934,7 +1007,7 @@ def long_schedule(rng: random.Random, kinds: tuple[str, ...] = FAULTS) -> Iterat
     rng.shuffle(first)
     yield from first
     weights = {"kill_primary": 3, "kill_replica": 1, "sigstop": 2, "session_destroy": 2, "partition": 2,
-               "litefs_restart": 1}
+               "litefs_restart": 1, "kill_replica_with_backlog": 2, "kill_primary_mid_drain": 2, "sigstop_drainer": 1}
     weights = {k: w for k, w in weights.items() if k in kinds}
     while True:
         yield rng.choices(list(weights), weights=list(weights.values()))[0]
@@ -1001,19 +1074,43 @@ def starvation(history: History, end: float) -> float:
     return worst
 
 
+def ref_target(cluster: NetCluster, index: int | None) -> str:
+    return cluster.nodes[(index or 1) - 1].target
+
+
+def resolves(target: str, job_id: str) -> str | None:
+    """The id GetJob answers for ``job_id`` (another one when the primary recorded it as an
+    alias: the same key accepted at two edges)."""
+    try:
+        return str(stub_for(target).GetJob(pb.GetJobRequest(job_id=job_id), timeout=5).job.id)
+    except grpc.RpcError:
+        return None
+
+
 def check(cluster: NetCluster, load: Load, monitor: PrimaryMonitor, faults: list[FaultRecord],
           t_load_start: float, t_load_end: float) -> dict[str, Any]:
     h = load.history
     primaries = cluster.primaries(2)
     primary = primaries[0] if len(primaries) == 1 else None
     report: dict[str, Any] = {}
+    # Edge logs first: what the nodes accepted at the edge must have reached the primary.
+    deadline = time.monotonic() + 60
+    while True:
+        infos = [node_info(n.target, 2) for n in cluster.nodes]
+        waiting = {n.index: i.edge_log_jobs if i else None for n, i in zip(cluster.nodes, infos, strict=True)}
+        if all(w == 0 for w in waiting.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    report["edge_log_jobs_left"] = waiting
+    report["edge_log_dead"] = sum(i.outbox_dead for i in infos if i)
     # A fresh write fences the read: every node must have applied it.
     fence_txid = 0
     for _ in range(60):
         with contextlib.suppress(grpc.RpcError):
             target = (primary or cluster.nodes[0]).target
-            resp = stub_for(target).Enqueue(
-                pb.EnqueueRequest(jobs=[pb.JobSpec(queue=FENCE_QUEUE, payload=b"fence")]), timeout=5)
+            resp = stub_for(target).Enqueue(  # stored on the primary, whatever the server's default
+                pb.EnqueueRequest(jobs=[pb.JobSpec(queue=FENCE_QUEUE, payload=b"fence")],
+                                  durability=pb.DURABILITY_LOCAL), timeout=5)
             fence_txid = resp.txid
             break
         time.sleep(1)
@@ -1044,7 +1141,9 @@ def check(cluster: NetCluster, load: Load, monitor: PrimaryMonitor, faults: list
     lost = sorted(k for k in h.acked if k not in by_key)
     dups = sorted(k for k, js in by_key.items() if len(js) > 1)
     mismatched = sorted(
-        k for k, (jid, _) in h.acked.items() if jid and k in by_key and jid not in {j.id for j in by_key[k]}
+        k for k, (jid, _) in h.acked.items()
+        if jid and k in by_key and jid not in {j.id for j in by_key[k]}
+        and resolves(ref_target(cluster, ref_index), jid) not in {j.id for j in by_key[k]}
     )
     ok_ids = {jid for jid, _ in h.acks_ok}
     lost_acks = sorted(jid for jid in ok_ids if jid not in by_id or by_id[jid].state != pb.JOB_STATE_COMPLETED)
@@ -1097,6 +1196,7 @@ def check(cluster: NetCluster, load: Load, monitor: PrimaryMonitor, faults: list
         entry["max_outage_s"] = max(entry["max_outage_s"], outage)
         entry["max_enqueue_gap_s"] = max(entry["max_enqueue_gap_s"], pf["max_enqueue_gap_s"])
     report.update({
+        "edge_log_not_drained": sum(w or 0 for w in waiting.values()),
         "lost_enqueues": len(lost),
         "dup_jobs": len(dups),
         "lost_acks": len(lost_acks),
@@ -1163,7 +1263,7 @@ def run_chaos(root: Path, seed: int, schedule: list[str] | None = None, minutes:
     try:
         with NetCluster(root, 3, server_args) as cluster:
             log(f"cluster up (consul key {cluster.consul_key}); seed {seed}")
-            load = Load([n.target for n in cluster.nodes], seed)
+            load = Load([n.target for n in cluster.nodes], seed, edge="edge" in server_args)
             monitor = PrimaryMonitor(cluster)
             nemesis = Nemesis(cluster, rng, primary_bias=primary_bias, stop_seconds=stop_seconds,
                               partition_seconds=partition_seconds, partition_mode=partition_mode)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--queue", default="")
-    p.add_argument("--state", choices=sorted(s.removeprefix("job_state_") for s in STATES))
+    p.add_argument("--state", choices=sorted(s.removeprefix("job_state_") for s in STATES if s != "job_state_accepted"))
     p.add_argument("--limit", type=int, default=100)
 
     p = sub.add_parser("job", help="show one job")

@@ -226,6 +226,10 @@ def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple
 def state_filter(value: int, field: str = "state") -> JobState | None:
     if value == pb.JOB_STATE_UNSPECIFIED:
         return None
+    if value == pb.JOB_STATE_ACCEPTED:
+        raise InvalidArgument(
+            field, "ACCEPTED jobs are in one node's edge log, not listed: GetJob or GetQueueStats (accepted) show them"
+        )
     state: JobState | None = PROTO_TO_STATE.get(value)  # type: ignore[call-overload]
     if state is None:
         raise InvalidArgument(field, f"unknown JobState {value}")

@@ -63,7 +63,7 @@ from ..clock import MICROS, Clock
 from ..config import Config
 from ..errors import Forwarded, ResourceExhausted, Unavailable
 from ..ids import uuid7
-from ..store import EdgeJob, EdgeLogStore, Store
+from ..store import EdgeJob, EdgeLogStore, EdgeRow, Store
 from .forward import Forwarder
 from .litefs import LiteFSNode
 
@@ -81,6 +81,10 @@ RATE_WINDOW_SECONDS = 10.0
 FORGET_SECONDS = 1.0
 #: Retry hint of a full edge log.
 FULL_RETRY_SECONDS = 1.0
+#: How long the drain waits for more requests behind a young, small batch.
+LINGER_SECONDS = 0.002
+#: Keys the SDKs generate for jobs sent without one (unique per call).
+AUTO_KEY_PREFIX = "auto-"
 
 #: Answers after which the same request is sent again later.
 TRANSIENT = frozenset({
@@ -97,9 +101,11 @@ StoreHere = Callable[[pb.EnqueueRequest], Awaitable[pb.EnqueueResponse]]
 
 @dataclass
 class _Pending:
-    """A request waiting for the group commit."""
+    """A request waiting for the group commit, and the ids its keys have in this node's
+    database."""
 
     request: pb.EnqueueRequest
+    stored: dict[tuple[str, str], str]
     future: asyncio.Future[list[tuple[str, bool]]]
 
 
@@ -120,13 +126,18 @@ class EdgeLog:
         self._drain_durability = (
             pb.DURABILITY_REPLICATED if cfg.edge_drain_durability == "replicated" else pb.DURABILITY_LOCAL
         )
+        # Appends, the drain's deletes and point reads run on the event loop, on one
+        # connection: an append is one fsync (~0.3 ms) and a thread hop would cost as much
+        # again. The drain reads and decodes its batches on a thread, on a second connection
+        # (WAL: a reader never blocks the appends). Keys already stored are looked up in this
+        # node's database (the LiteFS mount) on a third thread, never on the loop.
         self._store: EdgeLogStore | None = None
+        self._reader: EdgeLogStore | None = None
         self._db: Store | None = None  # this node's database, read-only: keys already stored
-        # One thread owns the edge log's connection: appends, drain deletes and reads queue
-        # up in order and never interleave inside a transaction.
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log")
+        self._drain_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log-drain")
+        self._keys_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log-keys")
+        self._flush_scheduled = False
         self._waiting: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.store_here: StoreHere | None = None
         # Exact counters of waiting rows (the group commit and the drain move them).
@@ -142,25 +153,38 @@ class EdgeLog:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        self._store = await self._run(lambda _: EdgeLogStore(self.path))
-        pending, jobs, size, dead, oldest = await self._run(lambda s: s.totals())
-        self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = pending, jobs, size, dead, oldest
+        self._store = store = EdgeLogStore(self.path)
+        self._reader = await self._in(self._drain_thread, lambda: EdgeLogStore(self.path))
+        self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = store.totals()
         self._unforgotten = True
         self._publish()
-        log.info("edge log %s: %d job(s) waiting to drain, %d refused request(s)", self.path, jobs, dead)
-        if pending:
+        metrics.EDGE_LOG_OLDEST_AGE.set_function(self.oldest_age)
+        log.info("edge log %s: %d job(s) waiting to drain, %d refused request(s)", self.path, self.jobs, self.dead)
+        if self.pending:
             self._wake.set()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._waiting:
+            self._flush()
+        if self._reader is not None:
+            await self._in(self._drain_thread, self._reader.close)
+        if self._db is not None:
+            await self._in(self._keys_thread, self._db.conn.close)
         if self._store is not None:
-            await self._run(lambda s: s.close())
-        self._thread.shutdown(wait=True)
+            self._store.close()
+            self._store = None
+        self._drain_thread.shutdown(wait=True)
+        self._keys_thread.shutdown(wait=True)
 
-    async def _run(self, fn: Callable[[EdgeLogStore], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: fn(self._store))  # type: ignore[arg-type]
+    @staticmethod
+    async def _in(thread: concurrent.futures.ThreadPoolExecutor, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(thread, fn)
+
+    @property
+    def store(self) -> EdgeLogStore:
+        if self._store is None:
+            raise Unavailable("the edge log is closed", reason="DRAINING")
+        return self._store
 
     def _publish(self) -> None:
         metrics.EDGE_LOG_JOBS.set(self.jobs)
@@ -184,13 +208,11 @@ class EdgeLog:
             self._drained.popleft()
         return sum(n for _, n in self._drained) / RATE_WINDOW_SECONDS
 
-    async def find(self, job_id: str) -> EdgeJob | None:
-        return await self._run(lambda s: s.find(job_id))  # type: ignore[no-any-return]
+    def find(self, job_id: str) -> EdgeJob | None:
+        return self.store.find(job_id)
 
-    async def accepted_by_queue(self) -> dict[str, int]:
-        if not self.jobs:
-            return {}
-        return await self._run(lambda s: s.accepted_by_queue())  # type: ignore[no-any-return]
+    def accepted_by_queue(self) -> dict[str, int]:
+        return self.store.accepted_by_queue() if self.jobs else {}
 
     # ------------------------------------------------------------------ accepting
 
@@ -211,12 +233,21 @@ class EdgeLog:
         size = edge.ByteSize()
         if self._store is None or self.bytes + size > self.capacity:
             raise _full(f"the edge log holds {self.bytes} bytes, its cap is {self.capacity}")
-        pending = _Pending(edge, asyncio.get_running_loop().create_future())
+        # Keys the caller chose may name a job this node's database already holds; a key
+        # the SDKs generate (auto-...) is unique to one call, so only that call's own retry
+        # can match, within seconds, at this node: the edge log itself answers for those.
+        stored: dict[tuple[str, str], str] = {}
+        keys = {(s.queue, s.idempotency_key) for s in edge.jobs if s.idempotency_key}
+        checked = [k for k in keys if not k[1].startswith(AUTO_KEY_PREFIX)]
+        if checked:
+            stored = await self._in(self._keys_thread, lambda: self._stored(checked))
+        pending = _Pending(edge, stored, asyncio.get_running_loop().create_future())
         self._waiting.append(pending)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        # Shielded: a caller that goes away mid-commit leaves a row that will drain (or
-        # nothing), and the counters agree with the file either way.
+        if not self._flush_scheduled:  # every request of this loop turn in one commit
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        # A caller that goes away leaves a row that will drain (or nothing): the counters
+        # agree with the file either way.
         answers = await asyncio.shield(pending.future)
         return pb.EnqueueResponse(
             results=[
@@ -226,37 +257,39 @@ class EdgeLog:
             buffered=True, accepted_at_edge=True, accepted_by=self._cfg.address,
         )
 
-    async def _flush(self) -> None:
-        """The group commit: every request waiting, one durable transaction, until none wait."""
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            now = self._clock.now()
-            try:
-                outcome = await self._run(lambda s, b=batch, t=now: self._append(s, b, t))  # type: ignore[misc]
-            except apsw.FullError:
-                _fail(batch, _full("the disk holding the edge log is full"))
-                continue
-            except Exception as exc:
-                log.exception("edge log: append failed")
-                _fail(batch, exc)
-                continue
-            for pending, (answers, appended, size) in zip(batch, outcome, strict=True):
-                if appended:
-                    self.pending += 1
-                    self.jobs += appended
-                    self.bytes += size
-                    if self.oldest_at is None:
-                        self.oldest_at = now
-                if not pending.future.done():
-                    pending.future.set_result(answers)
-            self._publish()
-            self._wake.set()
+    def _flush(self) -> None:
+        """The group commit: every request waiting, one durable transaction."""
+        self._flush_scheduled = False
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return
+        now = self._clock.now()
+        try:
+            outcome = self._append(self.store, batch, now)
+        except apsw.FullError:
+            _fail(batch, _full("the disk holding the edge log is full"))
+            return
+        except Exception as exc:
+            log.exception("edge log: append failed")
+            _fail(batch, exc)
+            return
+        for pending, (answers, appended, size) in zip(batch, outcome, strict=True):
+            if appended:
+                self.pending += 1
+                self.jobs += appended
+                self.bytes += size
+                if self.oldest_at is None:
+                    self.oldest_at = now
+            if not pending.future.done():
+                pending.future.set_result(answers)
+        self._publish()
+        self._wake.set()
 
     def _append(
         self, store: EdgeLogStore, batch: list[_Pending], now: int
     ) -> list[tuple[list[tuple[str, bool]], int, int]]:
-        """(In the edge log's thread.) Append the batch in one transaction; per request its
-        answers [(job_id, duplicate)], the jobs appended and the bytes they took."""
+        """Append the batch in one transaction; per request its answers [(job_id,
+        duplicate)], the jobs appended and the bytes they took."""
         out: list[tuple[list[tuple[str, bool]], int, int]] = []
         with store.transaction():
             for pending in batch:
@@ -265,20 +298,18 @@ class EdgeLog:
                 index: list[tuple[str, str, str]] = []
                 seen: dict[tuple[str, str], str] = {}
                 for spec in pending.request.jobs:
-                    key = spec.idempotency_key
+                    key = (spec.queue, spec.idempotency_key)
                     known = None
-                    if key:
-                        known = seen.get((spec.queue, key)) or store.find_key(spec.queue, key) or self._stored(
-                            spec.queue, key
-                        )
+                    if spec.idempotency_key:
+                        known = seen.get(key) or store.find_key(*key) or pending.stored.get(key)
                     if known is not None:
                         answers.append((known, True))
                         continue
                     answers.append((spec.job_id, False))
-                    if key:
-                        seen[spec.queue, key] = spec.job_id
+                    if spec.idempotency_key:
+                        seen[key] = spec.job_id
                     kept.jobs.append(spec)
-                    index.append((spec.job_id, spec.queue, key))
+                    index.append((spec.job_id, spec.queue, spec.idempotency_key))
                 size = 0
                 if index:
                     blob = kept.SerializeToString()
@@ -287,19 +318,20 @@ class EdgeLog:
                 out.append((answers, len(index), size))
         return out
 
-    def _stored(self, queue: str, key: str) -> str | None:
-        """(In the edge log's thread.) The id under which this node's database holds the key."""
+    def _stored(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(On the keys thread.) The ids under which this node's database holds these keys."""
         try:
             if self._db is None:
                 self._db = Store(apsw.Connection(self._db_path, flags=apsw.SQLITE_OPEN_READONLY))
                 self._db.conn.set_busy_timeout(1000)
-            return self._db.job_id_by_key(queue, key)
+            db = self._db
+            return {k: job_id for k in keys if (job_id := db.job_id_by_key(*k)) is not None}
         except apsw.Error as exc:  # LiteFS replacing the file: the primary's dedupe decides
             log.debug("edge log: key lookup in %s failed: %s", self._db_path, exc)
             if self._db is not None:
                 self._db.conn.close()
                 self._db = None
-            return None
+            return {}
 
     # ------------------------------------------------------------------ draining
 
@@ -324,10 +356,15 @@ class EdgeLog:
         )
         return response
 
-    def _merge(self, rows: list[Any], solo: bool) -> tuple[list[Any], pb.EnqueueRequest]:
+    def _next_batch(self, solo: bool) -> tuple[list[EdgeRow], pb.EnqueueRequest]:
+        """(On the drain thread.) The oldest waiting requests that fit one Enqueue."""
+        assert self._reader is not None
+        return self._merge(self._reader.oldest(self._cfg.max_batch), solo)
+
+    def _merge(self, rows: list[EdgeRow], solo: bool) -> tuple[list[EdgeRow], pb.EnqueueRequest]:
         """The oldest rows that fit one Enqueue (max_batch jobs, half the message cap)."""
         merged = pb.EnqueueRequest(durability=self._drain_durability)
-        taken: list[Any] = []
+        taken: list[EdgeRow] = []
         size = 0
         budget = self._cfg.max_message_bytes // 2
         for row in rows:
@@ -343,8 +380,7 @@ class EdgeLog:
         """Forget drained jobs this node's database has applied (GetJob finds them there)."""
         if self._unforgotten and time.monotonic() >= self._forget_at:
             self._forget_at = time.monotonic() + FORGET_SECONDS
-            applied = self._node.latest()
-            await self._run(lambda s: s.forget_applied(applied))
+            self.store.forget_applied(self._node.latest())
             self._unforgotten = self.jobs > 0
 
     async def drain_loop(self) -> None:
@@ -356,8 +392,17 @@ class EdgeLog:
         last_target: str | None = None
         while True:
             self._wake.clear()  # before reading: an append after the read sets it again
-            rows = await self._run(lambda s: s.oldest(self._cfg.max_batch))
-            if not rows:
+            solo = solo_until >= 0
+            taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
+            if taken and not solo and len(merged.jobs) < self._cfg.max_batch:
+                # Linger a little for a fuller batch: fewer, larger transactions on the primary.
+                wait = LINGER_SECONDS - (self._clock.now() - taken[-1].created_at) / MICROS
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
+            if taken and taken[0].seq >= solo_until:
+                solo_until = -1  # the last row of the refused batch: back to merging after it
+            if not taken:
                 await self._forget()
                 self.oldest_at = None
                 timeout = FORGET_SECONDS if self._unforgotten else None
@@ -366,8 +411,7 @@ class EdgeLog:
                 except TimeoutError:
                     pass
                 continue
-            self.oldest_at = rows[0].created_at
-            taken, merged = self._merge(rows, solo=rows[0].seq <= solo_until)
+            self.oldest_at = taken[0].created_at
             if taken[0].seq != head:
                 head, doubtful = taken[0].seq, 0
             target = self._target()
@@ -394,7 +438,7 @@ class EdgeLog:
                 seq = taken[0].seq
                 log.error("edge log: the primary refused request %d for good (%s); moved to the dead table in %s",
                           seq, reason, self.path)
-                await self._run(functools.partial(EdgeLogStore.reject, seq=seq, reason=reason))
+                self.store.reject(seq, reason)
                 self._moved(taken, dead=1)
                 continue
             delay = RETRY_MIN_SECONDS
@@ -402,7 +446,7 @@ class EdgeLog:
                 (spec.job_id, result.job_id) for spec, result in zip(merged.jobs, response.results, strict=True)
             ]
             seqs = [row.seq for row in taken]
-            await self._run(functools.partial(EdgeLogStore.drained, seqs=seqs, stored=stored, txid=response.txid))
+            self.store.drained(seqs, stored, response.txid)
             self._unforgotten = True
             self._moved(taken)
             self._drained.append((time.monotonic(), len(merged.jobs)))
@@ -410,7 +454,7 @@ class EdgeLog:
             log.debug("edge log: %d job(s) stored on %s at txid %d", len(merged.jobs), target, response.txid)
             await self._forget()
 
-    def _moved(self, rows: list[Any], dead: int = 0) -> None:
+    def _moved(self, rows: list[EdgeRow], dead: int = 0) -> None:
         self.pending -= len(rows)
         self.jobs -= sum(r.jobs for r in rows)
         self.bytes -= sum(len(r.request) for r in rows)

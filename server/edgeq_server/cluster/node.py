@@ -255,13 +255,13 @@ class LiteFSCluster(Cluster):
         return role is Role.REPLICA and self.link is not None and self.link.reachable
 
     async def accepted(self, job_id: str) -> Accepted | None:
-        found = await self.edge.find(job_id)
+        found = self.edge.find(job_id)
         if found is None:
             return None
         return Accepted.of(found, self._cfg.default_max_attempts)
 
     async def accepted_by_queue(self) -> dict[str, int]:
-        return await self.edge.accepted_by_queue()
+        return self.edge.accepted_by_queue()
 
     def describe(self, info: pb.GetNodeInfoResponse) -> None:
         info.txid = self.node.latest()
