@@ -218,6 +218,7 @@ def edge(results: dict[str, object], backlog: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         srv = ServerProcess(os.path.join(d, "single.db"))
         try:
+            results["single_node_enqueue"] = single_enqueue_latency(srv.target, 1000)
             for count in (16, 64):
                 results[f"single_node_{count}_producers_batch1"] = asyncio.run(
                     concurrent_enqueue(srv.target, count, 5)

@@ -24,9 +24,10 @@ write can commit and its reply still be lost, so clients retry it):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -634,9 +635,18 @@ class EdgeLogStore:
         self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_drained ON edge_jobs (drained_txid)"
                           " WHERE drained_txid IS NOT NULL")
 
-    def transaction(self) -> apsw.Connection:
-        """``with store.transaction():`` groups appends into one durable commit."""
-        return self.conn
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``with store.transaction():`` one durable commit. Plain BEGIN/COMMIT statements:
+        apsw releases the GIL while they run (the fsync), which its ``with connection``
+        block does not."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def append(self, request: bytes, index: Sequence[tuple[str, str, str]], now: int) -> int:
         """Append one request (inside ``transaction()``): its jobs' [(job_id, queue, key)]
@@ -668,7 +678,7 @@ class EdgeLogStore:
     def drained(self, seqs: Sequence[int], stored: Sequence[tuple[str, str]], txid: int) -> None:
         """The primary stored these requests at ``txid``: delete them, and remember each
         job's stored id [(job_id, stored_id)] until this node has applied ``txid``."""
-        with self.conn:
+        with self.transaction():
             self.conn.executemany(
                 "UPDATE edge_jobs SET drained_txid = ?, stored_id = ? WHERE job_id = ?",
                 [(txid, stored_id, job_id) for job_id, stored_id in stored],

@@ -81,8 +81,12 @@ RATE_WINDOW_SECONDS = 10.0
 FORGET_SECONDS = 1.0
 #: Retry hint of a full edge log.
 FULL_RETRY_SECONDS = 1.0
-#: How long the drain waits for more requests behind a young, small batch.
-LINGER_SECONDS = 0.002
+#: How long the drain lets the oldest job of a small batch wait for more: each drained batch
+#: costs a LiteFS transaction and a replication round trip, so batching is what makes the
+#: drain cheap at low rates; the wait adds at most this to the drain lag.
+LINGER_SECONDS = 0.010
+#: A request that finds the log idle this long commits on the event loop itself.
+INLINE_IDLE_SECONDS = 0.001
 #: Keys the SDKs generate for jobs sent without one (unique per call).
 AUTO_KEY_PREFIX = "auto-"
 
@@ -126,17 +130,22 @@ class EdgeLog:
         self._drain_durability = (
             pb.DURABILITY_REPLICATED if cfg.edge_drain_durability == "replicated" else pb.DURABILITY_LOCAL
         )
-        # Appends, the drain's deletes and point reads run on the event loop, on one
-        # connection: an append is one fsync (~0.3 ms) and a thread hop would cost as much
-        # again. The drain reads and decodes its batches on a thread, on a second connection
-        # (WAL: a reader never blocks the appends). Keys already stored are looked up in this
-        # node's database (the LiteFS mount) on a third thread, never on the loop.
+        # Three connections to the file (WAL: readers never block the writer), each owned
+        # by one thread: every write (appends, the drain's deletes) on the edge-log thread, so
+        # an fsync never blocks the event loop and requests that arrive meanwhile go into
+        # the next commit (group commit); the drain's batch reads and decoding on the drain
+        # thread; point reads (GetJob, GetQueueStats) on the event loop. Keys already stored
+        # are looked up in this node's database (a FUSE read) on a fourth thread.
         self._store: EdgeLogStore | None = None
         self._reader: EdgeLogStore | None = None
+        self._reads: EdgeLogStore | None = None
         self._db: Store | None = None  # this node's database, read-only: keys already stored
+        self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log")
         self._drain_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log-drain")
         self._keys_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edge-log-keys")
-        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._writing = 0  # jobs on the edge-log thread (the loop may commit only at 0)
+        self._last_commit = 0.0
         self._waiting: list[_Pending] = []
         self._wake = asyncio.Event()
         self.store_here: StoreHere | None = None
@@ -153,9 +162,10 @@ class EdgeLog:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        self._store = store = EdgeLogStore(self.path)
+        self._store = await self._in(self._write_thread, lambda: EdgeLogStore(self.path))
         self._reader = await self._in(self._drain_thread, lambda: EdgeLogStore(self.path))
-        self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = store.totals()
+        self._reads = reads = EdgeLogStore(self.path)
+        self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = reads.totals()
         self._unforgotten = True
         self._publish()
         metrics.EDGE_LOG_OLDEST_AGE.set_function(self.oldest_age)
@@ -164,27 +174,42 @@ class EdgeLog:
             self._wake.set()
 
     async def close(self) -> None:
-        if self._waiting:
-            self._flush()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._reader is not None:
             await self._in(self._drain_thread, self._reader.close)
         if self._db is not None:
             await self._in(self._keys_thread, self._db.conn.close)
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        self._drain_thread.shutdown(wait=True)
-        self._keys_thread.shutdown(wait=True)
+        store, self._store = self._store, None
+        if store is not None:
+            await self._in(self._write_thread, store.close)
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
+        for thread in (self._write_thread, self._drain_thread, self._keys_thread):
+            thread.shutdown(wait=True)
 
     @staticmethod
     async def _in(thread: concurrent.futures.ThreadPoolExecutor, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, fn)
 
+    async def _write(self, fn: Callable[[EdgeLogStore], Any]) -> Any:
+        """Run ``fn`` with the writing connection on the edge-log thread."""
+        store = self._store
+        if store is None:
+            raise Unavailable("the edge log is closed", reason="DRAINING")
+        self._writing += 1
+        try:
+            return await self._in(self._write_thread, lambda: fn(store))
+        finally:
+            self._writing -= 1
+
     @property
     def store(self) -> EdgeLogStore:
-        if self._store is None:
+        """The connection for point reads on the event loop."""
+        if self._reads is None:
             raise Unavailable("the edge log is closed", reason="DRAINING")
-        return self._store
+        return self._reads
 
     def _publish(self) -> None:
         metrics.EDGE_LOG_JOBS.set(self.jobs)
@@ -243,9 +268,14 @@ class EdgeLog:
             stored = await self._in(self._keys_thread, lambda: self._stored(checked))
         pending = _Pending(edge, stored, asyncio.get_running_loop().create_future())
         self._waiting.append(pending)
-        if not self._flush_scheduled:  # every request of this loop turn in one commit
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._flusher is None or self._flusher.done():
+            if not self._writing and time.monotonic() - self._last_commit > INLINE_IDLE_SECONDS:
+                # An idle log: commit right here, one fsync and no thread hand-offs (the
+                # latency of a lone request). Under load the thread's group commit takes over.
+                self._waiting.remove(pending)
+                self._commit_here(pending)
+            else:
+                self._flusher = asyncio.ensure_future(self._flush())
         # A caller that goes away leaves a row that will drain (or nothing): the counters
         # agree with the file either way.
         answers = await asyncio.shield(pending.future)
@@ -257,21 +287,39 @@ class EdgeLog:
             buffered=True, accepted_at_edge=True, accepted_by=self._cfg.address,
         )
 
-    def _flush(self) -> None:
-        """The group commit: every request waiting, one durable transaction."""
-        self._flush_scheduled = False
-        batch, self._waiting = self._waiting, []
-        if not batch:
-            return
+    async def _flush(self) -> None:
+        """The group commit: every request waiting, one durable transaction on the edge-log
+        thread; requests that arrive meanwhile go into the next one."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            now = self._clock.now()
+            try:
+                outcome = await self._write(functools.partial(self._append, batch=batch, now=now))
+            except Exception as exc:  # noqa: BLE001 - every caller of the commit hears it
+                self._settle(batch, now, exc)
+                continue
+            self._settle(batch, now, outcome)
+
+    def _commit_here(self, pending: _Pending) -> None:
+        """Commit one request on the event loop (only while no write runs on the thread)."""
         now = self._clock.now()
+        store = self._store
+        assert store is not None
         try:
-            outcome = self._append(self.store, batch, now)
-        except apsw.FullError:
-            _fail(batch, _full("the disk holding the edge log is full"))
-            return
-        except Exception as exc:
-            log.exception("edge log: append failed")
-            _fail(batch, exc)
+            outcome: Any = self._append(store, [pending], now)
+        except Exception as exc:  # noqa: BLE001 - the caller hears it
+            outcome = exc
+        self._settle([pending], now, outcome)
+
+    def _settle(self, batch: list[_Pending], now: int, outcome: Any) -> None:
+        """Answer the callers of a commit (``outcome``: its result, or the exception)."""
+        self._last_commit = time.monotonic()
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, apsw.FullError):
+                outcome = _full("the disk holding the edge log is full")
+            else:
+                log.error("edge log: append failed: %r", outcome)
+            _fail(batch, outcome)
             return
         for pending, (answers, appended, size) in zip(batch, outcome, strict=True):
             if appended:
@@ -288,8 +336,9 @@ class EdgeLog:
     def _append(
         self, store: EdgeLogStore, batch: list[_Pending], now: int
     ) -> list[tuple[list[tuple[str, bool]], int, int]]:
-        """Append the batch in one transaction; per request its answers [(job_id,
-        duplicate)], the jobs appended and the bytes they took."""
+        """(On the edge-log thread, or the loop when idle.) Append the batch in one
+        transaction; per request its answers [(job_id, duplicate)], the jobs appended and
+        the bytes they took."""
         out: list[tuple[list[tuple[str, bool]], int, int]] = []
         with store.transaction():
             for pending in batch:
@@ -380,7 +429,8 @@ class EdgeLog:
         """Forget drained jobs this node's database has applied (GetJob finds them there)."""
         if self._unforgotten and time.monotonic() >= self._forget_at:
             self._forget_at = time.monotonic() + FORGET_SECONDS
-            self.store.forget_applied(self._node.latest())
+            applied = self._node.latest()
+            await self._write(lambda s: s.forget_applied(applied))
             self._unforgotten = self.jobs > 0
 
     async def drain_loop(self) -> None:
@@ -395,8 +445,9 @@ class EdgeLog:
             solo = solo_until >= 0
             taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
             if taken and not solo and len(merged.jobs) < self._cfg.max_batch:
-                # Linger a little for a fuller batch: fewer, larger transactions on the primary.
-                wait = LINGER_SECONDS - (self._clock.now() - taken[-1].created_at) / MICROS
+                # Linger a little for a fuller batch: fewer, larger transactions on the primary
+                # (the oldest job waits at most LINGER_SECONDS for it).
+                wait = LINGER_SECONDS - (self._clock.now() - taken[0].created_at) / MICROS
                 if wait > 0:
                     await asyncio.sleep(wait)
                     taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
@@ -438,7 +489,7 @@ class EdgeLog:
                 seq = taken[0].seq
                 log.error("edge log: the primary refused request %d for good (%s); moved to the dead table in %s",
                           seq, reason, self.path)
-                self.store.reject(seq, reason)
+                await self._write(functools.partial(EdgeLogStore.reject, seq=seq, reason=reason))
                 self._moved(taken, dead=1)
                 continue
             delay = RETRY_MIN_SECONDS
@@ -446,7 +497,7 @@ class EdgeLog:
                 (spec.job_id, result.job_id) for spec, result in zip(merged.jobs, response.results, strict=True)
             ]
             seqs = [row.seq for row in taken]
-            self.store.drained(seqs, stored, response.txid)
+            await self._write(functools.partial(EdgeLogStore.drained, seqs=seqs, stored=stored, txid=response.txid))
             self._unforgotten = True
             self._moved(taken)
             self._drained.append((time.monotonic(), len(merged.jobs)))
