@@ -135,11 +135,20 @@ def test_replicated_durability_answers_after_a_replica_applied_the_write(tmp_pat
                 # Already applied on at least one replica when the write was acknowledged.
                 assert max(n.txid() for n in cluster.replicas) >= txid
         assert info(cluster.primary).durability == "replicated"
+        ch, s = stub(cluster.primary.target)
+        with ch:  # a job leased while the replicas are up, acked once they are gone
+            stream = s.Lease(pb.LeaseRequest(queues=["d"], worker_id="w", max_in_flight=1))
+            leased = next(m for m in stream if m.jobs).jobs[0]
+            stream.cancel()
         for node in cluster.replicas:
             cluster.stop(node)
         ch, s = stub(cluster.primary.target)
         request = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="d", payload=b"alone", idempotency_key="k")])
         with ch:
+            # Every write waits for the replicas, not only Enqueue: an Ack too.
+            with pytest.raises(grpc.RpcError) as err:
+                s.Ack(pb.AckRequest(items=[pb.AckItem(lease_token=leased.lease_token)]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.ABORTED, err.value.details()
             # Fault 2: "committed, not confirmed" is not UNAVAILABLE ("not written", which
             # clients retry blindly): ABORTED with ErrorInfo COMMITTED_NOT_REPLICATED.
             with pytest.raises(grpc.RpcError) as err:

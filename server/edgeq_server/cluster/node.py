@@ -159,7 +159,9 @@ class LiteFSCluster(Cluster):
             primary = self._target(context)
             if primary is not None:
                 return await self.forwarder.unary(primary, name, request, context)
-            return await handler(request, context)
+            response = await handler(request, context)
+            await self.wait_durable(response.txid)
+            return response
 
         return routed
 
