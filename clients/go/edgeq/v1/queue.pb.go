@@ -2437,15 +2437,18 @@ type GetNodeInfoResponse struct {
 	OutboxDead int64 `protobuf:"varint,9,opt,name=outbox_dead,json=outboxDead,proto3" json:"outbox_dead,omitempty"`
 	// Background loops restarted after failing (see edgeq_loop_restarts_total).
 	LoopRestarts int64 `protobuf:"varint,10,opt,name=loop_restarts,json=loopRestarts,proto3" json:"loop_restarts,omitempty"`
-	// This node's edge log: jobs accepted here and not yet stored on the
-	// primary, how long the oldest has waited, and the jobs per second its
-	// drain stored on the primary over the last 10 seconds.
-	EdgeLogJobs      int64                `protobuf:"varint,11,opt,name=edge_log_jobs,json=edgeLogJobs,proto3" json:"edge_log_jobs,omitempty"`
+	// Jobs accepted at this node's edge (its edge log) and not yet stored on
+	// the primary.
+	EdgeLogJobs int64 `protobuf:"varint,11,opt,name=edge_log_jobs,json=edgeLogJobs,proto3" json:"edge_log_jobs,omitempty"`
+	// How long the oldest job in the edge log has waited (zero when empty).
 	EdgeLogOldestAge *durationpb.Duration `protobuf:"bytes,12,opt,name=edge_log_oldest_age,json=edgeLogOldestAge,proto3" json:"edge_log_oldest_age,omitempty"`
-	EdgeLogDrainRate float64              `protobuf:"fixed64,13,opt,name=edge_log_drain_rate,json=edgeLogDrainRate,proto3" json:"edge_log_drain_rate,omitempty"`
-	// Bytes of Enqueue requests in the edge log, and the cap past which
-	// Enqueue answers RESOURCE_EXHAUSTED (0: no edge log on this node).
-	EdgeLogBytes         int64 `protobuf:"varint,14,opt,name=edge_log_bytes,json=edgeLogBytes,proto3" json:"edge_log_bytes,omitempty"`
+	// Jobs per second the edge log's drain stored on the primary over the last
+	// 10 seconds.
+	EdgeLogDrainRate float64 `protobuf:"fixed64,13,opt,name=edge_log_drain_rate,json=edgeLogDrainRate,proto3" json:"edge_log_drain_rate,omitempty"`
+	// Bytes of Enqueue requests waiting in the edge log.
+	EdgeLogBytes int64 `protobuf:"varint,14,opt,name=edge_log_bytes,json=edgeLogBytes,proto3" json:"edge_log_bytes,omitempty"`
+	// The cap on edge_log_bytes past which Enqueue answers RESOURCE_EXHAUSTED
+	// (EDGE_LOG_FULL); 0 when this node has no edge log (standalone).
 	EdgeLogCapacityBytes int64 `protobuf:"varint,15,opt,name=edge_log_capacity_bytes,json=edgeLogCapacityBytes,proto3" json:"edge_log_capacity_bytes,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache

@@ -1269,33 +1269,39 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
   loopRestarts: bigint;
 
   /**
-   * This node's edge log: jobs accepted here and not yet stored on the
-   * primary, how long the oldest has waited, and the jobs per second its
-   * drain stored on the primary over the last 10 seconds.
+   * Jobs accepted at this node's edge (its edge log) and not yet stored on
+   * the primary.
    *
    * @generated from field: int64 edge_log_jobs = 11;
    */
   edgeLogJobs: bigint;
 
   /**
+   * How long the oldest job in the edge log has waited (zero when empty).
+   *
    * @generated from field: google.protobuf.Duration edge_log_oldest_age = 12;
    */
   edgeLogOldestAge?: Duration | undefined;
 
   /**
+   * Jobs per second the edge log's drain stored on the primary over the last
+   * 10 seconds.
+   *
    * @generated from field: double edge_log_drain_rate = 13;
    */
   edgeLogDrainRate: number;
 
   /**
-   * Bytes of Enqueue requests in the edge log, and the cap past which
-   * Enqueue answers RESOURCE_EXHAUSTED (0: no edge log on this node).
+   * Bytes of Enqueue requests waiting in the edge log.
    *
    * @generated from field: int64 edge_log_bytes = 14;
    */
   edgeLogBytes: bigint;
 
   /**
+   * The cap on edge_log_bytes past which Enqueue answers RESOURCE_EXHAUSTED
+   * (EDGE_LOG_FULL); 0 when this node has no edge log (standalone).
+   *
    * @generated from field: int64 edge_log_capacity_bytes = 15;
    */
   edgeLogCapacityBytes: bigint;
