@@ -194,7 +194,9 @@ export function retryCommittedWrites(timeoutMs: number): Interceptor {
         }
         last = cnr;
         const pause = Math.max(Math.random() * backoff, retryDelayMs(cnr) ?? 0);
-        const remaining = deadline - Date.now();
+        // Stop a quarter of the deadline early: connect-es reports any error thrown after its
+        // own deadline timer fired as DeadlineExceeded, hiding "it did commit".
+        const remaining = deadline - Date.now() - timeoutMs / 4;
         if (!retry || req.signal.aborted || remaining <= pause) throw cnr;
         await abortableSleep(pause, req.signal);
         if (req.signal.aborted) throw cnr;

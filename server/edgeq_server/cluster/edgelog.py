@@ -81,9 +81,10 @@ RATE_WINDOW_SECONDS = 10.0
 FORGET_SECONDS = 1.0
 #: Retry hint of a full edge log.
 FULL_RETRY_SECONDS = 1.0
-#: How long the drain lets the oldest job of a small batch wait for more: each drained batch
-#: costs a LiteFS transaction and a replication round trip, so batching is what makes the
-#: drain cheap at low rates; the wait adds at most this to the drain lag.
+#: Under sustained traffic (the previous drain call ended less than this ago), how long the
+#: drain lets the oldest job of a small batch wait for more: each drained batch costs a
+#: LiteFS transaction and a replication round trip, so batching keeps the drain cheap; the
+#: wait adds at most this to the drain lag. After a quiet spell a job is sent at once.
 LINGER_SECONDS = 0.010
 #: A request that finds the log idle this long commits on the event loop itself.
 INLINE_IDLE_SECONDS = 0.001
@@ -440,13 +441,16 @@ class EdgeLog:
         head = -1
         solo_until = -1  # after a refused merged batch: its rows one by one
         last_target: str | None = None
+        last_sent = 0.0  # when the last drain call ended
         while True:
             self._wake.clear()  # before reading: an append after the read sets it again
             solo = solo_until >= 0
             taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
-            if taken and not solo and len(merged.jobs) < self._cfg.max_batch:
-                # Linger a little for a fuller batch: fewer, larger transactions on the primary
-                # (the oldest job waits at most LINGER_SECONDS for it).
+            busy = time.monotonic() - last_sent < LINGER_SECONDS
+            if taken and busy and not solo and len(merged.jobs) < self._cfg.max_batch:
+                # Under sustained traffic, linger a little for a fuller batch: fewer, larger
+                # transactions on the primary (the oldest job waits at most LINGER_SECONDS).
+                # A job after a quiet spell goes at once.
                 wait = LINGER_SECONDS - (self._clock.now() - taken[0].created_at) / MICROS
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -471,6 +475,7 @@ class EdgeLog:
             try:
                 response = await self._send(target, merged)
             except (Unavailable, Forwarded) as exc:
+                last_sent = time.monotonic()
                 code = exc.code if isinstance(exc, Forwarded) else grpc.StatusCode.UNAVAILABLE
                 if code in DOUBTFUL:
                     doubtful += 1
@@ -493,6 +498,7 @@ class EdgeLog:
                 self._moved(taken, dead=1)
                 continue
             delay = RETRY_MIN_SECONDS
+            last_sent = time.monotonic()
             stored = [
                 (spec.job_id, result.job_id) for spec, result in zip(merged.jobs, response.results, strict=True)
             ]
