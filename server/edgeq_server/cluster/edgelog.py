@@ -257,7 +257,9 @@ class EdgeLog:
                 spec.ClearField("delay")
                 spec.run_at.CopyFrom(_timestamp(at))
         size = edge.ByteSize()
-        if self._store is None or self.bytes + size > self.capacity:
+        if self._store is None:
+            raise Unavailable("this node is shutting down; send to another node", reason="DRAINING", retry_after=0.2)
+        if self.bytes + size > self.capacity:
             raise _full(f"the edge log holds {self.bytes} bytes, its cap is {self.capacity}")
         # Keys the caller chose may name a job this node's database already holds; a key
         # the SDKs generate (auto-...) is unique to one call, so only that call's own retry
