@@ -6,6 +6,7 @@ covered by tests/test_cluster.py, test_cluster_ha.py and the fault suite, test_c
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -312,3 +313,53 @@ def test_the_watchdog_sees_one_process_connections_by_socket_inode() -> None:
             assert all(c.info.get("lastrcv") is not None for c in mine)
             assert parse_ss(out, "established", set()) == []
     assert socket_inodes(2**22 + 12345) is None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root): a disk that fills up."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI runs as root and must run this test)")
+        pytest.skip(message)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+async def test_a_full_disk_under_the_edge_log_answers_edge_log_full_and_stores_nothing_more(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """Disk full is the same answer as the cap: RESOURCE_EXHAUSTED (EDGE_LOG_FULL) with a
+    retry delay; what was accepted before stays, nothing half-written is counted."""
+    from edgeq_server import status
+    from edgeq_server.cluster.edgelog import EdgeLog
+    from edgeq_server.cluster.forward import Forwarder
+    from edgeq_server.errors import ResourceExhausted
+
+    cfg = Config(litefs_mount=str(tmp_path / "mnt"), edge_log_path=str(small_disk / "edge.db"))
+    node = LiteFSNode(str(tmp_path / "mnt"), "edgeq.db", "127.0.0.1:1")  # no primary: nothing drains
+    log = EdgeLog(cfg, ManualClock(), node, Forwarder(node, "me:1", []), (), str(tmp_path / "edgeq.db"))
+    await log.open()
+    try:
+        accepted = 0
+        with pytest.raises(ResourceExhausted) as err:
+            for _ in range(10_000):
+                await log.accept(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", payload=b"x" * 2000)]))
+                accepted += 1
+        st = status.to_status(err.value)
+        assert st.code.name == "RESOURCE_EXHAUSTED" and err.value.reason == "EDGE_LOG_FULL"
+        assert err.value.retry_after and "full" in str(err.value)
+        assert accepted > 0
+        assert log.jobs == accepted == log.store.totals()[1]
+    finally:
+        await log.close()
+        node.stop()
