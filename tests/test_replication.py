@@ -293,6 +293,7 @@ def test_the_watchdog_sees_one_process_connections_by_socket_inode() -> None:
     import shutil
     import socket
     import subprocess
+    import time
 
     from edgeq_server.cluster.watchdog import parse_ss, socket_inodes
 
@@ -302,6 +303,7 @@ def test_the_watchdog_sees_one_process_connections_by_socket_inode() -> None:
         port = server.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)) as client, server.accept()[0]:
             client.sendall(b"x")
+            time.sleep(0.05)  # ss omits lastrcv while it is 0 ms (kernel jiffies)
             out = subprocess.run(
                 ["ss", "-H", "-tnie", "state", "established"], capture_output=True, text=True, check=True
             ).stdout
