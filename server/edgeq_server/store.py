@@ -636,17 +636,25 @@ class EdgeLogStore:
                           " WHERE drained_txid IS NOT NULL")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         """``with store.transaction():`` one durable commit. Plain BEGIN/COMMIT statements:
         apsw releases the GIL while they run (the fsync), which its ``with connection``
-        block does not."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        block does not. ``durable=False`` skips the fsync (synchronous=NORMAL for this
+        commit: a crash may undo it, never corrupt the file; the next durable commit
+        fsyncs it too) — for bookkeeping whose loss only repeats work the primary dedupes."""
+        if not durable:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
 
     def append(self, request: bytes, index: Sequence[tuple[str, str, str]], now: int) -> int:
         """Append one request (inside ``transaction()``): its jobs' [(job_id, queue, key)]
@@ -677,8 +685,10 @@ class EdgeLogStore:
 
     def drained(self, seqs: Sequence[int], stored: Sequence[tuple[str, str]], txid: int) -> None:
         """The primary stored these requests at ``txid``: delete them, and remember each
-        job's stored id [(job_id, stored_id)] until this node has applied ``txid``."""
-        with self.transaction():
+        job's stored id [(job_id, stored_id)] until this node has applied ``txid``. Not
+        fsynced: a crash that undoes it makes the drain send these requests again, and the
+        primary answers them as the duplicates they are (same job ids)."""
+        with self.transaction(durable=False):
             self.conn.executemany(
                 "UPDATE edge_jobs SET drained_txid = ?, stored_id = ? WHERE job_id = ?",
                 [(txid, stored_id, job_id) for job_id, stored_id in stored],
@@ -689,9 +699,11 @@ class EdgeLogStore:
         self.conn.execute("UPDATE outbox SET rejected = ? WHERE seq = ?", (reason, seq))
 
     def forget_applied(self, txid: int) -> int:
-        """Drop the records of drained jobs this node's database has applied (up to ``txid``)."""
-        self.conn.execute("DELETE FROM edge_jobs WHERE drained_txid IS NOT NULL AND drained_txid <= ?", (txid,))
-        return self.conn.changes()
+        """Drop the records of drained jobs this node's database has applied (up to ``txid``;
+        not fsynced: an undone forget only keeps records the database also has)."""
+        with self.transaction(durable=False):
+            self.conn.execute("DELETE FROM edge_jobs WHERE drained_txid IS NOT NULL AND drained_txid <= ?", (txid,))
+            return self.conn.changes()
 
     def find(self, job_id: str) -> EdgeJob | None:
         """What the edge log knows of ``job_id``."""
