@@ -236,10 +236,15 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, *server_args: str, consul: ConsulAgent | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, *server_args: str, consul: ConsulAgent | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         """``server_args`` are extra ``edgeq serve`` flags for every node ("{dir}" is replaced
         by the node's directory). With ``consul``, the nodes use a Consul lease (a fresh key
-        per cluster) and node 1, started first, takes it; otherwise the static lease."""
+        per cluster) and node 1, started first, takes it; otherwise the static lease.
+        ``credentials``: how the harness reaches nodes that serve TLS."""
+        self.credentials = credentials
         self.binary = require_litefs()
         self.consul = consul
         self.consul_key = f"edgeq-test-{uuid.uuid4().hex[:12]}/primary"
@@ -278,7 +283,7 @@ class Cluster:
 
     def wait_serving(self, node: Node, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(node.target) as ch:
+        with self.channel(node) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 assert node.proc is not None
@@ -292,6 +297,12 @@ class Cluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"node {node.index} not serving:\n{node.log.read_text()[-3000:]}")
                 time.sleep(0.1)
+
+    def channel(self, node: Node) -> grpc.Channel:
+        """A channel to ``node`` (TLS with ``credentials`` when given)."""
+        if self.credentials is not None:
+            return grpc.secure_channel(node.target, self.credentials)
+        return grpc.insecure_channel(node.target)
 
     def wait_caught_up(self, node: Node, txid: int | None = None, timeout: float = 30) -> int:
         """Wait until ``node`` has applied ``txid`` (default: the primary's current TXID)."""

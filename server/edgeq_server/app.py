@@ -6,6 +6,7 @@ shutdown (drain) that SIGTERM triggers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import Any
 
@@ -27,6 +28,7 @@ from .maintenance import Maintenance, Retention
 from .readers import Readers
 from .service import QueueService
 from .supervise import Supervisor
+from .tls import ServerTLS
 from .tokens import TokenCodec
 from .wire import safe_deserializer
 from .writer import Writer
@@ -80,6 +82,16 @@ def method_handlers(service: QueueService, cluster: Cluster) -> dict[str, grpc.R
     return handlers
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class EdgeqServer:
     """One node. ``await start()``, then ``await stop()`` (or ``wait()`` for termination).
 
@@ -93,7 +105,12 @@ class EdgeqServer:
         self.clock: Clock = clock or SystemClock()
         self.port = 0
         self.supervisor = Supervisor()
-        self.cluster: Cluster = cluster_build(config, self.clock, self._committed, server_options(config))
+        #: TLS of the port and of calls to other nodes (None: plaintext).
+        self.tls: ServerTLS | None = (
+            ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca, config.peer_ca)
+            if config.tls_cert else None
+        )
+        self.cluster: Cluster = cluster_build(config, self.clock, self._committed, server_options(config), self.tls)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lag grpcio
         self._checkpointer: db.Checkpointer | None = None
@@ -163,7 +180,16 @@ class EdgeqServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
+            if not _loopback(cfg.host):
+                log.warning(
+                    "serving plaintext gRPC on %s: tokens and jobs cross the network unencrypted;"
+                    " give --tls-cert and --tls-key (docs/security.md)", address,
+                )
         await server.start()
         self.dispatcher.start()
         self.maintenance.start(self.supervisor)

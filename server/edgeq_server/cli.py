@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from edgeq import TLS, create_channel
+from edgeq._config import PLAIN_SCHEME, TLS_SCHEME
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
@@ -55,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=os.environ.get("EDGEQ_TOKEN", ""),
         help="bearer token for servers with auth on (env EDGEQ_TOKEN)",
     )
+    tls = parser.add_argument_group(
+        "TLS of client commands",
+        "a server address edgeqs://host:port, or any of these options, turns TLS on",
+    )
+    tls.add_argument("--tls-ca", dest="client_tls_ca", default=os.environ.get("EDGEQ_TLS_CA", ""),
+                     help="PEM CA the server's certificate must chain to (env EDGEQ_TLS_CA; default: system roots)")
+    tls.add_argument("--tls-cert", dest="client_tls_cert", default=os.environ.get("EDGEQ_TLS_CERT", ""),
+                     help="PEM client certificate, for servers that require one (mTLS) (env EDGEQ_TLS_CERT)")
+    tls.add_argument("--tls-key", dest="client_tls_key", default=os.environ.get("EDGEQ_TLS_KEY", ""),
+                     help="PEM key of --tls-cert (env EDGEQ_TLS_KEY)")
+    tls.add_argument("--tls-server-name", dest="client_tls_server_name",
+                     default=os.environ.get("EDGEQ_TLS_SERVER_NAME", ""),
+                     help="name to verify the server's certificate against (env EDGEQ_TLS_SERVER_NAME)")
+    tls.add_argument("--insecure", action="store_true",
+                     help="development only: trust whatever certificate the server presents (a self-signed one)")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
 
@@ -101,6 +119,8 @@ async def serve(config: Config) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if server.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.tls.reload)  # re-read the certificate files
     print(f"edgeq listening on {config.host}:{server.port}", flush=True)
     await stop.wait()
     await server.stop()
@@ -122,8 +142,35 @@ class _WithToken:
         return lambda request, **kw: method(request, metadata=self._metadata, **kw)
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """The channel of a client command: plaintext, or TLS as the flags and the address say."""
+    wants_tls = bool(
+        args.client_tls_ca or args.client_tls_cert or args.client_tls_key or args.client_tls_server_name
+        or args.insecure
+    )
+    if not wants_tls:
+        return create_channel(args.server)
+    if args.server.startswith(PLAIN_SCHEME):
+        raise SystemExit(f"edgeq: TLS options with a plaintext address {args.server}")
+    address = args.server.removeprefix(TLS_SCHEME)
+    ca: bytes | str | None = args.client_tls_ca or None
+    if args.insecure:
+        # Trust on first use: the certificate the server presents becomes the only root.
+        host, _, port = address.rpartition(":")
+        try:
+            ca = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=args.timeout).encode()
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"edgeq: cannot fetch the certificate of {address}: {exc}") from None
+    try:
+        tls = TLS(ca=ca, cert=args.client_tls_cert or None, key=args.client_tls_key or None,
+                  server_name=args.client_tls_server_name or None)
+        return create_channel(address, tls=tls)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"edgeq: {exc}") from None
+
+
 def _client(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.server) as channel:
+    with _channel(args) as channel:
         stub: Any = _WithToken(pb_grpc.QueueServiceStub(channel), args.token)
         t = args.timeout
         cmd = args.command

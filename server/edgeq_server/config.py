@@ -95,6 +95,15 @@ class Config:
     auth_token: str = ""
     #: Bearer token for producers and workers (no CancelJob/RetryJob/PauseQueue/ResumeQueue).
     client_token: str = ""
+    #: TLS: the server's certificate chain and key (PEM files). With both the gRPC port
+    #: serves TLS only; the files are re-read when they change (or on SIGHUP).
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: With TLS: a CA (PEM) whose signature every client certificate must carry (mTLS).
+    tls_client_ca: str = ""
+    #: With TLS: the CA other nodes' certificates are verified against when this node calls
+    #: them. Empty: the client CA, else the system roots.
+    peer_ca: str = ""
     #: host:port for the Prometheus /metrics endpoint; empty turns it off.
     metrics_address: str = ""
     #: Log level name.
@@ -135,6 +144,10 @@ class Config:
             raise ValueError("in LiteFS mode, auth needs auth_token too: nodes use it to talk to each other")
         if self.outbox_forward_timeout_seconds <= 0:
             raise ValueError("outbox_forward_timeout_seconds must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither")
+        if (self.tls_client_ca or self.peer_ca) and not self.tls_cert:
+            raise ValueError("tls_client_ca and peer_ca need TLS on (tls_cert and tls_key)")
         if self.max_payload_bytes >= self.max_message_bytes:
             raise ValueError("max_payload_bytes must be below max_message_bytes")
 

@@ -7,7 +7,7 @@ stubs live in ``edgeq.v1`` (``queue_pb2``, ``queue_pb2_grpc``).
 """
 
 from ._client import AUTO_KEY_PREFIX, Client, auto_idempotency_key
-from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, channel_options, create_channel
+from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLS, channel_options, create_channel
 from ._errors import (
     COMMITTED_NOT_REPLICATED,
     ERROR_DOMAIN,
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "ERROR_DOMAIN",
+    "TLS",
     "Client",
     "CommittedNotReplicated",
     "DeadlineExceededError",

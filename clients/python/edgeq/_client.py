@@ -30,7 +30,7 @@ import grpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
-from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, create_channel
+from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_channel
 from ._errors import CommittedNotReplicated, DeadlineExceededError, error_from_rpc
 from ._models import (
     Durability,
@@ -91,6 +91,8 @@ class Client:
     even on a replica. ``token`` is sent as a bearer token when the server has auth on.
     ``durability`` ("edge", "local", "replicated"; None: the server's default) is when its
     Enqueues are acknowledged; ``enqueue``/``enqueue_many`` can override it per call.
+    ``tls``: ``True`` (system roots), a ``TLS`` (CA, client certificate for mTLS, server
+    name) or gRPC channel credentials; a target ``edgeqs://host:port`` means TLS too.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Client:
         session_consistency: bool = False,
         token: str | None = None,
         durability: Durability | str | None = None,
+        tls: TLSOption = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
@@ -110,7 +113,7 @@ class Client:
         self.timeout = timeout
         self.session_consistency = session_consistency
         self._owns_channel = channel is None
-        self._channel: grpc.Channel = channel if channel is not None else create_channel(target)
+        self._channel: grpc.Channel = channel if channel is not None else create_channel(target, tls=tls)
         #: The generated stub, for anything this class does not wrap.
         self.stub = pb_grpc.QueueServiceStub(self._channel)
         self.metadata: tuple[tuple[str, str], ...] | None = (

@@ -1,6 +1,8 @@
-"""Channel creation: the gRPC options every edgeq client channel uses.
+"""Channel creation: the gRPC options every edgeq client channel uses, and TLS.
 
-Owns the defaults (target, per-call deadline), the service config with the retry policy
+Owns the defaults (target, per-call deadline), TLS (``TLS``, and the target schemes:
+``edgeqs://host:port`` is TLS verified against the system roots, ``edgeq://host:port`` and
+a bare ``host:port`` are plaintext unless ``tls=`` says otherwise), the service config with the retry policy
 for ``edgeq.v1.QueueService`` (gRPC retries UNAVAILABLE itself: no hand-rolled retry loop
 for it; the Client resends only writes answered CommittedNotReplicated, see ``_client``),
 keepalive pings, reconnect backoff and message size limits.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +23,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_MESSAGE_BYTES",
     "SERVICE_CONFIG",
+    "TLS",
     "channel_options",
     "create_channel",
 ]
@@ -70,6 +75,79 @@ def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, An
     ]
 
 
-def create_channel(target: str = DEFAULT_TARGET, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """An insecure channel to ``target`` (``host:port``) with edgeq's options."""
-    return grpc.insecure_channel(target, options=channel_options(options))
+#: Target schemes: TLS, and plaintext said explicitly.
+TLS_SCHEME = "edgeqs://"
+PLAIN_SCHEME = "edgeq://"
+
+
+def _pem(value: bytes | str | None) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS for a channel.
+
+    ``ca``: the CA (PEM bytes or a file path) the server's certificate must chain to; None
+    trusts the system roots. ``cert`` and ``key``: this client's certificate and key, for
+    a server that requires client certificates (mTLS). ``server_name``: the name to verify
+    the server's certificate against, when it differs from the host you dial."""
+
+    ca: bytes | str | None = None
+    cert: bytes | str | None = None
+    key: bytes | str | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS: cert and key go together (a client certificate needs its key)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca), private_key=_pem(self.key), certificate_chain=_pem(self.cert)
+        )
+
+
+#: What ``tls=`` accepts: None/False (plaintext, unless the target says ``edgeqs://``),
+#: True (TLS with the system roots), a ``TLS``, or ready gRPC channel credentials.
+TLSOption = TLS | grpc.ChannelCredentials | bool | None
+
+
+def split_target(target: str, tls: TLSOption = None) -> tuple[str, TLS | grpc.ChannelCredentials | None]:
+    """``target`` without its scheme, and the TLS to use (None: plaintext)."""
+    if target.startswith(TLS_SCHEME):
+        target = target.removeprefix(TLS_SCHEME)
+        if tls is False:
+            raise ValueError(f"{TLS_SCHEME} means TLS; tls=False contradicts it")
+        if tls is None or tls is True:
+            tls = TLS()
+    elif target.startswith(PLAIN_SCHEME):
+        target = target.removeprefix(PLAIN_SCHEME)
+        if tls not in (None, False):
+            raise ValueError(f"{PLAIN_SCHEME} means plaintext; use {TLS_SCHEME} (or a bare host:port) with tls=")
+    if tls is True:
+        tls = TLS()
+    if tls is None or tls is False:
+        return target, None
+    return target, tls
+
+
+def create_channel(
+    target: str = DEFAULT_TARGET, *, options: Sequence[tuple[str, Any]] = (), tls: TLSOption = None
+) -> grpc.Channel:
+    """A channel to ``target`` (``host:port``, ``edgeqs://host:port`` for TLS) with edgeq's
+    options; ``tls`` as in ``TLSOption``."""
+    address, chosen = split_target(target, tls)
+    if chosen is None:
+        return grpc.insecure_channel(address, options=channel_options(options))
+    extra = list(options)
+    if isinstance(chosen, TLS):
+        if chosen.server_name:
+            extra.append(("grpc.ssl_target_name_override", chosen.server_name))
+        creds = chosen.credentials()
+    else:
+        creds = chosen
+    return grpc.secure_channel(address, creds, options=channel_options(extra))

@@ -45,6 +45,7 @@ from google.protobuf import duration_pb2
 from edgeq.v1 import queue_pb2 as pb
 
 from ._client import BATCH_MAX, Client
+from ._config import TLSOption
 from ._errors import EdgeqError, Fail, Retry, error_from_rpc
 from ._models import Job, to_datetime, to_duration
 
@@ -171,7 +172,8 @@ class Worker:
     ``target`` is a ``host:port`` (the worker opens and closes its own Client) or a Client
     to share. ``max_in_flight`` (default ``concurrency``) is how many unsettled jobs the
     server may push ahead; ``lease_duration`` is in seconds (at least 1). ``reconnect_backoff``
-    is (initial, max) seconds for reopening the stream, with full jitter.
+    is (initial, max) seconds for reopening the stream, with full jitter. ``tls`` and
+    ``token`` are the Client's (used when ``target`` is an address).
 
     The handler returns ``None`` or bytes (Ack, with the bytes as the job's result); raising
     ``Retry(delay=...)`` retries after that delay, ``Fail(message)`` fails the job for good,
@@ -192,6 +194,8 @@ class Worker:
         ack_batch_max: int = 256,
         ack_flush_interval: float = 0.005,
         reconnect_backoff: tuple[float, float] = (0.1, 5.0),
+        tls: TLSOption = None,
+        token: str | None = None,
     ) -> None:
         self.queues: tuple[str, ...] = (queues,) if isinstance(queues, str) else tuple(queues)
         if not self.queues:
@@ -212,7 +216,7 @@ class Worker:
         if isinstance(target, Client):
             self.client, self._owns_client = target, False
         else:
-            self.client, self._owns_client = Client(target), True
+            self.client, self._owns_client = Client(target, tls=tls, token=token), True
         self.handler = handler
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight if max_in_flight is not None else concurrency

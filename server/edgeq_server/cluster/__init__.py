@@ -21,17 +21,22 @@ from typing import Any
 
 from ..clock import Clock
 from ..config import Config
+from ..tls import ServerTLS
 from .base import Cluster, Position, Role, Standalone
 
 __all__ = ["Cluster", "Position", "Role", "Standalone", "build"]
 
 
-def build(cfg: Config, clock: Clock, committed: Callable[[], int], channel_options: list[tuple[str, Any]]) -> Cluster:
-    """The cluster implementation ``cfg`` asks for; ``committed()`` is the writer's last txid."""
+def build(
+    cfg: Config, clock: Clock, committed: Callable[[], int], channel_options: list[tuple[str, Any]],
+    tls: ServerTLS | None = None,
+) -> Cluster:
+    """The cluster implementation ``cfg`` asks for; ``committed()`` is the writer's last txid;
+    ``tls``: the server's TLS (calls to other nodes use it too)."""
     if not cfg.litefs_mount:
         import os
 
         return Standalone(os.path.abspath(cfg.db_path), committed)
     from .node import LiteFSCluster
 
-    return LiteFSCluster(cfg, clock, channel_options)
+    return LiteFSCluster(cfg, clock, channel_options, tls)

@@ -85,8 +85,7 @@ FULL_RETRY_SECONDS = 1.0
 #: drain lets the oldest job of a small batch wait for more: each drained batch costs a
 #: LiteFS transaction and a replication round trip, so batching keeps the drain cheap; the
 #: wait adds at most this to the drain lag. After a quiet spell a job is sent at once.
-import os as _os
-LINGER_SECONDS = float(_os.environ.get("XLINGER", "0.010"))
+LINGER_SECONDS = 0.010
 #: A request that finds the log idle this long commits on the event loop itself.
 INLINE_IDLE_SECONDS = 0.001
 #: Keys the SDKs generate for jobs sent without one (unique per call).

@@ -18,12 +18,15 @@ import grpc
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
 from ..errors import Forwarded, Unavailable
+from ..tls import ServerTLS
 from .litefs import LiteFSNode
 
 #: Metadata key a forwarding node adds.
 FORWARDED_KEY = "edgeq-forwarded-by"
 #: Metadata not copied onto a forwarded call (set by gRPC itself per hop).
 _HOP_BY_HOP = ("grpc-", "user-agent", ":")
+#: How long a channel replaced after a certificate reload may finish its calls.
+RETIRE_GRACE_SECONDS = 60.0
 #: How often proxied Lease streams check that the primary is still the one they go to.
 WATCH_SECONDS = 0.2
 
@@ -38,20 +41,39 @@ def forwarded(context: Ctx) -> bool:
 class Forwarder:
     """Cached gRPC channels to other nodes, and the forwarding of calls and streams."""
 
-    def __init__(self, node: LiteFSNode, self_address: str, options: list[tuple[str, Any]]) -> None:
+    def __init__(
+        self, node: LiteFSNode, self_address: str, options: list[tuple[str, Any]], tls: ServerTLS | None = None
+    ) -> None:
         self._node = node
         self._self = self_address
         self._options = options
+        self._tls = tls  # TLS to other nodes when this server has TLS
+        self._tls_generation = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        self._old_channels: list[grpc.aio.Channel] = []
         self._proxied: dict[Any, str] = {}  # open proxied Lease calls -> the primary they go to
         self._ended: dict[Any, str] = {}  # proxied calls this node ended -> why
         self._draining = False
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        """The cached channel to another node."""
+        """The cached channel to another node (TLS when this server has TLS; after a
+        certificate reload new calls get new channels with the new certificate, and the old
+        channels close once their calls are done)."""
+        if self._tls is not None and self._tls.generation != self._tls_generation:
+            self._tls_generation = self._tls.generation
+            for old in self._channels.values():
+                self._old_channels.append(old)
+                task = asyncio.ensure_future(old.close(grace=RETIRE_GRACE_SECONDS))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            self._channels = {}
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._tls is not None:
+                channel = grpc.aio.secure_channel(address, self._tls.channel_credentials(), options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
         return channel
 
@@ -155,9 +177,12 @@ class Forwarder:
     async def close(self) -> None:
         for call in list(self._proxied):
             call.cancel()
-        for channel in self._channels.values():
+        for task in list(self._retired):
+            task.cancel()
+        for channel in [*self._channels.values(), *self._old_channels]:
             await channel.close(None)
         self._channels.clear()
+        self._old_channels.clear()
 
 
 def caller_metadata(context: Ctx) -> tuple[tuple[str, str | bytes], ...]:

@@ -38,6 +38,7 @@ from ..clock import Clock
 from ..config import Config
 from ..errors import CommittedNotReplicated, Forwarded, Unavailable
 from ..ids import uuid7
+from ..tls import ServerTLS
 from .base import Accepted, Cluster, Handler, Position, Role
 from .durability import ReplicaLink, ReplicaPositions, ReplicationServicer
 from .edgelog import EdgeLog
@@ -74,7 +75,9 @@ def node_channel_options(options: list[tuple[str, Any]]) -> list[tuple[str, Any]
 class LiteFSCluster(Cluster):
     kind = "litefs"
 
-    def __init__(self, cfg: Config, clock: Clock, channel_options: list[tuple[str, Any]]) -> None:
+    def __init__(
+        self, cfg: Config, clock: Clock, channel_options: list[tuple[str, Any]], tls: ServerTLS | None = None
+    ) -> None:
         super().__init__()
         self._cfg = cfg
         self._clock = clock
@@ -82,7 +85,7 @@ class LiteFSCluster(Cluster):
         self.db_path = self.node.db_path
         self.position = Position(self.node.latest, self.node.txid)
         self.txid_after_commit = self.node.txid
-        self.forwarder = Forwarder(self.node, cfg.address, node_channel_options(channel_options))
+        self.forwarder = Forwarder(self.node, cfg.address, node_channel_options(channel_options), tls)
         self.peer_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
         )
