@@ -71,3 +71,52 @@ async def test_node_to_node_calls_need_the_admin_token(server: EdgeqServer) -> N
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ReportPositions(iter([repl_pb.ReportPositionsRequest(node="x", txid=1)]), metadata=metadata)
             assert err.value.code() == code
+
+
+async def test_an_unauthenticated_client_stream_is_refused_at_once_not_held_to_its_deadline() -> None:
+    """A node-to-node client-streaming call (ReportPositions) without the admin token, that
+    sends no message at all, is refused immediately: the refusal is of the method's own
+    kind, so it does not wait for a first request message."""
+    import time
+
+    from edgeq.v1 import replication_pb2 as repl_pb
+    from edgeq_server.auth import TokenAuth
+
+    seen: list[int] = []
+
+    async def report(requests, context):  # type: ignore[no-untyped-def]
+        async for _ in requests:
+            seen.append(1)
+        return repl_pb.ReportPositionsResponse()
+
+    server = grpc.aio.server(interceptors=[TokenAuth("edgeq.v1.QueueService", "admin-secret", "",
+                                                     "edgeq.v1.ReplicationService")])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("edgeq.v1.ReplicationService", {
+        "ReportPositions": grpc.stream_unary_rpc_method_handler(
+            report, request_deserializer=repl_pb.ReportPositionsRequest.FromString,
+            response_serializer=repl_pb.ReportPositionsResponse.SerializeToString),
+    }),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call_fn = ch.stream_unary(
+                "/edgeq.v1.ReplicationService/ReportPositions",
+                request_serializer=repl_pb.ReportPositionsRequest.SerializeToString,
+                response_deserializer=repl_pb.ReportPositionsResponse.FromString,
+            )
+            for metadata in ((), md("worker-secret")):
+                call = call_fn(metadata=metadata, timeout=10)  # no message is ever written
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert time.monotonic() - started < 2, "held open instead of refused"
+            # The admin token passes.
+            call = call_fn(metadata=md("admin-secret"), timeout=10)
+            await call.write(repl_pb.ReportPositionsRequest())
+            await call.done_writing()
+            await call
+            assert seen == [1]
+    finally:
+        await server.stop(0)

@@ -25,7 +25,13 @@ else:
 ADMIN_METHODS = frozenset({"CancelJob", "RetryJob", "PauseQueue", "ResumeQueue"})
 
 
-def _deny(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
+def _deny(
+    code: grpc.StatusCode, message: str, like: grpc.RpcMethodHandler[Any, Any] | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that refuses at once, of the same kind as the method's own (``like``): a
+    client-streaming call is refused before any message is read, not held open until its
+    deadline waiting for one."""
+
     async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 
@@ -33,7 +39,13 @@ def _deny(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMetho
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    if streaming:
+    request_streaming = bool(like is not None and like.request_streaming)
+    response_streaming = bool(like is not None and like.response_streaming)
+    if request_streaming and response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream)
+    if request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary)
+    if response_streaming:
         return grpc.unary_stream_rpc_method_handler(stream)
     return grpc.unary_unary_rpc_method_handler(unary)
 
@@ -62,16 +74,17 @@ class TokenAuth(_Interceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = details.method
         if self._internal and method.startswith(self._internal):  # node-to-node: admin token only
+            handler = await continuation(details)
             if self._role(details.invocation_metadata) != "admin":
-                return _deny(grpc.StatusCode.UNAUTHENTICATED, "node-to-node calls need the admin token", False)
-            return await continuation(details)
+                return _deny(grpc.StatusCode.UNAUTHENTICATED, "node-to-node calls need the admin token", handler)
+            return handler
         if not method.startswith(self._prefix):
             return await continuation(details)  # health, reflection
         name = method.removeprefix(self._prefix)
-        streaming = name == "Lease"
+        handler = await continuation(details)
         role = self._role(details.invocation_metadata)
         if role is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", streaming)
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token", handler)
         if role == "client" and name in ADMIN_METHODS:
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, f"{name} needs the admin token", streaming)
-        return await continuation(details)
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, f"{name} needs the admin token", handler)
+        return handler
