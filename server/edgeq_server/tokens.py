@@ -5,7 +5,8 @@ job when it leased it (so a token matches exactly one delivery, even after Retry
 attempt count), and ``mac`` is a truncated HMAC-SHA256 over both under the cluster's token key
 (kept in the database, so every node and every future primary can verify it).
 
-- malformed text (wrong shape)           -> ``parse`` raises ValueError (INVALID_ARGUMENT)
+- malformed text (wrong shape)           -> ``parse`` raises ValueError (validate: LEASE_OUTCOME_INVALID
+                                            for that item only)
 - well formed, MAC does not verify       -> ``parse`` returns None (LEASE_OUTCOME_INVALID)
 - verifies but names an old delivery     -> the store reports STALE
 """

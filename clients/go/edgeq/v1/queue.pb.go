@@ -179,7 +179,9 @@ const (
 	// The token's lease expired, was re-leased, settled, or the job was
 	// cancelled. Nothing changed.
 	LeaseOutcome_LEASE_OUTCOME_STALE LeaseOutcome = 2
-	// Not a token this server issued. Nothing changed.
+	// Not a token this server issued: a bad signature, or not shaped like a
+	// token at all (empty, malformed, too long). Only that item; the others of
+	// the batch are settled. Nothing changed.
 	LeaseOutcome_LEASE_OUTCOME_INVALID LeaseOutcome = 3
 )
 

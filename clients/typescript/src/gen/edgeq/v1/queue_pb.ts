@@ -1459,7 +1459,9 @@ export enum LeaseOutcome {
   STALE = 2,
 
   /**
-   * Not a token this server issued. Nothing changed.
+   * Not a token this server issued: a bad signature, or not shaped like a
+   * token at all (empty, malformed, too long). Only that item; the others of
+   * the batch are settled. Nothing changed.
    *
    * @generated from enum value: LEASE_OUTCOME_INVALID = 3;
    */
