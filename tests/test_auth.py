@@ -80,7 +80,7 @@ async def test_an_unauthenticated_client_stream_is_refused_at_once_not_held_to_i
     import time
 
     from edgeq.v1 import replication_pb2 as repl_pb
-    from edgeq_server.auth import TokenAuth
+    from edgeq_server.auth import NodeAuth, Tokens
 
     seen: list[int] = []
 
@@ -89,8 +89,8 @@ async def test_an_unauthenticated_client_stream_is_refused_at_once_not_held_to_i
             seen.append(1)
         return repl_pb.ReportPositionsResponse()
 
-    server = grpc.aio.server(interceptors=[TokenAuth("edgeq.v1.QueueService", "admin-secret", "",
-                                                     "edgeq.v1.ReplicationService")])
+    tokens = Tokens("admin-secret", "worker-secret")
+    server = grpc.aio.server(interceptors=[NodeAuth("edgeq.v1.ReplicationService", tokens)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("edgeq.v1.ReplicationService", {
         "ReportPositions": grpc.stream_unary_rpc_method_handler(
             report, request_deserializer=repl_pb.ReportPositionsRequest.FromString,

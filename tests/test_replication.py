@@ -118,7 +118,8 @@ async def test_replica_positions_wait_for_the_required_number_of_replicas() -> N
         ({"durability": "replicated"}, "need LiteFS mode"),
         ({"outbox_path": "/tmp/o.db"}, "need LiteFS mode"),
         ({"litefs_mount": "/litefs", "durability_replicas": 0}, "durability_replicas"),
-        ({"litefs_mount": "/litefs", "client_token": "c"}, "auth_token too"),
+        ({"litefs_mount": "/litefs", "client_token": "c"}, "cluster_secret"),
+        ({"litefs_mount": "/litefs", "tokens_file": "t.toml"}, "cluster_secret"),
         ({"litefs_mount": "/litefs", "outbox_forward_timeout_seconds": 0}, "outbox_forward_timeout"),
     ],
 )

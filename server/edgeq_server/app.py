@@ -18,7 +18,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import replication_pb2 as repl_pb
 
 from . import db, metrics, status
-from .auth import TokenAuth
+from .auth import Guard, NodeAuth, Tokens
 from .clock import MICROS, Clock, SystemClock
 from .cluster import Cluster, Role
 from .cluster import build as cluster_build
@@ -59,14 +59,19 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
     ]
 
 
-def method_handlers(service: QueueService, cluster: Cluster) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely, and
-    routed by the cluster (on a LiteFS node, writes and Lease go to the primary)."""
+def method_handlers(
+    service: QueueService, cluster: Cluster, guard: Guard | None = None
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """One handler per RPC in the proto, wrapped by ``status`` and decoding safely, checked
+    by the ``guard`` (auth on), and routed by the cluster (on a LiteFS node, writes and
+    Lease go to the primary, which checks the caller's token again)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         fn = cluster.route(m.name, getattr(service, m.name), streaming=m.server_streaming)
+        if guard is not None:
+            fn = guard.stream(m.name, fn) if m.server_streaming else guard.unary(m.name, fn)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 status.stream(m.name, fn),
@@ -105,12 +110,16 @@ class EdgeqServer:
         self.clock: Clock = clock or SystemClock()
         self.port = 0
         self.supervisor = Supervisor()
+        #: Who each bearer token is (auth is on when any token is configured).
+        self.tokens = Tokens(config.auth_token, config.client_token, config.tokens_file, config.cluster_secret)
         #: TLS of the port and of calls to other nodes (None: plaintext).
         self.tls: ServerTLS | None = (
             ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca, config.peer_ca)
             if config.tls_cert else None
         )
-        self.cluster: Cluster = cluster_build(config, self.clock, self._committed, server_options(config), self.tls)
+        self.cluster: Cluster = cluster_build(
+            config, self.clock, self._committed, server_options(config), self.tls, self.tokens
+        )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lag grpcio
         self._checkpointer: db.Checkpointer | None = None
@@ -166,11 +175,16 @@ class EdgeqServer:
         )
 
         interceptors = []
-        if cfg.auth_token or cfg.client_token:
-            interceptors.append(TokenAuth(SERVICE_NAME, cfg.auth_token, cfg.client_token, REPLICATION_SERVICE))
+        guard: Guard | None = None
+        if self.tokens.enabled:
+            interceptors.append(NodeAuth(REPLICATION_SERVICE, self.tokens))
+            guard = Guard(self.tokens, service.job_queue)
+            self.supervisor.loop("tokens", guard.watch)
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
-        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(service, cluster))  # type: ignore[attr-defined]
+        server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            SERVICE_NAME, method_handlers(service, cluster, guard)
+        )
         cluster.attach(server, self.supervisor, self._committed)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

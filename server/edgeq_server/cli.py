@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queues", nargs="*")
 
     sub.add_parser("node", help="the answering node: role, primary, txid, replicas, edge log")
+    p = sub.add_parser(
+        "hash-token", help="print the SHA-256 a --tokens-file entry needs (the token is read from stdin)"
+    )
 
     for name, helptext in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
         p = sub.add_parser(name, help=helptext)
@@ -113,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: Config) -> None:
-    server = EdgeqServer(config)
+    try:
+        server = EdgeqServer(config)  # reads the TLS and tokens files
+    except ValueError as exc:
+        raise SystemExit(f"edgeq: {exc}") from None
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -230,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(serve(config))
+        return 0
+    if args.command == "hash-token":
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("edgeq: hash-token reads the token from stdin (one line)", file=sys.stderr)
+            return 2
+        print(hashlib.sha256(token.encode()).hexdigest())
         return 0
     try:
         return _client(args)

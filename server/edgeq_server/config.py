@@ -95,6 +95,12 @@ class Config:
     auth_token: str = ""
     #: Bearer token for producers and workers (no CancelJob/RetryJob/PauseQueue/ResumeQueue).
     client_token: str = ""
+    #: TOML file of named, scoped tokens (their SHA-256, never the tokens): see auth.py and
+    #: docs/security.md. Re-read when it changes; a removed token is revoked at once.
+    tokens_file: str = ""
+    #: How nodes of a LiteFS cluster authenticate to each other (node-to-node RPCs, the
+    #: forwarded-call marker, the edge log's drain). Empty: auth_token.
+    cluster_secret: str = ""
     #: TLS: the server's certificate chain and key (PEM files). With both the gRPC port
     #: serves TLS only; the files are re-read when they change (or on SIGHUP).
     tls_cert: str = ""
@@ -140,8 +146,11 @@ class Config:
             raise ValueError("outbox_path and edge_log_path name the same file (the edge log); give one")
         if self.durability_replicas < 1:
             raise ValueError("durability_replicas must be at least 1")
-        if self.litefs_mount and self.client_token and not self.auth_token:
-            raise ValueError("in LiteFS mode, auth needs auth_token too: nodes use it to talk to each other")
+        needs_secret = self.client_token or self.tokens_file
+        if self.litefs_mount and needs_secret and not (self.auth_token or self.cluster_secret):
+            raise ValueError(
+                "in LiteFS mode, auth needs cluster_secret (or auth_token): nodes use it to talk to each other"
+            )
         if self.outbox_forward_timeout_seconds <= 0:
             raise ValueError("outbox_forward_timeout_seconds must be > 0")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -49,6 +49,24 @@ class ResourceExhausted(EdgeqError):
         self.retry_after = retry_after
 
 
+class Unauthenticated(EdgeqError):
+    """No credentials, or ones this server does not know (never says which token)."""
+
+    def __init__(self, message: str, *, reason: str = "UNAUTHENTICATED", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class PermissionDenied(EdgeqError):
+    """The caller is known but may not do this: a scope it lacks, or a queue outside its
+    patterns (``field`` names the request field, "" for the method itself)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
 class NotFound(EdgeqError):
     """The named object does not exist (or is no longer retained)."""
 

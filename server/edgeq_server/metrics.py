@@ -41,6 +41,9 @@ def serve(address: str) -> None:
 LOOP_RESTARTS = Counter(
     "edgeq_loop_restarts_total", "Background loops restarted after failing or ending (supervise.py)", ["loop"]
 )
+AUTH_FAILURES = Counter(
+    "edgeq_auth_failures_total", "Calls refused for missing, unknown or rate-limited credentials", ["reason"]
+)
 ROLE = Gauge("edgeq_cluster_role", "This node's cluster role: 0 unknown, 1 replica, 2 primary, 3 standalone")
 BUFFER_PENDING = Gauge("edgeq_enqueue_buffer_pending", "Enqueue requests waiting in this node's edge log")
 BUFFER_DEAD = Gauge("edgeq_enqueue_buffer_dead", "Edge-log Enqueue requests the primary refused for good")

@@ -21,7 +21,7 @@ from .clock import MICROS, Clock
 from .cluster import Cluster
 from .config import Config
 from .dispatch import Delivery, Dispatcher, End
-from .errors import NotFound, Unavailable
+from .errors import InvalidArgument, NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
 from .models import Backoff, EnqueueResult, Job, JobState, LeaseOutcome
@@ -182,6 +182,16 @@ class QueueService:
         return pb.ResumeQueueResponse(txid=txid)
 
     # ------------------------------------------------------------------ reads
+
+    async def job_queue(self, job_id: str) -> str | None:
+        """The queue of a job this node holds (None if it holds none by that id): the
+        auth guard's check of a queue-restricted token on CancelJob/RetryJob."""
+        try:
+            valid = validate.job_id(job_id)
+        except InvalidArgument:
+            return None
+        job = await self._readers.run(lambda s: s.get_job(valid))
+        return None if job is None else job.queue
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.GetJobResponse:
         job_id = validate.job_id(request.job_id)

@@ -41,6 +41,8 @@ _DOMAIN: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.CommittedNotReplicated, grpc.StatusCode.ABORTED),
@@ -103,6 +105,12 @@ def to_status(exc: BaseException) -> Status:
         details: list[Any] = []
         if isinstance(exc, errors.CommittedNotReplicated):
             details = [_info(exc.reason, txid=str(exc.txid), replicas_required=str(exc.required))]
+        elif isinstance(exc, errors.Unauthenticated):
+            details.append(_info(exc.reason))
+            if exc.retry_after is not None:
+                details.append(_retry(exc.retry_after))
+        elif isinstance(exc, errors.PermissionDenied):
+            details.append(_info("PERMISSION_DENIED", field=exc.field) if exc.field else _info("PERMISSION_DENIED"))
         elif isinstance(exc, errors.Unavailable):
             if exc.reason:
                 details.append(_info(exc.reason))

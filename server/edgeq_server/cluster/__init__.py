@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..auth import Tokens
 from ..clock import Clock
 from ..config import Config
 from ..tls import ServerTLS
@@ -29,14 +30,15 @@ __all__ = ["Cluster", "Position", "Role", "Standalone", "build"]
 
 def build(
     cfg: Config, clock: Clock, committed: Callable[[], int], channel_options: list[tuple[str, Any]],
-    tls: ServerTLS | None = None,
+    tls: ServerTLS | None = None, tokens: Tokens | None = None,
 ) -> Cluster:
     """The cluster implementation ``cfg`` asks for; ``committed()`` is the writer's last txid;
-    ``tls``: the server's TLS (calls to other nodes use it too)."""
+    ``tls``: the server's TLS (calls to other nodes use it too); ``tokens``: with auth on,
+    a forwarded call counts as one only with the cluster secret."""
     if not cfg.litefs_mount:
         import os
 
         return Standalone(os.path.abspath(cfg.db_path), committed)
     from .node import LiteFSCluster
 
-    return LiteFSCluster(cfg, clock, channel_options, tls)
+    return LiteFSCluster(cfg, clock, channel_options, tls, tokens)

@@ -10,13 +10,14 @@ reconnects and finds the new primary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
+from ..auth import NODE_TOKEN_KEY
 from ..errors import Forwarded, Unavailable
 from ..tls import ServerTLS
 from .litefs import LiteFSNode
@@ -33,18 +34,20 @@ WATCH_SECONDS = 0.2
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def forwarded(context: Ctx) -> bool:
-    """Whether this call was already forwarded by another node."""
-    return any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ())
 
 
 class Forwarder:
     """Cached gRPC channels to other nodes, and the forwarding of calls and streams."""
 
     def __init__(
-        self, node: LiteFSNode, self_address: str, options: list[tuple[str, Any]], tls: ServerTLS | None = None
+        self, node: LiteFSNode, self_address: str, options: list[tuple[str, Any]], tls: ServerTLS | None = None,
+        *, node_secret: str = "", verify_node: Callable[[str], bool] | None = None,
     ) -> None:
         self._node = node
+        # With auth on, a forwarded call proves it comes from a node of this cluster (the
+        # cluster secret in NODE_TOKEN_KEY); a client that sets the marker itself gains nothing.
+        self._proof: tuple[tuple[str, str], ...] = ((NODE_TOKEN_KEY, node_secret),) if node_secret else ()
+        self._verify_node = verify_node
         self._self = self_address
         self._options = options
         self._tls = tls  # TLS to other nodes when this server has TLS
@@ -55,6 +58,22 @@ class Forwarder:
         self._proxied: dict[Any, str] = {}  # open proxied Lease calls -> the primary they go to
         self._ended: dict[Any, str] = {}  # proxied calls this node ended -> why
         self._draining = False
+
+    def forwarded(self, context: Ctx) -> bool:
+        """Whether another node forwarded this call (the marker, and with auth on the
+        cluster secret beside it; a marker without it is ignored: treated as a client's)."""
+        marked = False
+        proof: str | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == FORWARDED_KEY:
+                marked = True
+            elif key == NODE_TOKEN_KEY:
+                proof = value if isinstance(value, str) else value.decode(errors="replace")
+        if not marked:
+            return False
+        if self._verify_node is None:
+            return True
+        return proof is not None and self._verify_node(proof)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The cached channel to another node (TLS when this server has TLS; after a
@@ -93,7 +112,7 @@ class Forwarder:
                 f"this node ({self._node.role().value}) knows no primary right now; retry shortly",
                 reason="NO_PRIMARY", retry_after=0.5,
             )
-        if forwarded(context):
+        if self.forwarded(context):
             raise Unavailable(
                 f"not the primary (forwarded here, primary is {address}); retry", reason="NOT_PRIMARY", retry_after=0.2
             )
@@ -107,7 +126,7 @@ class Forwarder:
         buffer), any other error is the primary's answer (``Forwarded``, details kept)."""
         try:
             return await getattr(self._stub(address), method)(
-                request, timeout=seconds, metadata=(*metadata, (FORWARDED_KEY, self._self))
+                request, timeout=seconds, metadata=(*metadata, (FORWARDED_KEY, self._self), *self._proof)
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -125,7 +144,7 @@ class Forwarder:
         """Proxy a Lease stream: open it on the primary and relay every message back."""
         if self._draining:
             raise Unavailable("server is draining; reconnect to another node", reason="DRAINING")
-        metadata = (*caller_metadata(context), (FORWARDED_KEY, self._self))
+        metadata = (*caller_metadata(context), (FORWARDED_KEY, self._self), *self._proof)
         call: Any = self._stub(address).Lease(request, metadata=metadata)  # an aio call
         self._proxied[call] = address
         try:
@@ -186,4 +205,9 @@ class Forwarder:
 
 
 def caller_metadata(context: Ctx) -> tuple[tuple[str, str | bytes], ...]:
-    return tuple((k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_HOP_BY_HOP))
+    """The caller's metadata to pass on (its token: the primary checks it again), without
+    per-hop headers and without node markers a client may have set itself."""
+    return tuple(
+        (k, v) for k, v in (context.invocation_metadata() or ())
+        if not k.startswith(_HOP_BY_HOP) and k not in (FORWARDED_KEY, NODE_TOKEN_KEY)
+    )

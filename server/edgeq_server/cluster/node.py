@@ -34,6 +34,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
 from .. import convert, db, validate
+from ..auth import Tokens
 from ..clock import Clock
 from ..config import Config
 from ..errors import CommittedNotReplicated, Forwarded, Unavailable
@@ -42,7 +43,7 @@ from ..tls import ServerTLS
 from .base import Accepted, Cluster, Handler, Position, Role
 from .durability import ReplicaLink, ReplicaPositions, ReplicationServicer
 from .edgelog import EdgeLog
-from .forward import Forwarder, forwarded
+from .forward import Forwarder
 from .litefs import LiteFSNode
 from .watchdog import LiteFSWatchdog
 
@@ -76,7 +77,8 @@ class LiteFSCluster(Cluster):
     kind = "litefs"
 
     def __init__(
-        self, cfg: Config, clock: Clock, channel_options: list[tuple[str, Any]], tls: ServerTLS | None = None
+        self, cfg: Config, clock: Clock, channel_options: list[tuple[str, Any]], tls: ServerTLS | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         super().__init__()
         self._cfg = cfg
@@ -85,9 +87,16 @@ class LiteFSCluster(Cluster):
         self.db_path = self.node.db_path
         self.position = Position(self.node.latest, self.node.txid)
         self.txid_after_commit = self.node.txid
-        self.forwarder = Forwarder(self.node, cfg.address, node_channel_options(channel_options), tls)
+        secret = cfg.cluster_secret or cfg.auth_token
+        auth_on = tokens is not None and tokens.enabled
+        self.forwarder = Forwarder(
+            self.node, cfg.address, node_channel_options(channel_options), tls,
+            node_secret=secret if auth_on else "",
+            verify_node=tokens.is_node if tokens is not None and auth_on else None,
+        )
+        # This node's own calls to other nodes (position reports, the edge log's drain).
         self.peer_metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {cfg.auth_token}"),) if cfg.auth_token else ()
+            (("authorization", f"Bearer {secret}"),) if secret and auth_on else ()
         )
         self.positions = ReplicaPositions(cfg.durability_replicas, clock.now)
         self.link: ReplicaLink | None = None
@@ -183,7 +192,7 @@ class LiteFSCluster(Cluster):
         edge.store_here = lambda request: store_here(request, None)
 
         async def routed(request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
-            if forwarded(context):  # another node's forward or drain: store here, or refuse
+            if self.forwarder.forwarded(context):  # another node's forward or drain: store here, or refuse
                 self._target(context)  # UNAVAILABLE (NOT_PRIMARY) off the primary: no second hop
                 return await store_here(request, context)
             level = validate.durability(request) or self._cfg.durability

@@ -1,0 +1,297 @@
+"""Scoped tokens (issue 11): a TOML tokens file with named tokens (their SHA-256 only),
+scopes and queue patterns, enforced on every RPC; reloaded on change, a removed token's
+Lease streams end within a second; failed authentications rate-limited per address and
+counted; on a real LiteFS cluster the primary checks a forwarded caller's token again and
+a client that sets the forwarding marker itself gains nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+from edgeq.v1 import replication_pb2 as repl_pb
+from edgeq_server import metrics
+from edgeq_server.app import EdgeqServer
+from edgeq_server.auth import FAIL_LIMIT, parse_tokens_file
+from edgeq_server.clock import ManualClock
+from edgeq_server.config import Config
+
+PRODUCER, WORKER, READER, ADMIN, EMAILS = "tok-producer", "tok-worker", "tok-reader", "tok-admin", "tok-emails"
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_toml(*entries: tuple[str, str, list[str], list[str] | None]) -> str:
+    out = []
+    for name, token, scopes, queues in entries:
+        out.append("[[token]]")
+        out.append(f'name = "{name}"')
+        out.append(f'sha256 = "{sha(token)}"')
+        out.append("scopes = [" + ", ".join(f'"{s}"' for s in scopes) + "]")
+        if queues is not None:
+            out.append("queues = [" + ", ".join(f'"{q}"' for q in queues) + "]")
+    return "\n".join(out) + "\n"
+
+
+ALL = (
+    ("producer", PRODUCER, ["enqueue"], None),
+    ("worker", WORKER, ["consume"], None),
+    ("reader", READER, ["read"], None),
+    ("admin", ADMIN, ["admin", "read", "enqueue", "consume"], None),
+    ("emails", EMAILS, ["enqueue", "read", "consume", "admin"], ["emails.*"]),
+)
+
+
+def md(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[EdgeqServer]:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(*ALL))
+    cfg = Config(port=0, db_path=str(tmp_path / "t.db"), tokens_file=str(path))
+    srv = EdgeqServer(cfg, clock=ManualClock())
+    await srv.start()
+    yield srv
+    await srv.stop(drain_seconds=0, grace_seconds=0)
+
+
+def _code(err: pytest.ExceptionInfo[grpc.aio.AioRpcError]) -> grpc.StatusCode:
+    return err.value.code()
+
+
+def _field(err: pytest.ExceptionInfo[grpc.aio.AioRpcError]) -> str:
+    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+    assert status is not None
+    from google.rpc import error_details_pb2
+
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.metadata.get("field", "")
+    return ""
+
+
+async def test_each_scope_opens_its_rpcs_and_nothing_else(server: EdgeqServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        put = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="work", payload=b"x")])
+        job_id = (await stub.Enqueue(put, metadata=md(PRODUCER))).results[0].job_id
+        # The producer cannot read, consume or administer.
+        for call, req in ((stub.GetJob, pb.GetJobRequest(job_id=job_id)),
+                          (stub.CancelJob, pb.CancelJobRequest(job_id=job_id)),
+                          (stub.Ack, pb.AckRequest(items=[pb.AckItem(lease_token="x")]))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(req, metadata=md(PRODUCER))
+            assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        # The reader reads, and cannot write.
+        assert (await stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=md(READER))).job.id == job_id
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Enqueue(put, metadata=md(READER))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        # The worker consumes.
+        lease = stub.Lease(pb.LeaseRequest(queues=["work"], worker_id="w"), metadata=md(WORKER))
+        got = await lease.read()
+        assert got.jobs[0].job.id == job_id
+        item = pb.AckItem(lease_token=got.jobs[0].lease_token)
+        ack = await stub.Ack(pb.AckRequest(items=[item]), metadata=md(WORKER))
+        assert list(ack.outcomes) == [pb.LEASE_OUTCOME_OK]
+        lease.cancel()
+        # The admin token administers; an unknown token is UNAUTHENTICATED, and says nothing of it.
+        await stub.PauseQueue(pb.PauseQueueRequest(queue="work"), metadata=md(ADMIN))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md("tok-nobody"))
+        assert _code(err) == grpc.StatusCode.UNAUTHENTICATED and "tok-nobody" not in (err.value.details() or "")
+
+
+async def test_queue_patterns_limit_every_rpc_that_names_a_queue(server: EdgeqServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        mine = (await stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="emails.welcome", payload=b"a")]),
+                                   metadata=md(EMAILS))).results[0].job_id
+        other = (await stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="billing", payload=b"b")]),
+                                    metadata=md(ADMIN))).results[0].job_id
+        txid = server.writer.txid if server.writer else 0
+        # A batch with one job outside the patterns is refused whole, naming that job.
+        mixed = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="emails.x", payload=b"1"), pb.JobSpec(queue="billing")])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Enqueue(mixed, metadata=md(EMAILS))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and _field(err) == "jobs[1].queue"
+        assert (server.writer.txid if server.writer else 0) == txid  # nothing stored
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Lease(pb.LeaseRequest(queues=["emails.a", "billing"]), metadata=md(EMAILS)).read()
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and _field(err) == "queues[1]"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListJobs(pb.ListJobsRequest(), metadata=md(EMAILS))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and _field(err) == "queue"
+        listed = await stub.ListJobs(pb.ListJobsRequest(queue="emails.welcome"), metadata=md(EMAILS))
+        assert [j.id for j in listed.jobs] == [mine]
+        # Jobs of other queues do not exist for this token.
+        for call, req in ((stub.GetJob, pb.GetJobRequest(job_id=other)),
+                          (stub.CancelJob, pb.CancelJobRequest(job_id=other))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(req, metadata=md(EMAILS))
+            assert _code(err) == grpc.StatusCode.NOT_FOUND
+        assert (await stub.GetJob(pb.GetJobRequest(job_id=other), metadata=md(ADMIN))).job.state == pb.JOB_STATE_PENDING
+        # Stats without a filter show only its queues.
+        stats = await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md(EMAILS))
+        assert [s.queue for s in stats.stats] == ["emails.welcome"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PauseQueue(pb.PauseQueueRequest(queue="billing"), metadata=md(EMAILS))
+        assert _field(err) == "queue"
+
+
+async def test_a_removed_token_is_revoked_and_its_lease_streams_end_within_a_second(
+    server: EdgeqServer, tmp_path: Path
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        lease = stub.Lease(pb.LeaseRequest(queues=["r"], worker_id="w"), metadata=md(WORKER))
+        await lease.initial_metadata()
+        # Remove the worker's entry (rewrite the file, as an operator would).
+        (tmp_path / "tokens.toml").write_text(tokens_toml(*(e for e in ALL if e[1] != WORKER)))
+        removed = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await lease.read()
+        ended = time.monotonic() - removed
+        assert _code(err) == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (err.value.details() or "")
+        assert ended < 1.5, f"the revoked token's stream lasted {ended:.2f}s"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Heartbeat(pb.HeartbeatRequest(lease_tokens=["x"]), metadata=md(WORKER))
+        assert _code(err) == grpc.StatusCode.UNAUTHENTICATED
+        # The other tokens are untouched; a file that does not parse keeps the current tokens.
+        (tmp_path / "tokens.toml").write_text("[[token]]\nname = 1\n")
+        await asyncio.sleep(0.7)
+        assert (await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md(READER))) is not None
+
+
+async def test_failed_authentications_are_rate_limited_per_address_and_counted(server: EdgeqServer) -> None:
+    before = metrics.AUTH_FAILURES.labels("unknown")._value.get()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        for _ in range(FAIL_LIMIT):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md("guess"))
+            assert _code(err) == grpc.StatusCode.UNAUTHENTICATED
+        # From now on this address is refused unheard, even with a good token, with a retry delay.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md(READER))
+        assert _code(err) == grpc.StatusCode.UNAUTHENTICATED
+        status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+        assert status is not None
+        from google.rpc import error_details_pb2
+
+        reasons, delays = [], []
+        for detail in status.details:
+            info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                reasons.append(info.reason)
+            elif detail.Unpack(retry):
+                delays.append(retry.retry_delay.seconds)
+        assert reasons == ["AUTH_RATE_LIMITED"] and delays and delays[0] > 0
+    assert metrics.AUTH_FAILURES.labels("unknown")._value.get() - before == FAIL_LIMIT
+
+
+def test_the_tokens_file_is_checked_naming_the_entry_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    cases = {
+        '[[token]]\nname = "a"\nsha256 = "secret-token"\nscopes = ["read"]\n': r"token\[0\]\.sha256",
+        f'[[token]]\nname = "a"\nsha256 = "{sha("x")}"\nscopes = ["write"]\n': r"token\[0\]\.scopes",
+        f'[[token]]\nname = "a"\nsha256 = "{sha("x")}"\nscopes = []\n': r"token\[0\]\.scopes",
+        f'[[token]]\nname = "a"\nsha256 = "{sha("x")}"\nscopes = ["read"]\nqueues = []\n': r"token\[0\]\.queues",
+        f'[[token]]\nname = "a"\nsha256 = "{sha("x")}"\nscopes = ["read"]\n'
+        f'[[token]]\nname = "a"\nsha256 = "{sha("y")}"\nscopes = ["read"]\n': r"token\[1\]\.name",
+        f'[[token]]\nname = "a"\nsha256 = "{sha("x")}"\nscopes = ["read"]\nrole = "x"\n': r"unknown field",
+        "not toml [": "not valid TOML",
+    }
+    for text, match in cases.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            parse_tokens_file(str(path))
+    with pytest.raises(ValueError, match="tokens_file: cannot read"):
+        parse_tokens_file(str(tmp_path / "missing.toml"))
+    path.write_text(tokens_toml(*ALL))
+    parsed = parse_tokens_file(str(path))
+    assert sha(EMAILS) in parsed and parsed[sha(EMAILS)].queues == ("emails.*",)
+    assert PRODUCER not in path.read_text()  # only digests are stored
+
+
+@pytest.mark.slow
+def test_forwarded_calls_are_checked_again_on_the_primary_and_a_forged_marker_gains_nothing(tmp_path: Path) -> None:
+    """Two LiteFS nodes, each with its own tokens file ("{dir}"): the replica's file lets
+    the token use every queue, the primary's only `a.*`. Through the replica an Enqueue to
+    `b` is refused by the primary (it checks the forwarded caller's token again: a replica
+    cannot widen it). A client that sets the forwarding marker itself is treated as a
+    client (its edge Enqueue on the primary is accepted at the edge, not stored as a
+    node's drain), and a client cannot call node-to-node RPCs."""
+    from cluster_harness import Cluster
+
+    wide, narrow = tmp_path / "wide.toml", tmp_path / "narrow.toml"
+    wide.write_text(tokens_toml(("app", "tok-app", ["enqueue", "read"], None)))
+    narrow.write_text(tokens_toml(("app", "tok-app", ["enqueue", "read"], ["a.*"])))
+    cluster = Cluster(tmp_path, 2, "--tokens-file", "{dir}/tokens.toml", "--cluster-secret", "node-secret")
+    for node, text in ((cluster.primary, narrow), (cluster.replicas[0], wide)):
+        node.dir.mkdir(parents=True, exist_ok=True)
+        (node.dir / "tokens.toml").write_text(text.read_text())
+    with cluster:
+        replica, primary = cluster.replicas[0], cluster.primary
+        with grpc.insecure_channel(replica.target) as rch, grpc.insecure_channel(primary.target) as pch:
+            rstub, pstub = pb_grpc.QueueServiceStub(rch), pb_grpc.QueueServiceStub(pch)
+            ok = rstub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="a.1", payload=b"x")],
+                                                 durability=pb.DURABILITY_LOCAL), metadata=md("tok-app"), timeout=10)
+            assert ok.txid > 0
+            with pytest.raises(grpc.RpcError) as err:
+                rstub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="b", payload=b"x")],
+                                                durability=pb.DURABILITY_LOCAL), metadata=md("tok-app"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+            # A forged marker (and a wrong node token) on the primary: still a client's call.
+            forged = (*md("tok-app"), ("edgeq-forwarded-by", "10.0.0.9:50051"), ("edgeq-node-token", "guess"))
+            resp = pstub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="a.2", payload=b"y")],
+                                                   durability=pb.DURABILITY_EDGE), metadata=forged, timeout=10)
+            assert resp.accepted_at_edge and resp.txid == 0
+            # A forged marker on the replica is not refused as a second hop: it is forwarded.
+            resp = rstub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="a.3", payload=b"z")],
+                                                   durability=pb.DURABILITY_LOCAL), metadata=forged, timeout=10)
+            assert resp.txid > 0
+            # Node-to-node RPCs need the cluster secret.
+            report = pch.stream_unary(
+                "/edgeq.v1.ReplicationService/ReportPositions",
+                request_serializer=repl_pb.ReportPositionsRequest.SerializeToString,
+                response_deserializer=repl_pb.ReportPositionsResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                report(iter([repl_pb.ReportPositionsRequest(node="x", txid=1)]), metadata=md("tok-app"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            # Replication still works: the replica's own reports carry the secret.
+            deadline = time.monotonic() + 20
+            while not pstub.GetNodeInfo(pb.GetNodeInfoRequest(), metadata=md("tok-app"), timeout=5).replicas:
+                assert time.monotonic() < deadline, "the replica's position reports never arrived"
+                time.sleep(0.1)
+
+
+def test_the_cli_hashes_a_token_and_serve_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeq_server", "hash-token"], input="tok-abc\n",
+                         capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == sha("tok-abc")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[token]]\nname = "a"\nsha256 = "tok-abc"\nscopes = ["read"]\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeq_server", "serve", "--port", "0", "--db-path", str(tmp_path / "x.db"),
+         "--tokens-file", str(bad)], capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert out.returncode != 0 and "token[0].sha256" in out.stderr and "Traceback" not in out.stderr
