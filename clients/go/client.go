@@ -14,11 +14,15 @@ package edgeq
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	edgeqv1 "github.com/edgeq/edgeq/clients/go/edgeq/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -51,6 +55,20 @@ func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = 
 // EnqueueOptions.Durability overrides it per call.
 func WithDurability(d edgeqv1.Durability) Option { return func(c *Client) { c.durability = d } }
 
+// WithTLS connects over TLS with cfg: RootCAs for a private CA (nil: the system roots),
+// Certificates for a server that requires client certificates (mTLS), ServerName when it
+// differs from the host dialled. A target "edgeqs://host:port" means TLS too (with
+// &tls.Config{} when WithTLS is not given); "edgeq://host:port" and a bare "host:port"
+// are plaintext unless WithTLS is given.
+func WithTLS(cfg *tls.Config) Option {
+	return func(c *Client) {
+		if cfg == nil {
+			cfg = &tls.Config{}
+		}
+		c.tls = cfg
+	}
+}
+
 // WithDialOptions adds gRPC dial options (e.g. TLS credentials, replacing insecure ones).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
@@ -62,19 +80,36 @@ type Client struct {
 	raw      edgeqv1.QueueServiceClient
 	timeout  time.Duration
 	token    string
+	tls      *tls.Config
 	dialOpts []grpc.DialOption
 	// durability is the EnqueueRequest.durability sent when a call sets none.
 	durability edgeqv1.Durability
 }
 
-// Dial connects lazily to target ("host:port").
+// Dial connects lazily to target ("host:port", or "edgeqs://host:port" for TLS).
 func Dial(target string, opts ...Option) (*Client, error) {
 	c := &Client{timeout: DefaultTimeout}
 	for _, o := range opts {
 		o(c)
 	}
+	switch {
+	case strings.HasPrefix(target, "edgeqs://"):
+		target = strings.TrimPrefix(target, "edgeqs://")
+		if c.tls == nil {
+			c.tls = &tls.Config{}
+		}
+	case strings.HasPrefix(target, "edgeq://"):
+		if c.tls != nil {
+			return nil, fmt.Errorf("edgeq: %q means plaintext; use edgeqs:// (or host:port) with WithTLS", target)
+		}
+		target = strings.TrimPrefix(target, "edgeq://")
+	}
+	transport := insecure.NewCredentials()
+	if c.tls != nil {
+		transport = credentials.NewTLS(c.tls)
+	}
 	dial := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}, c.dialOpts...)

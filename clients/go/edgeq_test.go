@@ -26,14 +26,15 @@ func startServer(t *testing.T) string {
 }
 
 // startServerOn runs the server on port with the database file db; stopped at cleanup.
-func startServerOn(t *testing.T, port, db string) (string, *exec.Cmd) {
+func startServerOn(t *testing.T, port, db string, extra ...string) (string, *exec.Cmd) {
 	t.Helper()
 	python := os.Getenv("EDGEQ_PYTHON")
 	if python == "" {
 		python, _ = filepath.Abs("../../.venv/bin/python")
 	}
-	cmd := exec.Command(python, "-m", "edgeq_server", "serve", "--port", port,
-		"--db-path", db, "--log-level", "WARNING", "--drain-seconds", "1", "--grace-seconds", "1")
+	args := append([]string{"-m", "edgeq_server", "serve", "--port", port,
+		"--db-path", db, "--log-level", "WARNING", "--drain-seconds", "1", "--grace-seconds", "1"}, extra...)
+	cmd := exec.Command(python, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

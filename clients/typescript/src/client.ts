@@ -34,6 +34,57 @@ export interface ClientOptions {
   token?: string;
   /** When enqueue() is acknowledged (default: the server's own default). */
   durability?: DurabilityLevel;
+  /** TLS: `true` verifies the server against the system roots; an object adds a private
+   * CA, a client certificate and key (mTLS) or the name to verify. A target
+   * `edgeqs://host:port` means TLS too; `edgeq://host:port` and a bare `host:port` are
+   * plaintext unless this is set. */
+  tls?: true | TlsOptions;
+}
+
+/** TLS settings (PEM text or Buffers, as node:tls takes them). */
+export interface TlsOptions {
+  /** CA(s) the server's certificate must chain to (default: the system roots). */
+  ca?: string | Buffer;
+  /** Client certificate chain and key, for servers that require one (mTLS). */
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** Name to verify the server's certificate against, when it differs from the host. */
+  serverName?: string;
+}
+
+/** The URL and node:http2 options for `target` and `tls` (exported for tests). */
+export function transportTarget(
+  target: string, tls: true | TlsOptions | undefined,
+): { baseUrl: string; nodeOptions?: Record<string, unknown> } {
+  let secure = tls !== undefined;
+  let address = target;
+  if (target.startsWith("edgeqs://")) {
+    secure = true;
+    address = target.slice("edgeqs://".length);
+  } else if (target.startsWith("edgeq://")) {
+    if (secure) throw new TypeError(`${target} means plaintext; use edgeqs:// (or host:port) with tls`);
+    address = target.slice("edgeq://".length);
+  } else if (target.startsWith("https://")) {
+    return { baseUrl: target, nodeOptions: tlsOptions(tls) };
+  } else if (target.startsWith("http://")) {
+    if (secure) throw new TypeError(`${target} means plaintext; use https:// with tls`);
+    return { baseUrl: target };
+  }
+  if (!secure) return { baseUrl: `http://${address}` };
+  return { baseUrl: `https://${address}`, nodeOptions: tlsOptions(tls) };
+}
+
+function tlsOptions(tls: true | TlsOptions | undefined): Record<string, unknown> {
+  if (tls === undefined || tls === true) return {};
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new TypeError("tls: cert and key go together (a client certificate needs its key)");
+  }
+  const out: Record<string, unknown> = {};
+  if (tls.ca !== undefined) out.ca = tls.ca;
+  if (tls.cert !== undefined) out.cert = tls.cert;
+  if (tls.key !== undefined) out.key = tls.key;
+  if (tls.serverName !== undefined) out.servername = tls.serverName;
+  return out;
 }
 
 /** When an Enqueue is acknowledged: "local" once stored on the primary, "replicated" once
@@ -98,8 +149,8 @@ export class EdgeqClient {
         return next(req);
       });
     }
-    const baseUrl = target.startsWith("http") ? target : `http://${target}`;
-    this.raw = createClient(QueueService, createGrpcTransport({ baseUrl, interceptors }));
+    const { baseUrl, nodeOptions } = transportTarget(target, options.tls);
+    this.raw = createClient(QueueService, createGrpcTransport({ baseUrl, interceptors, nodeOptions }));
   }
 
   private get call() {

@@ -1,6 +1,6 @@
 /** edgeq TypeScript client: EdgeqClient (every RPC), Worker, the error helpers and
  * CommittedNotReplicatedError; generated types in ./gen. */
-export { EdgeqClient, type ClientOptions, type DurabilityLevel, type EnqueueOptions, type JobSpecInit } from "./client.js";
+export { EdgeqClient, type ClientOptions, type DurabilityLevel, type EnqueueOptions, type JobSpecInit, type TlsOptions } from "./client.js";
 export {
   AUTO_KEY_PREFIX,
   COMMITTED_NOT_REPLICATED,
