@@ -24,6 +24,7 @@ from .cluster import Cluster, Role
 from .cluster import build as cluster_build
 from .config import Config
 from .dispatch import Dispatcher, End
+from .limits import StreamLimits
 from .maintenance import Maintenance, Retention
 from .readers import Readers
 from .service import QueueService
@@ -49,8 +50,16 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         # Accept client keepalive pings (workers ping idle Lease streams), even without calls.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
+        # Enforced: a peer pinging more often than every 0.5 s gets GOAWAY after 2 strikes
+        # (nodes ping each other every second to notice a dead peer within ~2 s).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_rpcs_per_connection),
+        *((("grpc.max_connection_idle_ms", int(cfg.max_connection_idle_seconds * 1000)),)
+          if cfg.max_connection_idle_seconds else ()),
+        *((("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
+           ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_seconds * 1000)))
+          if cfg.max_connection_age_seconds else ()),
         # Ping clients too, so dead workers' streams are noticed.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
@@ -60,7 +69,7 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
 
 
 def method_handlers(
-    service: QueueService, cluster: Cluster, guard: Guard | None = None
+    service: QueueService, cluster: Cluster, guard: Guard | None = None, streams: StreamLimits | None = None
 ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """One handler per RPC in the proto, wrapped by ``status`` and decoding safely, checked
     by the ``guard`` (auth on), and routed by the cluster (on a LiteFS node, writes and
@@ -70,6 +79,8 @@ def method_handlers(
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         fn = cluster.route(m.name, getattr(service, m.name), streaming=m.server_streaming)
+        if m.server_streaming and streams is not None:
+            fn = streams.limit(fn)
         if guard is not None:
             fn = guard.stream(m.name, fn) if m.server_streaming else guard.unary(m.name, fn)
         if m.server_streaming:
@@ -183,7 +194,10 @@ class EdgeqServer:
         server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         self._server = server
         server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            SERVICE_NAME, method_handlers(service, cluster, guard)
+            SERVICE_NAME,
+            method_handlers(service, cluster, guard, StreamLimits(
+                cfg.max_lease_streams, cfg.max_lease_streams_per_connection, cluster.from_node
+            )),
         )
         cluster.attach(server, self.supervisor, self._committed)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -71,6 +71,21 @@ class Config:
     max_lease_seconds: float = 12 * 3600.0
     #: Longest delay, retry delay or run_at horizon accepted.
     max_delay_seconds: float = 366 * 24 * 3600.0
+    #: Open Lease streams allowed in total on this node, and per client connection; past
+    #: either, Lease answers RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) with a retry delay.
+    max_lease_streams: int = 10_000
+    max_lease_streams_per_connection: int = 100
+    #: Concurrent RPCs per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: more
+    #: wait in the client until one ends). A replica proxies all its workers' Lease streams
+    #: over one connection to the primary: keep it above the most workers one node serves.
+    max_concurrent_rpcs_per_connection: int = 10_000
+    #: A connection with no RPC for this long is closed (0: never).
+    max_connection_idle_seconds: float = 3600.0
+    #: A connection older than this is asked to reconnect (GOAWAY; its RPCs get
+    #: ``max_connection_age_grace_seconds`` to finish; 0: never). Spreads long-lived workers
+    #: over nodes and caps what one client holds.
+    max_connection_age_seconds: float = 0.0
+    max_connection_age_grace_seconds: float = 30.0
     #: Keepalive message interval on idle Lease streams.
     keepalive_seconds: float = 15.0
     #: Retry backoff for Nack without retry_delay: base * 2**(attempt-1), capped, jittered.
@@ -124,6 +139,10 @@ class Config:
                 raise ValueError(f"{f.name} must not be negative (got {v})")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535 (got {self.port})")
+        if self.max_lease_streams < 1 or self.max_lease_streams_per_connection < 1:
+            raise ValueError("max_lease_streams and max_lease_streams_per_connection must be at least 1")
+        if self.max_concurrent_rpcs_per_connection < 1:
+            raise ValueError("max_concurrent_rpcs_per_connection must be at least 1")
         if self.max_batch < 1 or self.write_batch < 1 or self.read_threads < 1:
             raise ValueError("max_batch, write_batch and read_threads must be at least 1")
         if not 1 <= self.default_max_attempts <= 1000:

@@ -160,6 +160,11 @@ class Cluster(abc.ABC):
         """Wrap one QueueService handler (``name`` is the RPC's name)."""
         return handler
 
+    def from_node(self, context: Any) -> bool:
+        """Whether another node of this cluster made this call (forwarded or proxied;
+        authenticated with the cluster secret when auth is on)."""
+        return False
+
     async def wait_durable(self, txid: int) -> None:
         """Return once the write that committed at ``txid`` is durable enough to acknowledge."""
         return None

@@ -107,6 +107,9 @@ class LiteFSCluster(Cluster):
     def role(self) -> Role:
         return self.node.role()
 
+    def from_node(self, context: Any) -> bool:
+        return self.forwarder.forwarded(context)
+
     async def start(self) -> None:
         self.node.start()
         if not await asyncio.to_thread(self.node.wait_ready, 5.0):
