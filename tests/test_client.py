@@ -180,7 +180,7 @@ def test_lease_ack_nack_heartbeat(client: Client) -> None:
     assert client.heartbeat([tokens[first]]) == [LeaseOutcome.STALE]
     with pytest.raises(FailedPreconditionError) as err:
         client.cancel(first)
-    assert err.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code is grpc.StatusCode.FAILED_PRECONDITION and err.value.reason == "JOB_NOT_CANCELLABLE"
     assert client.nack([tokens[second]], error_message="bad", terminal=True) == [LeaseOutcome.OK]
     assert client.nack([tokens[third]], error_message="later", retry_delay=120) == [LeaseOutcome.OK]
 
@@ -202,10 +202,13 @@ def test_error_mapping(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as bad_queue:
         client.enqueue("bad queue!", b"x")
     assert "queue" in bad_queue.value.details
+    assert (bad_queue.value.reason, bad_queue.value.field) == ("INVALID_FIELD", "jobs[0].queue")
+    assert not_found.value.reason == "JOB_NOT_FOUND" and not_found.value.field == ""
     with pytest.raises(InvalidArgumentError, match="job_id"):
         client.get("not-a-uuid")
-    with pytest.raises(ResourceExhaustedError, match="payload"):
+    with pytest.raises(ResourceExhaustedError, match="payload") as big:
         client.enqueue("big", b"x" * (1024 * 1024 + 1))
+    assert (big.value.reason, big.value.field) == ("LIMIT_EXCEEDED", "jobs[0].payload")
     with pytest.raises(NotFoundError):
         client.cancel(UNKNOWN_ID)
 

@@ -121,6 +121,9 @@ func TestClientRoundTripAndErrors(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "jobs[0].queue") {
 		t.Fatalf("want INVALID_ARGUMENT naming jobs[0].queue, got %v", err)
 	}
+	if Reason(err) != "INVALID_FIELD" || Field(err) != "jobs[0].queue" {
+		t.Fatalf("want reason INVALID_FIELD and field jobs[0].queue, got %q %q", Reason(err), Field(err))
+	}
 	if _, err := c.Get(ctx, "0190a0a0-0000-7000-8000-000000000000", 0); status.Code(err) != codes.NotFound {
 		t.Fatalf("want NOT_FOUND, got %v", err)
 	}

@@ -90,6 +90,10 @@ func ErrorInfo(err error) *errdetails.ErrorInfo {
 // "NO_PRIMARY", "NOT_PRIMARY", "EDGE_LOG_FULL"), or "" when the server sent none.
 func Reason(err error) string { return ErrorInfo(err).GetReason() }
 
+// Field is the request field a failed call names (ErrorInfo metadata "field", e.g.
+// "jobs[2].queue"), or "" when it names none.
+func Field(err error) string { return ErrorInfo(err).GetMetadata()["field"] }
+
 // RetryDelay is the google.rpc.RetryInfo delay in err's status details, if any.
 func RetryDelay(err error) (time.Duration, bool) {
 	st, ok := status.FromError(err)

@@ -70,16 +70,25 @@ class PermissionDenied(EdgeqError):
 class NotFound(EdgeqError):
     """The named object does not exist (or is no longer retained)."""
 
+    def __init__(self, message: str, *, reason: str = "JOB_NOT_FOUND") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class FailedPrecondition(EdgeqError):
-    """The object's current state does not allow the requested change."""
+    """The object's current state does not allow the requested change (``reason`` says
+    which: JOB_NOT_CANCELLABLE, JOB_NOT_RETRYABLE, NO_REPLICAS)."""
+
+    def __init__(self, message: str, *, reason: str = "FAILED_PRECONDITION") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Unavailable(EdgeqError):
     """The server cannot serve the request now; the client may retry elsewhere or later.
     ``reason``: e.g. NO_PRIMARY, NOT_PRIMARY, DRAINING; ``retry_after``: a hint in seconds."""
 
-    def __init__(self, message: str, *, reason: str = "", retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, reason: str = "UNAVAILABLE", retry_after: float | None = 0.1) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after

@@ -8,11 +8,8 @@ trailer): ``ErrorInfo`` (domain ``edgeq.v1``) with a reason a program can act on
 calls ``context.abort`` itself. Requests that failed to decode arrive as ``wire.Malformed``
 and are refused here too.
 
-Reasons: ``COMMITTED_NOT_REPLICATED`` (ABORTED: written, not yet confirmed by replicas;
-retrying with the same idempotency key or token is safe), ``NO_PRIMARY`` / ``NOT_PRIMARY``
-/ ``DRAINING`` / ``NOT_PRIMARY_ANY_MORE`` (UNAVAILABLE: not written; retry), ``INVALID_FIELD``,
-``LIMIT_EXCEEDED``, ``EDGE_LOG_FULL`` (RESOURCE_EXHAUSTED with a retry delay: this node's
-edge log is at its cap or its disk is full; nothing was stored).
+Every error carries an ``ErrorInfo`` reason; the list, with codes and whether a retry is
+safe, is ``docs/errors.md`` (keep the two in step).
 """
 
 from __future__ import annotations
@@ -99,9 +96,11 @@ def to_status(exc: BaseException) -> Status:
         if not isinstance(exc, kind):
             continue
         if isinstance(exc, apsw.Error):
+            if isinstance(exc, apsw.BusyError | apsw.LockedError):
+                return Status(code, f"database: {exc}", [_info("DATABASE_BUSY"), _retry(0.05)])
             if code is grpc.StatusCode.UNAVAILABLE:  # LiteFS refused the write: primacy lost
                 return Status(code, f"database: {exc}", [_info("NOT_PRIMARY_ANY_MORE"), _retry(0.2)])
-            return Status(code, f"database: {exc}")
+            return Status(code, f"database: {exc}", [_info("DISK_FULL"), _retry(1.0)])
         details: list[Any] = []
         if isinstance(exc, errors.CommittedNotReplicated):
             details = [_info(exc.reason, txid=str(exc.txid), replicas_required=str(exc.required))]
@@ -112,10 +111,11 @@ def to_status(exc: BaseException) -> Status:
         elif isinstance(exc, errors.PermissionDenied):
             details.append(_info("PERMISSION_DENIED", field=exc.field) if exc.field else _info("PERMISSION_DENIED"))
         elif isinstance(exc, errors.Unavailable):
-            if exc.reason:
-                details.append(_info(exc.reason))
+            details.append(_info(exc.reason or "UNAVAILABLE"))
             if exc.retry_after is not None:
                 details.append(_retry(exc.retry_after))
+        elif isinstance(exc, errors.NotFound | errors.FailedPrecondition):
+            details.append(_info(exc.reason))
         elif isinstance(exc, errors.ResourceExhausted) and not exc.field:
             details = [_info(exc.reason)]
             if exc.retry_after is not None:
@@ -125,7 +125,7 @@ def to_status(exc: BaseException) -> Status:
             violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=str(exc))
             details = [_info(reason, field=exc.field), error_details_pb2.BadRequest(field_violations=[violation])]
         return Status(code, str(exc), details)
-    return Status(grpc.StatusCode.INTERNAL, "internal error")
+    return Status(grpc.StatusCode.INTERNAL, "internal error", [_info("INTERNAL")])
 
 
 def _check(request: Any) -> None:

@@ -391,7 +391,10 @@ class Store:
         if state is JobState.CANCELLED:
             return _job(row), False
         if state.final:
-            raise FailedPrecondition(f"job {job_id} is {state.value}; only pending or running jobs can be cancelled")
+            raise FailedPrecondition(
+                f"job {job_id} is {state.value}; only pending or running jobs can be cancelled",
+                reason="JOB_NOT_CANCELLABLE",
+            )
         job = _job(
             cur.execute(  # the row exists: checked above, same transaction
                 "UPDATE jobs SET status = 'cancelled', completed_at = ?, settled_lease_id = NULL,"
@@ -412,7 +415,10 @@ class Store:
         if state is JobState.PENDING:
             return _job(row)
         if state not in (JobState.FAILED, JobState.CANCELLED):
-            raise FailedPrecondition(f"job {job_id} is {state.value}; only failed or cancelled jobs can be retried")
+            raise FailedPrecondition(
+                f"job {job_id} is {state.value}; only failed or cancelled jobs can be retried",
+                reason="JOB_NOT_RETRYABLE",
+            )
         return _job(
             cur.execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"

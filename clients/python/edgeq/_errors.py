@@ -71,6 +71,11 @@ class EdgeqError(Exception):
         self.retry_delay: float | None = retry_delay
         super().__init__(details)
 
+    @property
+    def field(self) -> str:
+        """The request field at fault (e.g. ``jobs[2].queue``), "" when none is named."""
+        return self.metadata.get("field", "")
+
     def __str__(self) -> str:
         return f"{self.code.name}: {self.details}" if self.details else self.code.name
 

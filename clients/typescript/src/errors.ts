@@ -79,6 +79,12 @@ export function errorReason(err: unknown): string {
   return errorInfo(err)?.reason ?? "";
 }
 
+/** The request field a failed call names (ErrorInfo metadata "field", e.g. "jobs[2].queue"),
+ * or "" when it names none. */
+export function errorField(err: unknown): string {
+  return errorInfo(err)?.metadata.field ?? "";
+}
+
 /** The google.rpc.RetryInfo delay of a failed call in ms, if the server sent one. */
 export function retryDelayMs(err: unknown): number | undefined {
   const [bytes] = incoming(err, "google.rpc.RetryInfo");

@@ -9,6 +9,7 @@ export {
   ERROR_DOMAIN,
   autoIdempotencyKey,
   errorInfo,
+  errorField,
   errorReason,
   retryDelayMs,
   type ErrorInfo,

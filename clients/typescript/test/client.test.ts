@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { EdgeqClient, JobState, NodeRole, RetryError, Worker } from "../src/index.js";
+import { EdgeqClient, JobState, NodeRole, RetryError, Worker, errorField, errorReason } from "../src/index.js";
 
 const python = process.env.EDGEQ_PYTHON ?? resolve("../../.venv/bin/python");
 const servers: ChildProcess[] = [];
@@ -51,7 +51,8 @@ test("round trip, idempotency, stats, node info and named errors", async () => {
   assert.equal((await client.nodeInfo()).role, NodeRole.STANDALONE);
   await assert.rejects(client.enqueue({ queue: "", payload: new Uint8Array() }), (err: unknown) => {
     const e = ConnectError.from(err);
-    return e.code === Code.InvalidArgument && e.rawMessage.includes("jobs[0].queue");
+    return e.code === Code.InvalidArgument && e.rawMessage.includes("jobs[0].queue")
+      && errorReason(err) === "INVALID_FIELD" && errorField(err) === "jobs[0].queue";
   });
   await assert.rejects(client.get("0190a0a0-0000-7000-8000-000000000000"), (err: unknown) => ConnectError.from(err).code === Code.NotFound);
 });

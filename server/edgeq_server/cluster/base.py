@@ -213,7 +213,9 @@ class Standalone(Cluster):
         async def routed(request: Any, context: Any) -> Any:
             # "edge" is "local" here: the file is already this node's own.
             if validate.durability(request) == "replicated":
-                raise FailedPrecondition("durability: a standalone server has no replicas; use local or edge")
+                raise FailedPrecondition(
+                    "durability: a standalone server has no replicas; use local or edge", reason="NO_REPLICAS"
+                )
             return await handler(request, context)
 
         return routed
