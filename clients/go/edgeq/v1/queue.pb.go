@@ -295,20 +295,23 @@ type JobSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Queue name, [A-Za-z0-9._-]{1,128}.
 	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	// Opaque payload; size capped by server config (default 1 MiB).
+	// Opaque payload; size capped by server config (--max-payload-bytes,
+	// default 1 MiB: RESOURCE_EXHAUSTED naming jobs[i].payload).
 	Payload []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
-	// Optional. The same (queue, key) while the job is retained returns the
-	// first job's id with duplicate = true.
+	// Optional, at most 256 characters. The same (queue, key) while the job is
+	// retained returns the first job's id with duplicate = true.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Optional delay before the job may run; mutually exclusive with run_at.
 	Delay *durationpb.Duration `protobuf:"bytes,4,opt,name=delay,proto3" json:"delay,omitempty"`
 	// Optional earliest run time; mutually exclusive with delay.
 	RunAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=run_at,json=runAt,proto3" json:"run_at,omitempty"`
-	// Attempts before the job fails for good; 0 means the server default (3).
+	// Attempts before the job fails for good, 1..1000; 0 means the server
+	// default (3).
 	MaxAttempts int32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// Higher runs first; ties by run_at, then enqueue order.
 	Priority int32 `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
-	// Small metadata (trace ids, content type).
+	// Small metadata (trace ids, content type): at most 64 entries, keys of at
+	// most 128 characters, 16 KiB of keys and values in all.
 	Headers map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Optional: the job's id, chosen by the sender (lowercase UUID text; edgeq
 	// uses UUIDv7). A node that buffers an Enqueue (the partition outbox, the
@@ -819,13 +822,16 @@ func (x *EnqueueResponse) GetAcceptedBy() string {
 // LeaseRequest opens a Lease stream.
 type LeaseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Queues to take jobs from (at least one).
+	// Queues to take jobs from: 1 to 100. A node allows --max-lease-streams
+	// open streams (10,000) and --max-lease-streams-per-connection (100);
+	// past either Lease answers RESOURCE_EXHAUSTED (TOO_MANY_STREAMS).
 	Queues []string `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
-	// Free-form worker identity, shown on RUNNING jobs.
+	// Free-form worker identity (at most 256 characters), shown on RUNNING jobs.
 	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// Maximum unsettled leases on this stream; 0 means 1.
+	// Maximum unsettled leases on this stream, 0..10,000; 0 means 1.
 	MaxInFlight int32 `protobuf:"varint,3,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
-	// Lease length; 0 means the server default (30 s).
+	// Lease length, at least 1 s and at most --max-lease-seconds (12 h); 0
+	// means the server default (30 s).
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,4,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -34,15 +34,16 @@ export type JobSpec = Message<"edgeq.v1.JobSpec"> & {
   queue: string;
 
   /**
-   * Opaque payload; size capped by server config (default 1 MiB).
+   * Opaque payload; size capped by server config (--max-payload-bytes,
+   * default 1 MiB: RESOURCE_EXHAUSTED naming jobs[i].payload).
    *
    * @generated from field: bytes payload = 2;
    */
   payload: Uint8Array;
 
   /**
-   * Optional. The same (queue, key) while the job is retained returns the
-   * first job's id with duplicate = true.
+   * Optional, at most 256 characters. The same (queue, key) while the job is
+   * retained returns the first job's id with duplicate = true.
    *
    * @generated from field: string idempotency_key = 3;
    */
@@ -63,7 +64,8 @@ export type JobSpec = Message<"edgeq.v1.JobSpec"> & {
   runAt?: Timestamp | undefined;
 
   /**
-   * Attempts before the job fails for good; 0 means the server default (3).
+   * Attempts before the job fails for good, 1..1000; 0 means the server
+   * default (3).
    *
    * @generated from field: int32 max_attempts = 6;
    */
@@ -77,7 +79,8 @@ export type JobSpec = Message<"edgeq.v1.JobSpec"> & {
   priority: number;
 
   /**
-   * Small metadata (trace ids, content type).
+   * Small metadata (trace ids, content type): at most 64 entries, keys of at
+   * most 128 characters, 16 KiB of keys and values in all.
    *
    * @generated from field: map<string, string> headers = 8;
    */
@@ -366,28 +369,31 @@ export const EnqueueResponseSchema: GenMessage<EnqueueResponse> = /*@__PURE__*/
  */
 export type LeaseRequest = Message<"edgeq.v1.LeaseRequest"> & {
   /**
-   * Queues to take jobs from (at least one).
+   * Queues to take jobs from: 1 to 100. A node allows --max-lease-streams
+   * open streams (10,000) and --max-lease-streams-per-connection (100);
+   * past either Lease answers RESOURCE_EXHAUSTED (TOO_MANY_STREAMS).
    *
    * @generated from field: repeated string queues = 1;
    */
   queues: string[];
 
   /**
-   * Free-form worker identity, shown on RUNNING jobs.
+   * Free-form worker identity (at most 256 characters), shown on RUNNING jobs.
    *
    * @generated from field: string worker_id = 2;
    */
   workerId: string;
 
   /**
-   * Maximum unsettled leases on this stream; 0 means 1.
+   * Maximum unsettled leases on this stream, 0..10,000; 0 means 1.
    *
    * @generated from field: int32 max_in_flight = 3;
    */
   maxInFlight: number;
 
   /**
-   * Lease length; 0 means the server default (30 s).
+   * Lease length, at least 1 s and at most --max-lease-seconds (12 h); 0
+   * means the server default (30 s).
    *
    * @generated from field: google.protobuf.Duration lease_duration = 4;
    */
