@@ -1,0 +1,93 @@
+"""Lease stream churn: 1,000 Lease streams opened and closed again and again against one
+server process for N minutes; the server's RSS is sampled after every round (issue 11:
+"RSS flat").
+
+    .venv/bin/python bench/bench_streams.py [--minutes 10] [--streams 1000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import ServerProcess
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+PER_CHANNEL = 50  # under the server's per-connection limit (100)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def one_round(target: str, streams: int) -> float:
+    """Open ``streams`` Lease streams (each waits for its headers), then cancel them all."""
+    t0 = time.perf_counter()
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range((streams + PER_CHANNEL - 1) // PER_CHANNEL)]
+    calls = []
+    for i in range(streams):
+        stub = pb_grpc.QueueServiceStub(channels[i // PER_CHANNEL])
+        calls.append(stub.Lease(pb.LeaseRequest(queues=[f"churn{i % 10}"], worker_id=f"w{i}"), timeout=60))
+    await asyncio.gather(*(c.initial_metadata() for c in calls))
+    for c in calls:
+        c.cancel()
+    for ch in channels:
+        await ch.close()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        srv = ServerProcess(os.path.join(d, "streams.db"))
+        try:
+            pid = srv.proc.pid
+            start_rss = rss_mib(pid)
+            samples: list[tuple[float, float]] = []
+            rounds, opened, seconds = 0, 0, []
+            t_end = time.monotonic() + args.minutes * 60
+            t0 = time.monotonic()
+            while time.monotonic() < t_end:
+                seconds.append(asyncio.run(one_round(srv.target, args.streams)))
+                rounds += 1
+                opened += args.streams
+                time.sleep(0.2)  # let the server finish closing them
+                samples.append((round(time.monotonic() - t0, 1), round(rss_mib(pid), 1)))
+                print(f"round {rounds}: {seconds[-1]:.2f}s, RSS {samples[-1][1]} MiB", flush=True)
+            warm = samples[min(len(samples) - 1, max(1, len(samples) // 10))][1]  # after warm-up
+            result = {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "minutes": args.minutes, "streams_per_round": args.streams, "rounds": rounds,
+                "streams_opened": opened, "round_seconds_median": sorted(seconds)[len(seconds) // 2],
+                "rss_start_mib": round(start_rss, 1), "rss_after_warmup_mib": warm,
+                "rss_end_mib": samples[-1][1], "rss_max_mib": max(r for _, r in samples),
+                "rss_growth_after_warmup_mib": round(samples[-1][1] - warm, 1),
+                "samples": samples,
+            }
+        finally:
+            srv.stop()
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
