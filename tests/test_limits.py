@@ -122,3 +122,15 @@ def test_a_client_pinging_too_often_is_sent_away_and_one_pinging_politely_is_not
         assert stream_with_pings(1_000) == grpc.StatusCode.DEADLINE_EXCEEDED  # lived until its deadline
     finally:
         srv.close()
+
+
+def test_a_retry_delay_is_also_grpc_retry_pushback_so_sdk_retries_wait_for_it() -> None:
+    """gRPC's own retry policy (Python and Go SDKs) honours grpc-retry-pushback-ms: every
+    error with a RetryInfo delay carries it too; errors without one do not."""
+    from edgeq_server import errors, status
+
+    trailers = dict(status.to_status(errors.Unavailable("no primary", reason="NO_PRIMARY", retry_after=0.5))
+                    .trailing_metadata())
+    assert trailers["grpc-retry-pushback-ms"] == "500" and "grpc-status-details-bin" in trailers
+    trailers = dict(status.to_status(errors.InvalidArgument("jobs[0].queue", "is required")).trailing_metadata())
+    assert "grpc-retry-pushback-ms" not in trailers

@@ -62,11 +62,18 @@ class Status:
     details: list[Any] = field(default_factory=list)  # protobuf messages packed into google.rpc.Status
     raw_details: bytes | None = None  # a forwarded call's details, passed on as they came
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The ``grpc-status-details-bin`` trailer, and with a RetryInfo also
+        ``grpc-retry-pushback-ms``: gRPC's own retry policy (the Python and Go SDKs) then
+        waits that long before its next attempt."""
         if self.raw_details is not None:
             return (("grpc-status-details-bin", self.raw_details),)
         if not self.details:
             return ()
+        pushback: tuple[tuple[str, str | bytes], ...] = tuple(
+            ("grpc-retry-pushback-ms", str(int(d.retry_delay.ToMilliseconds())))
+            for d in self.details if isinstance(d, error_details_pb2.RetryInfo)
+        )[:1]
         packed = []
         for detail in self.details:
             item = any_pb2.Any()
@@ -75,7 +82,9 @@ class Status:
         status = rpc_status.to_status(
             status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
         )
-        return tuple((str(k), v if isinstance(v, bytes) else v.encode()) for k, v in status.trailing_metadata)
+        return (
+            *((str(k), v if isinstance(v, bytes) else v.encode()) for k, v in status.trailing_metadata), *pushback
+        )
 
 
 def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:

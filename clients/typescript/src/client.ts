@@ -13,7 +13,7 @@
  * acknowledged; unset, the server's default (its --durability).
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep } from "./errors.js";
+import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep, retryDelayMs } from "./errors.js";
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -120,7 +120,10 @@ function retryUnavailable(attempts: number): Interceptor {
       } catch (err) {
         const unavailable = ConnectError.from(err).code === Code.Unavailable;
         if (!unavailable || attempt >= attempts || req.signal.aborted) throw err;
-        await abortableSleep(Math.random() * delay, req.signal);
+        // The server's RetryInfo delay when it gave one (e.g. NO_PRIMARY during a failover),
+        // else exponential backoff with full jitter.
+        const hinted = retryDelayMs(err);
+        await abortableSleep(hinted ?? Math.random() * delay, req.signal);
         if (req.signal.aborted) throw err;
         delay = Math.min(delay * 2, 2000);
       }
