@@ -295,3 +295,24 @@ def test_the_cli_hashes_a_token_and_serve_refuses_a_bad_tokens_file(tmp_path: Pa
          "--tokens-file", str(bad)], capture_output=True, text=True, timeout=30, check=False,
     )
     assert out.returncode != 0 and "token[0].sha256" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_tokens_never_reach_logs_or_error_messages(
+    server: EdgeqServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    secret = "tok-secret-never-logged"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.QueueServiceStub(ch)
+        messages = []
+        for token in (secret, PRODUCER):
+            try:
+                await stub.ListJobs(pb.ListJobsRequest(queue="x"), metadata=md(token))
+            except grpc.aio.AioRpcError as exc:
+                messages.append(exc.details() or "")
+        # A reload that revokes a token names the entry, never the token.
+        (tmp_path / "tokens.toml").write_text(tokens_toml(*(e for e in ALL if e[1] != READER)))
+        await asyncio.sleep(0.8)
+    assert "revoked or changed: reader" in caplog.text
+    for token in (secret, PRODUCER, READER):
+        assert token not in caplog.text and all(token not in m for m in messages)
