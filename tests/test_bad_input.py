@@ -545,3 +545,31 @@ async def test_lease_at_the_limits_is_accepted(h: Harness, max_in_flight: int, s
     expected = seconds or 30  # 0 => the server default
     assert leased.job.id == job_id
     assert leased.lease_expires_at.ToMicroseconds() == h.clock.now() + int(expected * 1_000_000)
+
+
+async def test_a_batch_repeating_one_key_or_job_id_stores_one_job_and_says_so(h: Harness) -> None:
+    """Not an error: the repeats are answered as duplicates of the first, in the same call."""
+    keyed = await h.stub.Enqueue(pb.EnqueueRequest(jobs=[
+        pb.JobSpec(queue="dup", payload=b"1", idempotency_key="k"),
+        pb.JobSpec(queue="dup", payload=b"2", idempotency_key="k"),
+    ]))
+    first, second = keyed.results
+    assert second.job_id == first.job_id and second.duplicate and not first.duplicate
+    job_id = "0190a0a0-0000-7000-8000-0000000000aa"
+    named = await h.stub.Enqueue(pb.EnqueueRequest(jobs=[
+        pb.JobSpec(queue="dup", payload=b"3", job_id=job_id),
+        pb.JobSpec(queue="other", payload=b"4", job_id=job_id),
+    ]))
+    assert [r.job_id for r in named.results] == [job_id, job_id] and named.results[1].duplicate
+    assert (await h.job(job_id)).queue == "dup" and (await h.job(job_id)).payload == b"3"
+    assert (await h.stats())["dup"].pending == 2
+
+
+@pytest.mark.parametrize("worker_id", ["w\x00", "\u202eevil", "x" * 257])
+async def test_lease_worker_id_with_control_characters_or_too_long(h: Harness, worker_id: str) -> None:
+    call = h.stub.Lease(pb.LeaseRequest(queues=["q"], worker_id=worker_id))
+    if len(worker_id) > 256:
+        await refused(h, call.read(), INVALID, "worker_id")
+    else:  # free-form text: kept as given, never interpreted
+        await call.initial_metadata()
+        call.cancel()
