@@ -316,3 +316,11 @@ async def test_tokens_never_reach_logs_or_error_messages(
     assert "revoked or changed: reader" in caplog.text
     for token in (secret, PRODUCER, READER):
         assert token not in caplog.text and all(token not in m for m in messages)
+
+
+def test_the_tokens_file_reads_tokens_tables_and_common_field_spellings(tmp_path: Path) -> None:
+    path = tmp_path / "alt.toml"
+    path.write_text(f'[[tokens]]\nname = "a"\nhash = "sha256:{sha("x").upper()}"\nscopes = ["read"]\n'
+                    'queue_patterns = ["q.*"]\n')
+    parsed = parse_tokens_file(str(path))
+    assert parsed[sha("x")].name == "a" and parsed[sha("x")].queues == ("q.*",)

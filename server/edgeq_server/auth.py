@@ -70,6 +70,9 @@ FAIL_PEERS = 10_000
 NODE_TOKEN_KEY = "edgeq-node-token"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Other spellings of an entry's fields that the tokens file accepts.
+_ALIASES = {"hash": "sha256", "token_sha256": "sha256", "sha256_hex": "sha256", "queue_patterns": "queues",
+            "patterns": "queues"}
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,18 @@ def parse_tokens_file(path: str) -> dict[str, Principal]:
         raise ValueError(f"tokens_file: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"tokens_file: {path} is not valid TOML: {exc}") from None
-    entries = doc.get("token", [])
-    unknown = set(doc) - {"token"}
+    table = "tokens" if "tokens" in doc else "token"  # [[token]] entries; [[tokens]] is read too
+    entries = doc.get(table, [])
+    unknown = set(doc) - {table}
     if unknown or not isinstance(entries, list):
-        raise ValueError(f"tokens_file: {path}: expected only [[token]] tables, found {sorted(unknown) or 'token'}")
+        raise ValueError(f"tokens_file: {path}: expected only [[token]] tables, found {sorted(unknown) or table}")
     out: dict[str, Principal] = {}
     names: set[str] = set()
     for i, entry in enumerate(entries):
         where = f"tokens_file: {path}: token[{i}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: must be a table")
+        entry = {_ALIASES.get(k, k): v for k, v in entry.items()}
         extra = set(entry) - {"name", "sha256", "scopes", "queues"}
         if extra:
             raise ValueError(f"{where}: unknown field(s) {sorted(extra)}")
@@ -115,7 +120,9 @@ def parse_tokens_file(path: str) -> dict[str, Principal]:
         if not isinstance(name, str) or not name or name in names:
             raise ValueError(f"{where}.name: must be a non-empty string, unique in the file")
         sha = entry.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.fullmatch(sha.lower()):
+        if isinstance(sha, str):
+            sha = sha.lower().removeprefix("sha256:")
+        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
             raise ValueError(f"{where}.sha256: must be the 64 hex digits of the token's SHA-256 (not the token)")
         scopes = entry.get("scopes")
         if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
