@@ -73,8 +73,10 @@ def test_a_tls_server_serves_verified_clients_and_refuses_plaintext(tls_server: 
     with Client(tls_server.target, tls=TLS(ca=str(ca.cert)), timeout=5) as client:
         job_id = client.enqueue("t", b"over tls").job_id
         assert client.get(job_id).payload == b"over tls"
-    # The same through the scheme, with the CA as bytes.
+    # The same through the scheme, with the CA as bytes; and as a dict of TLS's fields.
     with Client(f"edgeqs://{tls_server.target}", tls=TLS(ca=ca.pem), timeout=5) as client:
+        assert client.get(job_id).id == job_id
+    with Client(tls_server.target, tls={"ca": str(ca.cert)}, timeout=5) as client:
         assert client.get(job_id).id == job_id
     # Plaintext gets nothing (the port speaks TLS only).
     with Client(tls_server.target, timeout=2) as client, pytest.raises(UnavailableError):

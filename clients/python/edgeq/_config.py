@@ -11,7 +11,7 @@ keepalive pings, reconnect backoff and message size limits.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,9 @@ class TLS:
 
 
 #: What ``tls=`` accepts: None/False (plaintext, unless the target says ``edgeqs://``),
-#: True (TLS with the system roots), a ``TLS``, or ready gRPC channel credentials.
-TLSOption = TLS | grpc.ChannelCredentials | bool | None
+#: True (TLS with the system roots), a ``TLS`` (or a dict of its fields), or ready gRPC
+#: channel credentials.
+TLSOption = TLS | Mapping[str, Any] | grpc.ChannelCredentials | bool | None
 
 
 def split_target(target: str, tls: TLSOption = None) -> tuple[str, TLS | grpc.ChannelCredentials | None]:
@@ -132,6 +133,8 @@ def split_target(target: str, tls: TLSOption = None) -> tuple[str, TLS | grpc.Ch
         tls = TLS()
     if tls is None or tls is False:
         return target, None
+    if isinstance(tls, Mapping):
+        tls = TLS(**tls)
     return target, tls
 
 
