@@ -134,3 +134,33 @@ def test_a_retry_delay_is_also_grpc_retry_pushback_so_sdk_retries_wait_for_it() 
     assert trailers["grpc-retry-pushback-ms"] == "500" and "grpc-status-details-bin" in trailers
     trailers = dict(status.to_status(errors.InvalidArgument("jobs[0].queue", "is required")).trailing_metadata())
     assert "grpc-retry-pushback-ms" not in trailers
+
+
+def test_per_job_and_per_stream_limits_are_configurable_and_name_the_field(tmp_path: Path) -> None:
+    srv = ServerThread(str(tmp_path / "c.db"), max_headers=2, max_header_key_length=4, max_headers_bytes=32,
+                       max_idempotency_key_length=8, max_queues_per_lease=2)
+    srv.start()
+    try:
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.QueueServiceStub(ch)
+            cases = [
+                (pb.JobSpec(queue="q", headers={"a": "1", "b": "2", "c": "3"}), "jobs[0].headers",
+                 grpc.StatusCode.RESOURCE_EXHAUSTED),
+                (pb.JobSpec(queue="q", headers={"long-key": "1"}), "jobs[0].headers", grpc.StatusCode.INVALID_ARGUMENT),
+                (pb.JobSpec(queue="q", headers={"a": "x" * 40}), "jobs[0].headers", grpc.StatusCode.RESOURCE_EXHAUSTED),
+                (pb.JobSpec(queue="q", idempotency_key="123456789"), "jobs[0].idempotency_key",
+                 grpc.StatusCode.INVALID_ARGUMENT),
+            ]
+            for spec, field, code in cases:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Enqueue(pb.EnqueueRequest(jobs=[spec]), timeout=5)
+                assert err.value.code() == code and (err.value.details() or "").startswith(field)  # type: ignore[attr-defined]
+            ok = stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="q", idempotency_key="12345678",
+                                                                 headers={"a": "1", "b": "2"})]), timeout=5)
+            assert ok.results[0].job_id
+            with pytest.raises(grpc.RpcError) as err:
+                next(stub.Lease(pb.LeaseRequest(queues=["a", "b", "c"]), timeout=5))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert (err.value.details() or "").startswith("queues")  # type: ignore[attr-defined]
+    finally:
+        srv.close()

@@ -64,6 +64,14 @@ class Config:
     max_message_bytes: int = 64 * MiB
     #: Most jobs (or Ack/Nack/Heartbeat items) in one call.
     max_batch: int = 1000
+    #: Per job: headers (entries, key length, bytes of keys and values), idempotency key
+    #: length (at most 256, the database's own bound).
+    max_headers: int = 64
+    max_header_key_length: int = 128
+    max_headers_bytes: int = 16 * 1024
+    max_idempotency_key_length: int = 256
+    #: Queues one Lease stream may name.
+    max_queues_per_lease: int = 100
     #: max_attempts when a JobSpec leaves it 0.
     default_max_attempts: int = 3
     #: Lease length when a LeaseRequest leaves it unset, and the longest allowed.
@@ -141,6 +149,13 @@ class Config:
             raise ValueError(f"port must be 0..65535 (got {self.port})")
         if self.max_lease_streams < 1 or self.max_lease_streams_per_connection < 1:
             raise ValueError("max_lease_streams and max_lease_streams_per_connection must be at least 1")
+        if not 1 <= self.max_idempotency_key_length <= 256:
+            raise ValueError("max_idempotency_key_length must be 1..256")
+        per_job = (self.max_headers, self.max_header_key_length, self.max_headers_bytes, self.max_queues_per_lease)
+        if min(per_job) < 1:
+            raise ValueError(
+                "max_headers, max_header_key_length, max_headers_bytes and max_queues_per_lease must be at least 1"
+            )
         if self.max_concurrent_rpcs_per_connection < 1:
             raise ValueError("max_concurrent_rpcs_per_connection must be at least 1")
         if self.max_batch < 1 or self.write_batch < 1 or self.read_threads < 1:

@@ -26,13 +26,8 @@ from .tokens import LeaseRef, TokenCodec
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-MAX_IDEMPOTENCY_KEY = 256
-MAX_HEADERS = 64
-MAX_HEADER_KEY = 128
-MAX_HEADERS_BYTES = 16 * 1024
 MAX_WORKER_ID = 256
 MAX_ERROR_MESSAGE = 64 * 1024
-MAX_QUEUES_PER_LEASE = 100
 MAX_IN_FLIGHT = 10_000
 MIN_LEASE_US = 1 * MICROS
 MAX_PAGE_SIZE = 1000
@@ -101,18 +96,20 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
     if s.max_attempts < 0 or s.max_attempts > MAX_ATTEMPTS:
         raise InvalidArgument(f"{field}.max_attempts", f"must be 0 (default) to {MAX_ATTEMPTS}")
     key = s.idempotency_key
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidArgument(f"{field}.idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
+    if len(key) > cfg.max_idempotency_key_length:
+        raise InvalidArgument(
+            f"{field}.idempotency_key", f"must be at most {cfg.max_idempotency_key_length} characters"
+        )
     headers = dict(s.headers)
-    if len(headers) > MAX_HEADERS:
-        raise ResourceExhausted(f"{field}.headers", f"has {len(headers)} entries; at most {MAX_HEADERS}")
+    if len(headers) > cfg.max_headers:
+        raise ResourceExhausted(f"{field}.headers", f"has {len(headers)} entries; at most {cfg.max_headers}")
     size = 0
     for k, v in headers.items():
-        if not k or len(k) > MAX_HEADER_KEY:
-            raise InvalidArgument(f"{field}.headers", f"keys must be 1..{MAX_HEADER_KEY} characters")
+        if not k or len(k) > cfg.max_header_key_length:
+            raise InvalidArgument(f"{field}.headers", f"keys must be 1..{cfg.max_header_key_length} characters")
         size += len(k.encode()) + len(v.encode())
-    if size > MAX_HEADERS_BYTES:
-        raise ResourceExhausted(f"{field}.headers", f"are {size} bytes; at most {MAX_HEADERS_BYTES}")
+    if size > cfg.max_headers_bytes:
+        raise ResourceExhausted(f"{field}.headers", f"are {size} bytes; at most {cfg.max_headers_bytes}")
     return JobSpec(
         queue=queue,
         payload=s.payload,
@@ -158,8 +155,8 @@ class LeaseParams:
 def lease(req: pb.LeaseRequest, cfg: Config) -> LeaseParams:
     if not req.queues:
         raise InvalidArgument("queues", "must name at least one queue")
-    if len(req.queues) > MAX_QUEUES_PER_LEASE:
-        raise InvalidArgument("queues", f"must name at most {MAX_QUEUES_PER_LEASE} queues")
+    if len(req.queues) > cfg.max_queues_per_lease:
+        raise InvalidArgument("queues", f"must name at most {cfg.max_queues_per_lease} queues")
     queues = tuple(queue_name(q, f"queues[{i}]") for i, q in enumerate(req.queues))
     if len(req.worker_id) > MAX_WORKER_ID:
         raise InvalidArgument("worker_id", f"must be at most {MAX_WORKER_ID} characters")
