@@ -63,6 +63,44 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
+_ECHO_SERVER = """
+import asyncio, grpc
+async def main():
+    server = grpc.aio.server()
+    async def echo(request, context):
+        return request
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "floor.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def grpc_floor_latency(n: int) -> dict[str, float]:
+    """The floor under every edgeq RPC on this machine: a bare grpcio aio server (another
+    process) echoing a 100-byte message back to a sync client, sequentially."""
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            echo = ch.unary_unary("/floor.Echo/Echo")
+            for _ in range(200):
+                echo(PAYLOAD)
+            lat = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                echo(PAYLOAD)
+                lat.append(time.perf_counter() - t0)
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"calls": n, "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
+
+
 def single_enqueue_latency(target: str, n: int, durability: int = 0) -> dict[str, float]:
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
@@ -217,6 +255,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
     }
+    results["grpc_floor_unary"] = grpc_floor_latency(int(2000 * scale))
     with tempfile.TemporaryDirectory() as d:
         srv = ServerProcess(os.path.join(d, "bench.db"))
         try:

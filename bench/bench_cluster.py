@@ -37,7 +37,7 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster_harness import Cluster
 
-from bench import PAYLOAD, ServerProcess, concurrent_enqueue, pct, single_enqueue_latency
+from bench import PAYLOAD, ServerProcess, concurrent_enqueue, grpc_floor_latency, pct, single_enqueue_latency
 
 EDGE = pb.DURABILITY_EDGE
 
@@ -224,6 +224,7 @@ def info(node: object) -> pb.GetNodeInfoResponse:
 
 
 def edge(results: dict[str, object], backlog: int) -> None:
+    results["grpc_floor_unary"] = grpc_floor_latency(2000)
     with tempfile.TemporaryDirectory() as d:
         srv = ServerProcess(os.path.join(d, "single.db"))
         try:
