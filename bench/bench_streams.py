@@ -50,6 +50,25 @@ async def one_round(target: str, streams: int) -> float:
     return time.perf_counter() - t0
 
 
+def summary(samples: list[tuple[float, float]]) -> dict[str, object]:
+    """RSS per minute (mean, min, max): single samples swing with the allocator, the
+    per-minute mean shows a trend if there is one."""
+    minutes: dict[int, list[float]] = {}
+    for t, rss in samples:
+        minutes.setdefault(int(t // 60), []).append(rss)
+    per_minute = [
+        {"minute": m, "mean_mib": round(sum(v) / len(v), 1), "min_mib": min(v), "max_mib": max(v)}
+        for m, v in sorted(minutes.items()) if len(v) >= 5
+    ]
+    means = [m["mean_mib"] for m in per_minute]
+    return {
+        "rss_per_minute": per_minute,
+        "rss_first_minute_mean_mib": means[0] if means else None,
+        "rss_last_minute_mean_mib": means[-1] if means else None,
+        "rss_max_mib": max(r for _, r in samples),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10)
@@ -72,15 +91,11 @@ def main() -> None:
                 time.sleep(0.2)  # let the server finish closing them
                 samples.append((round(time.monotonic() - t0, 1), round(rss_mib(pid), 1)))
                 print(f"round {rounds}: {seconds[-1]:.2f}s, RSS {samples[-1][1]} MiB", flush=True)
-            warm = samples[min(len(samples) - 1, max(1, len(samples) // 10))][1]  # after warm-up
-            result = {
+            result = summary(samples) | {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "minutes": args.minutes, "streams_per_round": args.streams, "rounds": rounds,
                 "streams_opened": opened, "round_seconds_median": sorted(seconds)[len(seconds) // 2],
-                "rss_start_mib": round(start_rss, 1), "rss_after_warmup_mib": warm,
-                "rss_end_mib": samples[-1][1], "rss_max_mib": max(r for _, r in samples),
-                "rss_growth_after_warmup_mib": round(samples[-1][1] - warm, 1),
-                "samples": samples,
+                "rss_start_mib": round(start_rss, 1), "samples": samples,
             }
         finally:
             srv.stop()
