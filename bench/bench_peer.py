@@ -2,9 +2,9 @@
 
 - beanstalkd 1.12 (Debian; ``-b`` binlog with its default fsync at most every 50 ms), 4
   client processes (greenstalk), each looping put -> reserve -> delete of a 200-byte job.
-- edgeq (a single-node server on a plain file), 4 producer/consumer pairs (processes): each
-  producer enqueues its share in batches (``Client.enqueue_many``, SDK defaults), each
-  consumer is a Python ``Worker`` with SDK defaults (concurrency 8) acking every job.
+- edgeq (a single-node server on a plain file), 4 producer/consumer pairs, a process each:
+  a producer enqueuing batches of 100 (``Client.enqueue_many``) while its pair's backlog is
+  under 2,000 jobs, and a Python ``Worker`` with SDK defaults acking every job.
 
 Each side runs ``--seconds`` per trial, ``--trials`` times alternating; the medians and the
 ratio edgeq/beanstalkd are printed (and written with ``--out``).
@@ -34,6 +34,7 @@ from bench import PAYLOAD, ServerProcess
 PAIRS = 4
 BATCH = 100  # jobs per enqueue_many
 WARMUP = 1.0  # seconds before a consumer starts counting
+BACKLOG = 2_000  # jobs a pair keeps enqueued ahead of its acks
 
 
 def _free_port() -> int:
@@ -84,51 +85,41 @@ def beanstalk_cycle(seconds: float) -> float:
         shutil.rmtree(binlog, ignore_errors=True)
 
 
-def _producer(target: str, queue: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from edgeq import Client
+def _pair(target: str, queue: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """One producer/consumer pair (one process): a Worker with SDK defaults acking every
+    job, and a producer enqueuing batches of ``BATCH`` (``Client.enqueue_many``) while the
+    pair's own backlog (enqueued, not yet acked) is under ``BACKLOG``. Reports jobs acked
+    per second over ``seconds`` after a warm-up (process start is not counted)."""
+    from edgeq import Client, Worker
 
-    sent = 0
     with Client(target) as client:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            st = client.stats(queue)
-            if st and st[0].pending > 20 * BATCH:  # keep a bounded backlog: measure the cycle, not a flood
-                time.sleep(0.002)
+        worker = Worker(client, [queue], lambda job: None)  # SDK defaults
+        worker.start()
+        sent = 0
+        t_start = time.perf_counter()
+        t0 = t_start + WARMUP
+        before = None
+        while (now := time.perf_counter()) < t0 + seconds:
+            if before is None and now >= t0:
+                before, t0 = worker.stats.acked, now
+            if sent - worker.stats.acked >= BACKLOG:
+                time.sleep(0.0005)
                 continue
             client.enqueue_many([{"queue": queue, "payload": PAYLOAD}] * BATCH)
             sent += BATCH
-    out.put(sent)
-
-
-def _consumer(target: str, queue: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    """A Worker with SDK defaults; reports jobs acked per second over ``seconds`` after a
-    1 s warm-up (process start and imports are not counted)."""
-    from edgeq import Worker
-
-    worker = Worker(target, [queue], lambda job: None)  # SDK defaults
-    worker.start()
-    time.sleep(WARMUP)
-    before, t0 = worker.stats.acked, time.perf_counter()
-    time.sleep(seconds)
-    rate = (worker.stats.acked - before) / (time.perf_counter() - t0)
-    worker.stop()
+        rate = (worker.stats.acked - (before or 0)) / (time.perf_counter() - t0)
+        worker.stop()
     out.put(rate)
 
 
 def edgeq_cycle(target: str, seconds: float) -> float:
-    """Jobs/s acked, 4 producer/consumer pairs (one queue each), SDK defaults."""
+    """Jobs/s acked, 4 producer/consumer pairs (one queue and one process each), SDK defaults."""
     rates: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    sent: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     run = f"cycle{time.monotonic_ns()}"
-    procs = []
-    for i in range(PAIRS):
-        procs.append(mp.Process(target=_consumer, args=(target, f"{run}-{i}", seconds, rates)))
-        procs.append(mp.Process(target=_producer, args=(target, f"{run}-{i}", seconds + WARMUP + 1, sent)))
+    procs = [mp.Process(target=_pair, args=(target, f"{run}-{i}", seconds, rates)) for i in range(PAIRS)]
     for p in procs:
         p.start()
     total = sum(rates.get(timeout=seconds + 120) for _ in range(PAIRS))
-    for _ in range(PAIRS):
-        sent.get(timeout=60)
     for p in procs:
         p.join()
     return float(total)
@@ -139,6 +130,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--profile", help="py-spy the server during each edgeq trial into this raw file")
     args = ap.parse_args()
     if shutil.which("beanstalkd") is None:
         raise SystemExit("beanstalkd missing: apt-get install beanstalkd")
@@ -149,7 +141,16 @@ def main() -> None:
         try:
             for _ in range(args.trials):
                 bean.append(beanstalk_cycle(args.seconds))
+                spy = None
+                if args.profile:  # py-spy on the server during the measured part of each edgeq trial
+                    spy = subprocess.Popen(
+                        [shutil.which("py-spy") or "py-spy", "record", "-p", str(srv.proc.pid), "-d",
+                         str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", args.profile, "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
                 edge.append(edgeq_cycle(srv.target, args.seconds))
+                if spy is not None:
+                    spy.wait()
                 print(f"beanstalkd {bean[-1]:,.0f} jobs/s   edgeq {edge[-1]:,.0f} jobs/s", flush=True)
         finally:
             srv.stop()

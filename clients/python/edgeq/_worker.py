@@ -170,7 +170,7 @@ class Worker:
     """Runs ``handler`` for every job leased from ``queues``.
 
     ``target`` is a ``host:port`` (the worker opens and closes its own Client) or a Client
-    to share. ``max_in_flight`` (default ``concurrency``) is how many unsettled jobs the
+    to share. ``max_in_flight`` (default ``4 * concurrency``) is how many unsettled jobs the
     server may push ahead; ``lease_duration`` is in seconds (at least 1). ``reconnect_backoff``
     is (initial, max) seconds for reopening the stream, with full jitter. ``tls`` and
     ``token`` are the Client's (used when ``target`` is an address).
@@ -219,7 +219,7 @@ class Worker:
             self.client, self._owns_client = Client(target, tls=tls, token=token), True
         self.handler = handler
         self.concurrency = concurrency
-        self.max_in_flight = max_in_flight if max_in_flight is not None else concurrency
+        self.max_in_flight = max_in_flight if max_in_flight is not None else 4 * concurrency
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.lease_duration = lease
