@@ -7,7 +7,8 @@ filled directly with SQL (200-byte payloads; 80 % completed, 5 % failed, 5 % can
 - start-up: process start -> "listening" (open, migrations, recovery of expired leases);
 - Enqueue p50/p99 (1 client, sequential, a queue of its own);
 - claim: Enqueue reply -> job on an idle Lease stream (P3), p50/p99;
-- storage: bytes per job of the filled file, and of an all-pending database of the same size.
+- storage: bytes per job of the filled file, and of an all-pending database of the same size
+  (without idempotency keys, and with the 41-character key the SDKs send with every job).
 
     .venv/bin/python bench/bench_scale.py [--sizes 0,100000,1000000] [--out FILE]
 """
@@ -31,7 +32,7 @@ from edgeq_server import db
 MICROS = 1_000_000
 
 
-def fill(path: str, jobs: int, pending_only: bool = False) -> None:
+def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False) -> None:
     """``jobs`` rows through SQL (uuid-shaped ids in insert order), in chunks."""
     conn = db.connect(path, writer=True)
     db.migrate(conn)
@@ -45,17 +46,18 @@ def fill(path: str, jobs: int, pending_only: bool = False) -> None:
                 """
                 WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?1 + ?2 - 1)
                 INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts, priority, run_at,
-                                  created_at, completed_at)
+                                  created_at, completed_at, idempotency_key)
                 SELECT printf('%08x-0000-7000-8000-%012x', i / 65536, i),
                        'bulk-' || (i % 16),
                        randomblob(200),
                        CASE WHEN ?3 THEN 'pending' WHEN i % 20 < 16 THEN 'completed' WHEN i % 20 = 16 THEN 'failed'
                             WHEN i % 20 = 17 THEN 'cancelled' ELSE 'pending' END,
                        1, 3, 0, ?4, ?4,
-                       CASE WHEN ?3 OR i % 20 >= 18 THEN NULL ELSE ?4 END
+                       CASE WHEN ?3 OR i % 20 >= 18 THEN NULL ELSE ?4 END,
+                       CASE WHEN ?5 THEN printf('auto-%08x-0000-7000-8000-%012x', i / 65536, i) END
                 FROM seq
                 """,
-                (done, n, 1 if pending_only else 0, now),
+                (done, n, 1 if pending_only else 0, now, 1 if keyed else 0),
             )
         done += n
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -81,11 +83,12 @@ def measure(jobs: int, d: str) -> dict[str, object]:
     finally:
         srv.stop()
     pending_path = os.path.join(d, f"pending-{jobs}.db")
-    per_pending = None
+    per_pending: dict[str, float] = {}
     if jobs:
-        fill(pending_path, jobs, pending_only=True)
-        per_pending = round(size_of(pending_path) / jobs, 1)
-        os.remove(pending_path)
+        for keyed in (False, True):  # the SDKs send an idempotency key with every job (auto-<uuid7>)
+            fill(pending_path, jobs, pending_only=True, keyed=keyed)
+            per_pending["with_sdk_key" if keyed else "no_key"] = round(size_of(pending_path) / jobs, 1)
+            os.remove(pending_path)
     os.remove(path)
     return {
         "jobs": jobs, "fill_s": round(fill_s, 1), "startup_s": round(startup, 2),
@@ -93,7 +96,8 @@ def measure(jobs: int, d: str) -> dict[str, object]:
         "claim_after_reply_p50_ms": round(claim["after_enqueue_reply_p50_ms"], 3),
         "claim_after_reply_p99_ms": round(claim["after_enqueue_reply_p99_ms"], 3),
         "bytes_per_job_mixed": round(bytes_mixed / jobs, 1) if jobs else None,
-        "bytes_per_pending_job": per_pending,
+        "bytes_per_pending_job": per_pending.get("no_key"),
+        "bytes_per_pending_job_with_sdk_key": per_pending.get("with_sdk_key"),
     }
 
 
