@@ -19,6 +19,17 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _sans(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    """Subject alternative names: IP addresses as such, anything else as a DNS name."""
+    out: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(x509.DNSName(h))
+    return out
+
+
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -75,12 +86,7 @@ class CA:
         ``<stem>-key.pem``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        sans: list[x509.GeneralName] = []
-        for h in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
+        sans = _sans(hosts)
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name)).issuer_name(self._cert.subject)
@@ -115,12 +121,7 @@ def self_signed(root: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"))
     root.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
+    sans = _sans(hosts)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0])).issuer_name(_name(hosts[0]))
