@@ -101,6 +101,46 @@ def grpc_floor_latency(n: int) -> dict[str, float]:
     return {"calls": n, "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
 
 
+def ghz_enqueue(target: str, concurrency: int, n: int) -> dict[str, object]:
+    """P2 with an independent load tool: ghz (built by scripts/bench into .cache/ghz, or
+    $EDGEQ_GHZ_BIN, or on PATH) sending single-job Enqueues at ``concurrency``."""
+    import base64
+    import shutil
+
+    binary = os.environ.get("EDGEQ_GHZ_BIN") or str(ROOT / ".cache/ghz/bin/ghz")
+    if not os.access(binary, os.X_OK):
+        binary = shutil.which("ghz") or ""
+    if not binary:
+        return {"skipped": "ghz missing (bash scripts/bench builds it)"}
+    data = json.dumps({"jobs": [{"queue": "ghz", "payload": base64.b64encode(PAYLOAD).decode()}]})
+    out = subprocess.run(
+        [binary, "--insecure", "--proto", str(ROOT / "proto/edgeq/v1/queue.proto"), "--import-paths",
+         str(ROOT / "proto"), "--call", "edgeq.v1.QueueService/Enqueue", "-d", data, "-c", str(concurrency),
+         "-n", str(n), "--format", "json", target],
+        capture_output=True, text=True, check=True,
+    )
+    report = json.loads(out.stdout)
+    lat = {row["percentage"]: row["latency"] / 1e6 for row in report["latencyDistribution"]}
+    return {"concurrency": concurrency, "calls": n, "rps": round(report["rps"]), "p50_ms": lat.get(50),
+            "p99_ms": lat.get(99), "status": report["statusCodeDistribution"]}
+
+
+def sdk_enqueue_latency(target: str, n: int) -> dict[str, float]:
+    """P2 with the Python SDK: ``Client.enqueue`` (an auto idempotency key, the retry
+    policy, the result model), sequential, from this process."""
+    from edgeq import Client
+
+    with Client(target) as client:
+        for _ in range(200):
+            client.enqueue("sdk", PAYLOAD)
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.enqueue("sdk", PAYLOAD)
+            lat.append(time.perf_counter() - t0)
+    return {"calls": n, "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
+
+
 def single_enqueue_latency(target: str, n: int, durability: int = 0) -> dict[str, float]:
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.QueueServiceStub(ch)
@@ -261,6 +301,8 @@ def main() -> None:
         srv = ServerProcess(os.path.join(d, "bench.db"))
         try:
             results["enqueue_single_latency"] = single_enqueue_latency(srv.target, int(3000 * scale))
+            results["p2_sdk_enqueue"] = sdk_enqueue_latency(srv.target, int(3000 * scale))
+            results["p2_ghz_enqueue"] = [ghz_enqueue(srv.target, c, int(3000 * scale)) for c in (1, 16)]
             results["enqueue_concurrent"] = [
                 asyncio.run(concurrent_enqueue(srv.target, c, 3 * scale + 1)) for c in (16, 64)
             ]
