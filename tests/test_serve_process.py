@@ -126,3 +126,28 @@ def test_cli_sends_the_bearer_token(tmp_path: Path) -> None:
         assert allowed.returncode == 0, allowed.stderr
     finally:
         server.close()
+
+
+def test_the_cli_inspects_an_edge_log_read_only(tmp_path: Path) -> None:
+    """`edgeq edge-log FILE`: jobs waiting to drain and requests refused for good, with
+    their reasons, as JSON; the file is not changed."""
+    from edgeq_server.store import EdgeLogStore
+
+    path = tmp_path / "edge.db"
+    log = EdgeLogStore(str(path))
+    with log.transaction():
+        log.append(b"req-1", [("id-1", "q", "")], 1_000)
+        refused = log.append(b"req-22", [("id-2", "q", ""), ("id-3", "q", "")], 2_000)
+    log.reject(refused, "INVALID_ARGUMENT: jobs[0].queue: is required")
+    log.close()
+    before = path.read_bytes()
+    out = subprocess.run([sys.executable, "-m", "edgeq_server", "edge-log", str(path)],
+                         capture_output=True, text=True, timeout=30, check=True)
+    state = json.loads(out.stdout)
+    assert (state["waiting_requests"], state["waiting_jobs"], state["refused_requests"]) == (1, 1, 1)
+    assert state["refused"] == [{"seq": refused, "jobs": 2, "created_at_us": 2_000,
+                                 "reason": "INVALID_ARGUMENT: jobs[0].queue: is required"}]
+    assert path.read_bytes() == before
+    missing = subprocess.run([sys.executable, "-m", "edgeq_server", "edge-log", str(tmp_path / "none.db")],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert missing.returncode == 1 and "no such edge log" in missing.stderr

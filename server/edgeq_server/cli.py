@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from . import validate
 from .app import EdgeqServer
 from .config import Config
+from .store import EdgeLogStore
 
 STATES = {s.lower(): v for s, v in pb.JobState.items() if v}
 
@@ -103,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queues", nargs="*")
 
     sub.add_parser("node", help="the answering node: role, primary, txid, replicas, edge log")
+    p = sub.add_parser(
+        "edge-log", help="inspect this node's edge log file: jobs waiting to drain, requests refused for good",
+    )
+    p.add_argument("path", nargs="?", default=os.environ.get("EDGEQ_EDGE_LOG_PATH", ""),
+                   help="the edge log file (env EDGEQ_EDGE_LOG_PATH; default <litefs-mount>.edge-log.db)")
     p = sub.add_parser(
         "hash-token", help="print the SHA-256 a --tokens-file entry needs (the token is read from stdin)"
     )
@@ -225,6 +232,30 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_log(path: str) -> int:
+    """Print an edge log's state as JSON (read-only; works beside a running server)."""
+    if not path:
+        print("edgeq: edge-log needs the file (or EDGEQ_EDGE_LOG_PATH)", file=sys.stderr)
+        return 2
+    if not os.path.exists(path):
+        print(f"edgeq: {path}: no such edge log", file=sys.stderr)
+        return 1
+    log = EdgeLogStore.read_only(path)
+    try:
+        requests, jobs, size, dead, oldest = log.totals()
+        refused = [
+            {"seq": seq, "jobs": n, "created_at_us": created, "reason": reason}
+            for seq, n, created, reason in log.dead_rows()
+        ]
+    finally:
+        log.close()
+    print(json.dumps({
+        "path": path, "waiting_requests": requests, "waiting_jobs": jobs, "waiting_bytes": size,
+        "oldest_created_at_us": oldest, "refused_requests": dead, "refused": refused,
+    }, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -238,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(serve(config))
         return 0
+    if args.command == "edge-log":
+        return _edge_log(args.path)
     if args.command == "hash-token":
         token = sys.stdin.readline().strip()
         if not token:

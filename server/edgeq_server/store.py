@@ -764,6 +764,15 @@ class EdgeLogStore:
         """Requests the primary refused for good (kept with the reason, never retried)."""
         return int(self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL").get or 0)
 
+    @classmethod
+    def read_only(cls, path: str) -> EdgeLogStore:
+        """Open an existing edge log to inspect it (``edgeq edge-log``): nothing is created
+        or written, a running server's log included (WAL readers never block its writer)."""
+        store = cls.__new__(cls)
+        store.conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        store.conn.set_busy_timeout(5000)
+        return store
+
     def dead_rows(self) -> list[tuple[int, int, int, str]]:
         """(seq, jobs, created_at, reason) of every refused request, oldest first."""
         return [
