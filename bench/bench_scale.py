@@ -7,6 +7,8 @@ filled directly with SQL (200-byte payloads; 80 % completed, 5 % failed, 5 % can
 - start-up: process start -> "listening" (open, migrations, recovery of expired leases);
 - Enqueue p50/p99 (1 client, sequential, a queue of its own);
 - claim: Enqueue reply -> job on an idle Lease stream (P3), p50/p99;
+- retention: 1M finished jobs past their retention deleted while a client enqueues (the
+  slowest Enqueue meanwhile is the writer's longest stall);
 - storage: bytes per job of the filled file, and of an all-pending database of the same size
   (without idempotency keys, and with the 41-character key the SDKs send with every job).
 
@@ -23,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import apsw
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import ServerProcess, bench_dispatch_latency, single_enqueue_latency
 
@@ -32,11 +36,12 @@ from edgeq_server import db
 MICROS = 1_000_000
 
 
-def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False) -> None:
+def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False, completed_only: bool = False,
+         age_us: int = 0) -> None:
     """``jobs`` rows through SQL (uuid-shaped ids in insert order), in chunks."""
     conn = db.connect(path, writer=True)
     db.migrate(conn)
-    now = int(time.time() * MICROS)
+    now = int(time.time() * MICROS) - age_us
     chunk = 200_000
     done = 0
     while done < jobs:
@@ -50,14 +55,15 @@ def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False) 
                 SELECT printf('%08x-0000-7000-8000-%012x', i / 65536, i),
                        'bulk-' || (i % 16),
                        randomblob(200),
-                       CASE WHEN ?3 THEN 'pending' WHEN i % 20 < 16 THEN 'completed' WHEN i % 20 = 16 THEN 'failed'
+                       CASE WHEN ?6 THEN 'completed' WHEN ?3 THEN 'pending' WHEN i % 20 < 16 THEN 'completed'
+                            WHEN i % 20 = 16 THEN 'failed'
                             WHEN i % 20 = 17 THEN 'cancelled' ELSE 'pending' END,
                        1, 3, 0, ?4, ?4,
-                       CASE WHEN ?3 OR i % 20 >= 18 THEN NULL ELSE ?4 END,
+                       CASE WHEN ?6 THEN ?4 WHEN ?3 OR i % 20 >= 18 THEN NULL ELSE ?4 END,
                        CASE WHEN ?5 THEN printf('auto-%08x-0000-7000-8000-%012x', i / 65536, i) END
                 FROM seq
                 """,
-                (done, n, 1 if pending_only else 0, now, 1 if keyed else 0),
+                (done, n, 1 if pending_only else 0, now, 1 if keyed else 0, 1 if completed_only else 0),
             )
         done += n
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -101,9 +107,53 @@ def measure(jobs: int, d: str) -> dict[str, object]:
     }
 
 
+def retention_stall(d: str, jobs: int) -> dict[str, object]:
+    """``jobs`` completed jobs two days old and a 1 h retention: while the server deletes
+    them, one client enqueues back to back; the slowest Enqueue shows how long the writer
+    stalled."""
+    path = os.path.join(d, "retention.db")
+    fill(path, jobs, completed_only=True, age_us=2 * 86_400 * MICROS)
+    srv = ServerProcess(path, "--retention-completed-seconds", "3600", "--retention-interval-seconds", "1")
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    deleted_after = None
+    try:
+        import grpc
+
+        from edgeq.v1 import queue_pb2 as pb
+        from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+        reader = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.QueueServiceStub(ch)
+            req = pb.EnqueueRequest(jobs=[pb.JobSpec(queue="during-retention", payload=b"x" * 200)])
+            next_check = 0.0
+            while time.perf_counter() - t0 < 300:
+                s = time.perf_counter()
+                stub.Enqueue(req, timeout=30)
+                lat.append(time.perf_counter() - s)
+                if s >= next_check:
+                    next_check = s + 1
+                    left = reader.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").get
+                    if not left:
+                        deleted_after = time.perf_counter() - t0
+                        break
+        reader.close()
+    finally:
+        srv.stop()
+        os.remove(path)
+    lat.sort()
+    return {
+        "finished_jobs_deleted": jobs, "deleted_in_s": None if deleted_after is None else round(deleted_after, 1),
+        "enqueues_meanwhile": len(lat), "enqueue_p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
+        "enqueue_p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3), "enqueue_max_ms": round(lat[-1] * 1e3, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="0,100000,1000000")
+    ap.add_argument("--retention-jobs", type=int, default=1_000_000, help="finished jobs retention deletes (0: skip)")
     ap.add_argument("--out")
     args = ap.parse_args()
     rows = []
@@ -117,7 +167,10 @@ def main() -> None:
         r["claim_vs_empty"] = round(
             float(r["claim_after_reply_p50_ms"]) / float(base["claim_after_reply_p50_ms"]), 2  # type: ignore[arg-type]
         )
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    with tempfile.TemporaryDirectory() as d:
+        retention = retention_stall(d, args.retention_jobs) if args.retention_jobs else None
+    print(json.dumps(retention), flush=True)
+    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows, "retention": retention}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
