@@ -121,6 +121,15 @@ MIGRATIONS: list[str] = [
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX job_aliases_job ON job_aliases (job_id);
     """,
+    # 4: retention looks for the oldest finished jobs of one state: with completed_at alone
+    # in the index, the sweep for CANCELLED (24 h) walked every COMPLETED job older than
+    # its cutoff to find none (190 ms per sweep at 1M jobs, stalling the writer). Keyed by
+    # (status, completed_at) it is a range scan of exactly the rows it deletes.
+    """
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_finished ON jobs (status, completed_at)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 ]
 
 
