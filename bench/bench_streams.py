@@ -1,6 +1,7 @@
 """Lease stream churn: 1,000 Lease streams opened and closed again and again against one
 server process for N minutes; the server's RSS is sampled after every round (issue 11:
-"RSS flat").
+"RSS flat"). With ``--idle 0,1000,10000``: idle streams held open instead, the server's
+RSS and P3 (Enqueue reply -> job on another stream) measured beside them.
 
     .venv/bin/python bench/bench_streams.py [--minutes 10] [--streams 1000] [--out FILE]
 """
@@ -69,12 +70,58 @@ def summary(samples: list[tuple[float, float]]) -> dict[str, object]:
     }
 
 
+async def hold_idle(target: str, streams: int, pid: int) -> dict[str, object]:
+    """Open ``streams`` idle Lease streams (queues nobody enqueues to) and hold them while
+    the server's RSS is read and P3 is measured on another queue beside them."""
+    from bench import bench_dispatch_latency
+
+    per_channel = 90  # under the per-connection limit
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range((streams + per_channel - 1) // per_channel)]
+    calls = [pb_grpc.QueueServiceStub(channels[i // per_channel]).Lease(
+        pb.LeaseRequest(queues=[f"idle{i % 100}"], worker_id=f"idle{i}"), timeout=600) for i in range(streams)]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(c.initial_metadata() for c in calls))
+    opened_s = time.perf_counter() - t0
+    await asyncio.sleep(2)
+    rss = rss_mib(pid)
+    # P3 from a thread (the sync bench helper) while this loop keeps the idle streams alive.
+    result = await asyncio.to_thread(bench_dispatch_latency, target, 500)
+    for c in calls:
+        c.cancel()
+    for ch in channels:
+        await ch.close()
+    return {"idle_streams": streams, "open_s": round(opened_s, 2), "server_rss_mib": round(rss, 1),
+            "p3_after_reply_p50_ms": round(float(result["after_enqueue_reply_p50_ms"]), 3),  # type: ignore[arg-type]
+            "p3_after_reply_p99_ms": round(float(result["after_enqueue_reply_p99_ms"]), 3)}  # type: ignore[arg-type]
+
+
+def idle(counts: list[int], out: str | None) -> None:
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory() as d:
+            srv = ServerProcess(os.path.join(d, "idle.db"), "--max-lease-streams", str(max(n + 100, 10_000)))
+            try:
+                rows.append(asyncio.run(hold_idle(srv.target, n, srv.proc.pid)))
+            finally:
+                srv.stop()
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "idle": rows}
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--out")
+    ap.add_argument("--idle", help="instead: hold this many idle streams (comma-separated counts, e.g. 0,1000,10000)"
+                    " and report the server's RSS and P3 beside them")
     args = ap.parse_args()
+    if args.idle:
+        idle([int(x) for x in args.idle.split(",")], args.out)
+        return
     with tempfile.TemporaryDirectory() as d:
         srv = ServerProcess(os.path.join(d, "streams.db"))
         try:
