@@ -10,10 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from serverthread import ServerThread
 
+from edgeq._errors import error_from_rpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
@@ -37,16 +36,8 @@ def _open(stub: pb_grpc.QueueServiceStub, worker: str) -> grpc.Future:
 def _refused(call: grpc.Future) -> tuple[grpc.StatusCode, str, float]:
     with pytest.raises(grpc.RpcError) as err:
         next(call)
-    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
-    reason, delay = "", 0.0
-    assert status is not None
-    for detail in status.details:
-        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            reason = info.reason
-        elif detail.Unpack(retry):
-            delay = retry.retry_delay.ToTimedelta().total_seconds()
-    return err.value.code(), reason, delay  # type: ignore[attr-defined]
+    refused = error_from_rpc(err.value)
+    return refused.code, refused.reason, refused.retry_delay or 0.0
 
 
 def test_lease_streams_are_limited_per_connection_and_in_total(limited: ServerThread) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
+from edgeq._errors import error_from_rpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from edgeq.v1 import replication_pb2 as repl_pb
@@ -73,15 +73,7 @@ def _code(err: pytest.ExceptionInfo[grpc.aio.AioRpcError]) -> grpc.StatusCode:
 
 
 def _field(err: pytest.ExceptionInfo[grpc.aio.AioRpcError]) -> str:
-    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
-    assert status is not None
-    from google.rpc import error_details_pb2
-
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.metadata.get("field", "")
-    return ""
+    return error_from_rpc(err.value).field
 
 
 async def test_each_scope_opens_its_rpcs_and_nothing_else(server: EdgeqServer) -> None:
@@ -189,18 +181,8 @@ async def test_failed_authentications_are_rate_limited_per_address_and_counted(s
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetQueueStats(pb.GetQueueStatsRequest(), metadata=md(READER))
         assert _code(err) == grpc.StatusCode.UNAUTHENTICATED
-        status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
-        assert status is not None
-        from google.rpc import error_details_pb2
-
-        reasons, delays = [], []
-        for detail in status.details:
-            info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-            if detail.Unpack(info):
-                reasons.append(info.reason)
-            elif detail.Unpack(retry):
-                delays.append(retry.retry_delay.seconds)
-        assert reasons == ["AUTH_RATE_LIMITED"] and delays and delays[0] > 0
+        refused = error_from_rpc(err.value)
+        assert refused.reason == "AUTH_RATE_LIMITED" and refused.retry_delay and refused.retry_delay > 0
     assert metrics.AUTH_FAILURES.labels("unknown")._value.get() - before == FAIL_LIMIT
 
 

@@ -172,12 +172,11 @@ def lease(req: pb.LeaseRequest, cfg: Config) -> LeaseParams:
     return LeaseParams(queues, req.worker_id, req.max_in_flight or 1, lease_us)
 
 
-def token(codec: TokenCodec, value: str, field: str) -> LeaseRef | None:
+def token(codec: TokenCodec, value: str) -> LeaseRef | None:
     """The delivery a lease token names; None when it names none this cluster signed —
     empty, malformed, too long or with a bad signature alike. Batch calls answer such an
     item LEASE_OUTCOME_INVALID and settle the others (as SQS reports a bad receipt handle
     per entry): one bad token never fails its neighbours."""
-    del field  # per item, not per call
     if not value:
         return None
     try:
@@ -190,7 +189,7 @@ def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseR
     _batch(len(req.items), "items", cfg)
     out = []
     for i, item in enumerate(req.items):
-        ref = token(codec, item.lease_token, f"items[{i}].lease_token")
+        ref = token(codec, item.lease_token)
         if len(item.result) > cfg.max_payload_bytes:
             raise ResourceExhausted(
                 f"items[{i}].result", f"is {len(item.result)} bytes; the limit is {cfg.max_payload_bytes}"
@@ -204,7 +203,7 @@ def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[tuple[Leas
     out = []
     max_delay = int(cfg.max_delay_seconds * MICROS)
     for i, item in enumerate(req.items):
-        ref = token(codec, item.lease_token, f"items[{i}].lease_token")
+        ref = token(codec, item.lease_token)
         if len(item.error_message) > MAX_ERROR_MESSAGE:
             raise ResourceExhausted(f"items[{i}].error_message", f"must be at most {MAX_ERROR_MESSAGE} characters")
         delay: int | None = None
@@ -216,7 +215,7 @@ def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[tuple[Leas
 
 def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple[list[LeaseRef | None], int | None]:
     _batch(len(req.lease_tokens), "lease_tokens", cfg)
-    refs = [token(codec, t, f"lease_tokens[{i}]") for i, t in enumerate(req.lease_tokens)]
+    refs = [token(codec, t) for t in req.lease_tokens]
     extend: int | None = None
     if req.HasField("extend_by"):
         extend = duration_us(req.extend_by, "extend_by", max_us=int(cfg.max_lease_seconds * MICROS)) or None
