@@ -161,7 +161,7 @@ class EdgeqServer:
         self._checkpointer = db.Checkpointer(path)
         self.writer = Writer(
             path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer,
-            txid_after_commit=cluster.txid_after_commit,
+            txid_after_commit=cluster.txid_after_commit, inline=True,
         )
         await asyncio.to_thread(self.writer.start)  # opens the file and migrates
         self._checkpointer.start()

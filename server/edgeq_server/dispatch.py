@@ -260,7 +260,7 @@ class Dispatcher:
             return store.claim(queues, want, s.worker_id, s.lease_us, now)
 
         try:
-            jobs, _ = await self._writer.submit(op)
+            jobs, _ = await self._writer.submit(op, rows=want)
         finally:
             s.claiming -= want
         if len(jobs) < want:

@@ -127,7 +127,7 @@ class QueueService:
     async def Enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
         specs = validate.enqueue(request, self._cfg, self._clock.now())
         results, txid = await self._writer.submit(
-            lambda s, now: s.enqueue(specs, now, _new_ids()), after=self._after_enqueue
+            lambda s, now: s.enqueue(specs, now, _new_ids()), after=self._after_enqueue, rows=len(specs)
         )
         return pb.EnqueueResponse(
             results=[
@@ -139,20 +139,22 @@ class QueueService:
 
     async def Ack(self, request: pb.AckRequest, context: Ctx) -> pb.AckResponse:
         items = validate.ack(request, self._codec, self._cfg)
-        settled, txid = await self._writer.submit(lambda s, now: s.ack(items, now), after=self._after_settle)
+        settled, txid = await self._writer.submit(
+            lambda s, now: s.ack(items, now), after=self._after_settle, rows=len(items)
+        )
         return pb.AckResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
 
     async def Nack(self, request: pb.NackRequest, context: Ctx) -> pb.NackResponse:
         items = validate.nack(request, self._codec, self._cfg)
         settled, txid = await self._writer.submit(
-            lambda s, now: s.nack(items, self._backoff, now), after=self._after_settle
+            lambda s, now: s.nack(items, self._backoff, now), after=self._after_settle, rows=len(items)
         )
         return pb.NackResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         refs, extend = validate.heartbeat(request, self._codec, self._cfg)
         results, txid = await self._writer.submit(
-            lambda s, now: s.heartbeat(refs, extend, now), after=self._after_heartbeat
+            lambda s, now: s.heartbeat(refs, extend, now), after=self._after_heartbeat, rows=len(refs)
         )
         resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[o] for o, _ in results], txid=txid)
         for _, expires in results:
@@ -161,12 +163,14 @@ class QueueService:
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
         job_id = validate.job_id(request.job_id)
-        (job, _), txid = await self._writer.submit(lambda s, now: s.cancel(job_id, now), after=self._after_cancel)
+        (job, _), txid = await self._writer.submit(
+            lambda s, now: s.cancel(job_id, now), after=self._after_cancel, rows=1
+        )
         return pb.CancelJobResponse(job=convert.job(job), txid=txid)
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.RetryJobResponse:
         job_id = validate.job_id(request.job_id)
-        job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now), after=self._after_retry)
+        job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now), after=self._after_retry, rows=1)
         return pb.RetryJobResponse(job=convert.job(job), txid=txid)
 
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:

@@ -1,0 +1,159 @@
+"""The writer's inline path: a small write on an idle writer commits on the submitting
+loop's thread; anything else (a busy writer, a large or undeclared operation, LiteFS)
+goes through the writer thread's group commit, and order is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import apsw
+import pytest
+
+from edgeq_server import db
+from edgeq_server.clock import ManualClock
+from edgeq_server.errors import NotFound
+from edgeq_server.store import Store
+from edgeq_server.writer import INLINE_MAX_ROWS, Writer
+
+
+def _insert(name: str) -> object:
+    def op(s: Store, now: int) -> int:
+        s.conn.execute("INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?)", (name, now))
+        return threading.get_ident()
+
+    return op
+
+
+def _names(path: str) -> list[str]:
+    conn = apsw.Connection(path)
+    try:
+        return [str(r[0]) for r in conn.execute("SELECT name FROM queues ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "w.db")
+
+
+async def test_a_small_write_on_an_idle_writer_commits_on_the_loop_thread_before_submit_returns(path: str) -> None:
+    writer = Writer(path, ManualClock(), inline=True)
+    writer.start()
+    try:
+        fut = writer.submit_nowait(_insert("a"), rows=1)  # type: ignore[arg-type]
+        assert fut.done(), "an idle writer runs a small operation at once"
+        ident, txid = fut.result()
+        assert ident == threading.get_ident()
+        assert txid == writer.txid == 1
+        after: list[int] = []
+        await writer.submit(_insert("b"), after=lambda _r, t: after.append(t), rows=INLINE_MAX_ROWS)  # type: ignore[arg-type]
+        assert after == [2]
+    finally:
+        writer.close()
+    assert _names(path) == ["a", "b"]
+
+
+@pytest.mark.parametrize("rows", [None, INLINE_MAX_ROWS + 1])
+async def test_large_or_undeclared_writes_and_a_disabled_inline_path_use_the_writer_thread(
+    path: str, rows: int | None
+) -> None:
+    for writer in (Writer(path, ManualClock(), inline=True), Writer(path, ManualClock(), inline=False)):
+        writer.start()
+        try:
+            n = rows if writer._inline else 1
+            ident, _ = await writer.submit(_insert(f"{rows}-{writer._inline}"), rows=n)  # type: ignore[arg-type]
+            assert ident != threading.get_ident()
+        finally:
+            writer.close()
+
+
+async def test_litefs_commits_never_run_inline(path: str) -> None:
+    """Under LiteFS (txid read after each COMMIT) a commit goes through FUSE: never on the loop."""
+    positions = iter(range(7, 100))
+    writer = Writer(path, ManualClock(), inline=True, txid_after_commit=lambda: next(positions))
+    writer.start()
+    try:
+        ident, txid = await writer.submit(_insert("a"), rows=1)  # type: ignore[arg-type]
+        assert ident != threading.get_ident() and txid == 8
+    finally:
+        writer.close()
+
+
+async def test_while_the_thread_is_busy_small_writes_queue_and_commit_in_submission_order(path: str) -> None:
+    writer = Writer(path, ManualClock(), inline=True)
+    writer.start()
+    started, go = threading.Event(), threading.Event()
+
+    def hold(s: Store, now: int) -> int:
+        s.conn.execute("INSERT INTO queues (name, paused, updated_at) VALUES ('held', 0, ?)", (now,))
+        started.set()
+        go.wait(10)
+        return threading.get_ident()
+
+    try:
+        held = writer.submit_nowait(hold)  # no rows: the thread takes it
+        assert await asyncio.to_thread(started.wait, 5)
+        later = [writer.submit_nowait(_insert(f"q{i}"), rows=1) for i in range(5)]  # type: ignore[arg-type]
+        assert not any(f.done() for f in later), "a busy writer queues small writes too"
+        go.set()
+        results = await asyncio.gather(held, *later)
+        assert all(ident != threading.get_ident() for ident, _ in results)
+        # Once the queue is empty again, the next small write is inline.
+        ident, _ = await writer.submit(_insert("last"), rows=1)  # type: ignore[arg-type]
+        assert ident == threading.get_ident()
+    finally:
+        go.set()
+        writer.close()
+    assert _names(path) == ["held", "q0", "q1", "q2", "q3", "q4", "last"]
+
+
+async def test_an_inline_write_that_fails_rolls_back_and_fails_only_its_caller(path: str) -> None:
+    writer = Writer(path, ManualClock(), inline=True)
+    writer.start()
+
+    def failing(s: Store, now: int) -> None:
+        s.conn.execute("INSERT INTO queues (name, paused, updated_at) VALUES ('gone', 0, ?)", (now,))
+        raise NotFound("job x not found")
+
+    try:
+        with pytest.raises(NotFound):
+            await writer.submit(failing, rows=1)
+        with pytest.raises(apsw.ConstraintError):  # a constraint violation, as on the thread
+            await writer.submit(lambda s, now: s.conn.execute("INSERT INTO queues (name) VALUES (NULL)"), rows=1)
+        await writer.submit(_insert("kept"), rows=1)  # type: ignore[arg-type]
+        assert writer.txid == 1
+    finally:
+        writer.close()
+    assert _names(path) == ["kept"]
+
+
+async def test_inline_commits_still_keep_the_wal_bounded(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread bounds the WAL after its own commits; after inline ones it is asked to."""
+    monkeypatch.setattr(db, "CHECKPOINT_PAGES", 20)
+    monkeypatch.setattr(db, "WAL_RESTART_PAGES", 100)
+    monkeypatch.setattr(db, "WAL_FORCE_RESTART_PAGES", 200)
+    checkpointer = db.Checkpointer(path)  # never started: only the writer can bound the WAL
+    writer = Writer(path, ManualClock(), checkpointer=checkpointer, inline=True)
+    writer.start()
+    largest = inline = 0
+    try:
+        for i in range(1500):
+            blob = os.urandom(3000)  # about a page per write
+            fut = writer.submit_nowait(
+                lambda s, now, b=blob, i=i: s.conn.execute(
+                    "INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?)", (f"q{i}-{b.hex()[:8]}", len(b))
+                ),
+                rows=1,
+            )
+            inline += fut.done()
+            await fut
+            largest = max(largest, os.path.getsize(path + "-wal"))  # noqa: ASYNC240 - a test probe
+    finally:
+        writer.close()
+    assert inline > 1000, f"only {inline} of 1500 writes ran inline"
+    assert largest < 300 * (4096 + 24), f"WAL grew to {largest} bytes"
+    assert len(_names(path)) == 1500
