@@ -9,8 +9,9 @@ filled directly with SQL (200-byte payloads; 80 % completed, 5 % failed, 5 % can
 - claim: Enqueue reply -> job on an idle Lease stream (P3), p50/p99;
 - retention: 1M finished jobs past their retention deleted while a client enqueues (the
   slowest Enqueue meanwhile is the writer's longest stall);
-- storage: bytes per job of the filled file, and of an all-pending database of the same size
-  (without idempotency keys, and with the 41-character key the SDKs send with every job).
+- storage: bytes per job of the filled file, and of an all-pending database written by the
+  store's own Enqueue (``PENDING_SAMPLE`` jobs of 200 bytes, in batches of 100): without
+  idempotency keys, and with the ``auto-<UUIDv7>`` key the SDKs send with every job.
 
     .venv/bin/python bench/bench_scale.py [--sizes 0,100000,1000000] [--out FILE]
 """
@@ -32,12 +33,36 @@ from bench import ServerProcess, bench_dispatch_latency, single_enqueue_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 from edgeq_server import db
+from edgeq_server.ids import uuid7
+from edgeq_server.models import JobSpec
+from edgeq_server.store import Store
 
 MICROS = 1_000_000
+PENDING_SAMPLE = 200_000  # jobs; bytes per job settle long before this
 
 
-def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False, completed_only: bool = False,
-         age_us: int = 0) -> None:
+def pending_bytes_per_job(path: str, jobs: int, sdk_key: bool) -> float:
+    """Bytes per pending 200-byte job as the server's Enqueue stores them."""
+    conn = db.connect(path, writer=True)
+    db.migrate(conn)
+    store = Store(conn)
+    now = int(time.time() * MICROS)
+    payload = os.urandom(200)
+    for _ in range(0, jobs, 100):
+        specs = [
+            JobSpec("bulk", payload, None, 3, idempotency_key=f"auto-{uuid7()}" if sdk_key else None)
+            for _ in range(100)
+        ]
+        with conn:
+            store.enqueue(specs, now, (uuid7() for _ in range(100)))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    size = size_of(path)
+    os.remove(path)
+    return round(size / jobs, 1)
+
+
+def fill(path: str, jobs: int, completed_only: bool = False, age_us: int = 0) -> None:
     """``jobs`` rows through SQL (uuid-shaped ids in insert order), in chunks."""
     conn = db.connect(path, writer=True)
     db.migrate(conn)
@@ -51,19 +76,18 @@ def fill(path: str, jobs: int, pending_only: bool = False, keyed: bool = False, 
                 """
                 WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?1 + ?2 - 1)
                 INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts, priority, run_at,
-                                  created_at, completed_at, idempotency_key)
+                                  created_at, completed_at)
                 SELECT printf('%08x-0000-7000-8000-%012x', i / 65536, i),
                        'bulk-' || (i % 16),
                        randomblob(200),
-                       CASE WHEN ?6 THEN 'completed' WHEN ?3 THEN 'pending' WHEN i % 20 < 16 THEN 'completed'
+                       CASE WHEN ?4 THEN 'completed' WHEN i % 20 < 16 THEN 'completed'
                             WHEN i % 20 = 16 THEN 'failed'
                             WHEN i % 20 = 17 THEN 'cancelled' ELSE 'pending' END,
-                       1, 3, 0, ?4, ?4,
-                       CASE WHEN ?6 THEN ?4 WHEN ?3 OR i % 20 >= 18 THEN NULL ELSE ?4 END,
-                       CASE WHEN ?5 THEN printf('auto-%08x-0000-7000-8000-%012x', i / 65536, i) END
+                       1, 3, 0, ?3, ?3,
+                       CASE WHEN ?4 THEN ?3 WHEN i % 20 >= 18 THEN NULL ELSE ?3 END
                 FROM seq
                 """,
-                (done, n, 1 if pending_only else 0, now, 1 if keyed else 0, 1 if completed_only else 0),
+                (done, n, now, 1 if completed_only else 0),
             )
         done += n
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -88,13 +112,6 @@ def measure(jobs: int, d: str) -> dict[str, object]:
         claim = bench_dispatch_latency(srv.target, 500)
     finally:
         srv.stop()
-    pending_path = os.path.join(d, f"pending-{jobs}.db")
-    per_pending: dict[str, float] = {}
-    if jobs:
-        for keyed in (False, True):  # the SDKs send an idempotency key with every job (auto-<uuid7>)
-            fill(pending_path, jobs, pending_only=True, keyed=keyed)
-            per_pending["with_sdk_key" if keyed else "no_key"] = round(size_of(pending_path) / jobs, 1)
-            os.remove(pending_path)
     os.remove(path)
     return {
         "jobs": jobs, "fill_s": round(fill_s, 1), "startup_s": round(startup, 2),
@@ -102,8 +119,6 @@ def measure(jobs: int, d: str) -> dict[str, object]:
         "claim_after_reply_p50_ms": round(claim["after_enqueue_reply_p50_ms"], 3),
         "claim_after_reply_p99_ms": round(claim["after_enqueue_reply_p99_ms"], 3),
         "bytes_per_job_mixed": round(bytes_mixed / jobs, 1) if jobs else None,
-        "bytes_per_pending_job": per_pending.get("no_key"),
-        "bytes_per_pending_job_with_sdk_key": per_pending.get("with_sdk_key"),
     }
 
 
@@ -169,8 +184,17 @@ def main() -> None:
         )
     with tempfile.TemporaryDirectory() as d:
         retention = retention_stall(d, args.retention_jobs) if args.retention_jobs else None
+        storage = {
+            "pending_jobs": PENDING_SAMPLE,
+            "bytes_per_pending_job": pending_bytes_per_job(os.path.join(d, "p.db"), PENDING_SAMPLE, False),
+            "bytes_per_pending_job_with_sdk_key": pending_bytes_per_job(os.path.join(d, "k.db"), PENDING_SAMPLE, True),
+        }
     print(json.dumps(retention), flush=True)
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows, "retention": retention}
+    print(json.dumps(storage), flush=True)
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows, "retention": retention, "storage": storage,
+    }
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

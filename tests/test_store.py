@@ -5,6 +5,7 @@ schema's CHECK constraints, migrations, and the group-commit writer."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import threading
@@ -150,6 +151,43 @@ def test_enqueue_same_idempotency_key_on_another_queue_is_a_new_job(store: Store
     assert a.job_id != b.job_id
     assert not a.duplicate and not b.duplicate
     assert enqueue(store, spec("b", key="k"))[0].job_id == b.job_id
+
+
+def test_a_generated_auto_key_is_stored_as_the_jobs_id_not_as_text(store: Store) -> None:
+    """``auto-<UUID>`` (the SDKs' generated key) costs no key column or index entry: the job
+    takes the UUID as its id and the key reads back the same."""
+    uuid = ids.uuid7()
+    first = enqueue(store, spec(key=f"auto-{uuid}"))[0]
+    assert (first.job_id, first.duplicate) == (uuid, False)
+    assert get(store, uuid).idempotency_key == f"auto-{uuid}"
+    row = store.conn.execute("SELECT idempotency_key, auto_key FROM jobs WHERE id = ?", (uuid,)).fetchone()
+    assert row == (None, 1)
+    # A retry finds it by the id (in another batch, and twice within one), completed too.
+    again = enqueue(store, spec(payload=b"retry", key=f"auto-{uuid}"), spec(key=f"auto-{uuid}"), now=NOW + 5)
+    assert [(r.job_id, r.duplicate) for r in again] == [(uuid, True), (uuid, True)]
+    assert store.job_id_by_key("q", f"auto-{uuid}") == uuid
+    assert len(store.list_jobs(None, None, 0, 100)) == 1
+
+
+def test_an_auto_key_keeps_the_semantics_of_any_key_when_its_uuid_cannot_be_the_id(store: Store) -> None:
+    uuid, own_id = ids.uuid7(), ids.uuid7()
+    # The same generated key on another queue is another job (keys are per queue).
+    a, b = enqueue(store, spec("a", key=f"auto-{uuid}"), spec("b", key=f"auto-{uuid}"))
+    assert a.job_id == uuid and b.job_id != uuid and not b.duplicate
+    assert get(store, b.job_id).idempotency_key == f"auto-{uuid}"
+    assert enqueue(store, spec("b", key=f"auto-{uuid}"))[0].job_id == b.job_id  # found by the key column
+    assert store.job_id_by_key("b", f"auto-{uuid}") == b.job_id
+    # A job that brings its own id (accepted at an edge) keeps it and stores the key as text.
+    other = ids.uuid7()
+    with_id = dataclasses.replace(spec("c", key=f"auto-{other}"), job_id=own_id)
+    c = write(store, lambda: store.enqueue([with_id], NOW, iter([])))[0]
+    assert c.job_id == own_id
+    assert get(store, own_id).idempotency_key == f"auto-{other}"
+    assert enqueue(store, spec("c", key=f"auto-{other}"))[0].job_id == own_id
+    # Not a generated key (upper case, extra text): stored as given.
+    odd = f"auto-{ids.uuid7().upper()}"
+    d = enqueue(store, spec("d", key=odd))[0]
+    assert d.job_id.lower() != odd[5:].lower() and get(store, d.job_id).idempotency_key == odd
 
 
 def test_enqueue_key_is_still_taken_while_its_job_is_retained_in_a_final_state(store: Store) -> None:

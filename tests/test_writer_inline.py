@@ -132,7 +132,8 @@ async def test_an_inline_write_that_fails_rolls_back_and_fails_only_its_caller(p
 
 
 async def test_inline_commits_still_keep_the_wal_bounded(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The thread bounds the WAL after its own commits; after inline ones it is asked to."""
+    """Past WAL_RESTART_PAGES writes go to the thread, which bounds the WAL after its commit
+    (and checkpoints there, never on the loop); then they run inline again."""
     monkeypatch.setattr(db, "CHECKPOINT_PAGES", 20)
     monkeypatch.setattr(db, "WAL_RESTART_PAGES", 100)
     monkeypatch.setattr(db, "WAL_FORCE_RESTART_PAGES", 200)
@@ -154,6 +155,8 @@ async def test_inline_commits_still_keep_the_wal_bounded(path: str, monkeypatch:
             largest = max(largest, os.path.getsize(path + "-wal"))  # noqa: ASYNC240 - a test probe
     finally:
         writer.close()
-    assert inline > 1000, f"only {inline} of 1500 writes ran inline"
-    assert largest < 300 * (4096 + 24), f"WAL grew to {largest} bytes"
+    # Without a checkpointer the WAL fills from WAL_RESTART_PAGES to the forced RESTART on
+    # the thread every ~200 writes; in between, writes run inline again.
+    assert inline > 500, f"only {inline} of 1500 writes ran inline"
+    assert largest < 250 * (4096 + 24), f"WAL grew to {largest} bytes"  # as on the thread alone
     assert len(_names(path)) == 1500

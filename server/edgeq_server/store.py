@@ -20,6 +20,11 @@ write can commit and its reply still be lost, so clients retry it):
   cancelling or redriving the job clears ``settled_lease_id``: after that (and after an
   expiry, which settles nothing) the old token is STALE as before.
 - CancelJob on a CANCELLED job and RetryJob on a PENDING job return the job unchanged.
+
+A generated key of the form ``auto-<UUID>`` (what the SDKs send for a job without a
+caller's key) is not stored as text: the job takes the UUID as its id, with ``auto_key = 1``
+(migration 5), unless the job brings its own id or that id is taken. Reads give the key
+back as ``'auto-' || id``; lookups by key try that id first, then the key column.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +46,18 @@ from .tokens import LeaseRef
 _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
-    " idempotency_key, headers, result"
+    " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result"
 )
+#: A generated idempotency key, stored as its job's id (see the module docstring).
+_AUTO_KEY = re.compile(r"auto-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def _auto_id(key: str | None) -> str | None:
+    """The UUID of an ``auto-<UUID>`` key (lowercase UUID text), else None."""
+    m = _AUTO_KEY.fullmatch(key) if key else None
+    return m.group(1) if m else None
+
+
 # worker_id names the holder of the current lease, so it goes with the lease.
 _CLEAR_LEASE = "lease_id = NULL, lease_expires_at = NULL, lease_us = NULL, worker_id = NULL"
 _FINAL = "('completed', 'failed', 'cancelled')"
@@ -167,20 +183,30 @@ class Store:
         cur = self.conn.cursor()
         for queue in {s.queue for s in specs}:
             cur.execute(
-                "INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?)"
-                " ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
                 (queue, now),
             )
         for spec in specs:
             key = (spec.queue, spec.idempotency_key) if spec.idempotency_key else None
+            auto_id = _auto_id(spec.idempotency_key)
+            auto_taken = False  # auto_id names another job: store this one the usual way
             if key is not None:
                 if key in seen:
                     first = seen[key]
                     results.append(EnqueueResult(first.job_id, True, first.queue, first.run_at))
                     continue
-                row = cur.execute(
-                    "SELECT id, run_at FROM jobs WHERE queue_name = ? AND idempotency_key = ?", key
-                ).fetchone()
+                row = None
+                if auto_id is not None:
+                    by_id = cur.execute(
+                        "SELECT queue_name, auto_key, run_at FROM jobs WHERE id = ?", (auto_id,)
+                    ).fetchone()
+                    if by_id is not None and by_id[1] and by_id[0] == spec.queue:
+                        row = (auto_id, by_id[2])
+                    auto_taken = by_id is not None or auto_id in seen_ids
+                if row is None:
+                    row = cur.execute(
+                        "SELECT id, run_at FROM jobs WHERE queue_name = ? AND idempotency_key = ?", key
+                    ).fetchone()
                 if row is not None:
                     res = EnqueueResult(str(row[0]), True, spec.queue, int(row[1]))
                     seen[key] = res
@@ -203,12 +229,13 @@ class Store:
                     seen_ids[spec.job_id] = res
                     results.append(res)
                     continue
-            job_id = spec.job_id or next(ids)
+            compact = auto_id is not None and spec.job_id is None and not auto_taken
+            job_id = spec.job_id or (auto_id if compact else None) or next(ids)
             run_at = now if spec.run_at is None else spec.run_at
             cur.execute(
                 "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
-                " priority, run_at, created_at, idempotency_key, headers)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)",
+                " priority, run_at, created_at, idempotency_key, headers, auto_key)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.queue,
@@ -217,8 +244,9 @@ class Store:
                     spec.priority,
                     run_at,
                     now,
-                    spec.idempotency_key,
+                    None if compact else spec.idempotency_key,
                     json.dumps(spec.headers, separators=(",", ":")) if spec.headers else None,
+                    int(compact),
                 ),
             )
             res = EnqueueResult(job_id, False, spec.queue, run_at)
@@ -228,9 +256,7 @@ class Store:
             results.append(res)
         return results
 
-    def claim(
-        self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int
-    ) -> list[Job]:
+    def claim(self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int) -> list[Job]:
         """Lease up to ``limit`` due jobs from the unpaused ``queues``: highest priority
         first, then run_at, then enqueue order. Each gets a fresh ``lease_id``."""
         if limit <= 0 or not queues:
@@ -354,8 +380,7 @@ class Store:
             else:
                 delay = backoff.delay_us(attempts) if delay_us is None else delay_us
                 cur.execute(
-                    "UPDATE jobs SET status = 'pending', run_at = ?, error_message = ?,"
-                    f" {_SETTLE_LEASE} WHERE id = ?",
+                    f"UPDATE jobs SET status = 'pending', run_at = ?, error_message = ?, {_SETTLE_LEASE} WHERE id = ?",
                     (now + delay, message or None, ref.job_id),
                 )
                 out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.PENDING, now + delay))
@@ -485,6 +510,13 @@ class Store:
 
     def job_id_by_key(self, queue: str, key: str) -> str | None:
         """The id of the retained job with this (queue, idempotency_key)."""
+        auto_id = _auto_id(key)
+        if auto_id is not None:
+            v = self.conn.execute(
+                "SELECT id FROM jobs WHERE id = ? AND queue_name = ? AND auto_key = 1", (auto_id, queue)
+            ).get
+            if v is not None:
+                return str(v)
         v = self.conn.execute("SELECT id FROM jobs WHERE queue_name = ? AND idempotency_key = ?", (queue, key)).get
         return None if v is None else str(v)
 
@@ -531,8 +563,15 @@ class Store:
             pending, scheduled, running, completed, failed, cancelled = (int(v or 0) for v in row[:6])
             out.append(
                 QueueCounts(
-                    name, pending, scheduled, running, completed, failed, cancelled,
-                    oldest_ready_run_at=row[6], paused=known.get(name, False),
+                    name,
+                    pending,
+                    scheduled,
+                    running,
+                    completed,
+                    failed,
+                    cancelled,
+                    oldest_ready_run_at=row[6],
+                    paused=known.get(name, False),
                 )
             )
         return out
@@ -558,8 +597,7 @@ class Store:
         return [
             (str(q), int(t))
             for q, t in self.conn.execute(
-                "SELECT queue_name, min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?"
-                " GROUP BY queue_name",
+                "SELECT queue_name, min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ? GROUP BY queue_name",
                 (now,),
             )
         ]
@@ -638,8 +676,9 @@ class EdgeLogStore:
         )
         self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_key ON edge_jobs (queue, idempotency_key)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_seq ON edge_jobs (seq)")
-        self.conn.execute("CREATE INDEX IF NOT EXISTS edge_jobs_drained ON edge_jobs (drained_txid)"
-                          " WHERE drained_txid IS NOT NULL")
+        self.conn.execute(
+            "CREATE INDEX IF NOT EXISTS edge_jobs_drained ON edge_jobs (drained_txid) WHERE drained_txid IS NOT NULL"
+        )
 
     @contextlib.contextmanager
     def transaction(self, durable: bool = True) -> Iterator[None]:
@@ -721,8 +760,12 @@ class EdgeLogStore:
         if row is None:
             return None
         return EdgeJob(
-            str(row[0]), None if row[1] is None else bytes(row[1]), int(row[2]), int(row[3]),
-            None if row[4] is None else str(row[4]), None if row[5] is None else int(row[5]),
+            str(row[0]),
+            None if row[1] is None else bytes(row[1]),
+            int(row[2]),
+            int(row[3]),
+            None if row[4] is None else str(row[4]),
+            None if row[5] is None else int(row[5]),
             None if row[6] is None else str(row[6]),
         )
 

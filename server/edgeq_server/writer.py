@@ -63,7 +63,6 @@ After = Callable[[T, int], None]
 TXID_BLOCK = 1000
 Op = Callable[[Store, int], T]
 _STOP = object()
-_BOUND_WAL = object()  # an inline commit grew the WAL: the thread bounds it
 #: The most rows an operation may declare (``rows=``) and still run inline.
 INLINE_MAX_ROWS = 128
 
@@ -181,6 +180,7 @@ class Writer:
                 and rows <= INLINE_MAX_ROWS
                 and self._queued == 0
                 and self._store is not None
+                and not self._wal_large()  # the thread bounds it after its next commit
                 and self._conn_lock.acquire(blocking=False)
             )
             if not inline:
@@ -189,11 +189,8 @@ class Writer:
                 return fut
         try:
             self._commit(self._store, [item])  # type: ignore[arg-type]  # checked above
-            bound = self._checkpointer is not None and self._checkpointer.wal_pages >= db.WAL_RESTART_PAGES
         finally:
             self._conn_lock.release()
-        if bound:
-            self._queue.put(_BOUND_WAL)
         _resolve([item], self._txid)
         return fut
 
@@ -236,8 +233,7 @@ class Writer:
                 batch: list[_Pending] = []
                 if first is _STOP:
                     break
-                if first is not _BOUND_WAL:
-                    batch.append(first)
+                batch.append(first)
                 while len(batch) < self._max_batch:
                     try:
                         item = self._queue.get_nowait()
@@ -246,21 +242,24 @@ class Writer:
                     if item is _STOP:
                         stopping = True
                         break
-                    if item is not _BOUND_WAL:
-                        batch.append(item)
+                    batch.append(item)
                 with self._conn_lock:
                     if batch:
                         self._commit(store, batch)
-                        self._hand_back(batch)
-                    if self._checkpointer is not None and self._checkpointer.wal_pages >= db.WAL_RESTART_PAGES:
-                        self._bound_wal(conn, self._checkpointer)
+                    if self._wal_large():
+                        self._bound_wal(conn, self._checkpointer)  # type: ignore[arg-type]  # see _wal_large
                 if batch:
-                    with self._close_lock:
+                    with self._close_lock:  # before the callers hear back: their next write may be inline
                         self._queued -= len(batch)
+                    self._hand_back(batch)
         finally:
             with self._conn_lock:
                 self._store = None
                 conn.close()
+
+    def _wal_large(self) -> bool:
+        """The WAL is past ``db.WAL_RESTART_PAGES``: writes go to the thread, which bounds it."""
+        return self._checkpointer is not None and self._checkpointer.wal_pages >= db.WAL_RESTART_PAGES
 
     def _bound_wal(self, conn: apsw.Connection, cp: db.Checkpointer) -> None:
         """The WAL is past ``db.WAL_RESTART_PAGES``: make the next transaction start it over,
