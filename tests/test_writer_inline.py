@@ -1,18 +1,21 @@
-"""The writer's inline path: a small write on an idle writer commits on the submitting
-loop's thread; anything else (a busy writer, a large or undeclared operation, LiteFS)
-goes through the writer thread's group commit, and order is kept."""
+"""The writer's inline path: a small write on an idle writer of a quiet server commits on
+the submitting loop's thread; anything else (a busy writer, other RPCs in progress, a large
+or undeclared operation, LiteFS) goes through the writer thread's group commit, and order
+is kept."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
 import pytest
 
 from edgeq_server import db
+from edgeq_server.app import InFlight
 from edgeq_server.clock import ManualClock
 from edgeq_server.errors import NotFound
 from edgeq_server.store import Store
@@ -41,7 +44,7 @@ def path(tmp_path: Path) -> str:
 
 
 async def test_a_small_write_on_an_idle_writer_commits_on_the_loop_thread_before_submit_returns(path: str) -> None:
-    writer = Writer(path, ManualClock(), inline=True)
+    writer = Writer(path, ManualClock(), inline_when=lambda: True)
     writer.start()
     try:
         fut = writer.submit_nowait(_insert("a"), rows=1)  # type: ignore[arg-type]
@@ -57,24 +60,52 @@ async def test_a_small_write_on_an_idle_writer_commits_on_the_loop_thread_before
     assert _names(path) == ["a", "b"]
 
 
-@pytest.mark.parametrize("rows", [None, INLINE_MAX_ROWS + 1])
-async def test_large_or_undeclared_writes_and_a_disabled_inline_path_use_the_writer_thread(
-    path: str, rows: int | None
+@pytest.mark.parametrize(
+    ("rows", "inline_when"),
+    [(None, lambda: True), (INLINE_MAX_ROWS + 1, lambda: True), (1, None), (1, lambda: False)],
+    ids=["undeclared", "large", "never", "server-busy"],
+)
+async def test_large_or_undeclared_writes_and_a_busy_server_use_the_writer_thread(
+    path: str, rows: int | None, inline_when: Callable[[], bool] | None
 ) -> None:
-    for writer in (Writer(path, ManualClock(), inline=True), Writer(path, ManualClock(), inline=False)):
-        writer.start()
-        try:
-            n = rows if writer._inline else 1
-            ident, _ = await writer.submit(_insert(f"{rows}-{writer._inline}"), rows=n)  # type: ignore[arg-type]
-            assert ident != threading.get_ident()
-        finally:
-            writer.close()
+    writer = Writer(path, ManualClock(), inline_when=inline_when)
+    writer.start()
+    try:
+        ident, _ = await writer.submit(_insert("a"), rows=rows)  # type: ignore[arg-type]
+        assert ident != threading.get_ident()
+    finally:
+        writer.close()
+
+
+async def test_the_server_counts_the_unary_rpcs_in_progress() -> None:
+    """The app's gate: quiet while at most one unary RPC (the caller's own) is handled."""
+    in_flight = InFlight()
+    release = asyncio.Event()
+    seen: list[bool] = []
+
+    async def handler(_request: object, _context: object) -> None:
+        seen.append(in_flight.quiet())
+        await release.wait()
+
+    tracked = in_flight.track(handler)
+    first = asyncio.create_task(tracked(None, None))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(tracked(None, None))
+    await asyncio.sleep(0)
+    assert seen == [True, False] and in_flight.calls == 2
+    release.set()
+    await asyncio.gather(first, second)
+    assert in_flight.calls == 0 and in_flight.quiet()
+    failing = in_flight.track(lambda _r, _c: asyncio.sleep(0, result=1 / 0))  # type: ignore[arg-type, func-returns-value]
+    with pytest.raises(ZeroDivisionError):
+        await failing(None, None)
+    assert in_flight.calls == 0
 
 
 async def test_litefs_commits_never_run_inline(path: str) -> None:
     """Under LiteFS (txid read after each COMMIT) a commit goes through FUSE: never on the loop."""
     positions = iter(range(7, 100))
-    writer = Writer(path, ManualClock(), inline=True, txid_after_commit=lambda: next(positions))
+    writer = Writer(path, ManualClock(), inline_when=lambda: True, txid_after_commit=lambda: next(positions))
     writer.start()
     try:
         ident, txid = await writer.submit(_insert("a"), rows=1)  # type: ignore[arg-type]
@@ -84,7 +115,7 @@ async def test_litefs_commits_never_run_inline(path: str) -> None:
 
 
 async def test_while_the_thread_is_busy_small_writes_queue_and_commit_in_submission_order(path: str) -> None:
-    writer = Writer(path, ManualClock(), inline=True)
+    writer = Writer(path, ManualClock(), inline_when=lambda: True)
     writer.start()
     started, go = threading.Event(), threading.Event()
 
@@ -112,7 +143,7 @@ async def test_while_the_thread_is_busy_small_writes_queue_and_commit_in_submiss
 
 
 async def test_an_inline_write_that_fails_rolls_back_and_fails_only_its_caller(path: str) -> None:
-    writer = Writer(path, ManualClock(), inline=True)
+    writer = Writer(path, ManualClock(), inline_when=lambda: True)
     writer.start()
 
     def failing(s: Store, now: int) -> None:
@@ -138,7 +169,7 @@ async def test_inline_commits_still_keep_the_wal_bounded(path: str, monkeypatch:
     monkeypatch.setattr(db, "WAL_RESTART_PAGES", 100)
     monkeypatch.setattr(db, "WAL_FORCE_RESTART_PAGES", 200)
     checkpointer = db.Checkpointer(path)  # never started: only the writer can bound the WAL
-    writer = Writer(path, ManualClock(), checkpointer=checkpointer, inline=True)
+    writer = Writer(path, ManualClock(), checkpointer=checkpointer, inline_when=lambda: True)
     writer.start()
     largest = inline = 0
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -68,12 +69,37 @@ def server_options(cfg: Config) -> list[tuple[str, Any]]:
     ]
 
 
+class InFlight:
+    """How many unary RPCs are being handled right now (the writer runs a small write on
+    the event loop only while its RPC is the only one)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def quiet(self) -> bool:
+        return self.calls <= 1
+
+    def track(self, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def tracked(request: Any, context: Any) -> Any:
+            self.calls += 1
+            try:
+                return await fn(request, context)
+            finally:
+                self.calls -= 1
+
+        return tracked
+
+
 def method_handlers(
-    service: QueueService, cluster: Cluster, guard: Guard | None = None, streams: StreamLimits | None = None
+    service: QueueService,
+    cluster: Cluster,
+    guard: Guard | None = None,
+    streams: StreamLimits | None = None,
+    in_flight: InFlight | None = None,
 ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """One handler per RPC in the proto, wrapped by ``status`` and decoding safely, checked
-    by the ``guard`` (auth on), and routed by the cluster (on a LiteFS node, writes and
-    Lease go to the primary, which checks the caller's token again)."""
+    by the ``guard`` (auth on), routed by the cluster (on a LiteFS node, writes and Lease go
+    to the primary, which checks the caller's token again), unary ones counted ``in_flight``."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
         req_cls = getattr(pb, m.input_type.name)
@@ -90,6 +116,8 @@ def method_handlers(
                 response_serializer=resp_cls.SerializeToString,
             )
         else:
+            if in_flight is not None:
+                fn = in_flight.track(fn)
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
                 status.unary(m.name, fn),
                 request_deserializer=safe_deserializer(req_cls),
@@ -121,6 +149,7 @@ class EdgeqServer:
         self.clock: Clock = clock or SystemClock()
         self.port = 0
         self.supervisor = Supervisor()
+        self._in_flight = InFlight()
         #: Who each bearer token is (auth is on when any token is configured).
         self.tokens = Tokens(config.auth_token, config.client_token, config.tokens_file, config.cluster_secret)
         #: TLS of the port and of calls to other nodes (None: plaintext).
@@ -161,7 +190,7 @@ class EdgeqServer:
         self._checkpointer = db.Checkpointer(path)
         self.writer = Writer(
             path, self.clock, max_batch=cfg.write_batch, checkpointer=self._checkpointer,
-            txid_after_commit=cluster.txid_after_commit, inline=True,
+            txid_after_commit=cluster.txid_after_commit, inline_when=self._in_flight.quiet,
         )
         await asyncio.to_thread(self.writer.start)  # opens the file and migrates
         self._checkpointer.start()
@@ -197,7 +226,7 @@ class EdgeqServer:
             SERVICE_NAME,
             method_handlers(service, cluster, guard, StreamLimits(
                 cfg.max_lease_streams, cfg.max_lease_streams_per_connection, cluster.from_node
-            )),
+            ), self._in_flight),
         )
         cluster.attach(server, self.supervisor, self._committed)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
