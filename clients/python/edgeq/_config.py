@@ -10,6 +10,7 @@ keepalive pings, reconnect backoff and message size limits.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,25 +36,14 @@ DEFAULT_TIMEOUT = 10.0
 #: Largest gRPC message sent or received (the server's default limit too).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-_SERVICE = "edgeq.v1.QueueService"
 
 #: gRPC service config: every QueueService method retries UNAVAILABLE up to 5 attempts
 #: with exponential backoff (0.1 s doubling to 2 s, jittered by gRPC). The call deadline
-#: bounds all attempts together.
-SERVICE_CONFIG: dict[str, Any] = {
-    "methodConfig": [
-        {
-            "name": [{"service": _SERVICE}],
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
+#: bounds all attempts together. The one policy of all three SDKs: clients/service-config.json,
+#: copied into this package by scripts/gen (docs/worker-contract.md, §8).
+SERVICE_CONFIG: dict[str, Any] = json.loads(
+    importlib.resources.files("edgeq").joinpath("service_config.json").read_text(encoding="utf-8")
+)
 
 
 def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:

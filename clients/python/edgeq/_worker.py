@@ -87,10 +87,14 @@ class LeasedJob:
     ``payload``, ``id``, ``queue``, ``headers``, ``attempts`` (this delivery included) come
     from the job; ``job`` converts the whole of it. ``lease_lost`` is set when a heartbeat
     or the settle call finds the lease stale (expired, re-leased or the job cancelled): the
-    handler may stop early, since its outcome will be ignored.
+    handler may stop early, since its outcome will be ignored. ``cancelled`` is set then too,
+    and also when the handler times out or a stop's drain timeout passes: whenever the
+    worker no longer waits for this handler (docs/worker-contract.md, §5).
     """
 
-    __slots__ = ("_due", "_job", "_settling", "lease_expires_at", "lease_lost", "lease_token", "raw")
+    __slots__ = (
+        "_due", "_job", "_settling", "_started", "cancelled", "lease_expires_at", "lease_lost", "lease_token", "raw"
+    )
 
     def __init__(self, raw: pb.LeasedJob, due: float) -> None:
         self.raw = raw
@@ -98,7 +102,9 @@ class LeasedJob:
         #: When the lease lapses unless extended (updated by heartbeats).
         self.lease_expires_at: datetime | None = to_datetime(raw.lease_expires_at)
         self.lease_lost = threading.Event()
+        self.cancelled = threading.Event()
         self._due = due  # monotonic time of the next heartbeat
+        self._started: float | None = None  # monotonic time the handler began
         self._settling = False  # its Ack / Nack is queued or sent: heartbeats no longer judge the lease
         self._job: Job | None = None
 
@@ -171,13 +177,18 @@ class Worker:
 
     ``target`` is a ``host:port`` (the worker opens and closes its own Client) or a Client
     to share. ``max_in_flight`` (default ``4 * concurrency``) is how many unsettled jobs the
-    server may push ahead; ``lease_duration`` is in seconds (at least 1). ``reconnect_backoff``
-    is (initial, max) seconds for reopening the stream, with full jitter. ``tls`` and
-    ``token`` are the Client's (used when ``target`` is an address).
+    server may push ahead; ``lease_duration`` is in seconds (at least 1). ``handler_timeout``
+    (seconds, default none): a handler running longer is abandoned — its ``cancelled`` event
+    fires and the job is Nacked at once with the server's backoff. ``reconnect_backoff`` is
+    (initial, max) seconds for reopening the stream, with full jitter. ``tls`` and ``token``
+    are the Client's (used when ``target`` is an address). The rules are
+    docs/worker-contract.md's, shared with the Go and TypeScript Workers.
 
     The handler returns ``None`` or bytes (Ack, with the bytes as the job's result); raising
     ``Retry(delay=...)`` retries after that delay, ``Fail(message)`` fails the job for good,
-    and any other exception retries with the server's backoff, ``repr(exc)`` as the error.
+    any other exception retries with the server's backoff, ``repr(exc)`` as the error, and a
+    ``BaseException`` that is not an ``Exception`` (the nearest thing to a panic) does the
+    same with ``panic: ...`` as the error, the worker running on.
     """
 
     def __init__(
@@ -189,6 +200,7 @@ class Worker:
         concurrency: int = 8,
         max_in_flight: int | None = None,
         lease_duration: float | timedelta = 30.0,
+        handler_timeout: float | timedelta | None = None,
         worker_id: str | None = None,
         heartbeat: bool = True,
         ack_batch_max: int = 256,
@@ -205,6 +217,9 @@ class Worker:
         lease = lease_duration.total_seconds() if isinstance(lease_duration, timedelta) else float(lease_duration)
         if lease < 1:
             raise ValueError("lease_duration must be at least 1 second")
+        timeout = handler_timeout.total_seconds() if isinstance(handler_timeout, timedelta) else handler_timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError("handler_timeout must be positive")
         if not 1 <= ack_batch_max <= BATCH_MAX:
             raise ValueError(f"ack_batch_max must be 1..{BATCH_MAX}")
         if ack_flush_interval < 0:
@@ -223,6 +238,7 @@ class Worker:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.lease_duration = lease
+        self.handler_timeout = timeout
         self.worker_id = worker_id if worker_id is not None else f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat = heartbeat
         self.ack_batch_max = ack_batch_max
@@ -337,7 +353,7 @@ class Worker:
     def _run(self) -> None:
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="edgeq-handler")
         self._threads = [threading.Thread(target=self._settle_loop, name="edgeq-settler", daemon=True)]
-        if self.heartbeat:
+        if self.heartbeat or self.handler_timeout is not None:
             self._threads.append(threading.Thread(target=self._heartbeat_loop, name="edgeq-heartbeat", daemon=True))
         for t in self._threads:
             t.start()
@@ -408,7 +424,17 @@ class Worker:
         token = lj.lease_token
         if token not in self._running:  # handed back by a drain that timed out
             return
+        if self._stopping.is_set() and self._running.pop(token, None) is not None:
+            # Received but not started when stop() came: handed back at once, for another worker.
+            lj._settling = True
+            back = pb.NackItem(lease_token=token, error_message="worker stopping", retry_delay=_IMMEDIATE)
+            self._settle_q.put((lj, back, False))
+            if self._draining and not self._running:
+                with self._idle:
+                    self._idle.notify_all()
+            return
         item: pb.AckItem | pb.NackItem
+        lj._started = time.monotonic()
         try:
             result = self.handler(lj)
             if result is None:
@@ -426,8 +452,19 @@ class Worker:
         except Exception as exc:
             log.warning("job %s failed (attempt %d of %d)", lj.id, lj.attempts, lj.max_attempts, exc_info=True)
             item = pb.NackItem(lease_token=token, error_message=_clip(repr(exc)))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a "panic": reported on the job, the worker runs on
+            log.error("job %s panicked (attempt %d of %d)", lj.id, lj.attempts, lj.max_attempts, exc_info=True)
+            item = pb.NackItem(lease_token=token, error_message=_clip(f"panic: {type(exc).__name__}: {exc}"))
         if self._running.pop(token, None) is None:
-            log.warning("job %s finished after the drain timeout; it was handed back already", lj.id)
+            log.warning("job %s finished after it was given up (timeout or drain); its outcome is dropped", lj.id)
+            return
+        if lj.lease_lost.is_set():  # logged when it was lost; nothing to send
+            self._release([lj])
+            if self._draining and not self._running:
+                with self._idle:
+                    self._idle.notify_all()
             return
         lj._settling = True
         self._settle_q.put((lj, item, True))
@@ -565,8 +602,15 @@ class Worker:
     # ------------------------------------------------------------------ heartbeats (heartbeat thread)
 
     def _heartbeat_loop(self) -> None:
+        """Extends due leases in one call per tick, and abandons handlers past their timeout."""
         tick = min(max(self.lease_duration / 8, 0.05), 5.0)
+        if self.handler_timeout is not None:
+            tick = min(tick, max(self.handler_timeout / 10, 0.01))
         while not self._hb_stop.wait(tick):
+            if self.handler_timeout is not None:
+                self._time_out(time.monotonic() - self.handler_timeout)
+            if not self.heartbeat:
+                continue
             horizon = time.monotonic() + tick
             with self._held_lock:
                 due = [lj for lj in self._held.values() if lj._due <= horizon and not lj.lease_lost.is_set()]
@@ -575,6 +619,21 @@ class Worker:
                     self._extend(due)
                 except Exception:
                     log.exception("heartbeat failed")
+
+    def _time_out(self, started_before: float) -> None:
+        """Nack (server backoff) every handler that began before ``started_before``."""
+        assert self.handler_timeout is not None
+        for lj in list(self._running.values()):
+            if lj._started is None or lj._started > started_before or self._running.pop(lj.lease_token, None) is None:
+                continue
+            lj.cancelled.set()
+            lj._settling = True
+            log.warning("job %s: handler timed out after %.3gs; nacking it", lj.id, self.handler_timeout)
+            message = f"handler timed out after {self.handler_timeout:g}s"
+            self._settle_q.put((lj, pb.NackItem(lease_token=lj.lease_token, error_message=message), True))
+            if self._draining and not self._running:
+                with self._idle:
+                    self._idle.notify_all()
 
     def _extend(self, due: list[LeasedJob]) -> None:
         sent = time.monotonic()
@@ -596,6 +655,7 @@ class Worker:
             else:
                 self._lost += 1
                 lj.lease_lost.set()
+                lj.cancelled.set()
                 log.warning("lease of job %s lost (%s): the handler's outcome will be ignored",
                             lj.id, pb.LeaseOutcome.Name(outcome))
 
@@ -614,6 +674,7 @@ class Worker:
             if leftover:
                 log.warning("stop timeout: handing back %d unfinished jobs", len(leftover))
             for lj in leftover:
+                lj.cancelled.set()
                 lj._settling = True
                 item = pb.NackItem(lease_token=lj.lease_token, error_message="worker stopped before the job finished",
                                    retry_delay=_IMMEDIATE)
