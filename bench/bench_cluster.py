@@ -1,4 +1,4 @@
-"""edgeq on a real 3-node LiteFS cluster (loopback, static lease; tests/cluster_harness.py):
+"""edgeq on a real 3-node LiteFS cluster (loopback, static lease; tests/support/cluster_harness.py):
 
   1. single Enqueue latency, one client: direct on the primary vs forwarded by a replica
   2. Enqueue throughput through the LiteFS mount with 16 concurrent producers, calls of
@@ -35,7 +35,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from cluster_harness import Cluster
+from support.cluster_harness import Cluster
 
 from bench import PAYLOAD, ServerProcess, concurrent_enqueue, grpc_floor_latency, pct, single_enqueue_latency
 

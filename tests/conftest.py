@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import open_store
+from support.factories import open_store
 
 from edgeq_server.store import Store
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: support, procs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the support package
 
 from drivers import SDKS, DriverFactory, built
-from procs import ServerProcess
+from support.procs import ServerProcess
 
 
 @pytest.fixture(params=SDKS)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from drivers import DriverFactory
-from procs import ServerProcess
+from support.procs import ServerProcess
 from support.wait import until
 
 from edgeq import Client, Job, JobState

@@ -461,6 +461,7 @@ class Worker:
             log.warning("job %s finished after it was given up (timeout or drain); its outcome is dropped", lj.id)
             return
         if lj.lease_lost.is_set():  # logged when it was lost; nothing to send
+            self._processed += 1
             self._release([lj])
             if self._draining and not self._running:
                 with self._idle:

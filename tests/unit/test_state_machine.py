@@ -1,0 +1,409 @@
+"""A Hypothesis state machine that drives the Store directly against a small Python model
+of the job lifecycle: enqueue, claim, ack / nack / heartbeat with live and stale leases,
+time passing, the lease-expiry sweep, unclaim, cancel and retry.
+
+After every step the store's rows must equal the model, every RUNNING job must hold exactly
+the lease the model handed out, and attempts never exceed max_attempts. Every operation
+with a stale lease must report STALE and leave every row byte-for-byte unchanged; a retried
+Ack/Nack with the token that settled the job (still as that settle left it) reports OK as
+a replay and changes nothing either, as do CancelJob on CANCELLED and RetryJob on PENDING.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from support.factories import NOW, SECOND, new_ids, open_store, rows, spec, write
+
+from edgeq_server.errors import FailedPrecondition, NotFound
+from edgeq_server.models import Backoff, JobState, LeaseOutcome
+from edgeq_server.tokens import LeaseRef
+
+QUEUES = ("a", "b")
+#: Only stale nacks pass no delay (and must not use it); live nacks always name one, so
+#: the model can predict run_at.
+BACKOFF = Backoff(base_us=SECOND, max_us=10 * SECOND)
+# Hypothesis orders rules by how many arguments they take, and with swarm testing and only
+# 60 examples the order shows in how often each runs. The lifecycle rules (advance, claim,
+# enqueue, settle_live) take one packed argument so they come first; cancel/retry and the
+# stale settles take several. The initialize step also claims, so every example starts
+# with leases to settle, lapse and fence.
+ADVANCE = st.tuples(st.sampled_from([1, SECOND - 1, SECOND, 2 * SECOND, 5 * SECOND]), st.booleans())
+CLAIM = st.tuples(
+    st.sampled_from([("a",), ("b",), ("a", "b"), ("b", "a")]),
+    st.integers(1, 3),
+    st.sampled_from([SECOND, 2 * SECOND, 5 * SECOND]),
+)
+#: (queue, max_attempts, delay before it is due, priority)
+JOB_PARAMS = st.tuples(
+    st.sampled_from(QUEUES), st.integers(1, 3), st.sampled_from([0, 0, SECOND, 3 * SECOND]), st.integers(0, 2)
+)
+
+
+@dataclass
+class Model:
+    seq: int
+    queue: str
+    priority: int
+    max_attempts: int
+    run_at: int
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    lease_id: str | None = None
+    lease_expires_at: int | None = None
+    lease_us: int | None = None
+    settled_lease_id: str | None = None  # the lease an Ack/Nack settled the job with
+
+    def drop_lease(self) -> None:
+        self.lease_id = self.lease_expires_at = self.lease_us = None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="edgeq-sm-")
+        self.store = open_store(os.path.join(self.dir, "sm.db"))
+        self.now = NOW
+        self.jobs: dict[str, Model] = {}
+        self.refs: list[LeaseRef] = []  # every lease ever handed out, in order
+
+    def teardown(self) -> None:
+        self.store.conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ model views
+
+    def is_live(self, ref: LeaseRef) -> bool:
+        m = self.jobs[ref.job_id]
+        return (
+            m.state is JobState.RUNNING
+            and m.lease_id == ref.lease_id
+            and m.lease_expires_at is not None
+            and m.lease_expires_at > self.now
+        )
+
+    def live_refs(self) -> list[LeaseRef]:
+        return [r for r in self.refs if self.is_live(r)]
+
+    def is_settler(self, ref: LeaseRef) -> bool:
+        return self.jobs[ref.job_id].settled_lease_id == ref.lease_id
+
+    def stale_refs(self) -> list[LeaseRef]:
+        """Leases no Ack/Nack/Heartbeat may use (settlers excluded: see replays)."""
+        return [r for r in self.refs if not self.is_live(r) and not self.is_settler(r)]
+
+    def replay_refs(self) -> list[LeaseRef]:
+        return [r for r in self.refs if self.is_settler(r)]
+
+    # ------------------------------------------------------------------ rules
+
+    def add_jobs(self, params: list[tuple[str, int, int, int]]) -> None:
+        specs = [
+            spec(queue, max_attempts=max_attempts, run_at=self.now + delay if delay else None, priority=priority)
+            for queue, max_attempts, delay, priority in params
+        ]
+        results = write(self.store, lambda: self.store.enqueue(specs, self.now, new_ids(len(specs))))
+        assert len(results) == len(params)
+        for res, (queue, max_attempts, delay, priority) in zip(results, params, strict=True):
+            assert not res.duplicate and res.job_id not in self.jobs
+            assert (res.queue, res.run_at) == (queue, self.now + delay)
+            self.jobs[res.job_id] = Model(len(self.jobs), queue, priority, max_attempts, self.now + delay)
+
+    @initialize(params=st.lists(JOB_PARAMS, min_size=1, max_size=5), how=CLAIM)
+    def start_with_some_jobs_and_leases(
+        self, params: list[tuple[str, int, int, int]], how: tuple[tuple[str, ...], int, int]
+    ) -> None:
+        self.add_jobs(params)
+        self.claim(how)
+
+    @rule(params=st.lists(JOB_PARAMS, min_size=1, max_size=2))
+    def enqueue(self, params: list[tuple[str, int, int, int]]) -> None:
+        self.add_jobs(params)
+
+    @rule(how=CLAIM)
+    def claim(self, how: tuple[tuple[str, ...], int, int]) -> None:
+        queues, limit, lease_us = how
+        due = [
+            (-m.priority, m.run_at, m.seq, job_id)
+            for job_id, m in self.jobs.items()
+            if m.queue in queues and m.state is JobState.PENDING and m.run_at <= self.now
+        ]
+        expected = [job_id for *_, job_id in sorted(due)[:limit]]
+
+        got = write(self.store, lambda: self.store.claim(list(queues), limit, "w", lease_us, self.now))
+
+        assert [j.id for j in got] == expected
+        for job in got:
+            m = self.jobs[job.id]
+            assert job.lease_id is not None
+            m.state, m.attempts = JobState.RUNNING, m.attempts + 1
+            m.lease_id, m.lease_expires_at, m.lease_us = job.lease_id, self.now + lease_us, lease_us
+            m.settled_lease_id = None
+            assert (job.state, job.attempts, job.lease_expires_at) == (m.state, m.attempts, m.lease_expires_at)
+            self.refs.append(LeaseRef(job.id, job.lease_id))
+
+    @precondition(lambda self: self.live_refs())
+    @rule(data=st.data())
+    def settle_live(self, data: st.DataObject) -> None:
+        ref = data.draw(st.sampled_from(self.live_refs()), label="live lease")
+        op = data.draw(st.sampled_from(["ack", "nack", "heartbeat"]), label="op")
+        m = self.jobs[ref.job_id]
+        s = self.store
+        if op == "ack":
+            [settled] = write(s, lambda: s.ack([(ref, b"ok")], self.now))
+            assert (settled.outcome, settled.state) == (LeaseOutcome.OK, JobState.COMPLETED)
+            m.state = JobState.COMPLETED
+            m.settled_lease_id = ref.lease_id
+            m.drop_lease()
+        elif op == "nack":
+            delay = data.draw(st.sampled_from([0, SECOND, 3 * SECOND]), label="retry delay")
+            terminal = data.draw(st.booleans(), label="terminal")
+            [settled] = write(s, lambda: s.nack([(ref, "err", delay, terminal)], BACKOFF, self.now))
+            assert settled.outcome is LeaseOutcome.OK
+            if terminal or m.attempts >= m.max_attempts:
+                m.state = JobState.FAILED
+            else:
+                m.state, m.run_at = JobState.PENDING, self.now + delay
+                assert settled.run_at == m.run_at
+            assert settled.state is m.state
+            m.settled_lease_id = ref.lease_id
+            m.drop_lease()
+        else:
+            extend_by = data.draw(st.sampled_from([None, SECOND, 4 * SECOND]), label="extend by")
+            [(outcome, expires)] = write(s, lambda: s.heartbeat([ref], extend_by, self.now))
+            assert m.lease_us is not None
+            m.lease_expires_at = self.now + (extend_by if extend_by is not None else m.lease_us)
+            assert (outcome, expires) == (LeaseOutcome.OK, m.lease_expires_at)
+
+    @precondition(lambda self: self.stale_refs())
+    @rule(
+        data=st.data(),
+        op=st.sampled_from(["ack", "nack", "nack_terminal", "heartbeat"]),
+        prefer_unswept=st.booleans(),
+    )
+    def settle_stale(self, data: st.DataObject, op: str, prefer_unswept: bool) -> None:
+        stale = self.stale_refs()
+        # Leases that lapsed but that the sweep has not ended yet are the subtle case.
+        unswept = [r for r in stale if self.jobs[r.job_id].lease_id == r.lease_id]
+        ref = data.draw(st.sampled_from(unswept if prefer_unswept and unswept else stale), label="stale lease")
+        event("stale lease: lapsed, not yet swept" if ref in unswept else "stale lease: ended or re-leased")
+        before = rows(self.store)
+        s = self.store
+        if op == "ack":
+            outcome = write(s, lambda: s.ack([(ref, b"late")], self.now))[0].outcome
+        elif op == "nack":
+            outcome = write(s, lambda: s.nack([(ref, "late", 0, False)], BACKOFF, self.now))[0].outcome
+        elif op == "nack_terminal":
+            outcome = write(s, lambda: s.nack([(ref, "late", None, True)], BACKOFF, self.now))[0].outcome
+        else:
+            outcome = write(s, lambda: s.heartbeat([ref], 3600 * SECOND, self.now))[0][0]
+        assert outcome is LeaseOutcome.STALE
+        assert rows(self.store) == before
+
+    @rule(step=ADVANCE)
+    def advance(self, step: tuple[int, bool]) -> None:
+        """Time passes; half the time the expiry sweep runs right after, as in the server."""
+        delta, sweep = step
+        self.now += delta
+        if sweep:
+            self.expire_leases(limit=3)
+
+    @rule(limit=st.integers(1, 3))
+    def expire_leases(self, limit: int) -> None:
+        lapsed = {
+            job_id: m.lease_expires_at
+            for job_id, m in self.jobs.items()
+            if m.state is JobState.RUNNING and m.lease_expires_at is not None and m.lease_expires_at <= self.now
+        }
+
+        expired = write(self.store, lambda: self.store.expire_leases(self.now, limit))
+        event(f"expired {min(len(expired), 1)}+ of which failed {min(sum(e.state.final for e in expired), 1)}+")
+
+        chosen = [e.job_id for e in expired]
+        assert len(set(chosen)) == len(chosen) == min(limit, len(lapsed))
+        assert set(chosen) <= lapsed.keys()
+        left = [t for job_id, t in lapsed.items() if job_id not in chosen]
+        assert not left or max(lapsed[j] for j in chosen) <= min(left)  # earliest expiry first
+        for e in expired:
+            m = self.jobs[e.job_id]
+            assert e.queue == m.queue
+            if m.attempts >= m.max_attempts:
+                m.state = JobState.FAILED
+            else:
+                m.state, m.run_at = JobState.PENDING, self.now
+            assert (e.state, e.run_at) == (m.state, m.run_at)
+            m.drop_lease()
+
+    @precondition(lambda self: self.refs)
+    @rule(data=st.data())
+    def unclaim(self, data: st.DataObject) -> None:
+        ref = data.draw(st.sampled_from(self.refs), label="lease")
+        m = self.jobs[ref.job_id]
+        current = m.state is JobState.RUNNING and m.lease_id == ref.lease_id
+        before = rows(self.store)
+
+        n = write(self.store, lambda: self.store.unclaim([(ref.job_id, ref.lease_id)], self.now))
+
+        assert n == int(current)
+        if current:
+            m.state, m.attempts = JobState.PENDING, m.attempts - 1
+            m.drop_lease()
+        else:
+            assert rows(self.store) == before
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), op=st.sampled_from(["cancel", "retry"]), unknown=st.sampled_from([False] * 9 + [True]))
+    def cancel_or_retry(self, data: st.DataObject, op: str, unknown: bool) -> None:
+        if unknown:
+            job_id = "0190a6b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b"
+            before = rows(self.store)
+            with pytest.raises(NotFound):
+                write(self.store, lambda: getattr(self.store, op)(job_id, self.now))
+            assert rows(self.store) == before
+            return
+        job_id = data.draw(st.sampled_from(list(self.jobs)), label="job")
+        m = self.jobs[job_id]
+        allowed = (JobState.PENDING, JobState.RUNNING) if op == "cancel" else (JobState.FAILED, JobState.CANCELLED)
+        already = JobState.CANCELLED if op == "cancel" else JobState.PENDING
+        if m.state is already:  # a retried CancelJob / RetryJob: the job, unchanged
+            before = rows(self.store)
+            result = write(self.store, lambda: getattr(self.store, op)(job_id, self.now))
+            job = result[0] if op == "cancel" else result
+            assert job.state is already
+            if op == "cancel":
+                assert result[1] is False
+            assert rows(self.store) == before
+            return
+        if m.state not in allowed:
+            before = rows(self.store)
+            with pytest.raises(FailedPrecondition):
+                write(self.store, lambda: getattr(self.store, op)(job_id, self.now))
+            assert rows(self.store) == before
+            return
+        if op == "cancel":
+            job, was_running = write(self.store, lambda: self.store.cancel(job_id, self.now))
+            assert was_running == (m.state is JobState.RUNNING)
+            assert (job.state, job.completed_at) == (JobState.CANCELLED, self.now)
+            m.state = JobState.CANCELLED
+            m.settled_lease_id = None
+            m.drop_lease()
+        else:
+            job = write(self.store, lambda: self.store.retry(job_id, self.now))
+            m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
+            m.settled_lease_id = None
+            assert (job.state, job.attempts, job.run_at) == (m.state, m.attempts, m.run_at)
+
+    # ------------------------------------------------------------------ invariants
+
+    def stored(self) -> dict[str, tuple[object, ...]]:
+        return {
+            str(r[0]): tuple(r[1:])
+            for r in self.store.conn.execute(
+                "SELECT id, queue_name, priority, max_attempts, status, attempts, run_at,"
+                " lease_id, lease_expires_at, lease_us, completed_at IS NOT NULL, settled_lease_id FROM jobs"
+            )
+        }
+
+    @invariant()
+    def store_states_equal_the_model(self) -> None:
+        expected = {
+            job_id: (
+                m.queue, m.priority, m.max_attempts, m.state.value, m.attempts, m.run_at,
+                m.lease_id, m.lease_expires_at, m.lease_us, int(m.state.final), m.settled_lease_id,
+            )
+            for job_id, m in self.jobs.items()
+        }
+        assert self.stored() == expected
+
+    @invariant()
+    def running_jobs_hold_exactly_the_lease_the_model_issued(self) -> None:
+        for job_id, row in self.stored().items():
+            m = self.jobs[job_id]
+            lease_id = row[6]
+            if row[3] == JobState.RUNNING.value:
+                assert m.state is JobState.RUNNING and m.lease_id is not None and lease_id == m.lease_id
+                assert LeaseRef(job_id, m.lease_id) in self.refs
+            else:
+                assert lease_id is None and m.lease_id is None
+
+    @invariant()
+    def every_stale_lease_is_refused_and_changes_nothing(self) -> None:
+        """Try Ack, Nack and Heartbeat with every stale lease (in a transaction rolled back
+        afterwards, though nothing may change anyway)."""
+        stale = self.stale_refs()
+        if not stale:
+            return
+        s = self.store
+        before = rows(s)
+        s.begin()
+        try:
+            acked = s.ack([(r, b"late") for r in stale], self.now)
+            nacked = s.nack([(r, "late", 0, False) for r in stale], BACKOFF, self.now)
+            failed = s.nack([(r, "late", None, True) for r in stale], BACKOFF, self.now)
+            beat = s.heartbeat(stale, 3600 * SECOND, self.now)
+            after = rows(s)
+        finally:
+            s.rollback()
+        assert {x.outcome for x in acked + nacked + failed} == {LeaseOutcome.STALE}
+        assert {outcome for outcome, _ in beat} == {LeaseOutcome.STALE}
+        assert after == before
+
+    @invariant()
+    def every_retried_settle_is_an_ok_replay_and_changes_nothing(self) -> None:
+        """A retried Ack (job COMPLETED) or Nack (job PENDING/FAILED) with the token that
+        settled it is OK and a replay; the other kind, and Heartbeat, are STALE."""
+        refs = self.replay_refs()
+        if not refs:
+            return
+        s = self.store
+        before = rows(s)
+        s.begin()
+        try:
+            acked = s.ack([(r, b"again") for r in refs], self.now)
+            nacked = s.nack([(r, "again", None, False) for r in refs], BACKOFF, self.now)
+            beat = s.heartbeat(refs, 3600 * SECOND, self.now)
+            after = rows(s)
+        finally:
+            s.rollback()
+        for r, a, n in zip(refs, acked, nacked, strict=True):
+            state = self.jobs[r.job_id].state
+            by_ack = state is JobState.COMPLETED
+            assert state in (JobState.COMPLETED, JobState.PENDING, JobState.FAILED)
+            assert (a.outcome, a.replay) == ((LeaseOutcome.OK, True) if by_ack else (LeaseOutcome.STALE, False))
+            assert (n.outcome, n.replay) == ((LeaseOutcome.STALE, False) if by_ack else (LeaseOutcome.OK, True))
+            assert a.job_id is None or not a.replay
+            assert n.job_id is None or not n.replay
+        assert {outcome for outcome, _ in beat} == {LeaseOutcome.STALE}
+        assert after == before
+
+    @invariant()
+    def attempts_never_exceed_max_attempts(self) -> None:
+        for row in self.stored().values():
+            attempts, max_attempts = row[4], row[2]
+            assert isinstance(attempts, int) and isinstance(max_attempts, int)
+            assert 0 <= attempts <= max_attempts
+
+    @invariant()
+    def queue_stats_agree_with_the_model(self) -> None:
+        for stats in self.store.queue_stats(list(QUEUES), self.now):
+            models = [m for m in self.jobs.values() if m.queue == stats.queue]
+            by_state = Counter(m.state for m in models)
+            ready = [m.run_at for m in models if m.state is JobState.PENDING and m.run_at <= self.now]
+            assert (stats.pending, stats.scheduled) == (len(ready), by_state[JobState.PENDING] - len(ready))
+            assert (stats.running, stats.completed, stats.failed, stats.cancelled) == (
+                by_state[JobState.RUNNING], by_state[JobState.COMPLETED],
+                by_state[JobState.FAILED], by_state[JobState.CANCELLED],
+            )
+            assert stats.oldest_ready_run_at == (min(ready) if ready else None)
+
+
+TestStoreStateMachine = StoreMachine.TestCase
+TestStoreStateMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
