@@ -19,6 +19,9 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .tokens import LeaseRef
 
 
 class JobState(enum.StrEnum):
@@ -123,3 +126,43 @@ class Backoff:
         capped = min(self.max_us, self.base_us << max(0, min(attempt - 1, 40)))
         half = capped // 2
         return half + int(uniform() * (capped - half))
+
+
+# ---------------------------------------------------------------------- records between layers
+
+
+class AckItem(NamedTuple):
+    """One validated Ack item: its lease (None: a token this server did not issue)."""
+
+    ref: LeaseRef | None
+    result: bytes
+
+
+class NackItem(NamedTuple):
+    """One validated Nack item."""
+
+    ref: LeaseRef | None
+    error_message: str
+    retry_delay_us: int | None  # None: the server's backoff
+    terminal: bool
+
+
+class Extended(NamedTuple):
+    """What a Heartbeat did to one lease: its outcome and, when OK, the new expiry."""
+
+    outcome: LeaseOutcome
+    lease_expires_at: int | None
+
+
+class Cancelled(NamedTuple):
+    """A CancelJob's result: the job as it is now, and whether it was RUNNING (its lease ended)."""
+
+    job: Job
+    was_running: bool
+
+
+class DueAt(NamedTuple):
+    """The earliest run_at of a queue's scheduled jobs."""
+
+    queue: str
+    run_at: int

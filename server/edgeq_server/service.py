@@ -24,7 +24,7 @@ from .dispatch import Delivery, Dispatcher, End
 from .errors import InvalidArgument, NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
-from .models import Backoff, EnqueueResult, Job, JobState, LeaseOutcome
+from .models import Backoff, Cancelled, EnqueueResult, Extended, Job, JobState, LeaseOutcome
 from .readers import Readers
 from .store import Settled, Store
 from .tokens import TokenCodec
@@ -107,17 +107,16 @@ class QueueService:
             if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:
                 self._maintenance.note_due(s.queue, s.run_at)
 
-    def _after_heartbeat(self, results: list[tuple[LeaseOutcome, int | None]], _txid: int) -> None:
+    def _after_heartbeat(self, results: list[Extended], _txid: int) -> None:
         # A heartbeat may shorten a lease (extend_by below what is left): the expiry timer
         # must learn the new, earlier time.
-        ends = [e for o, e in results if o is LeaseOutcome.OK and e is not None]
+        ends = [r.lease_expires_at for r in results if r.outcome is LeaseOutcome.OK and r.lease_expires_at is not None]
         if ends:
             self._maintenance.note_lease(min(ends))
 
-    def _after_cancel(self, result: tuple[Job, bool], _txid: int) -> None:
-        job, was_running = result
-        if was_running:
-            self._dispatcher.settled((job.id,))
+    def _after_cancel(self, result: Cancelled, _txid: int) -> None:
+        if result.was_running:
+            self._dispatcher.settled((result.job.id,))
 
     def _after_retry(self, job: Job, _txid: int) -> None:
         self._maintenance.note_due(job.queue, job.run_at)
@@ -156,17 +155,17 @@ class QueueService:
         results, txid = await self._writer.submit(
             lambda s, now: s.heartbeat(refs, extend, now), after=self._after_heartbeat, rows=len(refs)
         )
-        resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[o] for o, _ in results], txid=txid)
-        for _, expires in results:
-            resp.lease_expires_at.append(convert.timestamp(expires or 0))
+        resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[r.outcome] for r in results], txid=txid)
+        for r in results:
+            resp.lease_expires_at.append(convert.timestamp(r.lease_expires_at or 0))
         return resp
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
         job_id = validate.job_id(request.job_id)
-        (job, _), txid = await self._writer.submit(
+        cancelled, txid = await self._writer.submit(
             lambda s, now: s.cancel(job_id, now), after=self._after_cancel, rows=1
         )
-        return pb.CancelJobResponse(job=convert.job(job), txid=txid)
+        return pb.CancelJobResponse(job=convert.job(cancelled.job), txid=txid)
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Ctx) -> pb.RetryJobResponse:
         job_id = validate.job_id(request.job_id)

@@ -35,12 +35,24 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
 from .errors import FailedPrecondition, NotFound
-from .models import Backoff, EnqueueResult, Job, JobSpec, JobState, LeaseOutcome
+from .models import (
+    AckItem,
+    Backoff,
+    Cancelled,
+    DueAt,
+    EnqueueResult,
+    Extended,
+    Job,
+    JobSpec,
+    JobState,
+    LeaseOutcome,
+    NackItem,
+)
 from .tokens import LeaseRef
 
 _COLUMNS = (
@@ -328,7 +340,7 @@ class Store:
         run_at = int(row[2]) if state is JobState.PENDING else None
         return Settled(LeaseOutcome.OK, None, str(row[0]), state, run_at, replay=True)
 
-    def ack(self, items: Sequence[tuple[LeaseRef | None, bytes]], now: int) -> list[Settled]:
+    def ack(self, items: Sequence[AckItem], now: int) -> list[Settled]:
         """Complete live leases; ``None`` refs (bad signature) are INVALID. Acking again a
         lease this token already acked is OK (``replay``) and changes nothing."""
         cur = self.conn.cursor()
@@ -351,7 +363,7 @@ class Store:
 
     def nack(
         self,
-        items: Sequence[tuple[LeaseRef | None, str, int | None, bool]],
+        items: Sequence[NackItem],
         backoff: Backoff,
         now: int,
     ) -> list[Settled]:
@@ -388,13 +400,13 @@ class Store:
 
     def heartbeat(
         self, refs: Sequence[LeaseRef | None], extend_by_us: int | None, now: int
-    ) -> list[tuple[LeaseOutcome, int | None]]:
+    ) -> list[Extended]:
         """Extend live leases to now + extend_by (or each lease's own length)."""
         cur = self.conn.cursor()
-        out: list[tuple[LeaseOutcome, int | None]] = []
+        out: list[Extended] = []
         for ref in refs:
             if ref is None:
-                out.append((LeaseOutcome.INVALID, None))
+                out.append(Extended(LeaseOutcome.INVALID, None))
                 continue
             row = cur.execute(
                 "UPDATE jobs SET lease_expires_at = ? + coalesce(?, lease_us)"
@@ -402,10 +414,10 @@ class Store:
                 " RETURNING lease_expires_at",
                 (now, extend_by_us, ref.job_id, ref.lease_id, now),
             ).fetchone()
-            out.append((LeaseOutcome.STALE, None) if row is None else (LeaseOutcome.OK, int(row[0])))
+            out.append(Extended(LeaseOutcome.STALE, None) if row is None else Extended(LeaseOutcome.OK, int(row[0])))
         return out
 
-    def cancel(self, job_id: str, now: int) -> tuple[Job, bool]:
+    def cancel(self, job_id: str, now: int) -> Cancelled:
         """Cancel a PENDING or RUNNING job. Returns the job and whether it was RUNNING.
         A job already CANCELLED (a retried CancelJob) is returned unchanged."""
         cur = self.conn.cursor()
@@ -414,7 +426,7 @@ class Store:
             raise NotFound(f"job {job_id} not found")
         state = JobState(row[3])
         if state is JobState.CANCELLED:
-            return _job(row), False
+            return Cancelled(_job(row), False)
         if state.final:
             raise FailedPrecondition(
                 f"job {job_id} is {state.value}; only pending or running jobs can be cancelled",
@@ -427,7 +439,7 @@ class Store:
                 (now, job_id),
             ).fetchone()
         )
-        return job, state is JobState.RUNNING
+        return Cancelled(job, state is JobState.RUNNING)
 
     def retry(self, job_id: str, now: int) -> Job:
         """Redrive a FAILED or CANCELLED job: PENDING now, attempts reset. A job already
@@ -592,10 +604,10 @@ class Store:
         v = self.conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'").get
         return None if v is None else int(v)
 
-    def future_due_times(self, now: int) -> list[tuple[str, int]]:
+    def future_due_times(self, now: int) -> list[DueAt]:
         """Per queue, the earliest run_at of a pending job still in the future (startup)."""
         return [
-            (str(q), int(t))
+            DueAt(str(q), int(t))
             for q, t in self.conn.execute(
                 "SELECT queue_name, min(run_at) FROM jobs WHERE status = 'pending' AND run_at > ? GROUP BY queue_name",
                 (now,),
@@ -634,6 +646,26 @@ class EdgeJob:
     rejected: str | None
     drained_txid: int | None
     stored_id: str | None
+
+
+class EdgeLogTotals(NamedTuple):
+    """What an edge log holds: requests, jobs and bytes waiting, refused requests, the
+    oldest waiting request's created_at (None when none waits)."""
+
+    requests: int
+    jobs: int
+    bytes: int
+    dead: int
+    oldest_at: int | None
+
+
+class DeadRequest(NamedTuple):
+    """One request the primary refused for good, kept with its reason."""
+
+    seq: int
+    jobs: int
+    created_at: int
+    reason: str
 
 
 class EdgeLogStore:
@@ -789,15 +821,17 @@ class EdgeLogStore:
             )
         }
 
-    def totals(self) -> tuple[int, int, int, int, int | None]:
-        """(waiting requests, waiting jobs, waiting bytes, refused requests, oldest created_at)."""
+    def totals(self) -> EdgeLogTotals:
+        """Waiting requests, jobs and bytes, refused requests, the oldest created_at."""
         row = self.conn.execute(
             "SELECT count(*), coalesce(sum(jobs), 0), coalesce(sum(length(request)), 0), min(created_at)"
             " FROM outbox WHERE rejected IS NULL"
         ).fetchone()
         dead = self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL").get
         assert row is not None
-        return int(row[0]), int(row[1]), int(row[2]), int(dead or 0), None if row[3] is None else int(row[3])
+        return EdgeLogTotals(
+            int(row[0]), int(row[1]), int(row[2]), int(dead or 0), None if row[3] is None else int(row[3])
+        )
 
     def pending(self) -> int:
         """Requests still to send (rejected ones excluded)."""
@@ -816,10 +850,10 @@ class EdgeLogStore:
         store.conn.set_busy_timeout(5000)
         return store
 
-    def dead_rows(self) -> list[tuple[int, int, int, str]]:
-        """(seq, jobs, created_at, reason) of every refused request, oldest first."""
+    def dead_rows(self) -> list[DeadRequest]:
+        """Every refused request, oldest first."""
         return [
-            (int(r[0]), int(r[1]), int(r[2]), str(r[3]))
+            DeadRequest(int(r[0]), int(r[1]), int(r[2]), str(r[3]))
             for r in self.conn.execute(
                 "SELECT seq, jobs, created_at, rejected FROM outbox WHERE rejected IS NOT NULL ORDER BY seq"
             )

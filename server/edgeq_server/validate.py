@@ -21,7 +21,7 @@ from .clock import MICROS
 from .config import Config
 from .convert import PROTO_TO_STATE
 from .errors import InvalidArgument, ResourceExhausted
-from .models import JobSpec, JobState
+from .models import AckItem, JobSpec, JobState, NackItem
 from .tokens import LeaseRef, TokenCodec
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -185,7 +185,7 @@ def token(codec: TokenCodec, value: str) -> LeaseRef | None:
         return None
 
 
-def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseRef | None, bytes]]:
+def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[AckItem]:
     _batch(len(req.items), "items", cfg)
     out = []
     for i, item in enumerate(req.items):
@@ -194,11 +194,11 @@ def ack(req: pb.AckRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseR
             raise ResourceExhausted(
                 f"items[{i}].result", f"is {len(item.result)} bytes; the limit is {cfg.max_payload_bytes}"
             )
-        out.append((ref, item.result))
+        out.append(AckItem(ref, item.result))
     return out
 
 
-def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[tuple[LeaseRef | None, str, int | None, bool]]:
+def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[NackItem]:
     _batch(len(req.items), "items", cfg)
     out = []
     max_delay = int(cfg.max_delay_seconds * MICROS)
@@ -209,7 +209,7 @@ def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[tuple[Leas
         delay: int | None = None
         if item.HasField("retry_delay"):
             delay = duration_us(item.retry_delay, f"items[{i}].retry_delay", max_us=max_delay) or None
-        out.append((ref, item.error_message, delay, item.terminal))
+        out.append(NackItem(ref, item.error_message, delay, item.terminal))
     return out
 
 

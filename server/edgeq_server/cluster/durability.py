@@ -21,7 +21,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,6 +42,24 @@ REPORT_SECONDS = 0.2
 LIVE_SECONDS = 1.0
 
 
+class ReplicaReport(NamedTuple):
+    """A replica's last position report: its txid, when it came (µs), whether the txid's
+    checksum matched the primary's (only verified positions count)."""
+
+    txid: int
+    reported_at: int
+    verified: bool
+
+
+class ReplicaPosition(NamedTuple):
+    """``ReplicaReport`` with the reporting node (GetNodeInfo lists these)."""
+
+    node: str
+    txid: int
+    reported_at: int
+    verified: bool
+
+
 class ReplicaPositions:
     """On the primary: verified replica positions, and waits until every live replica (and
     at least ``required``) applied a txid."""
@@ -49,7 +67,7 @@ class ReplicaPositions:
     def __init__(self, required: int, now: Callable[[], int]) -> None:
         self.required = required
         self._now = now
-        self._positions: dict[str, tuple[int, int, bool]] = {}  # node -> (txid, reported_at µs, verified)
+        self._positions: dict[str, ReplicaReport] = {}
         self._waiting: dict[int, asyncio.Future[None]] = {}  # seq -> future, of waits still on
         self._heap: list[tuple[int, int]] = []  # (txid, seq); entries of ended waits go lazily
         self._seq = itertools.count()
@@ -60,8 +78,8 @@ class ReplicaPositions:
         """Writes waiting for replicas now."""
         return len(self._waiting)
 
-    def snapshot(self) -> list[tuple[str, int, int, bool]]:
-        return sorted((node, txid, at, ok) for node, (txid, at, ok) in self._positions.items())
+    def snapshot(self) -> list[ReplicaPosition]:
+        return sorted(ReplicaPosition(node, *r) for node, r in self._positions.items())
 
     def _durable(self) -> int:
         """The highest txid every live replica verifiably applied, if at least ``required``
@@ -78,9 +96,9 @@ class ReplicaPositions:
         previous = self._positions.get(node)
         if verified is None and previous is not None and previous[2] and previous[0] <= txid:
             # Not verifiable but not contradicted: the last verified position still holds.
-            self._positions[node] = (previous[0], self._now(), True)
+            self._positions[node] = ReplicaReport(previous.txid, self._now(), True)
         else:
-            self._positions[node] = (txid, self._now(), bool(verified))
+            self._positions[node] = ReplicaReport(txid, self._now(), bool(verified))
         self._durable_txid = durable = self._durable()
         while self._heap and self._heap[0][0] <= durable:
             _, seq = heapq.heappop(self._heap)

@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .base import Role
 
@@ -43,14 +43,21 @@ EVENTS_CONNECT_SECONDS = 2.0
 CHECKSUMS_KEPT = 65536
 
 
-def parse_pos(text: str, source: Path | str = "-pos") -> tuple[int, str]:
-    """``<16 hex TXID>/<16 hex checksum>`` -> (TXID, checksum); (0, "") for an empty file."""
+class Pos(NamedTuple):
+    """A LiteFS ``-pos`` file: the last transaction's TXID and its checksum (16 hex digits)."""
+
+    txid: int
+    checksum: str
+
+
+def parse_pos(text: str, source: Path | str = "-pos") -> Pos:
+    """``<16 hex TXID>/<16 hex checksum>`` -> Pos; (0, "") for an empty file."""
     text = text.strip()
     if not text:
-        return 0, ""
+        return Pos(0, "")
     txid, _, checksum = text.partition("/")
     try:
-        return int(txid, 16), checksum
+        return Pos(int(txid, 16), checksum)
     except ValueError:
         raise ValueError(f"unexpected LiteFS position {text!r} in {source}") from None
 
@@ -61,7 +68,7 @@ def read_txid(pos_file: Path) -> int:
         text = pos_file.read_text()
     except FileNotFoundError:
         return 0
-    return parse_pos(text, pos_file)[0]
+    return parse_pos(text, pos_file).txid
 
 
 class LiteFSNode:
@@ -93,7 +100,7 @@ class LiteFSNode:
 
     # ------------------------------------------------------------------ position
 
-    def read_pos(self) -> tuple[int, str]:
+    def read_pos(self) -> Pos:
         """This node's position (TXID, checksum), read from ``-pos`` (blocking: FUSE).
 
         pread on a descriptor kept open: 0.19 ms against 0.59 ms for open+read+close
@@ -106,15 +113,15 @@ class LiteFSNode:
                     try:
                         self._pos_fd = os.open(self._pos, os.O_RDONLY)
                     except FileNotFoundError:
-                        return 0, ""
+                        return Pos(0, "")
                 fd = self._pos_fd
-        txid, checksum = parse_pos(os.pread(fd, 64, 0).decode(), self._pos)
-        self._note(txid, checksum)
-        return txid, checksum
+        pos = parse_pos(os.pread(fd, 64, 0).decode(), self._pos)
+        self._note(pos.txid, pos.checksum)
+        return pos
 
     def txid(self) -> int:
         """``read_pos()``'s TXID (blocking)."""
-        return self.read_pos()[0]
+        return self.read_pos().txid
 
     def latest(self) -> int:
         """The highest TXID this node has seen applied (in memory: never blocks). After a
