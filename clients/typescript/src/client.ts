@@ -1,8 +1,9 @@
 /**
  * EdgeqClient: every QueueService RPC over @connectrpc/connect-node's gRPC transport, with a
  * deadline on each unary call, an optional bearer token, and retries of UNAVAILABLE.
- * connect-node has no gRPC service-config retry policy, so an interceptor retries unary
- * calls (5 attempts, 100 ms doubling to 2 s, full jitter, within the deadline).
+ * connect-node has no gRPC service-config retry policy, so an interceptor applies the one
+ * in service-config.json (retry-policy.ts) to unary calls, within the deadline, honouring
+ * the server's pushback.
  *
  * Retried writes never duplicate: enqueue() sends an idempotency key for every job (the
  * caller's, or "auto-<UUIDv7>" generated once per job before the first attempt), and a
@@ -14,8 +15,9 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep, retryDelayMs } from "./errors.js";
-import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { RETRY_POLICY, type RetryPolicy } from "./retry-policy.js";
 import {
   AckRequestSchema,
   Durability,
@@ -110,22 +112,30 @@ function durability(level: DurabilityLevel | undefined): Durability {
   return DURABILITY[level];
 }
 
-function retryUnavailable(attempts: number): Interceptor {
+/** gRPC's retry policy (service-config.json, see retry-policy.ts) for unary calls. */
+function retryPolicy(policy: RetryPolicy): Interceptor {
   return (next) => async (req) => {
     if (req.stream) return next(req); // Lease: the Worker reconnects by itself
-    let delay = 100;
+    let backoff = policy.initialBackoffMs;
     for (let attempt = 1; ; attempt++) {
       try {
         return await next(req);
       } catch (err) {
-        const unavailable = ConnectError.from(err).code === Code.Unavailable;
-        if (!unavailable || attempt >= attempts || req.signal.aborted) throw err;
-        // The server's RetryInfo delay when it gave one (e.g. NO_PRIMARY during a failover),
-        // else exponential backoff with full jitter.
-        const hinted = retryDelayMs(err);
-        await abortableSleep(hinted ?? Math.random() * delay, req.signal);
+        const e = ConnectError.from(err);
+        if (!policy.retryableStatusCodes.has(e.code) || attempt >= policy.maxAttempts || req.signal.aborted) throw err;
+        // The server's pushback when it gave one (grpc-retry-pushback-ms, or its RetryInfo,
+        // e.g. NO_PRIMARY during a failover); a negative or malformed pushback means "do not
+        // retry", as in gRPC. Else backoff with full jitter.
+        const header = e.metadata.get("grpc-retry-pushback-ms");
+        let pushback: number | undefined;
+        if (header !== null) {
+          if (!/^\d+$/.test(header.trim())) throw err;
+          pushback = Number(header.trim());
+        }
+        pushback ??= retryDelayMs(err);
+        await abortableSleep(pushback ?? Math.random() * backoff, req.signal);
         if (req.signal.aborted) throw err;
-        delay = Math.min(delay * 2, 2000);
+        backoff = Math.min(backoff * policy.backoffMultiplier, policy.maxBackoffMs);
       }
     }
   };
@@ -144,7 +154,7 @@ export class EdgeqClient {
     durability(options.durability); // unknown values fail here, not at the first enqueue
     this.durability = options.durability;
     // Outermost first: each resend of a committed write gets its own UNAVAILABLE retries.
-    const interceptors: Interceptor[] = [retryCommittedWrites(this.timeoutMs), retryUnavailable(5)];
+    const interceptors: Interceptor[] = [retryCommittedWrites(this.timeoutMs), retryPolicy(RETRY_POLICY)];
     if (options.token) {
       const token = options.token;
       interceptors.push((next) => (req) => {

@@ -14,5 +14,6 @@ export {
   retryDelayMs,
   type ErrorInfo,
 } from "./errors.js";
-export { FailError, RetryError, Worker, type Handler, type WorkerOptions } from "./worker.js";
+export { FailError, RetryError, Worker, type Handler, type HandlerResult, type WorkerOptions } from "./worker.js";
+export { RETRY_POLICY, retryPolicyOf, type RetryPolicy } from "./retry-policy.js";
 export * from "./gen/edgeq/v1/queue_pb.js";

@@ -19,7 +19,7 @@ function pki(): void {
   const script = [
     "import sys; from pathlib import Path",
     `sys.path.insert(0, ${JSON.stringify(resolve("../../tests"))})`,
-    "from certs import CA",
+    "from support.certs import CA",
     `ca = CA(Path(${JSON.stringify(dir)}))`,
     "ca.issue('server'); ca.issue('client')",
     "print(ca.cert)",
