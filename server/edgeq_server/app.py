@@ -16,9 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
-from edgeq.v1 import replication_pb2 as repl_pb
 
 from . import db, metrics, status
+from . import replication_pb2 as repl_pb
 from .auth import Guard, NodeAuth, Tokens
 from .clock import MICROS, Clock, SystemClock
 from .cluster import Cluster, Role

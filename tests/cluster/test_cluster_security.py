@@ -17,7 +17,7 @@ from support.tokens import md, tokens_toml
 from edgeq import TLS, Client, UnavailableError, Worker
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
-from edgeq.v1 import replication_pb2 as repl_pb
+from edgeq_server import replication_pb2 as repl_pb
 
 
 @pytest.fixture

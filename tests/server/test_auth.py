@@ -57,8 +57,8 @@ async def test_tokens_gate_queue_service_but_not_health(server: EdgeqServer) -> 
 
 
 async def test_node_to_node_calls_need_the_admin_token(server: EdgeqServer) -> None:
-    from edgeq.v1 import replication_pb2 as repl_pb
-    from edgeq.v1 import replication_pb2_grpc as repl_grpc
+    from edgeq_server import replication_pb2 as repl_pb
+    from edgeq_server import replication_pb2_grpc as repl_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = repl_grpc.ReplicationServiceStub(ch)
@@ -79,7 +79,7 @@ async def test_an_unauthenticated_client_stream_is_refused_at_once_not_held_to_i
     kind, so it does not wait for a first request message."""
     import time
 
-    from edgeq.v1 import replication_pb2 as repl_pb
+    from edgeq_server import replication_pb2 as repl_pb
     from edgeq_server.auth import NodeAuth, Tokens
 
     seen: list[int] = []

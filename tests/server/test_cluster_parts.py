@@ -178,7 +178,7 @@ async def test_the_python_client_reads_node_info(tmp_path: Path) -> None:
 async def test_a_position_counts_only_if_its_checksum_matches_the_primarys(tmp_path: Path) -> None:
     """Fault 5: a replica that restored or diverged can report the primary's TXID number
     from another lineage (or one ahead of it). Only a matching checksum counts."""
-    from edgeq.v1 import replication_pb2 as repl_pb
+    from edgeq_server import replication_pb2 as repl_pb
 
     (tmp_path / "edgeq.db-pos").write_text("000000000000000a/e7e51312420eb41d\n")  # the primary: 10/e7e5...
     node = LiteFSNode(str(tmp_path), "edgeq.db", "")

@@ -26,9 +26,8 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgeq.v1 import replication_pb2 as repl_pb
-from edgeq.v1 import replication_pb2_grpc as repl_grpc
-
+from .. import replication_pb2 as repl_pb
+from .. import replication_pb2_grpc as repl_grpc
 from .forward import Forwarder
 from .litefs import LiteFSNode
 

@@ -31,9 +31,9 @@ import apsw
 import grpc
 
 from edgeq.v1 import queue_pb2 as pb
-from edgeq.v1 import replication_pb2_grpc as repl_grpc
 
 from .. import convert, db, validate
+from .. import replication_pb2_grpc as repl_grpc
 from ..auth import Tokens
 from ..clock import Clock
 from ..config import Config

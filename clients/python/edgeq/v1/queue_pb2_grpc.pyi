@@ -3,9 +3,9 @@
 isort:skip_file
 edgeq public API, version 1.
 
-The names in this file are the product's public surface (see
-shared/design/api-contract.md). Add fields, messages and RPCs freely; never
-rename or renumber existing ones (buf breaking, FILE rules).
+The names in this file are the product's public surface. Add fields,
+messages and RPCs freely; never rename or renumber existing ones (buf
+breaking, FILE rules).
 """
 
 from collections import abc as _abc

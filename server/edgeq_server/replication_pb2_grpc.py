@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from edgeq.v1 import replication_pb2 as edgeq_dot_v1_dot_replication__pb2
+from edgeq_server import replication_pb2 as edgeq__server_dot_replication__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in edgeq/v1/replication_pb2_grpc.py depends on'
+        + ' but the generated code in edgeq_server/replication_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,8 +38,8 @@ class ReplicationServiceStub:
         """
         self.ReportPositions = channel.stream_unary(
                 '/edgeq.v1.ReplicationService/ReportPositions',
-                request_serializer=edgeq_dot_v1_dot_replication__pb2.ReportPositionsRequest.SerializeToString,
-                response_deserializer=edgeq_dot_v1_dot_replication__pb2.ReportPositionsResponse.FromString,
+                request_serializer=edgeq__server_dot_replication__pb2.ReportPositionsRequest.SerializeToString,
+                response_deserializer=edgeq__server_dot_replication__pb2.ReportPositionsResponse.FromString,
                 _registered_method=True)
 
 
@@ -63,8 +63,8 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ReportPositions': grpc.stream_unary_rpc_method_handler(
                     servicer.ReportPositions,
-                    request_deserializer=edgeq_dot_v1_dot_replication__pb2.ReportPositionsRequest.FromString,
-                    response_serializer=edgeq_dot_v1_dot_replication__pb2.ReportPositionsResponse.SerializeToString,
+                    request_deserializer=edgeq__server_dot_replication__pb2.ReportPositionsRequest.FromString,
+                    response_serializer=edgeq__server_dot_replication__pb2.ReportPositionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,8 +94,8 @@ class ReplicationService:
             request_iterator,
             target,
             '/edgeq.v1.ReplicationService/ReportPositions',
-            edgeq_dot_v1_dot_replication__pb2.ReportPositionsRequest.SerializeToString,
-            edgeq_dot_v1_dot_replication__pb2.ReportPositionsResponse.FromString,
+            edgeq__server_dot_replication__pb2.ReportPositionsRequest.SerializeToString,
+            edgeq__server_dot_replication__pb2.ReportPositionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

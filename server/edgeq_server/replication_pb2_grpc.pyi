@@ -4,7 +4,7 @@ isort:skip_file
 edgeq node-to-node API, version 1. Internal: clients never call it."""
 
 from collections import abc as _abc
-from edgeq.v1 import replication_pb2 as _replication_pb2
+from edgeq_server import replication_pb2 as _replication_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
