@@ -15,6 +15,7 @@ package edgeq
 import (
 	"context"
 	"crypto/tls"
+	_ "embed"
 	"errors"
 	"fmt"
 	"strings"
@@ -33,11 +34,12 @@ import (
 // DefaultTimeout is the deadline of a unary call whose context has none.
 const DefaultTimeout = 10 * time.Second
 
-// retryPolicy retries UNAVAILABLE (no primary, draining, connection lost): the same policy
-// as the Python client's channel.
-const serviceConfig = `{"methodConfig": [{"name": [{"service": "edgeq.v1.QueueService"}],
-  "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s",
-  "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
+// serviceConfig is gRPC's retry policy for unary calls (UNAVAILABLE: 5 attempts, backoff
+// 0.1 s doubling to 2 s, honouring grpc-retry-pushback-ms): service_config.json, a copy of
+// clients/service-config.json that every SDK loads (docs/worker-contract.md §8).
+//
+//go:embed service_config.json
+var serviceConfig string
 
 // Option configures Dial.
 type Option func(*Client)
