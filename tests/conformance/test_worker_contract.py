@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from drivers import DriverFactory
+from support.fault_proxy import FaultProxy
 from support.procs import ServerProcess
 from support.wait import until
 
@@ -150,6 +151,32 @@ def test_held_leases_are_extended_at_half_the_lease_while_the_handler_runs(
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ordered)]
     assert all(0.5 <= g <= 1.8 for g in gaps), f"extensions not about every half lease: {gaps}"
     d.stop()
+
+
+# ------------------------------------------------------------------ §4 settling through faults
+
+
+def test_a_settle_answered_unavailable_twice_is_resent_and_applied_once(
+    client: Client, server: ServerProcess, drivers: DriverFactory, queue: str
+) -> None:
+    """The server applies the first two Ack calls but their answers are lost (UNAVAILABLE):
+    the worker (or its channel's retry policy) sends the same tokens again; the server
+    answers the repeat with the first outcome. Every job completes once, the worker runs on."""
+    proxy = FaultProxy(server.target, lose_replies={"Ack": 2})
+    try:
+        d = drivers.start(proxy.target, queue)
+        jobs = [put(client, queue, do="succeed", result=f"r{i}") for i in range(5)]
+        done = [settled(client, j, JobState.COMPLETED, timeout=30) for j in jobs]
+        assert [j.result for j in done] == [f"r{i}".encode() for i in range(5)]
+        assert all(j.attempts == 1 for j in done), "a job ran again: the lost answers cost its lease"
+        # The server applied the first call: the jobs show COMPLETED before the resends land.
+        until(lambda: proxy.calls["Ack"] >= 3, 15, f"the lost answers to be resent: {dict(proxy.calls)}")
+        assert len(d.seen("start")) == 5
+        later = settled(client, put(client, queue, do="succeed"), JobState.COMPLETED)
+        assert later.attempts == 1
+        d.stop()
+    finally:
+        proxy.close()
 
 
 # ------------------------------------------------------------------ §5 cancellation, §4 lost leases
