@@ -1,8 +1,10 @@
 """The ``edgeq`` command: ``serve`` runs a node; the other subcommands are a thin admin
-client over the generated stubs, printing responses as JSON.
+client over the generated stubs, printing answers as a table (on a terminal), JSON or
+NDJSON (``--output``, see ``output.py``); ``health`` asks grpc.health.v1; ``completion``
+prints a bash/zsh completion script (shtab).
 
-Every ``serve`` option is also an ``EDGEQ_<NAME>`` environment variable (flags win); the
-client subcommands read ``EDGEQ_SERVER`` (default ``127.0.0.1:50051``).
+Every flag is also an ``EDGEQ_<FLAG>`` environment variable (``--max-attempts`` is
+``EDGEQ_MAX_ATTEMPTS``; flags win): ``serve``'s through ``Config``, the others here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from edgeq import TLS, create_channel
@@ -29,9 +30,10 @@ from edgeq._config import PLAIN_SCHEME, TLS_SCHEME
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
-from . import validate
+from . import __version__, validate
 from .app import EdgeqServer
 from .config import Config
+from .output import FORMATS, STATS_COLUMNS, Printer, default_format
 from .store import EdgeLogStore
 
 STATES = {s.lower(): v for s, v in pb.JobState.items() if v}
@@ -52,11 +54,16 @@ def _serve_parser(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeq", description="edgeq: a durable gRPC job queue")
+    parser.add_argument("--version", action="version", version=f"edgeq {__version__}")
     parser.add_argument(
         "--server", default=os.environ.get("EDGEQ_SERVER", "127.0.0.1:50051"),
         help="server address for client commands (env EDGEQ_SERVER)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of client calls, seconds")
+    parser.add_argument(
+        "--output", "-o", choices=FORMATS, default=None,
+        help="how answers print (env EDGEQ_OUTPUT; default: table on a terminal, else json)",
+    )
     parser.add_argument(
         "--token", default=os.environ.get("EDGEQ_TOKEN", ""),
         help="bearer token for servers with auth on (env EDGEQ_TOKEN)",
@@ -114,13 +121,53 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-token", help="print the SHA-256 a --tokens-file entry needs (the token is read from stdin)"
     )
 
-    for name, helptext in (("cancel", "cancel a job"), ("retry", "retry a failed or cancelled job")):
+    for name, helptext, states in (
+        ("cancel", "cancel a job, or every job of a queue in a state", ("pending", "running")),
+        ("retry", "retry a failed or cancelled job, or every one of a queue in a state", ("failed", "cancelled")),
+    ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("job_id")
+        p.add_argument("job_id", nargs="?", help="one job; or --queue (and --state) for all of them")
+        p.add_argument("--queue", default="", help="every job of this queue in --state")
+        p.add_argument("--state", choices=states, default=states[0], help=f"with --queue (default {states[0]})")
+        p.add_argument("--yes", "-y", action="store_true", help="do not ask before acting on a whole queue")
+    p = sub.add_parser("health", help="the node's grpc.health.v1 status; exit code 0 only when SERVING")
+    p.add_argument("--service", default="", help="the service to ask about (default: the whole server)")
+    p = sub.add_parser("completion", help="print a shell completion script: eval \"$(edgeq completion bash)\"")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    for name, client_cmd in sub.choices.items():  # --output also after the command: edgeq jobs -o table
+        if name not in ("serve", "completion", "hash-token", "edge-log"):
+            client_cmd.add_argument(
+                "--output", "-o", choices=FORMATS, default=argparse.SUPPRESS, help="as edgeq --output"
+            )
+    _env_defaults(parser)
     for name, helptext in (("pause", "pause a queue"), ("resume", "resume a queue")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("queue")
     return parser
+
+
+def _env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every client flag also reads ``EDGEQ_<FLAG>`` (``--max-attempts``: EDGEQ_MAX_ATTEMPTS);
+    ``serve``'s options read theirs through Config. A flag on the command line wins."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if name != "serve":
+                    _env_defaults(sub)
+            continue
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        env = "EDGEQ_" + longs[0][2:].upper().replace("-", "_")
+        value = os.environ.get(env)
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = value.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(action, argparse._AppendAction):
+            action.default = [v for v in value.split(",") if v]
+        else:
+            action.default = value  # argparse applies the flag's type to a string default
 
 
 async def serve(config: Config) -> None:
@@ -138,10 +185,6 @@ async def serve(config: Config) -> None:
     print(f"edgeq listening on {config.host}:{server.port}", flush=True)
     await stop.wait()
     await server.stop()
-
-
-def _print(msg: Message) -> None:
-    print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2))
 
 
 class _WithToken:
@@ -184,7 +227,10 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def _client(args: argparse.Namespace) -> int:
+    out = Printer(args.output or default_format())
     with _channel(args) as channel:
+        if args.command == "health":
+            return _health(channel, args, out)
         stub: Any = _WithToken(pb_grpc.QueueServiceStub(channel), args.token)
         t = args.timeout
         cmd = args.command
@@ -200,36 +246,102 @@ def _client(args: argparse.Namespace) -> int:
                 spec.delay.FromNanoseconds(int(args.delay * 1e9))
             levels = {name: value for value, name in validate.DURABILITY_NAMES.items()}
             durability = levels[args.durability] if args.durability else pb.DURABILITY_UNSPECIFIED
-            _print(stub.Enqueue(pb.EnqueueRequest(jobs=[spec], durability=durability), timeout=t))
+            out.one(stub.Enqueue(pb.EnqueueRequest(jobs=[spec], durability=durability), timeout=t))
         elif cmd == "jobs":
             state: Any = STATES["job_state_" + args.state] if args.state else 0
-            remaining, token = args.limit, ""
-            while remaining > 0:
-                resp = stub.ListJobs(
-                    pb.ListJobsRequest(queue=args.queue, state=state, page_size=min(remaining, 1000), page_token=token),
-                    timeout=t,
-                )
-                for job in resp.jobs:
-                    _print(job)
-                remaining -= len(resp.jobs)
-                token = resp.next_page_token
-                if not token:
-                    break
+            out.rows(_list_jobs(stub, args.queue, state, args.limit, t))
         elif cmd == "job":
-            _print(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t))
+            out.one(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=t))
         elif cmd == "stats":
-            _print(stub.GetQueueStats(pb.GetQueueStatsRequest(queues=args.queues), timeout=t))
+            resp = stub.GetQueueStats(pb.GetQueueStatsRequest(queues=args.queues), timeout=t)
+            if out.fmt == "table":
+                out.rows(resp.stats, STATS_COLUMNS)
+            else:
+                out.one(resp)
         elif cmd == "node":
-            _print(stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=t))
-        elif cmd == "cancel":
-            _print(stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id), timeout=t))
-        elif cmd == "retry":
-            _print(stub.RetryJob(pb.RetryJobRequest(job_id=args.job_id), timeout=t))
+            out.one(stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=t))
+        elif cmd in ("cancel", "retry"):
+            return _cancel_or_retry(stub, args, out)
         elif cmd == "pause":
-            _print(stub.PauseQueue(pb.PauseQueueRequest(queue=args.queue), timeout=t))
+            out.one(stub.PauseQueue(pb.PauseQueueRequest(queue=args.queue), timeout=t))
         elif cmd == "resume":
-            _print(stub.ResumeQueue(pb.ResumeQueueRequest(queue=args.queue), timeout=t))
+            out.one(stub.ResumeQueue(pb.ResumeQueueRequest(queue=args.queue), timeout=t))
     return 0
+
+
+def _list_jobs(stub: Any, queue: str, state: Any, limit: int, timeout: float) -> list[pb.Job]:
+    jobs: list[pb.Job] = []
+    token = ""
+    while len(jobs) < limit:
+        resp = stub.ListJobs(
+            pb.ListJobsRequest(queue=queue, state=state, page_size=min(limit - len(jobs), 1000), page_token=token),
+            timeout=timeout,
+        )
+        jobs.extend(resp.jobs)
+        token = resp.next_page_token
+        if not token:
+            break
+    return jobs
+
+
+def _cancel_or_retry(stub: Any, args: argparse.Namespace, out: Printer) -> int:
+    """One job by id; or every job of ``--queue`` in ``--state`` (asks first unless --yes)."""
+    def call(job_id: str) -> Message:
+        if args.command == "cancel":
+            return stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=args.timeout)  # type: ignore[no-any-return]
+        return stub.RetryJob(pb.RetryJobRequest(job_id=job_id), timeout=args.timeout)  # type: ignore[no-any-return]
+
+    if args.job_id:
+        if args.queue:
+            print(f"edgeq: {args.command}: give a job id or --queue, not both", file=sys.stderr)
+            return 2
+        out.one(call(args.job_id))
+        return 0
+    if not args.queue:
+        print(f"edgeq: {args.command}: give a job id, or --queue (and --state) for a whole queue", file=sys.stderr)
+        return 2
+    ids = [j.id for j in _list_jobs(stub, args.queue, STATES["job_state_" + args.state], sys.maxsize, args.timeout)]
+    verb = "cancel" if args.command == "cancel" else "retry"
+    if ids and not args.yes:
+        if not sys.stdin.isatty():
+            print(f"edgeq: {verb} {len(ids)} {args.state} jobs of {args.queue}? Pass --yes to confirm.",
+                  file=sys.stderr)
+            return 2
+        answer = input(f"{verb} {len(ids)} {args.state} jobs of queue {args.queue}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done", file=sys.stderr)
+            return 1
+    done, failed = 0, []
+    for job_id in ids:
+        try:
+            call(job_id)
+            done += 1
+        except grpc.RpcError as exc:  # e.g. it finished meanwhile: counted, the rest go on
+            failed.append({"job_id": job_id, "error": f"{exc.code().name}: {exc.details()}"})
+    summary: dict[str, Any] = {
+        "queue": args.queue, "state": args.state, "matched": len(ids),
+        "cancelled" if verb == "cancel" else "retried": done,
+    }
+    if failed:
+        summary["failed"] = failed
+    out.one(summary)
+    return 0 if not failed else 1
+
+
+def _health(channel: grpc.Channel, args: argparse.Namespace, out: Printer) -> int:
+    """grpc.health.v1 Check: prints the status; exit 0 only when SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    resp = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=metadata
+    )
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    if out.fmt == "table":
+        print(status)
+    else:
+        out.one({"service": args.service, "status": status})
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _edge_log(path: str) -> int:
@@ -271,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "edge-log":
         return _edge_log(args.path)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(build_parser(), shell=args.shell))
+        return 0
     if args.command == "hash-token":
         token = sys.stdin.readline().strip()
         if not token:
