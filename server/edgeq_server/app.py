@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,8 +28,10 @@ from .config import Config
 from .dispatch import Dispatcher, End
 from .limits import StreamLimits
 from .maintenance import Maintenance, Retention
+from .models import QueueDepth
 from .readers import Readers
 from .service import QueueService
+from .store import Store
 from .supervise import Supervisor
 from .tls import ServerTLS
 from .tokens import TokenCodec
@@ -136,6 +139,33 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class _DepthSource:
+    """The queue depth gauges' read: its own read connection, opened on the first scrape
+    (on the metrics HTTP thread), closed with the server."""
+
+    def __init__(self, path: str, clock: Clock) -> None:
+        self._path = path
+        self._clock = clock
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> list[QueueDepth]:
+        with self._lock:
+            if self._closed:
+                return []
+            if self._store is None:
+                self._store = Store(db.connect(self._path))
+            return self._store.queue_depths(self._clock.now())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._store is not None:
+                self._store.conn.close()
+                self._store = None
+
+
 class EdgeqServer:
     """One node. ``await start()``, then ``await stop()`` (or ``wait()`` for termination).
 
@@ -165,6 +195,7 @@ class EdgeqServer:
         self._checkpointer: db.Checkpointer | None = None
         self.writer: Writer | None = None
         self.readers: Readers | None = None
+        self._depths: _DepthSource | None = None
         self.dispatcher: Dispatcher | None = None
         self.maintenance: Maintenance | None = None
         self._stopped = asyncio.Event()
@@ -195,6 +226,8 @@ class EdgeqServer:
         await asyncio.to_thread(self.writer.start)  # opens the file and migrates
         self._checkpointer.start()
         self.readers = Readers(path, threads=cfg.read_threads)
+        self._depths = _DepthSource(path, self.clock)
+        metrics.QUEUE_DEPTHS.source = self._depths
         codec = TokenCodec(await self.readers.run(lambda s: s.token_key()))
         self.dispatcher = Dispatcher(
             self.writer, codec, self.supervisor, on_leased=self._note_lease, is_primary=cluster.is_primary
@@ -373,6 +406,10 @@ class EdgeqServer:
             await asyncio.to_thread(self.writer.close)
         if self.readers is not None:
             self.readers.close()
+        if self._depths is not None:
+            if metrics.QUEUE_DEPTHS.source is self._depths:
+                metrics.QUEUE_DEPTHS.source = None
+            self._depths.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
         await self.cluster.stop()  # after the writer, which reads the position per commit

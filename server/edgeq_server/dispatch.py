@@ -284,6 +284,10 @@ class Dispatcher:
             deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
         for queue, n in Counter(j.queue for j in jobs).items():  # one metric update per queue, not per job
             metrics.DELIVERED.labels(metrics.queue_label(queue)).inc(n)
+        for job in jobs:  # waited from when it could run (run_at, or its enqueue) to this lease
+            if job.started_at is not None:
+                waited = job.started_at - max(job.run_at, job.created_at)
+                metrics.JOB_WAIT.labels(metrics.queue_label(job.queue)).observe(max(0, waited) / 1e6)
         metrics.OUTSTANDING.set(len(self._leases))
         s.sends.put_nowait(deliveries)
         self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))

@@ -6,7 +6,17 @@ metrics are process-wide (the default registry), like the library's own process 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .models import QueueDepth
+
+log = logging.getLogger(__name__)
 
 ENQUEUED = Counter("edgeq_jobs_enqueued_total", "Jobs stored by Enqueue (duplicates excluded)", ["queue"])
 DELIVERED = Counter("edgeq_jobs_delivered_total", "Jobs leased and pushed on a Lease stream", ["queue"])
@@ -70,3 +80,63 @@ def queue_label(queue: str) -> str:
         _queue_labels.add(queue)
         return queue
     return "_other"
+
+
+#: Seconds from when a job could run (its run_at, or its enqueue) to its lease, and from
+#: its lease to its Ack/Nack: the two numbers that page someone when workers fall behind.
+_TIME_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+JOB_WAIT = Histogram(
+    "edgeq_job_wait_seconds", "From when a job could run to when a worker leased it", ["queue"], buckets=_TIME_BUCKETS
+)
+JOB_RUN = Histogram(
+    "edgeq_job_run_seconds", "From a job's lease to its Ack or Nack (one attempt)", ["queue"], buckets=_TIME_BUCKETS
+)
+
+
+class _QueueDepths(Collector):
+    """``edgeq_queue_jobs{queue,state}`` and ``edgeq_queue_oldest_ready_age_seconds{queue}``,
+    read from the database when Prometheus scrapes (a query over the pending and running
+    jobs only: partial indexes, not the whole table). ``source`` is set by the running
+    server; with none (a client process, a stopped server) nothing is exported."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Sequence[QueueDepth]] | None = None
+        self._lock = threading.Lock()  # scrapes may come on several HTTP threads
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        source = self.source
+        if source is None:
+            return
+        try:
+            with self._lock:
+                depths = list(source())
+        except Exception:  # a failed scrape must not take /metrics down
+            log.exception("reading queue depths for /metrics failed")
+            return
+        jobs = GaugeMetricFamily("edgeq_queue_jobs", "Jobs per queue in a live state", labels=["queue", "state"])
+        age = GaugeMetricFamily(
+            "edgeq_queue_oldest_ready_age_seconds",
+            "How long the oldest due job of a queue has waited",
+            labels=["queue"],
+        )
+        merged: dict[str, list[float]] = {}  # queues past the label cap add up under "_other"
+        for d in depths:
+            m = merged.setdefault(queue_label(d.queue), [0, 0, 0, 0.0])
+            m[0] += d.ready
+            m[1] += d.scheduled
+            m[2] += d.running
+            m[3] = max(m[3], d.oldest_ready_age_seconds)
+        for label, (ready, scheduled, running, oldest) in merged.items():
+            jobs.add_metric([label, "ready"], ready)
+            jobs.add_metric([label, "scheduled"], scheduled)
+            jobs.add_metric([label, "running"], running)
+            age.add_metric([label], oldest)
+        yield jobs
+        yield age
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+QUEUE_DEPTHS = _QueueDepths()
+REGISTRY.register(QUEUE_DEPTHS)

@@ -166,3 +166,13 @@ class DueAt(NamedTuple):
 
     queue: str
     run_at: int
+
+
+class QueueDepth(NamedTuple):
+    """One queue's backlog, as the depth gauges show it."""
+
+    queue: str
+    ready: int  # PENDING and due
+    scheduled: int  # PENDING, due later
+    running: int
+    oldest_ready_age_seconds: float  # 0 when none is ready

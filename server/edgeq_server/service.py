@@ -102,6 +102,9 @@ class QueueService:
         settled = [s for s in settled if not s.replay]
         for result, n in Counter(_RESULT[s.outcome, s.state] for s in settled).items():
             metrics.SETTLED.labels(result).inc(n)
+        for s in settled:
+            if s.ran_us is not None and s.queue:
+                metrics.JOB_RUN.labels(metrics.queue_label(s.queue)).observe(max(0, s.ran_us) / 1e6)
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
         for s in settled:
             if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:

@@ -52,6 +52,7 @@ from .models import (
     JobState,
     LeaseOutcome,
     NackItem,
+    QueueDepth,
 )
 from .tokens import LeaseRef
 
@@ -101,6 +102,16 @@ def _job(row: Any) -> Job:
     )
 
 
+class Live(NamedTuple):
+    """A live lease's job, as a settle or heartbeat reads it."""
+
+    queue: str
+    attempts: int
+    max_attempts: int
+    lease_us: int
+    started_at: int
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     """What one Ack/Nack item did, for the dispatcher to return credit.
@@ -115,6 +126,7 @@ class Settled:
     state: JobState | None = None  # state after the change
     run_at: int | None = None  # when a retried job may run again
     replay: bool = False
+    ran_us: int | None = None  # how long the settled attempt ran (lease to settle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,15 +329,15 @@ class Store:
             n += self.conn.changes()
         return n
 
-    def _live(self, cur: apsw.Cursor, ref: LeaseRef, now: int) -> tuple[str, int, int, int] | None:
+    def _live(self, cur: apsw.Cursor, ref: LeaseRef, now: int) -> Live | None:
         row: Any = cur.execute(
-            "SELECT queue_name, attempts, max_attempts, lease_us FROM jobs"
+            "SELECT queue_name, attempts, max_attempts, lease_us, started_at FROM jobs"
             " WHERE id = ? AND lease_id = ? AND status = 'running' AND lease_expires_at > ?",
             (ref.job_id, ref.lease_id, now),
         ).fetchone()
         if row is None:
             return None
-        return str(row[0]), int(row[1]), int(row[2]), int(row[3])
+        return Live(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4] or now))
 
     def _replay(self, cur: apsw.Cursor, ref: LeaseRef, states: str) -> Settled | None:
         """The Settled of a retried Ack/Nack: ``ref`` settled the job, which is still in one
@@ -352,13 +364,14 @@ class Store:
             row = cur.execute(
                 "UPDATE jobs SET status = 'completed', completed_at = ?, result = ?,"
                 f" {_SETTLE_LEASE} WHERE id = ? AND lease_id = ? AND status = 'running'"
-                " AND lease_expires_at > ? RETURNING queue_name",
+                " AND lease_expires_at > ? RETURNING queue_name, started_at",
                 (now, result or None, ref.job_id, ref.lease_id, now),
             ).fetchone()
             if row is None:
                 out.append(self._replay(cur, ref, "('completed')") or Settled(LeaseOutcome.STALE, ref.job_id))
             else:
-                out.append(Settled(LeaseOutcome.OK, ref.job_id, str(row[0]), JobState.COMPLETED))
+                ran = now - int(row[1]) if row[1] is not None else None
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, str(row[0]), JobState.COMPLETED, ran_us=ran))
         return out
 
     def nack(
@@ -381,21 +394,22 @@ class Store:
             if live is None:
                 out.append(self._replay(cur, ref, "('pending', 'failed')") or Settled(LeaseOutcome.STALE, ref.job_id))
                 continue
-            queue, attempts, max_attempts, _ = live
+            queue, attempts, max_attempts = live.queue, live.attempts, live.max_attempts
+            ran = now - live.started_at
             if terminal or attempts >= max_attempts:
                 cur.execute(
                     "UPDATE jobs SET status = 'failed', completed_at = ?, error_message = ?,"
                     f" {_SETTLE_LEASE} WHERE id = ?",
                     (now, message or None, ref.job_id),
                 )
-                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.FAILED))
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.FAILED, ran_us=ran))
             else:
                 delay = backoff.delay_us(attempts) if delay_us is None else delay_us
                 cur.execute(
                     f"UPDATE jobs SET status = 'pending', run_at = ?, error_message = ?, {_SETTLE_LEASE} WHERE id = ?",
                     (now + delay, message or None, ref.job_id),
                 )
-                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.PENDING, now + delay))
+                out.append(Settled(LeaseOutcome.OK, ref.job_id, queue, JobState.PENDING, now + delay, ran_us=ran))
         return out
 
     def heartbeat(
@@ -587,6 +601,26 @@ class Store:
                 )
             )
         return out
+
+    def queue_depths(self, now: int) -> list[QueueDepth]:
+        """Per queue with live jobs: due and scheduled PENDING jobs, RUNNING jobs, the age of
+        the oldest due one. Reads only the claim and lease-expiry indexes' rows (the live
+        jobs), never the finished ones, so it stays cheap with millions retained."""
+        depth: dict[str, list[int]] = {}
+        for q, ready, scheduled, oldest in self.conn.execute(
+            "SELECT queue_name, sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END)"
+            " FROM jobs WHERE status = 'pending' GROUP BY queue_name",
+            (now,),
+        ):
+            depth[str(q)] = [int(ready or 0), int(scheduled or 0), 0, int(oldest) if oldest is not None else now]
+        for q, running in self.conn.execute(
+            "SELECT queue_name, count(*) FROM jobs WHERE status = 'running' GROUP BY queue_name"
+        ):
+            depth.setdefault(str(q), [0, 0, 0, now])[2] = int(running)
+        return [
+            QueueDepth(q, ready, scheduled, running, max(0, now - oldest) / 1e6)
+            for q, (ready, scheduled, running, oldest) in sorted(depth.items())
+        ]
 
     def paused_queues(self) -> set[str]:
         return {str(r[0]) for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")}

@@ -1369,3 +1369,23 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
         assert detail.replace("COVERING INDEX", "INDEX").startswith("SEARCH jobs USING INDEX " + expected[name]), (
             name, detail)
         assert "SCAN jobs" not in detail and "TEMP B-TREE" not in detail, (name, detail)
+
+
+def test_queue_depths_count_live_jobs_through_the_partial_indexes(store: Store) -> None:
+    enqueue(store, spec("a"), spec("a"), spec("a", run_at=NOW + 10 * SECOND), spec("b"))
+    claimed = claim(store, ("a",), 1, now=NOW + 2 * SECOND)
+    assert len(claimed) == 1
+    completed_job(store, queue="c")  # finished jobs are not counted at all
+    depths = {d.queue: d for d in store.queue_depths(NOW + 4 * SECOND)}
+    assert set(depths) == {"a", "b"}
+    a, b = depths["a"], depths["b"]
+    assert (a.ready, a.scheduled, a.running, a.oldest_ready_age_seconds) == (1, 1, 1, 4.0)
+    assert (b.ready, b.scheduled, b.running, b.oldest_ready_age_seconds) == (1, 0, 0, 4.0)
+    plans = [
+        " | ".join(str(r[3]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+        for sql, args in (
+            ("SELECT queue_name, sum(run_at <= ?1) FROM jobs WHERE status = 'pending' GROUP BY queue_name", (0,)),
+            ("SELECT queue_name, count(*) FROM jobs WHERE status = 'running' GROUP BY queue_name", ()),
+        )
+    ]
+    assert "INDEX jobs_claim" in plans[0] and "INDEX jobs_lease_expiry" in plans[1], plans
