@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import db, metrics, status
+from . import db, logs, metrics, status
 from . import replication_pb2 as repl_pb
 from .auth import Guard, NodeAuth, Tokens
 from .clock import MICROS, Clock, SystemClock
@@ -93,6 +93,25 @@ class InFlight:
         return tracked
 
 
+def _traced(fn: Any, streaming: bool) -> Any:
+    """The handler with ``logs.TRACE_ID`` set from the call's ``traceparent`` metadata, so
+    the log lines written while handling it (and its post-commit bookkeeping) carry it."""
+    if streaming:
+
+        async def stream(request: Any, context: Any) -> Any:
+            logs.TRACE_ID.set(logs.trace_id(context.invocation_metadata()))
+            async for message in fn(request, context):
+                yield message
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        logs.TRACE_ID.set(logs.trace_id(context.invocation_metadata()))
+        return await fn(request, context)
+
+    return unary
+
+
 def method_handlers(
     service: QueueService,
     cluster: Cluster,
@@ -107,7 +126,7 @@ def method_handlers(
     for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
-        fn = cluster.route(m.name, getattr(service, m.name), streaming=m.server_streaming)
+        fn = _traced(cluster.route(m.name, getattr(service, m.name), streaming=m.server_streaming), m.server_streaming)
         if m.server_streaming and streams is not None:
             fn = streams.limit(fn)
         if guard is not None:

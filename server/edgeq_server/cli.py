@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import signal
 import ssl
@@ -30,7 +29,7 @@ from edgeq._config import PLAIN_SCHEME, TLS_SCHEME
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
-from . import __version__, validate
+from . import __version__, logs, validate
 from .app import EdgeqServer
 from .config import Config
 from .output import FORMATS, STATS_COLUMNS, Printer, default_format
@@ -378,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"edgeq: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(config.log_level, config.log_format)
         asyncio.run(serve(config))
         return 0
     if args.command == "edge-log":

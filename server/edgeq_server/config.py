@@ -137,6 +137,9 @@ class Config:
     metrics_address: str = ""
     #: Log level name.
     log_level: str = "INFO"
+    #: Log lines as ``text`` or ``json`` (one object per line: time, level, logger, message,
+    #: trace_id of the RPC, job_id and queue of job events).
+    log_format: str = "text"
     #: Extra gRPC server options (tests).
     grpc_options: tuple[tuple[str, Any], ...] = field(default=())
 
@@ -151,6 +154,8 @@ class Config:
             raise ValueError("max_lease_streams and max_lease_streams_per_connection must be at least 1")
         if not 1 <= self.max_idempotency_key_length <= 256:
             raise ValueError("max_idempotency_key_length must be 1..256")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json (got {self.log_format!r})")
         per_job = (self.max_headers, self.max_header_key_length, self.max_headers_bytes, self.max_queues_per_lease)
         if min(per_job) < 1:
             raise ValueError(

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import metrics
+from . import logs, metrics
 from .clock import MICROS, Clock
 from .dispatch import Dispatcher
 from .models import JobState
@@ -158,6 +158,11 @@ class Maintenance:
             expired, _ = await self._writer.submit(lambda s, _now: s.expire_leases(now, EXPIRE_BATCH))
             self._dispatcher.settled(e.job_id for e in expired)
             self._dispatcher.notify({e.queue for e in expired if e.state is JobState.PENDING})
+            for e in expired:  # a worker died or stalled past its lease: worth a line each
+                log.info(
+                    "lease expired: job %s", "failed for good" if e.state is JobState.FAILED else "will run again",
+                    extra=logs.job_fields(e.job_id, e.queue),
+                )
             stats.expired += len(expired)
             metrics.EXPIRED.inc(len(expired))
             if expired:

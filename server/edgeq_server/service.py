@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ import grpc
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import convert, metrics, validate
+from . import convert, logs, metrics, validate
 from .clock import MICROS, Clock
 from .cluster import Cluster
 from .config import Config
@@ -29,6 +30,8 @@ from .readers import Readers
 from .store import Settled, Store
 from .tokens import TokenCodec
 from .writer import Writer
+
+log = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -105,6 +108,8 @@ class QueueService:
         for s in settled:
             if s.ran_us is not None and s.queue:
                 metrics.JOB_RUN.labels(metrics.queue_label(s.queue)).observe(max(0, s.ran_us) / 1e6)
+            if s.state is JobState.FAILED and s.job_id and s.queue:
+                log.info("job failed for good", extra=logs.job_fields(s.job_id, s.queue))
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)
         for s in settled:
             if s.outcome is LeaseOutcome.OK and s.state is JobState.PENDING and s.queue and s.run_at is not None:

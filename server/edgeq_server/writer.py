@@ -38,6 +38,7 @@ checkpointer cannot keep up does it run a blocking RESTART checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -68,7 +69,7 @@ INLINE_MAX_ROWS = 16
 
 
 class _Pending:
-    __slots__ = ("after", "error", "future", "loop", "op", "result")
+    __slots__ = ("after", "context", "error", "future", "loop", "op", "result")
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class _Pending:
         self.future = future
         self.loop = loop
         self.after = after
+        self.context = contextvars.copy_context()  # ``after`` runs in it (e.g. the RPC's trace id)
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -89,7 +91,7 @@ def _resolve(items: list[_Pending], txid: int) -> None:
     for item in items:
         if item.error is None and item.after is not None:
             try:
-                item.after(item.result, txid)
+                item.context.run(item.after, item.result, txid)
             except Exception:
                 log.exception("post-commit bookkeeping failed")
         if item.future.done():  # the caller was cancelled; the write stands

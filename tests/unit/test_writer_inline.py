@@ -191,3 +191,23 @@ async def test_inline_commits_still_keep_the_wal_bounded(path: str, monkeypatch:
     assert inline > 500, f"only {inline} of 1500 writes ran inline"
     assert largest < 250 * (4096 + 24), f"WAL grew to {largest} bytes"  # as on the thread alone
     assert len(_names(path)) == 1500
+
+
+async def test_after_runs_in_the_submitters_context_on_either_path(path: str) -> None:
+    """Post-commit bookkeeping logs with the RPC's trace id: ``after`` sees the caller's
+    context variables whether the thread or the loop ran the transaction."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="")
+    seen: list[str] = []
+    writer = Writer(path, ManualClock(), inline_when=lambda: True)
+    writer.start()
+    try:
+        for i, rows in enumerate((None, 1)):  # the thread, then inline
+            token = var.set(f"call-{i}")
+            fut = writer.submit_nowait(_insert(f"q{i}"), after=lambda _r, _t: seen.append(var.get()), rows=rows)  # type: ignore[arg-type]
+            var.reset(token)
+            await fut
+    finally:
+        writer.close()
+    assert seen == ["call-0", "call-1"]
