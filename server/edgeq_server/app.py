@@ -158,6 +158,16 @@ def _loopback(host: str) -> bool:
         return False
 
 
+#: Health service names beside "" (ready: can answer reads and take writes): SERVING only
+#: on the node that applies writes; SERVING while the process works (liveness probes).
+PRIMARY_HEALTH_SERVICE = "edgeq.primary"
+LIVE_HEALTH_SERVICE = "edgeq.live"
+
+
+def _status(serving: bool) -> int:
+    return int(health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 class _DepthSource:
     """The queue depth gauges' read: its own read connection, opened on the first scrape
     (on the metrics HTTP thread), closed with the server."""
@@ -220,6 +230,8 @@ class EdgeqServer:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._serving: bool | None = None
+        self._primary_serving: bool | None = None
+        self._live: bool | None = None
         self._demotion: asyncio.TimerHandle | None = None
 
     def _committed(self) -> int:
@@ -355,15 +367,28 @@ class EdgeqServer:
         return self.cluster.healthy()
 
     async def _update_health(self) -> None:
+        if self._stopping:
+            return
         serving = self._healthy()
-        if serving == self._serving or self._stopping:
+        # PRIMARY_HEALTH_SERVICE: SERVING only where writes are applied (the primary, or a
+        # single node), for probes and load balancers that must pick the primary.
+        primary = serving and (self.cluster.kind == "standalone" or self.cluster.is_primary())
+        if primary != self._primary_serving:
+            self._primary_serving = primary
+            await self._health.set(PRIMARY_HEALTH_SERVICE, _status(primary))
+        # LIVE_HEALTH_SERVICE: the process can do its work at all (liveness); a node that
+        # merely cannot reach the primary stays live (restarting it would not help).
+        live = self.writer is not None and self.writer.alive
+        if live != self._live:
+            self._live = live
+            await self._health.set(LIVE_HEALTH_SERVICE, _status(live))
+        if serving == self._serving:
             return
         if self._serving is not None:
             log.warning("health: %s", "SERVING" if serving else "NOT_SERVING (writer stopped, or no primary reachable)")
         self._serving = serving
-        state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            await self._health.set(name, state)
+            await self._health.set(name, _status(serving))
 
     async def _watch_health(self) -> None:
         """Health follows real readiness: NOT_SERVING once the writer thread is gone, or in

@@ -74,11 +74,18 @@ def test_replica_health_follows_whether_the_primary_answers(tmp_path: Path) -> N
     with Cluster(tmp_path, 2) as cluster:
         replica = cluster.replicas[0]
         assert health(replica) == health_pb2.HealthCheckResponse.SERVING
+        # Readiness by role: "edgeq.primary" is SERVING only where writes are applied.
+        until(lambda: health(cluster.primary, "edgeq.primary") == health_pb2.HealthCheckResponse.SERVING,
+              what="the primary's edgeq.primary SERVING")
+        assert health(replica, "edgeq.primary") == health_pb2.HealthCheckResponse.NOT_SERVING
         pid = cluster.primary.server_pid()
+        assert health(replica, "edgeq.live") == health_pb2.HealthCheckResponse.SERVING
         os.kill(pid, signal.SIGSTOP)  # the primary's edgeq hangs; LiteFS itself still replicates
         try:
             until(lambda: health(replica) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
             assert not info(replica).primary_reachable
+            # Not ready, still live: restarting a replica would not bring the primary back.
+            assert health(replica, "edgeq.live") == health_pb2.HealthCheckResponse.SERVING
         finally:
             os.kill(pid, signal.SIGCONT)
         until(lambda: health(replica) == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")

@@ -585,7 +585,7 @@ async def test_retention_deletes_completed_jobs_and_frees_the_key(tmp_path: Path
 async def test_health_serving(h: Harness) -> None:
     assert h.channel is not None
     health = health_pb2_grpc.HealthStub(h.channel)
-    for service in ("", SERVICE):
+    for service in ("", SERVICE, "edgeq.primary", "edgeq.live"):  # a single node applies writes: primary too
         resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
     err = await rpc_error(health.Check(health_pb2.HealthCheckRequest(service="no.such.Service")))

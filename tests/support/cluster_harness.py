@@ -372,9 +372,10 @@ def info(node: Node) -> pb.GetNodeInfoResponse:
         return s.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
 
 
-def health(node: Node) -> int:
+def health(node: Node, service: str = "") -> int:
     with grpc.insecure_channel(node.target) as ch:
-        return int(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+        check = health_pb2.HealthCheckRequest(service=service)
+        return int(health_pb2_grpc.HealthStub(ch).Check(check, timeout=5).status)
 
 
 def all_jobs(target: str, queue: str, min_txid: int = 0) -> list[pb.Job]:
