@@ -6,6 +6,10 @@
 #
 # The entrypoint is `litefs mount`: it reads /etc/litefs.yml (this repo's litefs.yml),
 # mounts /litefs, joins the cluster, and starts `edgeq serve` from that file's `exec`.
+#
+# A single node without LiteFS (a plain SQLite file, runs as a non-root user):
+#   docker build --target single -t edgeq-single .
+#   docker run -p 50051:50051 -v edgeq-single:/data edgeq-single
 
 # ---- build: a virtualenv with the client package and the server -----------------------
 FROM python:3.12-slim-bookworm AS builder
@@ -26,8 +30,34 @@ COPY server ./server
 # ./clients/python and never looked up on a package index.
 RUN pip install --no-cache-dir ./clients/python .
 
-# ---- runtime -------------------------------------------------------------------------
+# ---- single: one node on a plain SQLite file, as a non-root user -----------------------
+FROM python:3.12-slim-bookworm AS single
+LABEL org.opencontainers.image.title="edgeq (single node)" \
+      org.opencontainers.image.description="A durable gRPC job queue on SQLite: one node, no LiteFS" \
+      org.opencontainers.image.source="https://github.com/edgeq/edgeq" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --home-dir /data --create-home edgeq
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    EDGEQ_HOST=0.0.0.0 \
+    EDGEQ_DB_PATH=/data/edgeq.db
+USER 10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 50051 9464
+# grpc.health.v1 through the CLI: exit 0 only when SERVING.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["edgeq", "--server", "127.0.0.1:50051", "--timeout", "4", "health"]
+ENTRYPOINT ["edgeq", "serve"]
+
+# ---- runtime (the default target): a LiteFS cluster node -----------------------------
 FROM python:3.12-slim-bookworm
+LABEL org.opencontainers.image.title="edgeq" \
+      org.opencontainers.image.description="A durable gRPC job queue on SQLite, replicated by LiteFS" \
+      org.opencontainers.image.source="https://github.com/edgeq/edgeq" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 # fuse3: LiteFS mounts through the setuid helper fusermount3 (and unmounts with it).
 # ca-certificates: LiteFS talks to Fly's Consul (FLY_CONSUL_URL) over HTTPS.
@@ -58,8 +88,14 @@ WORKDIR /
 
 # 50051: gRPC (edgeq). 20202: LiteFS HTTP API, private network only. 9464: /metrics.
 EXPOSE 50051 20202 9464
+# Live while edgeq works (grpc.health.v1 "edgeq.live"; readiness by role is for the
+# orchestrator: "" = ready, "edgeq.primary" = applies writes). Fly and Kubernetes use their
+# own checks (fly.toml, deploy/kubernetes).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["edgeq", "--server", "127.0.0.1:50051", "--timeout", "4", "health", "--service", "edgeq.live"]
 
-# No USER: the container runs as root, on purpose. LiteFS must mount FUSE, which needs
+# No USER in this target (the `single` target above runs as a non-root user): a LiteFS node
+# runs as root, on purpose. LiteFS must mount FUSE, which needs
 # root (CAP_SYS_ADMIN and /dev/fuse; Fly's LiteFS docs say to run it as root). LiteFS
 # v0.5.14 starts its `exec` child with its own user: the exec config has no user or
 # uid setting (cmd/litefs/mount_linux.go), so edgeq runs as root as well. Running edgeq
