@@ -2,8 +2,9 @@
 
 This module only re-exports the public names. ``_config`` owns channel creation (retry
 policy, keepalive, limits), ``_errors`` the exceptions, ``_models`` the plain values and
-their protobuf conversion, ``_client`` the Client and ``_worker`` the Worker. The generated
-stubs live in ``edgeq.v1`` (``queue_pb2``, ``queue_pb2_grpc``).
+their protobuf conversion, ``_client`` the Client and ``_worker`` the Worker; ``edgeq.aio``
+is the Client for asyncio (grpc.aio), on the same helpers. The generated stubs live in
+``edgeq.v1`` (``queue_pb2``, ``queue_pb2_grpc``).
 """
 
 from ._client import AUTO_KEY_PREFIX, Client, auto_idempotency_key

@@ -31,7 +31,7 @@ from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_channel
-from ._errors import CommittedNotReplicated, DeadlineExceededError, error_from_rpc
+from ._errors import CommittedNotReplicated, DeadlineExceededError, EdgeqError, error_from_rpc
 from ._models import (
     Durability,
     EnqueueResult,
@@ -77,6 +77,127 @@ def auto_idempotency_key() -> str:
 def _chunks(items: Sequence[_Req], size: int) -> Iterator[Sequence[_Req]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+class _WriteRetry:
+    """When a write answered CommittedNotReplicated is sent again (the same request, so the
+    same keys and tokens): jittered backoff, at least the server's RetryInfo delay, all
+    attempts within one deadline. Shared by the sync and the asyncio Client, which only do
+    the sleeping and the calling."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.backoff, self.max_backoff = _WRITE_BACKOFF
+        self.last: CommittedNotReplicated | None = None
+
+    def remaining(self) -> float:
+        """The next attempt's timeout; raises the last CommittedNotReplicated when none is left."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0 and self.last is not None:
+            raise self.last
+        return max(remaining, 0.001)
+
+    def pause(self, err: CommittedNotReplicated) -> float:
+        """Seconds to wait before sending again; raises ``err`` when that passes the deadline."""
+        self.last = err
+        pause = max(random.uniform(0, self.backoff), err.retry_delay or 0.0)
+        if time.monotonic() + pause >= self.deadline:
+            raise err
+        self.backoff = min(self.backoff * 2, self.max_backoff)
+        return pause
+
+    def deadline_exceeded(self, err: DeadlineExceededError) -> EdgeqError:
+        """What to raise when an attempt ran out of time: the write did commit if an earlier
+        attempt said so (CommittedNotReplicated), else the deadline."""
+        return self.last if self.last is not None else err
+
+
+def _enqueue_request(
+    messages: Sequence[pb.JobSpec], level: Durability | None
+) -> tuple[pb.EnqueueRequest, set[int]]:
+    """The request (copies: the caller's messages stay as they are), with a generated key
+    for every job sent without one; and the indexes of those jobs."""
+    request = pb.EnqueueRequest(jobs=messages)
+    if level is not None:
+        request.durability = level.to_proto()
+    auto: set[int] = set()
+    for i, job in enumerate(request.jobs):
+        if not job.idempotency_key:
+            job.idempotency_key = auto_idempotency_key()
+            auto.add(i)
+    return request, auto
+
+
+def _enqueue_results(
+    request: pb.EnqueueRequest, resp: pb.EnqueueResponse, auto: set[int], txid: int
+) -> list[EnqueueResult]:
+    # A generated key is unique to this call: "duplicate" can only mean that an earlier
+    # attempt of this very call stored the job, which the caller enqueued once.
+    return [
+        EnqueueResult(
+            r.job_id,
+            r.duplicate and i not in auto,
+            txid,
+            r.idempotency_key or request.jobs[i].idempotency_key,
+            resp.accepted_at_edge or resp.buffered,
+            resp.accepted_by,
+        )
+        for i, r in enumerate(resp.results)
+    ]
+
+
+def _ack_items(items: Iterable[str | tuple[str, bytes | None] | pb.AckItem]) -> list[pb.AckItem]:
+    messages: list[pb.AckItem] = []
+    for it in items:
+        if isinstance(it, str):
+            messages.append(pb.AckItem(lease_token=it))
+        elif isinstance(it, tuple):
+            messages.append(pb.AckItem(lease_token=it[0], result=it[1] or b""))
+        else:
+            messages.append(it)
+    return messages
+
+
+def _nack_items(
+    items: Iterable[str | pb.NackItem], error_message: str, retry_delay: float | timedelta | None, terminal: bool
+) -> list[pb.NackItem]:
+    messages: list[pb.NackItem] = []
+    for it in items:
+        if isinstance(it, str):
+            m = pb.NackItem(lease_token=it, error_message=error_message, terminal=terminal)
+            if retry_delay is not None:
+                m.retry_delay.CopyFrom(to_duration(retry_delay))
+            messages.append(m)
+        else:
+            messages.append(it)
+    return messages
+
+
+def _heartbeat_request(chunk: Sequence[str], extend_by: float | timedelta | None) -> pb.HeartbeatRequest:
+    req = pb.HeartbeatRequest(lease_tokens=chunk)
+    if extend_by is not None:
+        req.extend_by.CopyFrom(to_duration(extend_by))
+    return req
+
+
+def _list_request(
+    queue: str | None, state: JobState | str | None, page_size: int, min_txid: int
+) -> pb.ListJobsRequest:
+    return pb.ListJobsRequest(
+        queue=queue or "",
+        state=JobState(state.lower()).to_proto() if state is not None else pb.JOB_STATE_UNSPECIFIED,
+        page_size=page_size,
+        min_txid=min_txid,
+    )
+
+
+def _lease_request(
+    queues: Sequence[str], worker_id: str, max_in_flight: int, lease_duration: float | timedelta | None
+) -> pb.LeaseRequest:
+    req = pb.LeaseRequest(queues=queues, worker_id=worker_id, max_in_flight=max_in_flight)
+    if lease_duration is not None:
+        req.lease_duration.CopyFrom(to_duration(lease_duration))
+    return req
 
 
 class Client:
@@ -164,26 +285,14 @@ class Client:
         while the server answers CommittedNotReplicated, with jittered backoff, until the
         call's deadline (``timeout`` for all attempts together). Raises the last
         CommittedNotReplicated when the deadline runs out first."""
-        deadline = time.monotonic() + self.timeout
-        backoff, max_backoff = _WRITE_BACKOFF
-        last: CommittedNotReplicated | None = None
+        retry = _WriteRetry(self.timeout)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and last is not None:
-                raise last
             try:
-                return self._call(method, request, max(remaining, 0.001))
+                return self._call(method, request, retry.remaining())
             except CommittedNotReplicated as err:
-                last = err
-                pause = max(random.uniform(0, backoff), err.retry_delay or 0.0)
-                if time.monotonic() + pause >= deadline:
-                    raise
-                time.sleep(pause)
-                backoff = min(backoff * 2, max_backoff)
+                time.sleep(retry.pause(err))
             except DeadlineExceededError as err:
-                if last is not None:  # it did commit: say so, not just "deadline exceeded"
-                    raise last from err
-                raise
+                raise retry.deadline_exceeded(err)  # noqa: B904 - err is its context either way
 
     def _note_txid(self, txid: int) -> int:
         if txid > self._txid:
@@ -235,35 +344,13 @@ class Client:
     def _enqueue(
         self, messages: Sequence[pb.JobSpec], durability: Durability | str | None = None
     ) -> builtins.list[EnqueueResult]:
-        # copies: the caller's messages stay as they are
-        request = pb.EnqueueRequest(jobs=messages)
-        level = self.durability if durability is None else Durability(durability)
-        if level is not None:
-            request.durability = level.to_proto()
-        auto: set[int] = set()
-        for i, job in enumerate(request.jobs):
-            if not job.idempotency_key:
-                job.idempotency_key = auto_idempotency_key()
-                auto.add(i)
+        request, auto = _enqueue_request(messages, self.durability if durability is None else Durability(durability))
         try:
             resp = self._write(self.stub.Enqueue, request)
         except CommittedNotReplicated as err:
             err.idempotency_keys = tuple(job.idempotency_key for job in request.jobs)
             raise
-        txid = self._note_txid(resp.txid)
-        # A generated key is unique to this call: "duplicate" can only mean that an earlier
-        # attempt of this very call stored the job, which the caller enqueued once.
-        return [
-            EnqueueResult(
-                r.job_id,
-                r.duplicate and i not in auto,
-                txid,
-                r.idempotency_key or request.jobs[i].idempotency_key,
-                resp.accepted_at_edge or resp.buffered,
-                resp.accepted_by,
-            )
-            for i, r in enumerate(resp.results)
-        ]
+        return _enqueue_results(request, resp, auto, self._note_txid(resp.txid))
 
     # ------------------------------------------------------------------ reading
 
@@ -277,13 +364,7 @@ class Client:
     ) -> Iterator[Job]:
         """Jobs in enqueue order, optionally one queue and/or one state; pages are fetched
         lazily (``page_size`` per call) as the iterator advances."""
-        req = pb.ListJobsRequest(
-            queue=queue or "",
-            state=JobState(state.lower()).to_proto() if state is not None else pb.JOB_STATE_UNSPECIFIED,
-            page_size=page_size,
-            min_txid=self._min_txid(),
-        )
-        return self._pages(req)
+        return self._pages(_list_request(queue, state, page_size, self._min_txid()))
 
     def _pages(self, req: pb.ListJobsRequest) -> Iterator[Job]:
         while True:
@@ -334,15 +415,7 @@ class Client:
 
     def ack(self, items: Iterable[str | tuple[str, bytes | None] | pb.AckItem]) -> builtins.list[LeaseOutcome]:
         """Complete leases: lease tokens, ``(token, result)`` pairs or ``AckItem``s."""
-        messages: builtins.list[pb.AckItem] = []
-        for it in items:
-            if isinstance(it, str):
-                messages.append(pb.AckItem(lease_token=it))
-            elif isinstance(it, tuple):
-                messages.append(pb.AckItem(lease_token=it[0], result=it[1] or b""))
-            else:
-                messages.append(it)
-        return [LeaseOutcome.from_proto(o) for o in self.ack_raw(messages).outcomes]
+        return [LeaseOutcome.from_proto(o) for o in self.ack_raw(_ack_items(items)).outcomes]
 
     def nack(
         self,
@@ -354,15 +427,7 @@ class Client:
     ) -> builtins.list[LeaseOutcome]:
         """Fail leases. Tokens get the keyword arguments (``retry_delay=None``: the server's
         backoff; ``terminal``: FAILED now); ``NackItem``s are sent as they are."""
-        messages: builtins.list[pb.NackItem] = []
-        for it in items:
-            if isinstance(it, str):
-                m = pb.NackItem(lease_token=it, error_message=error_message, terminal=terminal)
-                if retry_delay is not None:
-                    m.retry_delay.CopyFrom(to_duration(retry_delay))
-                messages.append(m)
-            else:
-                messages.append(it)
+        messages = _nack_items(items, error_message, retry_delay, terminal)
         return [LeaseOutcome.from_proto(o) for o in self.nack_raw(messages).outcomes]
 
     def heartbeat(
@@ -399,10 +464,7 @@ class Client:
         """Heartbeat as protobuf out: outcomes and new expiries for all tokens, in order."""
         out = pb.HeartbeatResponse()
         for chunk in _chunks(lease_tokens, BATCH_MAX):
-            req = pb.HeartbeatRequest(lease_tokens=chunk)
-            if extend_by is not None:
-                req.extend_by.CopyFrom(to_duration(extend_by))
-            resp = self._write(self.stub.Heartbeat, req)
+            resp = self._write(self.stub.Heartbeat, _heartbeat_request(chunk, extend_by))
             out.outcomes.extend(resp.outcomes)
             out.lease_expires_at.extend(resp.lease_expires_at)
             out.txid = self._note_txid(max(out.txid, resp.txid))
@@ -418,10 +480,7 @@ class Client:
     ) -> grpc.CallIterator[pb.LeaseResponse]:
         """Open a raw Lease stream (no deadline). Iterate it for ``LeaseResponse`` messages
         and ``cancel()`` it when done; errors arrive as ``grpc.RpcError`` while iterating."""
-        req = pb.LeaseRequest(queues=queues, worker_id=worker_id, max_in_flight=max_in_flight)
-        if lease_duration is not None:
-            req.lease_duration.CopyFrom(to_duration(lease_duration))
-        return self.stub.Lease(req, metadata=self.metadata)
+        return self.stub.Lease(_lease_request(queues, worker_id, max_in_flight, lease_duration), metadata=self.metadata)
 
     def __repr__(self) -> str:
         return f"Client({self.target!r}, timeout={self.timeout:g})"

@@ -128,14 +128,13 @@ def split_target(target: str, tls: TLSOption = None) -> tuple[str, TLS | grpc.Ch
     return target, tls
 
 
-def create_channel(
-    target: str = DEFAULT_TARGET, *, options: Sequence[tuple[str, Any]] = (), tls: TLSOption = None
-) -> grpc.Channel:
-    """A channel to ``target`` (``host:port``, ``edgeqs://host:port`` for TLS) with edgeq's
-    options; ``tls`` as in ``TLSOption``."""
+def _channel_args(
+    target: str, options: Sequence[tuple[str, Any]], tls: TLSOption
+) -> tuple[str, grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """(address, credentials or None for plaintext, options) of a channel to ``target``."""
     address, chosen = split_target(target, tls)
     if chosen is None:
-        return grpc.insecure_channel(address, options=channel_options(options))
+        return address, None, channel_options(options)
     extra = list(options)
     if isinstance(chosen, TLS):
         if chosen.server_name:
@@ -143,4 +142,25 @@ def create_channel(
         creds = chosen.credentials()
     else:
         creds = chosen
-    return grpc.secure_channel(address, creds, options=channel_options(extra))
+    return address, creds, channel_options(extra)
+
+
+def create_channel(
+    target: str = DEFAULT_TARGET, *, options: Sequence[tuple[str, Any]] = (), tls: TLSOption = None
+) -> grpc.Channel:
+    """A channel to ``target`` (``host:port``, ``edgeqs://host:port`` for TLS) with edgeq's
+    options; ``tls`` as in ``TLSOption``."""
+    address, creds, opts = _channel_args(target, options, tls)
+    if creds is None:
+        return grpc.insecure_channel(address, options=opts)
+    return grpc.secure_channel(address, creds, options=opts)
+
+
+def create_aio_channel(
+    target: str = DEFAULT_TARGET, *, options: Sequence[tuple[str, Any]] = (), tls: TLSOption = None
+) -> grpc.aio.Channel:
+    """``create_channel`` for asyncio (grpc.aio): the same options, retry policy and TLS."""
+    address, creds, opts = _channel_args(target, options, tls)
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    return grpc.aio.secure_channel(address, creds, options=opts)

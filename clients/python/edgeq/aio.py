@@ -1,0 +1,285 @@
+"""``edgeq.aio.Client``: the Client for asyncio programs, on grpc.aio.
+
+The same API as ``edgeq.Client`` with ``await`` (and ``async for`` over ``list``), the same
+behaviour, and the same code for it: requests are built, generated keys added, writes
+answered CommittedNotReplicated resent and responses read by the helpers the sync Client
+uses (``_client``); this module only awaits the calls and the pauses.
+
+    async with edgeq.aio.Client("127.0.0.1:50051") as client:
+        result = await client.enqueue("emails", b'{"to": "a@b.c"}')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from edgeq.v1 import queue_pb2 as pb
+from edgeq.v1 import queue_pb2_grpc as pb_grpc
+
+from ._client import (
+    BATCH_MAX,
+    _ack_items,
+    _chunks,
+    _enqueue_request,
+    _enqueue_results,
+    _heartbeat_request,
+    _lease_request,
+    _list_request,
+    _nack_items,
+    _WriteRetry,
+)
+from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_aio_channel
+from ._errors import CommittedNotReplicated, DeadlineExceededError, error_from_rpc
+from ._models import (
+    Durability,
+    EnqueueResult,
+    Job,
+    JobSpec,
+    JobSpecLike,
+    JobState,
+    LeaseOutcome,
+    NodeInfo,
+    QueueStats,
+    to_job_spec,
+)
+
+__all__ = ["Client"]
+
+_Resp = TypeVar("_Resp")
+
+
+class Client:
+    """An asyncio connection to an edgeq server: ``edgeq.Client``'s arguments and methods,
+    awaited. Safe to share between the tasks of one event loop."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        channel: grpc.aio.Channel | None = None,
+        session_consistency: bool = False,
+        token: str | None = None,
+        durability: Durability | str | None = None,
+        tls: TLSOption = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        self.durability = None if durability is None else Durability(durability)
+        self.target = target
+        self.timeout = timeout
+        self.session_consistency = session_consistency
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else create_aio_channel(target, tls=tls)
+        #: The generated stub (grpc.aio), for anything this class does not wrap.
+        self.stub = pb_grpc.QueueServiceStub(self._channel)
+        self.metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {token}"),) if token else None
+        )
+        self._txid = 0
+        self._closed = False
+
+    @property
+    def last_txid(self) -> int:
+        return self._txid
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._owns_channel:
+                await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(self, method: Callable[..., Awaitable[_Resp]], request: Any, within: float | None = None) -> _Resp:
+        try:
+            return await method(request, timeout=self.timeout if within is None else within, metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+
+    async def _write(self, method: Callable[..., Awaitable[_Resp]], request: Any) -> _Resp:
+        retry = _WriteRetry(self.timeout)
+        while True:
+            try:
+                return await self._call(method, request, retry.remaining())
+            except CommittedNotReplicated as err:
+                await asyncio.sleep(retry.pause(err))
+            except DeadlineExceededError as err:
+                raise retry.deadline_exceeded(err)  # noqa: B904 - err is its context either way
+
+    def _note_txid(self, txid: int) -> int:
+        self._txid = max(self._txid, txid)
+        return txid
+
+    def _min_txid(self) -> int:
+        return self._txid if self.session_consistency else 0
+
+    # ------------------------------------------------------------------ producing
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: bytes,
+        *,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        max_attempts: int = 0,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        durability: Durability | str | None = None,
+    ) -> EnqueueResult:
+        """As ``edgeq.Client.enqueue``."""
+        spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
+        return (await self._enqueue([spec.to_proto()], durability))[0]
+
+    async def enqueue_many(
+        self, specs: Iterable[JobSpecLike], *, durability: Durability | str | None = None
+    ) -> builtins.list[EnqueueResult]:
+        """As ``edgeq.Client.enqueue_many`` (calls of at most 1000 jobs, in order)."""
+        messages = [to_job_spec(s) for s in specs]
+        results: builtins.list[EnqueueResult] = []
+        for chunk in _chunks(messages, BATCH_MAX):
+            results.extend(await self._enqueue(chunk, durability))
+        return results
+
+    async def _enqueue(
+        self, messages: Sequence[pb.JobSpec], durability: Durability | str | None
+    ) -> builtins.list[EnqueueResult]:
+        request, auto = _enqueue_request(messages, self.durability if durability is None else Durability(durability))
+        try:
+            resp: pb.EnqueueResponse = await self._write(self.stub.Enqueue, request)
+        except CommittedNotReplicated as err:
+            err.idempotency_keys = tuple(job.idempotency_key for job in request.jobs)
+            raise
+        return _enqueue_results(request, resp, auto, self._note_txid(resp.txid))
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, job_id: str) -> Job:
+        resp: pb.GetJobResponse = await self._call(
+            self.stub.GetJob, pb.GetJobRequest(job_id=job_id, min_txid=self._min_txid())
+        )
+        return Job.from_proto(resp.job)
+
+    async def list(
+        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100
+    ) -> AsyncIterator[Job]:
+        """``async for job in client.list(...)``: pages fetched as the iteration advances."""
+        req = _list_request(queue, state, page_size, self._min_txid())
+        while True:
+            resp: pb.ListJobsResponse = await self._call(self.stub.ListJobs, req)
+            for m in resp.jobs:
+                yield Job.from_proto(m)
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+    async def stats(self, *queues: str) -> builtins.list[QueueStats]:
+        resp: pb.GetQueueStatsResponse = await self._call(
+            self.stub.GetQueueStats, pb.GetQueueStatsRequest(queues=queues, min_txid=self._min_txid())
+        )
+        return [QueueStats.from_proto(s) for s in resp.stats]
+
+    async def node_info(self) -> NodeInfo:
+        return NodeInfo.from_proto(await self._call(self.stub.GetNodeInfo, pb.GetNodeInfoRequest()))
+
+    # ------------------------------------------------------------------ admin
+
+    async def cancel(self, job_id: str) -> Job:
+        resp: pb.CancelJobResponse = await self._write(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+        self._note_txid(resp.txid)
+        return Job.from_proto(resp.job)
+
+    async def retry(self, job_id: str) -> Job:
+        resp: pb.RetryJobResponse = await self._write(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
+        self._note_txid(resp.txid)
+        return Job.from_proto(resp.job)
+
+    async def pause(self, queue: str) -> None:
+        resp: pb.PauseQueueResponse = await self._write(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue))
+        self._note_txid(resp.txid)
+
+    async def resume(self, queue: str) -> None:
+        resp: pb.ResumeQueueResponse = await self._write(self.stub.ResumeQueue, pb.ResumeQueueRequest(queue=queue))
+        self._note_txid(resp.txid)
+
+    # ------------------------------------------------------------------ leases (low level)
+
+    async def ack(self, items: Iterable[str | tuple[str, bytes | None] | pb.AckItem]) -> builtins.list[LeaseOutcome]:
+        return [LeaseOutcome.from_proto(o) for o in (await self.ack_raw(_ack_items(items))).outcomes]
+
+    async def nack(
+        self,
+        items: Iterable[str | pb.NackItem],
+        *,
+        error_message: str = "",
+        retry_delay: float | timedelta | None = None,
+        terminal: bool = False,
+    ) -> builtins.list[LeaseOutcome]:
+        messages = _nack_items(items, error_message, retry_delay, terminal)
+        return [LeaseOutcome.from_proto(o) for o in (await self.nack_raw(messages)).outcomes]
+
+    async def heartbeat(
+        self, lease_tokens: Iterable[str], *, extend_by: float | timedelta | None = None
+    ) -> builtins.list[LeaseOutcome]:
+        resp = await self.heartbeat_raw(builtins.list(lease_tokens), extend_by=extend_by)
+        return [LeaseOutcome.from_proto(o) for o in resp.outcomes]
+
+    async def ack_raw(self, items: Sequence[pb.AckItem]) -> pb.AckResponse:
+        out = pb.AckResponse()
+        for chunk in _chunks(items, BATCH_MAX):
+            resp: pb.AckResponse = await self._write(self.stub.Ack, pb.AckRequest(items=chunk))
+            out.outcomes.extend(resp.outcomes)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    async def nack_raw(self, items: Sequence[pb.NackItem]) -> pb.NackResponse:
+        out = pb.NackResponse()
+        for chunk in _chunks(items, BATCH_MAX):
+            resp: pb.NackResponse = await self._write(self.stub.Nack, pb.NackRequest(items=chunk))
+            out.outcomes.extend(resp.outcomes)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    async def heartbeat_raw(
+        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
+    ) -> pb.HeartbeatResponse:
+        out = pb.HeartbeatResponse()
+        for chunk in _chunks(lease_tokens, BATCH_MAX):
+            resp: pb.HeartbeatResponse = await self._write(self.stub.Heartbeat, _heartbeat_request(chunk, extend_by))
+            out.outcomes.extend(resp.outcomes)
+            out.lease_expires_at.extend(resp.lease_expires_at)
+            out.txid = self._note_txid(max(out.txid, resp.txid))
+        return out
+
+    def lease_stream(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str = "",
+        max_in_flight: int = 1,
+        lease_duration: float | timedelta | None = None,
+    ) -> Any:
+        """A raw Lease stream (grpc.aio call, no deadline): ``async for`` its LeaseResponses;
+        ``cancel()`` it when done."""
+        req = _lease_request(queues, worker_id, max_in_flight, lease_duration)
+        return self.stub.Lease(req, metadata=self.metadata)
+
+    def __repr__(self) -> str:
+        return f"edgeq.aio.Client({self.target!r}, timeout={self.timeout:g})"

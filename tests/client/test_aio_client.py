@@ -1,0 +1,65 @@
+"""``edgeq.aio.Client``: the Client's API awaited on grpc.aio against a real server; the same
+request building, generated keys and write retries as the sync Client (shared helpers)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.serverthread import ServerThread
+
+import edgeq.aio
+from edgeq import AUTO_KEY_PREFIX, Client, JobState, LeaseOutcome, NotFoundError
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    st = ServerThread(str(tmp_path / "aio.db"))
+    st.start()
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+async def test_the_async_client_covers_the_clients_api(server: ServerThread) -> None:
+    queue = f"aio-{uuid.uuid4().hex[:8]}"
+    async with edgeq.aio.Client(server.target, session_consistency=True) as client:
+        one = await client.enqueue(queue, b"first", priority=5, headers={"k": "v"})
+        assert not one.duplicate and one.idempotency_key.startswith(AUTO_KEY_PREFIX) and one.txid > 0
+        again = await client.enqueue(queue, b"x", idempotency_key="k1")
+        dup = await client.enqueue(queue, b"y", idempotency_key="k1")
+        assert dup.duplicate and dup.job_id == again.job_id
+        many = await client.enqueue_many([{"queue": queue, "payload": b"%d" % i} for i in range(1500)])
+        assert len(many) == 1500 and len({r.job_id for r in many}) == 1500  # two calls of <= 1000
+        job = await client.get(one.job_id)
+        assert (job.payload, job.priority, dict(job.headers), job.state) == (b"first", 5, {"k": "v"}, JobState.PENDING)
+        listed = [j.id async for j in client.list(queue, page_size=400)]
+        assert len(listed) == 1502 and listed[0] == one.job_id
+        (stats,) = await client.stats(queue)
+        assert stats.pending == 1502
+        assert (await client.cancel(again.job_id)).state is JobState.CANCELLED
+        assert (await client.retry(again.job_id)).state is JobState.PENDING
+        await client.pause(queue)
+        assert (await client.stats(queue))[0].paused
+        await client.resume(queue)
+        stream = client.lease_stream([queue], max_in_flight=2)
+        leased = []
+        async for msg in stream:
+            leased.extend(msg.jobs)
+            if len(leased) >= 2:
+                break
+        stream.cancel()
+        tokens = [j.lease_token for j in leased[:2]]
+        assert await client.heartbeat(tokens, extend_by=60) == [LeaseOutcome.OK, LeaseOutcome.OK]
+        assert await client.ack([(tokens[0], b"done")]) == [LeaseOutcome.OK]
+        assert await client.nack([tokens[1]], error_message="later", retry_delay=0) == [LeaseOutcome.OK]
+        assert await client.ack(["not-a-token"]) == [LeaseOutcome.INVALID]
+        with pytest.raises(NotFoundError):
+            await client.get(str(uuid.uuid4()))
+        assert client.last_txid > 0
+    # What the async client wrote, the sync one reads the same.
+    with Client(server.target) as sync:
+        assert sync.get(leased[0].job.id).result == b"done"
