@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeq.v1 import queue_pb2 as pb
 
-from . import db, logs, metrics, status
+from . import db, logs, metrics, status, tracing
 from . import replication_pb2 as repl_pb
 from .auth import Guard, NodeAuth, Tokens
 from .clock import MICROS, Clock, SystemClock
@@ -278,7 +278,9 @@ class EdgeqServer:
             node_info=self.node_info,
         )
 
-        interceptors = []
+        interceptors: list[Any] = []
+        if cfg.tracing:
+            interceptors.append(tracing.server_interceptor())
         guard: Guard | None = None
         if self.tokens.enabled:
             interceptors.append(NodeAuth(REPLICATION_SERVICE, self.tokens))

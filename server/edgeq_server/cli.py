@@ -29,7 +29,7 @@ from edgeq._config import PLAIN_SCHEME, TLS_SCHEME
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
-from . import __version__, logs, validate
+from . import __version__, logs, tracing, validate
 from .app import EdgeqServer
 from .config import Config
 from .output import FORMATS, STATS_COLUMNS, Printer, default_format
@@ -378,6 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"edgeq: {exc}", file=sys.stderr)
             return 2
         logs.configure(config.log_level, config.log_format)
+        if config.tracing:
+            try:
+                tracing.configure_exporter()
+            except ValueError as exc:
+                print(f"edgeq: {exc}", file=sys.stderr)
+                return 2
         asyncio.run(serve(config))
         return 0
     if args.command == "edge-log":

@@ -140,6 +140,9 @@ class Config:
     #: Log lines as ``text`` or ``json`` (one object per line: time, level, logger, message,
     #: trace_id of the RPC, job_id and queue of job events).
     log_format: str = "text"
+    #: OpenTelemetry: a server span per RPC (opentelemetry-instrumentation-grpc), exported by
+    #: OTLP as the standard OTEL_* variables say. Needs ``pip install 'edgeq-server[otel]'``.
+    tracing: bool = False
     #: Extra gRPC server options (tests).
     grpc_options: tuple[tuple[str, Any], ...] = field(default=())
 

@@ -30,6 +30,7 @@ import grpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
+from . import _tracing
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_channel
 from ._errors import CommittedNotReplicated, DeadlineExceededError, EdgeqError, error_from_rpc
 from ._models import (
@@ -125,6 +126,7 @@ def _enqueue_request(
         if not job.idempotency_key:
             job.idempotency_key = auto_idempotency_key()
             auto.add(i)
+        _tracing.inject(job.headers)  # the caller's trace context, for the worker's span
     return request, auto
 
 

@@ -44,6 +44,7 @@ from google.protobuf import duration_pb2
 
 from edgeq.v1 import queue_pb2 as pb
 
+from . import _tracing
 from ._client import BATCH_MAX, Client
 from ._config import TLSOption
 from ._errors import EdgeqError, Fail, Retry, error_from_rpc
@@ -436,7 +437,8 @@ class Worker:
         item: pb.AckItem | pb.NackItem
         lj._started = time.monotonic()
         try:
-            result = self.handler(lj)
+            with _tracing.handler_span(lj.queue, lj.id, lj.attempts, lj.headers):
+                result = self.handler(lj)
             if result is None:
                 item = pb.AckItem(lease_token=token)
             elif isinstance(result, bytes | bytearray | memoryview):
