@@ -46,7 +46,10 @@ def _serve_parser(sub: Any) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
         help_text = f"(env {Config.env_name(f.name)}, default {f.default})"
-        p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+        if kind is bool:  # --tracing / --no-tracing
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     p.add_argument("--db", dest="db_path", default=None, help="alias of --db-path")
     p.add_argument("--edge-log", dest="edge_log_path", default=None, help="alias of --edge-log-path")
 

@@ -13,6 +13,16 @@ MiB = 1024 * 1024
 DURABILITIES = ("local", "replicated", "edge")
 
 
+def parse_bool(raw: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     #: Address to listen on; port 0 picks a free port.
@@ -230,7 +240,7 @@ class Config:
             if raw is not None:
                 kind: Any = type(f.default)
                 try:
-                    values[f.name] = kind(raw)
+                    values[f.name] = parse_bool(raw) if kind is bool else kind(raw)
                 except ValueError:
                     raise ValueError(f"{cls.env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})

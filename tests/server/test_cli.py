@@ -117,3 +117,17 @@ def test_shell_completion_lists_the_commands(shell: str, tmp_path: Path) -> None
         script.write_text(out.stdout)
         check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_on_off_settings_parse_as_booleans_from_flags_and_environment() -> None:
+    from edgeq_server.cli import build_parser
+    from edgeq_server.config import Config
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--tracing"]).tracing is True
+    assert parser.parse_args(["serve", "--no-tracing"]).tracing is False
+    assert parser.parse_args(["serve"]).tracing is None  # the environment or the default decides
+    assert Config.from_env({"EDGEQ_TRACING": "false"}).tracing is False  # not bool("false")
+    assert Config.from_env({"EDGEQ_TRACING": "ON"}).tracing is True
+    with pytest.raises(ValueError, match="EDGEQ_TRACING"):
+        Config.from_env({"EDGEQ_TRACING": "maybe"})
