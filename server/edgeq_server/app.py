@@ -259,6 +259,7 @@ class EdgeqServer:
         self.readers = Readers(path, threads=cfg.read_threads)
         self._depths = _DepthSource(path, self.clock)
         metrics.QUEUE_DEPTHS.source = self._depths
+        metrics.REPLICA_LAG.source = cluster.replica_lag
         codec = TokenCodec(await self.readers.run(lambda s: s.token_key()))
         self.dispatcher = Dispatcher(
             self.writer, codec, self.supervisor, on_leased=self._note_lease, is_primary=cluster.is_primary
@@ -455,6 +456,7 @@ class EdgeqServer:
         if self._depths is not None:
             if metrics.QUEUE_DEPTHS.source is self._depths:
                 metrics.QUEUE_DEPTHS.source = None
+                metrics.REPLICA_LAG.source = None
             self._depths.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()

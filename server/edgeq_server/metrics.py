@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -140,3 +141,35 @@ class _QueueDepths(Collector):
 
 QUEUE_DEPTHS = _QueueDepths()
 REGISTRY.register(QUEUE_DEPTHS)
+
+
+class _ReplicaLag(Collector):
+    """On a primary, per replica: ``edgeq_replica_lag_txids`` (transactions it has not
+    applied yet) and ``edgeq_replica_report_age_seconds`` (since its last position report),
+    read from memory at scrape time. ``source`` is set by the running server."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Sequence[Any]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        source = self.source
+        if source is None:
+            return
+        lag = GaugeMetricFamily(
+            "edgeq_replica_lag_txids", "Transactions a replica has not applied yet", labels=["replica"]
+        )
+        age = GaugeMetricFamily(
+            "edgeq_replica_report_age_seconds", "Seconds since a replica last reported its position", labels=["replica"]
+        )
+        for r in source():
+            lag.add_metric([r.replica], r.txids_behind)
+            age.add_metric([r.replica], r.report_age_seconds)
+        yield lag
+        yield age
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+REPLICA_LAG = _ReplicaLag()
+REGISTRY.register(REPLICA_LAG)

@@ -87,3 +87,22 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exports() -> None:
     } | {"edgeq_queue_jobs", "edgeq_queue_oldest_ready_age_seconds"}
     assert used <= exported, f"the dashboard reads metrics nobody exports: {sorted(used - exported)}"
     assert {"edgeq_queue_jobs", "edgeq_job_wait_seconds", "edgeq_job_run_seconds"} <= used
+
+
+def test_replica_lag_gauges_come_from_the_primarys_cluster_view() -> None:
+    from edgeq_server import metrics
+    from edgeq_server.cluster.base import ReplicaLag
+
+    previous = metrics.REPLICA_LAG.source
+    metrics.REPLICA_LAG.source = lambda: [ReplicaLag("10.0.0.2:50051", 7, 0.25), ReplicaLag("10.0.0.3:50051", 0, 0.1)]
+    try:
+        assert sample("edgeq_replica_lag_txids", replica="10.0.0.2:50051") == 7
+        assert sample("edgeq_replica_lag_txids", replica="10.0.0.3:50051") == 0
+        assert sample("edgeq_replica_report_age_seconds", replica="10.0.0.2:50051") == 0.25
+    finally:
+        metrics.REPLICA_LAG.source = previous
+
+
+def test_a_standalone_node_reports_no_replica_lag(server: ServerThread) -> None:
+    assert server.server is not None and server.server.cluster.replica_lag() == []
+    assert sample("edgeq_replica_lag_txids", replica="anything") is None

@@ -29,7 +29,7 @@ import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -119,6 +119,14 @@ class Accepted:
         return cls(job=job)
 
 
+class ReplicaLag(NamedTuple):
+    """A replica as its primary sees it: TXIDs behind the primary, seconds since it reported."""
+
+    replica: str
+    txids_behind: int
+    report_age_seconds: float
+
+
 class Cluster(abc.ABC):
     """See the module docstring. Subclasses: ``Standalone``, ``LiteFSCluster``."""
 
@@ -183,6 +191,11 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     def describe(self, info: pb.GetNodeInfoResponse) -> None:
         """Fill this node's role, primary, position and cluster state into ``info``."""
+
+    def replica_lag(self) -> list[ReplicaLag]:
+        """On a primary: how far each replica is behind, from memory (cheap: read at each
+        metrics scrape). Elsewhere: none."""
+        return []
 
     async def drain(self) -> None:
         """Shutdown, first step: end proxied streams (workers reconnect elsewhere)."""

@@ -40,7 +40,7 @@ from ..config import Config
 from ..errors import CommittedNotReplicated, Forwarded, Unavailable
 from ..ids import uuid7
 from ..tls import ServerTLS
-from .base import Accepted, Cluster, Handler, Position, Role
+from .base import Accepted, Cluster, Handler, Position, ReplicaLag, Role
 from .durability import ReplicaLink, ReplicaPositions, ReplicationServicer
 from .edgelog import EdgeLog
 from .forward import Forwarder
@@ -301,6 +301,15 @@ class LiteFSCluster(Cluster):
             info.primary_reachable = self.link.reachable if self.link else False
         else:
             info.role = pb.NODE_ROLE_UNKNOWN
+
+    def replica_lag(self) -> list[ReplicaLag]:
+        if self.node.role() is not Role.PRIMARY:
+            return []
+        head, now = self.node.latest(), self._clock.now()
+        return [
+            ReplicaLag(p.node, max(0, head - p.txid), max(0, now - p.reported_at) / 1e6)
+            for p in self.positions.snapshot()
+        ]
 
     async def drain(self) -> None:
         await self.forwarder.drain()
