@@ -12,12 +12,16 @@
  *
  * `durability` (client option, or per call with enqueueWith()) is when an Enqueue is
  * acknowledged; unset, the server's default (its --durability).
+ *
+ * With an OpenTelemetry SDK registered, enqueue() puts the caller's active trace context in
+ * each job's headers (traceparent, tracestate) unless the job has a traceparent (tracing.ts).
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { autoIdempotencyKey, asCommittedNotReplicated, retryCommittedWrites, abortableSleep, retryDelayMs } from "./errors.js";
 import { ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { RETRY_POLICY, type RetryPolicy } from "./retry-policy.js";
+import { withTraceContext } from "./tracing.js";
 import {
   AckRequestSchema,
   Durability,
@@ -187,6 +191,9 @@ export class EdgeqClient {
   async enqueueWith(options: EnqueueOptions, ...jobs: JobSpecInit[]) {
     const auto = new Set<number>();
     const specs = jobs.map((job, i) => {
+      // The caller's trace context (OpenTelemetry), for the worker's span; a no-op without an SDK.
+      const headers = withTraceContext(job.headers);
+      if (headers !== undefined && headers !== job.headers) job = { ...job, headers };
       if (job.idempotencyKey) return job;
       auto.add(i);
       return { ...job, idempotencyKey: autoIdempotencyKey() };

@@ -15,5 +15,6 @@ export {
   type ErrorInfo,
 } from "./errors.js";
 export { FailError, RetryError, Worker, type Handler, type HandlerResult, type WorkerOptions } from "./worker.js";
+export { TRACER_NAME } from "./tracing.js";
 export { RETRY_POLICY, retryPolicyOf, type RetryPolicy } from "./retry-policy.js";
 export * from "./gen/edgeq/v1/queue_pb.js";

@@ -18,10 +18,13 @@
  * - stop(drainMs): the stream is cancelled, jobs not started are handed back at once, running
  *   handlers get drainMs, then their signal aborts and they are handed back; all outcomes
  *   are flushed before stop() resolves.
+ * - Each handler runs in an OpenTelemetry CONSUMER span `process <queue>`, child of the trace
+ *   context in the job's headers (tracing.ts); a no-op without an OpenTelemetry SDK.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LeaseOutcome, type Job } from "./gen/edgeq/v1/queue_pb.js";
 import type { EdgeqClient } from "./client.js";
+import { inHandlerSpan } from "./tracing.js";
 
 /** Throw to retry after `afterMs` (0: at once). */
 export class RetryError extends Error {
@@ -299,7 +302,8 @@ export class Worker {
     }
     let settle: Outcome;
     try {
-      const result = await this.handler(job, controller.signal);
+      // In a CONSUMER span, child of the producer's (OpenTelemetry; a no-op without an SDK).
+      const result = await inHandlerSpan(job, () => this.handler(job, controller.signal));
       const bytes = typeof result === "string" ? new TextEncoder().encode(result) : result instanceof Uint8Array ? result : undefined;
       settle = { ack: bytes ? { leaseToken: token, result: bytes } : { leaseToken: token } };
     } catch (err) {
