@@ -34,7 +34,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import apsw
@@ -126,7 +126,7 @@ class Settled:
     state: JobState | None = None  # state after the change
     run_at: int | None = None  # when a retried job may run again
     replay: bool = False
-    ran_us: int | None = None  # how long the settled attempt ran (lease to settle)
+    ran_us: int | None = field(default=None, compare=False)  # how long the attempt ran (a measure)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,15 @@ from support.wait import until
 from edgeq import Client, LeasedJob, Worker
 
 
+@pytest.fixture(autouse=True)
+def fresh_queue_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queue labels are capped per process (MAX_QUEUE_LABELS): in a full test run earlier
+    tests have used them up, and these queues would all be "_other"."""
+    from edgeq_server import metrics
+
+    monkeypatch.setattr(metrics, "_queue_labels", set())
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerThread]:
     st = ServerThread(str(tmp_path / "m.db"))
