@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import hashlib
 import json
 import os
@@ -381,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"edgeq: {exc}", file=sys.stderr)
             return 2
         logs.configure(config.log_level, config.log_format)
+        # A native crash (SIGSEGV, SIGABRT, ...) or a fatal error leaves every thread's Python
+        # stack on stderr, so a node that died from a signal says where.
+        faulthandler.enable()
         if config.tracing:
             try:
                 tracing.configure_exporter()

@@ -151,3 +151,20 @@ def test_the_cli_inspects_an_edge_log_read_only(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "edgeq_server", "edge-log", str(tmp_path / "none.db")],
                              capture_output=True, text=True, timeout=30, check=False)
     assert missing.returncode == 1 and "no such edge log" in missing.stderr
+
+
+def test_a_serve_process_killed_by_a_fatal_signal_leaves_its_stacks(tmp_path: Path) -> None:
+    """faulthandler is on: a node that dies from SIGSEGV/SIGABRT (a native crash) prints every
+    thread's Python stack before it goes, so its log says where."""
+    import signal
+
+    server = ServerProcess(tmp_path / "crash.db")
+    try:
+        server.proc.send_signal(signal.SIGABRT)
+        assert server.proc.wait(timeout=30) != 0
+        server.close()
+        output = "".join(server.output)
+        assert "Fatal Python error: Aborted" in output
+        assert "edgeq_server" in output  # frames of the server's threads
+    finally:
+        server.close()
