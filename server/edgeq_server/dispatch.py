@@ -27,6 +27,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import metrics
 from .errors import Unavailable
@@ -284,10 +285,13 @@ class Dispatcher:
             deliveries.append(Delivery(job, self._codec.issue(job.id, job.lease_id)))
         for queue, n in Counter(j.queue for j in jobs).items():  # one metric update per queue, not per job
             metrics.DELIVERED.labels(metrics.queue_label(queue)).inc(n)
+        waits: dict[str, Any] = {}  # one label lookup per queue, not per job
         for job in jobs:  # waited from when it could run (run_at, or its enqueue) to this lease
             if job.started_at is not None:
-                waited = job.started_at - max(job.run_at, job.created_at)
-                metrics.JOB_WAIT.labels(metrics.queue_label(job.queue)).observe(max(0, waited) / 1e6)
+                hist = waits.get(job.queue) or waits.setdefault(
+                    job.queue, metrics.JOB_WAIT.labels(metrics.queue_label(job.queue))
+                )
+                hist.observe(max(0, job.started_at - max(job.run_at, job.created_at)) / 1e6)
         metrics.OUTSTANDING.set(len(self._leases))
         s.sends.put_nowait(deliveries)
         self._on_leased(min(j.lease_expires_at for j in jobs if j.lease_expires_at is not None))

@@ -105,9 +105,13 @@ class QueueService:
         settled = [s for s in settled if not s.replay]
         for result, n in Counter(_RESULT[s.outcome, s.state] for s in settled).items():
             metrics.SETTLED.labels(result).inc(n)
+        runs: dict[str, Any] = {}  # one label lookup per queue, not per item
         for s in settled:
             if s.ran_us is not None and s.queue:
-                metrics.JOB_RUN.labels(metrics.queue_label(s.queue)).observe(max(0, s.ran_us) / 1e6)
+                hist = runs.get(s.queue) or runs.setdefault(
+                    s.queue, metrics.JOB_RUN.labels(metrics.queue_label(s.queue))
+                )
+                hist.observe(max(0, s.ran_us) / 1e6)
             if s.state is JobState.FAILED and s.job_id and s.queue:
                 log.info("job failed for good", extra=logs.job_fields(s.job_id, s.queue))
         self._dispatcher.settled(s.job_id for s in settled if s.outcome is LeaseOutcome.OK and s.job_id)

@@ -243,19 +243,22 @@ class Client:
 
     async def ack_raw(self, items: Sequence[pb.AckItem]) -> pb.AckResponse:
         out = pb.AckResponse()
-        for chunk in _chunks(items, BATCH_MAX):
-            resp: pb.AckResponse = await self._write(self.stub.Ack, pb.AckRequest(items=chunk))
-            out.outcomes.extend(resp.outcomes)
-            out.txid = self._note_txid(max(out.txid, resp.txid))
+        out.txid = await self._settle(self.stub.Ack, pb.AckRequest, items, out.outcomes)
         return out
 
     async def nack_raw(self, items: Sequence[pb.NackItem]) -> pb.NackResponse:
         out = pb.NackResponse()
-        for chunk in _chunks(items, BATCH_MAX):
-            resp: pb.NackResponse = await self._write(self.stub.Nack, pb.NackRequest(items=chunk))
-            out.outcomes.extend(resp.outcomes)
-            out.txid = self._note_txid(max(out.txid, resp.txid))
+        out.txid = await self._settle(self.stub.Nack, pb.NackRequest, items, out.outcomes)
         return out
+
+    async def _settle(self, method: Any, request: Any, items: Sequence[Any], outcomes: Any) -> int:
+        """As the sync Client's: calls of at most BATCH_MAX, outcomes collected, the last txid."""
+        txid = 0
+        for chunk in _chunks(items, BATCH_MAX):
+            resp = await self._write(method, request(items=chunk))
+            outcomes.extend(resp.outcomes)
+            txid = self._note_txid(max(txid, resp.txid))
+        return txid
 
     async def heartbeat_raw(
         self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
