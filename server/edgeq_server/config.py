@@ -61,6 +61,13 @@ class Config:
     #: What the primary must reach before a drained job leaves the edge log: "replicated"
     #: (applied by its live replicas: a failover cannot lose it) or "local".
     edge_drain_durability: str = "replicated"
+    #: How long a drained request stays in the edge log after the primary stored it, to be
+    #: offered again (the primary dedupes by job id) when this node sees a new primary or
+    #: restarts. LiteFS elects whichever candidate takes the Consul lock first, not the
+    #: most up to date: a replica that was down and comes back just before the primary
+    #: dies can win without the primary's last transactions, and they are gone from every
+    #: node. The edge logs that held those jobs give them back. 0: deleted once stored.
+    edge_log_keep_seconds: float = 60.0
     #: Partition outbox: with a path, "local"/"replicated" Enqueues on a node that cannot
     #: reach the primary are accepted at the edge instead of failing (the path is then the
     #: edge log's). Empty: they answer UNAVAILABLE.
@@ -196,6 +203,8 @@ class Config:
             raise ValueError("durability=replicated, outbox_path and edge_log_path need LiteFS mode (litefs_mount)")
         if self.outbox_path and self.edge_log_path and self.outbox_path != self.edge_log_path:
             raise ValueError("outbox_path and edge_log_path name the same file (the edge log); give one")
+        if self.edge_log_keep_seconds < 0:
+            raise ValueError("edge_log_keep_seconds must be 0 or more")
         if self.durability_replicas < 1:
             raise ValueError("durability_replicas must be at least 1")
         needs_secret = self.client_token or self.tokens_file

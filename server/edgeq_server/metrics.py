@@ -62,6 +62,9 @@ EDGE_LOG_JOBS = Gauge("edgeq_edge_log_jobs", "Jobs accepted at this node's edge 
 EDGE_LOG_BYTES = Gauge("edgeq_edge_log_bytes", "Bytes of requests waiting in this node's edge log")
 EDGE_LOG_OLDEST_AGE = Gauge("edgeq_edge_log_oldest_age_seconds", "Age of the oldest job waiting in the edge log")
 EDGE_LOG_DRAINED = Counter("edgeq_edge_log_drained_total", "Edge-log jobs the drain stored on the primary")
+EDGE_LOG_REOFFERED = Counter(
+    "edgeq_edge_log_reoffered_total", "Drained edge-log requests offered again to a new primary (it dedupes them)"
+)
 WATCHDOG_KILLS = Counter(
     "edgeq_litefs_stalled_connections_closed_total",
     "LiteFS TCP connections closed by the watchdog because the peer stopped answering",

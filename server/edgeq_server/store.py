@@ -708,7 +708,9 @@ class EdgeLogStore:
     on the primary. Every append is durable (synchronous=FULL: fsynced) before it returns.
 
     ``outbox`` holds the requests in acceptance order (``seq``); a request the primary
-    refused for good stays with its reason (``rejected``). ``edge_jobs`` indexes every job
+    refused for good stays with its reason (``rejected``); a drained one stays, marked
+    ``drained_at``, for ``Config.edge_log_keep_seconds`` so that it can be offered again after
+    a failover (``reoffer``), then is pruned. ``edge_jobs`` indexes every job
     by id and by (queue, key) so the node finds what it accepted; after the drain it keeps
     the id the primary stored and the txid of that write until this node's database has
     applied it (``forget_applied``), so read-your-writes holds across the hand-over."""
@@ -725,8 +727,14 @@ class EdgeLogStore:
             " request BLOB NOT NULL,"
             " jobs INTEGER NOT NULL CHECK (jobs > 0),"
             " created_at INTEGER NOT NULL,"
-            " rejected TEXT"  # the primary refused it for good: kept, never retried
+            " rejected TEXT,"  # the primary refused it for good: kept, never retried
+            " drained_at INTEGER"  # the primary stored it then: kept to offer again
             ") STRICT"
+        )
+        if "drained_at" not in {str(r[1]) for r in self.conn.execute("PRAGMA table_info(outbox)")}:
+            self.conn.execute("ALTER TABLE outbox ADD COLUMN drained_at INTEGER")  # a log from before it
+        self.conn.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_drained ON outbox (drained_at) WHERE drained_at IS NOT NULL"
         )
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS edge_jobs ("
@@ -785,26 +793,43 @@ class EdgeLogStore:
         return [
             EdgeRow(int(r[0]), bytes(r[1]), int(r[2]), int(r[3]))
             for r in self.conn.execute(
-                "SELECT seq, request, jobs, created_at FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
+                "SELECT seq, request, jobs, created_at FROM outbox WHERE rejected IS NULL AND drained_at IS NULL"
+                " ORDER BY seq LIMIT ?",
                 (limit,),
             )
         ]
 
     def oldest_created_at(self) -> int | None:
-        v = self.conn.execute("SELECT created_at FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT 1").get
+        v = self.conn.execute(
+            "SELECT created_at FROM outbox WHERE rejected IS NULL AND drained_at IS NULL ORDER BY seq LIMIT 1"
+        ).get
         return None if v is None else int(v)
 
-    def drained(self, seqs: Sequence[int], stored: Sequence[tuple[str, str]], txid: int) -> None:
-        """The primary stored these requests at ``txid``: delete them, and remember each
-        job's stored id [(job_id, stored_id)] until this node has applied ``txid``. Not
-        fsynced: a crash that undoes it makes the drain send these requests again, and the
-        primary answers them as the duplicates they are (same job ids)."""
+    def drained(self, seqs: Sequence[int], stored: Sequence[tuple[str, str]], txid: int, now: int) -> None:
+        """The primary stored these requests at ``txid``: mark them drained at ``now`` (kept
+        to offer again, see ``reoffer``), and remember each job's stored id [(job_id,
+        stored_id)] until this node has applied ``txid``. Not fsynced: a crash that undoes
+        it makes the drain send these requests again, and the primary answers them as the
+        duplicates they are (same job ids)."""
         with self.transaction(durable=False):
             self.conn.executemany(
                 "UPDATE edge_jobs SET drained_txid = ?, stored_id = ? WHERE job_id = ?",
                 [(txid, stored_id, job_id) for job_id, stored_id in stored],
             )
-            self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+            self.conn.executemany("UPDATE outbox SET drained_at = ? WHERE seq = ?", [(now, seq) for seq in seqs])
+
+    def reoffer(self, since: int) -> int:
+        """Put the requests drained at or after ``since`` back in line (a new primary may
+        not have them; it dedupes the ones it has by job id). Returns how many."""
+        with self.transaction():
+            self.conn.execute("UPDATE outbox SET drained_at = NULL WHERE drained_at >= ?", (since,))
+            return self.conn.changes()
+
+    def prune_drained(self, before: int) -> int:
+        """Delete the requests drained before ``before``; returns how many drained ones remain."""
+        with self.transaction(durable=False):
+            self.conn.execute("DELETE FROM outbox WHERE drained_at < ?", (before,))
+            return int(self.conn.execute("SELECT count(*) FROM outbox WHERE drained_at IS NOT NULL").get or 0)
 
     def reject(self, seq: int, reason: str) -> None:
         self.conn.execute("UPDATE outbox SET rejected = ? WHERE seq = ?", (reason, seq))
@@ -820,7 +845,7 @@ class EdgeLogStore:
         """What the edge log knows of ``job_id``."""
         row = self.conn.execute(
             "SELECT e.job_id, o.request, e.idx, e.created_at, o.rejected, e.drained_txid, e.stored_id"
-            " FROM edge_jobs e LEFT JOIN outbox o ON o.seq = e.seq WHERE e.job_id = ?",
+            " FROM edge_jobs e LEFT JOIN outbox o ON o.seq = e.seq AND o.drained_at IS NULL WHERE e.job_id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
@@ -851,7 +876,7 @@ class EdgeLogStore:
             str(q): int(n)
             for q, n in self.conn.execute(
                 "SELECT e.queue, count(*) FROM edge_jobs e JOIN outbox o ON o.seq = e.seq"
-                " WHERE o.rejected IS NULL GROUP BY e.queue"
+                " WHERE o.rejected IS NULL AND o.drained_at IS NULL GROUP BY e.queue"
             )
         }
 
@@ -859,7 +884,7 @@ class EdgeLogStore:
         """Waiting requests, jobs and bytes, refused requests, the oldest created_at."""
         row = self.conn.execute(
             "SELECT count(*), coalesce(sum(jobs), 0), coalesce(sum(length(request)), 0), min(created_at)"
-            " FROM outbox WHERE rejected IS NULL"
+            " FROM outbox WHERE rejected IS NULL AND drained_at IS NULL"
         ).fetchone()
         dead = self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NOT NULL").get
         assert row is not None
@@ -869,7 +894,9 @@ class EdgeLogStore:
 
     def pending(self) -> int:
         """Requests still to send (rejected ones excluded)."""
-        return int(self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NULL").get or 0)
+        return int(
+            self.conn.execute("SELECT count(*) FROM outbox WHERE rejected IS NULL AND drained_at IS NULL").get or 0
+        )
 
     def dead(self) -> int:
         """Requests the primary refused for good (kept with the reason, never retried)."""

@@ -20,7 +20,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
-from support.cluster_harness import Cluster, Node, all_jobs, health, info, stub
+from support.cluster_harness import Cluster, ConsulAgent, Node, all_jobs, health, info, stub
 from support.wait import until
 
 from edgeq import Client, JobState
@@ -216,3 +216,41 @@ def test_kill9_of_a_replica_with_a_full_edge_log_loses_and_duplicates_nothing(tm
         cluster.start(replica)
         until(lambda: info(replica).edge_log_jobs == 0, timeout=60, what="drained after restart")
         assert [j.id for j in all_jobs(cluster.primary.target, "x")] == ids
+
+
+@pytest.mark.parametrize("keep", [0, 60])
+def test_a_stale_replica_that_wins_the_lease_gets_back_what_the_edge_logs_drained(tmp_path: Path, keep: int) -> None:
+    """LiteFS gives the lease to the first candidate that takes the Consul lock, not the most
+    up to date. Node 2 (a candidate) is down while 40 jobs are enqueued at the edge of the
+    primary (node 1) and of a replica (node 3, not a candidate) and drained with replicated
+    durability (node 3 applied them); then the primary is killed and node 2 restarts and
+    takes the lease without them; node 3 is re-snapshotted from it. With the edge logs
+    keeping drained requests (``--edge-log-keep-seconds 60``) node 3 offers its 20 to the
+    new primary when it sees it, node 1 its 20 when it restarts: all 40 exist once. With
+    ``0`` (deleted once stored) the same run loses all 40: the fault is real."""
+    with ConsulAgent(tmp_path) as consul:
+        cluster = Cluster(tmp_path, 3, *EDGE, "--edge-log-keep-seconds", str(keep), consul=consul)
+        cluster.nodes[2].consul_candidate = False
+        with cluster:
+            old, stale, follower = cluster.nodes
+            assert info(old).role == pb.NODE_ROLE_PRIMARY
+            cluster.kill9(stale)
+            ids = [enqueue(n, pb.JobSpec(queue="s", payload=b"%d" % i)).results[0].job_id
+                   for i in range(20) for n in (old, follower)]
+            until(lambda: info(old).edge_log_jobs == 0 and info(follower).edge_log_jobs == 0,
+                  timeout=30, what="both edge logs drained")
+            until(lambda: len(all_jobs(follower.target, "s")) == 40, timeout=30, what="node 3 applied all 40")
+            cluster.kill9(old)
+            cluster.start(stale)  # node 1 is dead: node 2 cannot catch up, and takes the lease
+            cluster.primary = stale
+            until(lambda: info(stale).role == pb.NODE_ROLE_PRIMARY, timeout=60, what="node 2 primary")
+            until(lambda: info(follower).primary == stale.target, timeout=60, what="node 3 follows node 2")
+            cluster.start(old)  # rejoins as a replica of node 2
+            until(lambda: info(old).primary == stale.target, timeout=60, what="node 1 follows node 2")
+            if keep:
+                until(lambda: sorted(j.id for j in all_jobs(stale.target, "s")) == sorted(ids), timeout=60,
+                      what="all 40 jobs on the new primary")
+                assert "offering it again" in follower.log.read_text()
+            else:
+                time.sleep(3)  # what a re-offer would have needed, and more
+                assert all_jobs(stale.target, "s") == []

@@ -73,8 +73,11 @@ FAULTS = ("kill_primary", "kill_replica", "sigstop", "session_destroy", "partiti
 #: Faults aimed at the edge log (``--durability edge``): kill -9 of a replica whose edge log
 #: holds a backlog (the primary's edgeq SIGSTOPped meanwhile); kill -9 of the primary while
 #: replicas drain a backlog into it; SIGSTOP of a replica's edgeq (the drainer) for longer
-#: than its drain deadline while it drains.
-EDGE_FAULTS = ("kill_replica_with_backlog", "kill_primary_mid_drain", "sigstop_drainer")
+#: than its drain deadline while it drains; a stale candidate: kill -9 of a replica, then
+#: of the primary while the replica is down, then the replica restarted at once (it cannot
+#: catch up and may win the lease without the last writes: LiteFS elects the first to take
+#: the lock), the old primary after it.
+EDGE_FAULTS = ("kill_replica_with_backlog", "kill_primary_mid_drain", "sigstop_drainer", "stale_candidate")
 
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -852,7 +855,7 @@ class Nemesis:
         nodes = self.cluster.nodes
         if kind in ("kill_primary", "session_destroy", "kill_primary_mid_drain") and primary is not None:
             return primary
-        if kind in ("kill_replica", "kill_replica_with_backlog", "sigstop_drainer"):
+        if kind in ("kill_replica", "kill_replica_with_backlog", "sigstop_drainer", "stale_candidate"):
             replicas = [n for n in nodes if n is not primary]
             return self.rng.choice(replicas)
         if primary is not None and self.rng.random() < self.primary_bias:  # the interesting one
@@ -938,6 +941,21 @@ class Nemesis:
         if primary is None:
             rec.note = "no primary: skipped"
             return
+        if kind == "stale_candidate":
+            with c.lock:
+                node.expected_down = True
+                node.kill9()
+            time.sleep(self.rng.uniform(*self.down_seconds))  # writes go on without it
+            with c.lock:
+                primary.expected_down = True
+                primary.kill9()
+                node.start()  # nothing to catch up from: it may take the lease stale
+                node.expected_down = False
+            time.sleep(self.rng.uniform(*self.down_seconds))
+            with c.lock:
+                primary.start()
+                primary.expected_down = False
+            return
         try:
             self._backlog(primary, 3.0)
             depth = {n.index: (node_info(n.target, 1) or pb.GetNodeInfoResponse()).edge_log_jobs for n in c.nodes}
@@ -1006,7 +1024,8 @@ def long_schedule(rng: random.Random, kinds: tuple[str, ...] = FAULTS) -> Iterat
     rng.shuffle(first)
     yield from first
     weights = {"kill_primary": 3, "kill_replica": 1, "sigstop": 2, "session_destroy": 2, "partition": 2,
-               "litefs_restart": 1, "kill_replica_with_backlog": 2, "kill_primary_mid_drain": 2, "sigstop_drainer": 1}
+               "litefs_restart": 1, "kill_replica_with_backlog": 2, "kill_primary_mid_drain": 2, "sigstop_drainer": 1,
+               "stale_candidate": 1}
     weights = {k: w for k, w in weights.items() if k in kinds}
     while True:
         yield rng.choices(list(weights), weights=list(weights.values()))[0]

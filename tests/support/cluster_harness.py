@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -138,10 +139,29 @@ class ConsulAgent:
                 self.proc.wait(timeout=10)
 
 
+#: Ports handed out by ``free_port`` in this process (never twice).
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a process the test starts later. Taken below the kernel's ephemeral range
+    (``ip_local_port_range``, 32768+ here) so that nothing binding port 0 or dialing out can
+    grab it between this check and the process's own bind (the race of "bind 0, close,
+    pass the number on"), never the same twice in one run, and free when checked."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, max(10001, low))
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def txid_of(pos_file: Path) -> int:

@@ -1333,7 +1333,7 @@ def test_edge_log_store_appends_finds_drains_and_forgets(tmp_path: Any) -> None:
         assert log.accepted_by_queue() == {"q": 2, "r": 1}
         found = log.find("id-2")
         assert found is not None and found.request == b"req-1" and found.index == 1 and found.drained_txid is None
-        log.drained([s1], [("id-1", "stored-1"), ("id-2", "id-2")], txid=40)
+        log.drained([s1], [("id-1", "stored-1"), ("id-2", "id-2")], txid=40, now=NOW + 10)
         found = log.find("id-1")
         assert found is not None and found.request is None
         assert found.drained_txid == 40 and found.stored_id == "stored-1"
@@ -1346,6 +1346,53 @@ def test_edge_log_store_appends_finds_drains_and_forgets(tmp_path: Any) -> None:
         assert log.find_key("r", "k1") is None  # a refused job names nothing
         assert log.forget_applied(39) == 0 and log.forget_applied(40) == 2
         assert log.find("id-1") is None and log.find("id-3") is not None
+    finally:
+        log.close()
+
+
+def test_edge_log_store_keeps_drained_requests_to_offer_again_then_prunes_them(tmp_path: Any) -> None:
+    """A drained request is not waiting (not read by the drain, not counted) but is kept:
+    ``reoffer`` puts the ones drained since a time back in line, in their old order, and
+    ``prune_drained`` deletes the ones drained before a time."""
+    from edgeq_server.store import EdgeLogStore
+
+    log = EdgeLogStore(str(tmp_path / "log.db"))
+    try:
+        with log.transaction():
+            s1 = log.append(b"req-1", [("id-1", "q", "")], NOW)
+            s2 = log.append(b"req-2", [("id-2", "q", "")], NOW + 1)
+            s3 = log.append(b"req-3", [("id-3", "q", "")], NOW + 2)
+        log.drained([s1], [("id-1", "id-1")], txid=7, now=NOW + 100)
+        log.drained([s2], [("id-2", "id-2")], txid=8, now=NOW + 200)
+        assert [r.seq for r in log.oldest(10)] == [s3]
+        assert log.totals()[:3] == (1, 1, 5) and log.pending() == 1
+        assert log.accepted_by_queue() == {"q": 1}
+        assert log.reoffer(since=NOW + 150) == 1  # only s2 was drained since then
+        assert [r.seq for r in log.oldest(10)] == [s2, s3]
+        assert log.totals()[:3] == (2, 2, 10)
+        assert log.prune_drained(before=NOW + 101) == 0  # s1 gone, nothing drained left
+        assert log.reoffer(since=0) == 0
+        assert [r.seq for r in log.oldest(10)] == [s2, s3]
+    finally:
+        log.close()
+
+
+def test_an_edge_log_from_before_drained_at_is_migrated_on_open(tmp_path: Any) -> None:
+    import apsw
+
+    from edgeq_server.store import EdgeLogStore
+
+    path = str(tmp_path / "old.db")
+    old = apsw.Connection(path)
+    old.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, request BLOB NOT NULL,"
+        " jobs INTEGER NOT NULL CHECK (jobs > 0), created_at INTEGER NOT NULL, rejected TEXT) STRICT"
+    )
+    old.execute("INSERT INTO outbox (request, jobs, created_at) VALUES (x'01', 1, 5)")
+    old.close()
+    log = EdgeLogStore(path)
+    try:
+        assert [(r.seq, r.request) for r in log.oldest(10)] == [(1, b"\x01")]
     finally:
         log.close()
 

@@ -25,7 +25,7 @@ Draining (``drain_loop``, supervised): the oldest waiting requests are merged in
 Enqueue of up to ``max_batch`` jobs (many callers' jobs per call, acceptance order kept, so
 per-queue order holds) and stored on the primary with ``edge_drain_durability``: over
 gRPC from a replica, directly through the local write path on the primary (many
-single-job Enqueues, one LiteFS transaction). Rows are deleted only after the primary's
+single-job Enqueues, one LiteFS transaction). Rows leave the line only after the primary's
 OK, in the same transaction that records each job's stored id and txid. The primary
 dedupes by job id, so a resend after a lost answer, a kill -9, a SIGSTOP past the deadline
 or a failover stores nothing twice. Transient answers (UNAVAILABLE, deadline, ABORTED...)
@@ -33,6 +33,16 @@ back off with jitter, 0.1 s doubling to 2 s, reset by a success or a new primary
 permanent refusal of a merged batch re-sends its requests one by one; a single request
 refused for good (or INTERNAL/UNKNOWN ``INTERNAL_ATTEMPTS`` times) moves to the dead table
 (the row stays with the reason), is logged and counted, and the rows behind it go on.
+
+Offering again (``_reoffer``): a drained request stays in the file, marked drained, for
+``edge_log_keep_seconds`` (at most the shortest retention, so a job deleted by retention
+is never brought back). When this node starts, and whenever it sees a primary other than
+the last one it saw, the requests drained within that window are put back in line and sent
+to the new primary, which stores the ones it lacks and answers the others as duplicates.
+Why: LiteFS gives the lease to whichever candidate takes the Consul lock first; a replica
+that was down and restarts just before the primary dies can win without the primary's last
+transactions, and they are then gone from every node (the others are re-snapshotted from
+it), "replicated" ones included. The edge logs that accepted those jobs still hold them.
 
 Reading (``find``): until this node's database has applied the drained txid, the log
 remembers each drained job's stored id and txid, so GetJob here never loses sight of a
@@ -159,6 +169,12 @@ class EdgeLog:
         self._drained: collections.deque[tuple[float, int]] = collections.deque()
         self._forget_at = 0.0
         self._unforgotten = False
+        self._kept = 0  # drained requests kept to offer again
+        self._offered_to: str | None = None  # the primary the kept requests were last offered to
+        self.keep_seconds = min(
+            cfg.edge_log_keep_seconds, cfg.retention_completed_seconds, cfg.retention_failed_seconds,
+            cfg.retention_cancelled_seconds,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -429,12 +445,32 @@ class EdgeLog:
         return taken, merged
 
     async def _forget(self) -> None:
-        """Forget drained jobs this node's database has applied (GetJob finds them there)."""
+        """Forget drained jobs this node's database has applied (GetJob finds them there),
+        and delete drained requests older than the keep window."""
         if self._unforgotten and time.monotonic() >= self._forget_at:
             self._forget_at = time.monotonic() + FORGET_SECONDS
             applied = self._node.latest()
-            await self._write(lambda s: s.forget_applied(applied))
-            self._unforgotten = self.jobs > 0
+            before = self._clock.now() - int(self.keep_seconds * MICROS)
+
+            def forget(store: EdgeLogStore) -> int:
+                store.forget_applied(applied)
+                return store.prune_drained(before)
+
+            self._kept = await self._write(forget)
+            self._unforgotten = self.jobs > 0 or self._kept > 0
+
+    async def _reoffer(self, target: str) -> None:
+        """A primary this node has not offered its kept requests to (or this node just
+        started): put the ones drained within the keep window back in line."""
+        since = self._clock.now() - int(self.keep_seconds * MICROS)
+        count = await self._write(lambda s: s.reoffer(since)) if self.keep_seconds > 0 else 0
+        self._offered_to = target
+        if count:
+            self.pending, self.jobs, self.bytes, self.dead, self.oldest_at = await self._write(EdgeLogStore.totals)
+            self._publish()
+            metrics.EDGE_LOG_REOFFERED.inc(count)
+            log.info("edge log: primary %s: offering it again %d request(s) drained in the last %.0fs",
+                     target, count, self.keep_seconds)
 
     async def drain_loop(self) -> None:
         """Store waiting requests on the primary, oldest first (runs until cancelled)."""
@@ -445,6 +481,9 @@ class EdgeLog:
         last_target: str | None = None
         last_sent = 0.0  # when the last drain call ended
         while True:
+            primary = self._target()
+            if primary is not None and primary != self._offered_to:
+                await self._reoffer(primary)
             self._wake.clear()  # before reading: an append after the read sets it again
             solo = solo_until >= 0
             taken, merged = await self._in(self._drain_thread, functools.partial(self._next_batch, solo))
@@ -505,7 +544,9 @@ class EdgeLog:
                 (spec.job_id, result.job_id) for spec, result in zip(merged.jobs, response.results, strict=True)
             ]
             seqs = [row.seq for row in taken]
-            await self._write(functools.partial(EdgeLogStore.drained, seqs=seqs, stored=stored, txid=response.txid))
+            await self._write(functools.partial(
+                EdgeLogStore.drained, seqs=seqs, stored=stored, txid=response.txid, now=self._clock.now()
+            ))
             self._unforgotten = True
             self._moved(taken)
             self._drained.append((time.monotonic(), len(merged.jobs)))
