@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +37,9 @@ from .tls import ServerTLS
 from .tokens import TokenCodec
 from .wire import safe_deserializer
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +210,7 @@ class EdgeqServer:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.port = 0
+        self.dashboard: Dashboard | None = None
         self.supervisor = Supervisor()
         self._in_flight = InFlight()
         #: Who each bearer token is (auth is on when any token is configured).
@@ -305,6 +309,11 @@ class EdgeqServer:
             server,
         )
         address = f"{cfg.host}:{cfg.port}"
+        if cfg.http_port >= 0:
+            from .dashboard import Dashboard  # aiohttp and Jinja2 load only when it is on
+
+            self.dashboard = Dashboard(cfg, self.tokens, self.tls, self.cluster.primary_info)
+            server.add_insecure_port(f"unix:{self.dashboard.socket}")  # its private way in (0700 dir)
         if self.tls is not None:
             self.port = server.add_secure_port(address, self.tls.credentials())
         else:
@@ -321,6 +330,8 @@ class EdgeqServer:
         self._role_changed(cluster.role())
         if cfg.metrics_address:
             metrics.serve(cfg.metrics_address)
+        if self.dashboard is not None:
+            await self.dashboard.start()
         # Readiness: the database is open and migrated, timers loaded, dispatch running (and
         # in a cluster, a role from LiteFS and, on a replica, a primary answering).
         await self._update_health()
@@ -427,6 +438,8 @@ class EdgeqServer:
         grace = cfg.grace_seconds if grace_seconds is None else grace_seconds
         log.info("draining (up to %gs), then stopping with %gs grace", drain, grace)
         await self._health.enter_graceful_shutdown()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.cluster.drain()
         if self.dispatcher is not None:
             await self.dispatcher.drain()

@@ -152,6 +152,9 @@ class Config:
     peer_ca: str = ""
     #: host:port for the Prometheus /metrics endpoint; empty turns it off.
     metrics_address: str = ""
+    #: The web dashboard's port on ``host`` (HTTPS with the gRPC port's certificate when TLS
+    #: is on; the same tokens). -1: off; 0: a free port (logged).
+    http_port: int = -1
     #: Log level name.
     log_level: str = "INFO"
     #: Log lines as ``text`` or ``json`` (one object per line: time, level, logger, message,
@@ -166,7 +169,7 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            if isinstance(v, int | float) and not isinstance(v, bool) and v < 0 and f.name != "http_port":
                 raise ValueError(f"{f.name} must not be negative (got {v})")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535 (got {self.port})")
@@ -203,8 +206,8 @@ class Config:
             raise ValueError("durability=replicated, outbox_path and edge_log_path need LiteFS mode (litefs_mount)")
         if self.outbox_path and self.edge_log_path and self.outbox_path != self.edge_log_path:
             raise ValueError("outbox_path and edge_log_path name the same file (the edge log); give one")
-        if self.edge_log_keep_seconds < 0:
-            raise ValueError("edge_log_keep_seconds must be 0 or more")
+        if not -1 <= self.http_port <= 65535:
+            raise ValueError("http_port must be -1 (off), 0 (any free port) or a port number")
         if self.durability_replicas < 1:
             raise ValueError("durability_replicas must be at least 1")
         needs_secret = self.client_token or self.tokens_file

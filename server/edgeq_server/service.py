@@ -230,10 +230,10 @@ class QueueService:
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         p = validate.list_jobs(request)
         await self._at_least(request.min_txid)
-        rows = await self._readers.run(lambda s: s.list_jobs(p.queue, p.state, p.after_rowid, p.page_size))
+        rows = await self._readers.run(lambda s: s.list_jobs(p.queue, p.state, p.after_rowid, p.page_size, p.search))
         token = ""
         if len(rows) == p.page_size:
-            token = validate.encode_page_token(rows[-1][0], p.queue, p.state)
+            token = validate.encode_page_token(rows[-1][0], p.queue, p.state, p.search)
         return pb.ListJobsResponse(jobs=[convert.job(j) for _, j in rows], next_page_token=token)
 
     async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Ctx) -> pb.GetQueueStatsResponse:

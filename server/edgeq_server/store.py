@@ -61,6 +61,11 @@ _COLUMNS = (
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
     " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result"
 )
+def _glob_prefix(text: str) -> str:
+    """A case-sensitive GLOB pattern matching strings that begin with ``text``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text) + "*"
+
+
 #: A generated idempotency key, stored as its job's id (see the module docstring).
 _AUTO_KEY = re.compile(r"auto-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
@@ -547,9 +552,11 @@ class Store:
         return None if v is None else str(v)
 
     def list_jobs(
-        self, queue: str | None, state: JobState | None, after_rowid: int, limit: int
+        self, queue: str | None, state: JobState | None, after_rowid: int, limit: int, search: str = ""
     ) -> list[tuple[int, Job]]:
-        """A page of jobs in enqueue order (rowid), strictly after ``after_rowid``."""
+        """A page of jobs in enqueue order (rowid), strictly after ``after_rowid``; with
+        ``search``, only jobs whose id or idempotency key begins with it (a generated
+        ``auto-<uuid>`` key is matched as the text it reads back as)."""
         where = ["rowid > ?"]
         args: list[object] = [after_rowid]
         if queue:
@@ -558,6 +565,12 @@ class Store:
         if state is not None:
             where.append("status = ?")
             args.append(state.value)
+        if search:
+            pattern = _glob_prefix(search)
+            where.append(
+                "(id GLOB ? OR (auto_key AND 'auto-' || id GLOB ?) OR (NOT auto_key AND idempotency_key GLOB ?))"
+            )
+            args.extend((pattern, pattern, pattern))
         args.append(limit)
         rows: list[Any] = self.conn.execute(
             f"SELECT rowid, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",

@@ -65,6 +65,22 @@ class ServerTLS:
         self._peer_ca = _read(peer, "--peer-ca" if peer_ca else "--tls-client-ca") if peer else None
 
     @property
+    def cert_path(self) -> str:
+        return self._cert_path
+
+    @property
+    def key_path(self) -> str:
+        return self._key_path
+
+    @property
+    def client_ca_path(self) -> str:
+        return self._client_ca_path
+
+    def file_stamps(self) -> tuple[tuple[int, int, int], ...]:
+        """(mtime, size, inode) of each file: changes when any of them is replaced."""
+        return self._stamps()
+
+    @property
     def mutual(self) -> bool:
         """Whether clients must present a certificate (mTLS)."""
         return bool(self._client_ca_path)

@@ -243,14 +243,20 @@ class ListParams:
     state: JobState | None
     page_size: int
     after_rowid: int
+    search: str = ""
 
 
-def _filter_key(queue: str | None, state: JobState | None) -> str:
-    return f"{queue or ''}/{state.value if state else ''}"
+#: Longest ListJobs ``search`` text, in bytes.
+MAX_SEARCH_BYTES = 256
 
 
-def encode_page_token(after_rowid: int, queue: str | None, state: JobState | None) -> str:
-    raw = json.dumps({"a": after_rowid, "f": _filter_key(queue, state)}, separators=(",", ":"))
+def _filter_key(queue: str | None, state: JobState | None, search: str = "") -> str:
+    key = f"{queue or ''}/{state.value if state else ''}"
+    return f"{key}/{search}" if search else key
+
+
+def encode_page_token(after_rowid: int, queue: str | None, state: JobState | None, search: str = "") -> str:
+    raw = json.dumps({"a": after_rowid, "f": _filter_key(queue, state, search)}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -259,6 +265,11 @@ def list_jobs(req: pb.ListJobsRequest) -> ListParams:
     state = state_filter(req.state)
     if req.page_size < 0:
         raise InvalidArgument("page_size", "must not be negative")
+    search = req.search
+    if len(search.encode()) > MAX_SEARCH_BYTES:
+        raise InvalidArgument("search", f"is longer than {MAX_SEARCH_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in search):
+        raise InvalidArgument("search", "must not contain control characters")
     size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     after = 0
     if req.page_token:
@@ -271,9 +282,9 @@ def list_jobs(req: pb.ListJobsRequest) -> ListParams:
             raise InvalidArgument("page_token", "is not a token from ListJobs") from None
         if not 0 <= after < 2**63:
             raise InvalidArgument("page_token", "is not a token from ListJobs")
-        if token_filter != _filter_key(queue, state):
+        if token_filter != _filter_key(queue, state, search):
             raise InvalidArgument("page_token", "was issued for different filters")
-    return ListParams(queue, state, size, after)
+    return ListParams(queue, state, size, after, search)
 
 
 def queue_list(values: Sequence[str], field: str = "queues") -> list[str]:

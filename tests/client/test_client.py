@@ -129,6 +129,9 @@ def test_list_pages_and_filters(client: Client) -> None:
     assert [j.id for j in client.list("lq", state="cancelled")] == [ids[1]]
     assert [j.queue for j in client.list()] == ["lq"] * 5 + ["other"]
     assert list(client.list("empty")) == []
+    keyed = client.enqueue("lq", b"k", idempotency_key="invoice-77").job_id
+    assert [j.id for j in client.list(search="invoice-7")] == [keyed]
+    assert [j.id for j in client.list("lq", search=ids[3])] == [ids[3]]
 
 
 def test_stats_pause_and_resume(client: Client) -> None:

@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from support.cluster_harness import Cluster, ConsulAgent, all_jobs, health, info, stub
 from support.wait import until
 
-from edgeq import Client, EdgeqError, Worker
+from edgeq import Client, EdgeqError, Fail, JobState, Worker
 from edgeq.v1 import queue_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -320,3 +320,47 @@ def test_consul_lease_fails_over_by_itself_and_a_worker_on_a_replica_resumes(tmp
     if RESULTS is not None:
         with RESULTS.open("a") as f:
             f.write(json.dumps(report) + "\n")
+
+
+def test_the_dashboard_on_a_replica_reads_locally_and_forwards_actions(tmp_path: Path) -> None:
+    """``--http-port`` on a replica of a real 2-node LiteFS cluster: the cluster page shows
+    this node as a replica and the primary's view (its replica list); the dead-jobs page
+    lists a job failed on the primary once replicated; its Retry (a POST with the page's
+    CSRF token) is forwarded to the primary, which stores it."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    from support.cluster_harness import free_port
+
+    cluster = Cluster(tmp_path, 2)
+    http_port = free_port()
+    cluster.nodes[1].extra_args = ["--http-port", str(http_port)]
+    with cluster:
+        replica = cluster.replicas[0]
+        with Client(cluster.primary.target, timeout=5) as client:
+            job_id = client.enqueue("dash", b'{"n": 1}', max_attempts=1).job_id
+
+            def fail(job: object) -> None:
+                raise Fail("broken")
+
+            with Worker(replica.target, ["dash"], fail, concurrency=1):
+                until(lambda: client.get(job_id).state == JobState.FAILED, what="failed")
+        base = f"http://127.0.0.1:{http_port}"
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        cluster_page = opener.open(f"{base}/cluster", timeout=10).read().decode()
+        assert "This node" in cluster_page and ">replica<" in cluster_page
+        assert "The primary" in cluster_page and replica.target in cluster_page  # the primary lists it
+        def dead_page() -> str | None:
+            page = opener.open(f"{base}/dead", timeout=10).read().decode()
+            return page if job_id in page else None
+
+        page = until(dead_page, what="the failed job on the replica's dead page")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        body = urllib.parse.urlencode({"csrf": csrf.group(1), "back": "/dead"}).encode()
+        answer = opener.open(f"{base}/jobs/{job_id}/retry", data=body, timeout=10)
+        assert "notice=retry" in answer.url
+        with Client(cluster.primary.target, timeout=5) as client:
+            assert client.get(job_id).state == JobState.PENDING

@@ -431,6 +431,22 @@ async def test_list_jobs_invalid_queue(h: Harness) -> None:
     await refused(h, h.stub.ListJobs(pb.ListJobsRequest(queue="has space")), INVALID, "queue")
 
 
+@pytest.mark.parametrize("search", ["x" * 257, "a\nb", "\x7f"], ids=["too-long", "newline", "del"])
+async def test_list_jobs_bad_search(h: Harness, search: str) -> None:
+    await refused(h, h.stub.ListJobs(pb.ListJobsRequest(search=search)), INVALID, "search")
+
+
+async def test_list_jobs_page_token_is_bound_to_its_search(h: Harness) -> None:
+    for i in range(3):
+        await h.stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="s", payload=b"x", idempotency_key=f"k-{i}")]))
+    page = await h.stub.ListJobs(pb.ListJobsRequest(search="k-", page_size=2))
+    assert [j.idempotency_key for j in page.jobs] == ["k-0", "k-1"] and page.next_page_token
+    rest = await h.stub.ListJobs(pb.ListJobsRequest(search="k-", page_size=2, page_token=page.next_page_token))
+    assert [j.idempotency_key for j in rest.jobs] == ["k-2"]
+    other = h.stub.ListJobs(pb.ListJobsRequest(search="k-1", page_token=page.next_page_token))
+    await refused(h, other, INVALID, "page_token")
+
+
 @pytest.mark.parametrize(
     "token",
     ["garbage!", "bm90IGpzb24", "e30", "eyJhIjoieCIsImYiOiIvIn0", "W10", "\u00e9"],

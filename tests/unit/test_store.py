@@ -971,6 +971,26 @@ def test_list_jobs_pages_in_enqueue_order_with_queue_and_state_filters(store: St
     assert rowids == sorted(rowids)
 
 
+def test_list_jobs_search_matches_the_start_of_an_id_or_a_key(store: Store) -> None:
+    order = add(store, "a", key="order-42")
+    other = add(store, "a", key="order-7*[x")
+    auto = add(store, "b", key="auto-0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee")  # stored as the id
+    plain = add(store, "b")
+
+    def found(text: str, queue: str | None = None) -> set[str]:
+        return {j.id for _, j in store.list_jobs(queue, None, 0, 100, text)}
+
+    assert found("order-") == {order, other}
+    assert found("order-4") == {order}
+    assert found("order-7*[") == {other}  # GLOB characters are taken literally
+    assert found("order-7?") == set()
+    assert found("ORDER-") == set()  # case-sensitive
+    assert found(plain) == {plain} and plain[:8] != "0190aaaa"
+    assert found("auto-0190aaaa") == {auto} and found("0190aaaa-bbbb") == {auto}
+    assert found("order-", "b") == set()
+    assert found("") == {order, other, auto, plain}
+
+
 def test_due_time_queries_report_future_pending_work(store: Store) -> None:
     add(store, "a", run_at=NOW + 30 * SECOND)
     add(store, "a", run_at=NOW + 10 * SECOND)

@@ -183,13 +183,14 @@ def _heartbeat_request(chunk: Sequence[str], extend_by: float | timedelta | None
 
 
 def _list_request(
-    queue: str | None, state: JobState | str | None, page_size: int, min_txid: int
+    queue: str | None, state: JobState | str | None, page_size: int, min_txid: int, search: str = ""
 ) -> pb.ListJobsRequest:
     return pb.ListJobsRequest(
         queue=queue or "",
         state=JobState(state.lower()).to_proto() if state is not None else pb.JOB_STATE_UNSPECIFIED,
         page_size=page_size,
         min_txid=min_txid,
+        search=search,
     )
 
 
@@ -362,11 +363,13 @@ class Client:
         return Job.from_proto(resp.job)
 
     def list(
-        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100
+        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100, *,
+        search: str = "",
     ) -> Iterator[Job]:
-        """Jobs in enqueue order, optionally one queue and/or one state; pages are fetched
-        lazily (``page_size`` per call) as the iterator advances."""
-        return self._pages(_list_request(queue, state, page_size, self._min_txid()))
+        """Jobs in enqueue order, optionally one queue and/or one state, and only those whose
+        id or idempotency key begins with ``search``; pages are fetched lazily
+        (``page_size`` per call) as the iterator advances."""
+        return self._pages(_list_request(queue, state, page_size, self._min_txid(), search))
 
     def _pages(self, req: pb.ListJobsRequest) -> Iterator[Job]:
         while True:

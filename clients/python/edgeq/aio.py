@@ -178,10 +178,11 @@ class Client:
         return Job.from_proto(resp.job)
 
     async def list(
-        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100
+        self, queue: str | None = None, state: JobState | str | None = None, page_size: int = 100, *,
+        search: str = "",
     ) -> AsyncIterator[Job]:
         """``async for job in client.list(...)``: pages fetched as the iteration advances."""
-        req = _list_request(queue, state, page_size, self._min_txid())
+        req = _list_request(queue, state, page_size, self._min_txid(), search)
         while True:
             resp: pb.ListJobsResponse = await self._call(self.stub.ListJobs, req)
             for m in resp.jobs:

@@ -15,7 +15,8 @@ cluster?". It asks a ``Cluster``:
 - ``txid_after_commit``: where the writer reads the txid after COMMIT (LiteFS: ``-pos``).
 - ``accepted(job_id)`` / ``accepted_by_queue()``: what the node's edge log holds (GetJob
   shows such a job as ACCEPTED; GetQueueStats counts them).
-- ``healthy()``, ``describe(info)`` (GetNodeInfo), and the lifecycle ``start`` (before the
+- ``healthy()``, ``describe(info)`` (GetNodeInfo), ``primary_info`` (the primary's, from a
+  replica: the dashboard's cluster page), and the lifecycle ``start`` (before the
   database opens), ``attach`` (register services and start loops under the node's
   supervisor), ``drain`` and ``stop``.
 
@@ -196,6 +197,12 @@ class Cluster(abc.ABC):
         """On a primary: how far each replica is behind, from memory (cheap: read at each
         metrics scrape). Elsewhere: none."""
         return []
+
+    async def primary_info(self, metadata: tuple[tuple[str, str], ...]) -> pb.GetNodeInfoResponse | None:
+        """On a replica: the primary's GetNodeInfo (with its replicas' positions), asked with
+        the caller's ``metadata`` (its token); None where this node is the primary, or when
+        the primary does not answer."""
+        return None
 
     async def drain(self) -> None:
         """Shutdown, first step: end proxied streams (workers reconnect elsewhere)."""

@@ -311,6 +311,18 @@ class LiteFSCluster(Cluster):
             for p in self.positions.snapshot()
         ]
 
+    async def primary_info(self, metadata: tuple[tuple[str, str], ...]) -> pb.GetNodeInfoResponse | None:
+        primary = self.node.primary_address()
+        if primary is None:
+            return None
+        try:
+            info: pb.GetNodeInfoResponse = await self.forwarder.call(
+                primary, "GetNodeInfo", pb.GetNodeInfoRequest(), seconds=2.0, metadata=metadata
+            )
+        except (Unavailable, Forwarded):
+            return None
+        return info
+
     async def drain(self) -> None:
         await self.forwarder.drain()
 

@@ -1568,7 +1568,10 @@ type ListJobsRequest struct {
 	// next_page_token from the previous page, with the same filters.
 	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Read data at least this fresh.
-	MinTxid       uint64 `protobuf:"varint,5,opt,name=min_txid,json=minTxid,proto3" json:"min_txid,omitempty"`
+	MinTxid uint64 `protobuf:"varint,5,opt,name=min_txid,json=minTxid,proto3" json:"min_txid,omitempty"`
+	// Only jobs whose id or idempotency key begins with this text (case-sensitive;
+	// at most 256 bytes). Empty means no text filter.
+	Search        string `protobuf:"bytes,6,opt,name=search,proto3" json:"search,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1636,6 +1639,13 @@ func (x *ListJobsRequest) GetMinTxid() uint64 {
 		return x.MinTxid
 	}
 	return 0
+}
+
+func (x *ListJobsRequest) GetSearch() string {
+	if x != nil {
+		return x.Search
+	}
+	return ""
 }
 
 // ListJobsResponse answers ListJobs.
@@ -2700,14 +2710,15 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"1\n" +
 	"\x0eGetJobResponse\x12\x1f\n" +
-	"\x03job\x18\x01 \x01(\v2\r.edgeq.v1.JobR\x03job\"\xa8\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\r.edgeq.v1.JobR\x03job\"\xc0\x01\n" +
 	"\x0fListJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12(\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x12.edgeq.v1.JobStateR\x05state\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x19\n" +
-	"\bmin_txid\x18\x05 \x01(\x04R\aminTxid\"]\n" +
+	"\bmin_txid\x18\x05 \x01(\x04R\aminTxid\x12\x16\n" +
+	"\x06search\x18\x06 \x01(\tR\x06search\"]\n" +
 	"\x10ListJobsResponse\x12!\n" +
 	"\x04jobs\x18\x01 \x03(\v2\r.edgeq.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
