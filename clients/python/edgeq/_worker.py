@@ -26,151 +26,35 @@ unfinished at the timeout is handed back with an immediate-retry Nack.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
 from typing import Self, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
 
 from edgeq.v1 import queue_pb2 as pb
 
 from . import _tracing
-from ._client import BATCH_MAX, Client
+from . import _worker_core as core
+from ._client import Client
 from ._config import TLSOption
-from ._errors import EdgeqError, Fail, Retry, error_from_rpc
-from ._models import Job, to_datetime, to_duration
+from ._errors import EdgeqError, error_from_rpc
+from ._worker_core import LeasedJob, Outcome, WorkerStats
 
 __all__ = ["Handler", "LeasedJob", "Worker", "WorkerStats"]
 
 log = logging.getLogger("edgeq.worker")
 
-#: Stream errors that retrying cannot fix: the worker stops and ``run()`` raises.
-_FATAL = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
-#: Settle errors worth retrying (the server may have been restarting or draining).
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.ABORTED,
-    }
-)
-#: A Nack's retry_delay of 0 means "the server's backoff"; this is the smallest non-zero one.
-_IMMEDIATE = duration_pb2.Duration(nanos=1000)
-_MAX_ERROR_MESSAGE = 8192
-_OK = pb.LEASE_OUTCOME_OK
-
 _local = threading.local()
 _R = TypeVar("_R")
 
-
-class LeasedJob:
-    """One delivery, as a handler sees it.
-
-    ``payload``, ``id``, ``queue``, ``headers``, ``attempts`` (this delivery included) come
-    from the job; ``job`` converts the whole of it. ``lease_lost`` is set when a heartbeat
-    or the settle call finds the lease stale (expired, re-leased or the job cancelled): the
-    handler may stop early, since its outcome will be ignored. ``cancelled`` is set then too,
-    and also when the handler times out or a stop's drain timeout passes: whenever the
-    worker no longer waits for this handler (docs/worker-contract.md, §5).
-    """
-
-    __slots__ = (
-        "_due", "_job", "_settling", "_started", "cancelled", "lease_expires_at", "lease_lost", "lease_token", "raw"
-    )
-
-    def __init__(self, raw: pb.LeasedJob, due: float) -> None:
-        self.raw = raw
-        self.lease_token: str = raw.lease_token
-        #: When the lease lapses unless extended (updated by heartbeats).
-        self.lease_expires_at: datetime | None = to_datetime(raw.lease_expires_at)
-        self.lease_lost = threading.Event()
-        self.cancelled = threading.Event()
-        self._due = due  # monotonic time of the next heartbeat
-        self._started: float | None = None  # monotonic time the handler began
-        self._settling = False  # its Ack / Nack is queued or sent: heartbeats no longer judge the lease
-        self._job: Job | None = None
-
-    @property
-    def id(self) -> str:
-        return self.raw.job.id
-
-    @property
-    def queue(self) -> str:
-        return self.raw.job.queue
-
-    @property
-    def payload(self) -> bytes:
-        return self.raw.job.payload
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.raw.job.headers
-
-    @property
-    def attempts(self) -> int:
-        return self.raw.job.attempts
-
-    @property
-    def max_attempts(self) -> int:
-        return self.raw.job.max_attempts
-
-    @property
-    def priority(self) -> int:
-        return self.raw.job.priority
-
-    @property
-    def job(self) -> Job:
-        if self._job is None:
-            self._job = Job.from_proto(self.raw.job)
-        return self._job
-
-    def __repr__(self) -> str:
-        return f"LeasedJob(id={self.id!r}, queue={self.queue!r}, attempts={self.attempts})"
-
-
 #: A handler takes the delivery and returns an optional result (stored on the job by Ack).
 Handler: TypeAlias = Callable[[LeasedJob], bytes | None]
-
-# (job, item to send, True when it is a handler's outcome rather than a drain give-back)
-_Outcome: TypeAlias = tuple[LeasedJob, pb.AckItem | pb.NackItem, bool]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    """Counters since the worker started."""
-
-    #: Handler runs finished (outcome queued).
-    processed: int
-    #: Acks and Nacks the server applied (outcome OK).
-    acked: int
-    nacked: int
-    #: Acks / Nacks refused as STALE or INVALID (lease lost before settling).
-    stale: int
-    #: Leases a heartbeat found lost.
-    lease_lost: int
-    #: Lease streams reopened after a failure.
-    reconnects: int
-    #: Leases held right now (received, not yet settled).
-    in_flight: int
 
 
 class Worker:
@@ -210,55 +94,39 @@ class Worker:
         tls: TLSOption = None,
         token: str | None = None,
     ) -> None:
-        self.queues: tuple[str, ...] = (queues,) if isinstance(queues, str) else tuple(queues)
-        if not self.queues:
-            raise ValueError("queues must name at least one queue")
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        lease = lease_duration.total_seconds() if isinstance(lease_duration, timedelta) else float(lease_duration)
-        if lease < 1:
-            raise ValueError("lease_duration must be at least 1 second")
-        timeout = handler_timeout.total_seconds() if isinstance(handler_timeout, timedelta) else handler_timeout
-        if timeout is not None and timeout <= 0:
-            raise ValueError("handler_timeout must be positive")
-        if not 1 <= ack_batch_max <= BATCH_MAX:
-            raise ValueError(f"ack_batch_max must be 1..{BATCH_MAX}")
-        if ack_flush_interval < 0:
-            raise ValueError("ack_flush_interval must not be negative")
-        initial, maximum = reconnect_backoff
-        if not 0 < initial <= maximum:
-            raise ValueError("reconnect_backoff must be (initial, max) with 0 < initial <= max")
-
+        settings = core.Settings.parse(
+            queues, concurrency=concurrency, max_in_flight=max_in_flight, lease_duration=lease_duration,
+            handler_timeout=handler_timeout, worker_id=worker_id, heartbeat=heartbeat, ack_batch_max=ack_batch_max,
+            ack_flush_interval=ack_flush_interval, reconnect_backoff=reconnect_backoff,
+        )
+        self.settings = settings
         if isinstance(target, Client):
             self.client, self._owns_client = target, False
         else:
             self.client, self._owns_client = Client(target, tls=tls, token=token), True
         self.handler = handler
-        self.concurrency = concurrency
-        self.max_in_flight = max_in_flight if max_in_flight is not None else 4 * concurrency
-        if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self.lease_duration = lease
-        self.handler_timeout = timeout
-        self.worker_id = worker_id if worker_id is not None else f"{socket.gethostname()}-{os.getpid()}"
-        self.heartbeat = heartbeat
-        self.ack_batch_max = ack_batch_max
-        self.ack_flush_interval = ack_flush_interval
-        self.reconnect_backoff = (initial, maximum)
+        self.queues = settings.queues
+        self.concurrency = settings.concurrency
+        self.max_in_flight = settings.max_in_flight
+        self.lease_duration = settings.lease_duration
+        self.handler_timeout = settings.handler_timeout
+        self.worker_id = settings.worker_id
+        self.heartbeat = settings.heartbeat
+        self.ack_batch_max = settings.ack_batch_max
+        self.ack_flush_interval = settings.ack_flush_interval
+        self.reconnect_backoff = settings.reconnect_backoff
         #: The fatal error that stopped the worker (also raised by ``run()``), if any.
         self.error: EdgeqError | None = None
 
-        self._half = lease / 2
+        self._ledger = core.Ledger(settings, time.monotonic)
         self._stopping = threading.Event()
         self._deadline: float | None = None
         self._call: grpc.CallIterator[pb.LeaseResponse] | None = None
         self._call_lock = threading.RLock()  # reentrant: stop() may run in a signal handler
         self._running: dict[str, LeasedJob] = {}  # handler not finished; pop() claims the outcome
-        self._held: dict[str, LeasedJob] = {}  # lease not settled yet; heartbeated
-        self._held_lock = threading.Lock()
         self._idle = threading.Condition()
         self._draining = False
-        self._settle_q: queue.SimpleQueue[_Outcome | None] = queue.SimpleQueue()
+        self._settle_q: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._hb_stop = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
@@ -267,31 +135,27 @@ class Worker:
         self._run_thread: threading.Thread | None = None
         self._done = threading.Event()
 
-        self._processed = self._acked = self._nacked = self._stale = self._lost = self._reconnects = 0
-
     # ------------------------------------------------------------------ counters
 
     @property
     def processed(self) -> int:
-        return self._processed
+        return self._ledger.processed
 
     @property
     def acked(self) -> int:
-        return self._acked
+        return self._ledger.acked
 
     @property
     def nacked(self) -> int:
-        return self._nacked
+        return self._ledger.nacked
 
     @property
     def reconnects(self) -> int:
-        return self._reconnects
+        return self._ledger.reconnects
 
     @property
     def stats(self) -> WorkerStats:
-        return WorkerStats(
-            self._processed, self._acked, self._nacked, self._stale, self._lost, self._reconnects, len(self._held)
-        )
+        return self._ledger.stats()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -370,9 +234,7 @@ class Worker:
     # ------------------------------------------------------------------ the Lease stream
 
     def _lease_loop(self) -> None:
-        req = pb.LeaseRequest(queues=self.queues, worker_id=self.worker_id, max_in_flight=self.max_in_flight)
-        req.lease_duration.CopyFrom(to_duration(self.lease_duration))
-        initial, maximum = self.reconnect_backoff
+        req = self.settings.lease_request()
         failures = 0
         while not self._stopping.is_set():
             call = self.client.stub.Lease(req, metadata=self.client.metadata)
@@ -392,7 +254,7 @@ class Worker:
                 if self._stopping.is_set():
                     break
                 err = error_from_rpc(rpc_err)
-                if err.code in _FATAL:
+                if err.code in core.FATAL:
                     log.error("lease stream refused, stopping the worker: %s", err)
                     self.error = err
                     break
@@ -400,18 +262,14 @@ class Worker:
             finally:
                 with self._call_lock:
                     self._call = None
-            delay = random.uniform(0, min(maximum, initial * 2 ** min(failures, 32)))
+            delay = self.settings.reconnect_delay(failures)
             failures += 1
             if self._stopping.wait(delay):
                 break
-            self._reconnects += 1
+            self._ledger.reconnects += 1
 
     def _dispatch(self, jobs: Sequence[pb.LeasedJob]) -> None:
-        due = time.monotonic() + self._half
-        leased = [LeasedJob(j, due) for j in jobs]
-        with self._held_lock:
-            for lj in leased:
-                self._held[lj.lease_token] = lj
+        leased = self._ledger.receive(jobs)
         running = self._running
         submit = self._executor.submit  # type: ignore[union-attr]  # set before the loop runs
         for lj in leased:
@@ -428,8 +286,7 @@ class Worker:
         if self._stopping.is_set() and self._running.pop(token, None) is not None:
             # Received but not started when stop() came: handed back at once, for another worker.
             lj._settling = True
-            back = pb.NackItem(lease_token=token, error_message="worker stopping", retry_delay=_IMMEDIATE)
-            self._settle_q.put((lj, back, False))
+            self._settle_q.put((lj, core.handback(lj, "worker stopping"), False))
             if self._draining and not self._running:
                 with self._idle:
                     self._idle.notify_all()
@@ -438,33 +295,17 @@ class Worker:
         lj._started = time.monotonic()
         try:
             with _tracing.handler_span(lj.queue, lj.id, lj.attempts, lj.headers):
-                result = self.handler(lj)
-            if result is None:
-                item = pb.AckItem(lease_token=token)
-            elif isinstance(result, bytes | bytearray | memoryview):
-                item = pb.AckItem(lease_token=token, result=bytes(result))
-            else:
-                raise TypeError(f"handler returned {type(result).__name__}; expected bytes or None")
-        except Retry as r:
-            item = pb.NackItem(lease_token=token, error_message=_clip(str(r)))
-            if r.delay is not None:
-                item.retry_delay.CopyFrom(to_duration(r.delay) if r.delay > 0 else _IMMEDIATE)
-        except Fail as f:
-            item = pb.NackItem(lease_token=token, error_message=_clip(str(f)), terminal=True)
-        except Exception as exc:
-            log.warning("job %s failed (attempt %d of %d)", lj.id, lj.attempts, lj.max_attempts, exc_info=True)
-            item = pb.NackItem(lease_token=token, error_message=_clip(repr(exc)))
+                item = core.done(lj, self.handler(lj))
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as exc:  # a "panic": reported on the job, the worker runs on
-            log.error("job %s panicked (attempt %d of %d)", lj.id, lj.attempts, lj.max_attempts, exc_info=True)
-            item = pb.NackItem(lease_token=token, error_message=_clip(f"panic: {type(exc).__name__}: {exc}"))
+        except BaseException as exc:  # noqa: BLE001 - an Exception, or a "panic": reported on the job, the worker runs on
+            item = core.failed(lj, exc)
         if self._running.pop(token, None) is None:
             log.warning("job %s finished after it was given up (timeout or drain); its outcome is dropped", lj.id)
             return
         if lj.lease_lost.is_set():  # logged when it was lost; nothing to send
-            self._processed += 1
-            self._release([lj])
+            self._ledger.processed += 1
+            self._ledger.release([lj])
             if self._draining and not self._running:
                 with self._idle:
                     self._idle.notify_all()
@@ -513,18 +354,11 @@ class Worker:
                 self._flush(batch)
             except Exception:
                 log.exception("settling %d outcomes failed", len(batch))
-                self._release([lj for lj, _, _ in batch])
+                self._ledger.release([lj for lj, _, _ in batch])
 
-    def _flush(self, batch: list[_Outcome]) -> None:
-        acks: list[tuple[LeasedJob, pb.AckItem]] = []
-        nacks: list[tuple[LeasedJob, pb.NackItem]] = []
-        for lj, item, from_handler in batch:
-            if from_handler:
-                self._processed += 1
-            if isinstance(item, pb.AckItem):
-                acks.append((lj, item))
-            else:
-                nacks.append((lj, item))
+    def _flush(self, batch: list[Outcome]) -> None:
+        acks, nacks, runs = core.split(batch)
+        self._ledger.processed += runs
         if acks:
             self._settle_acks(acks)
         if nacks:
@@ -534,31 +368,29 @@ class Worker:
         try:
             resp = self._send("Ack", lambda: self.client.ack_raw([m for _, m in acks]))
         except EdgeqError as err:
-            if err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if core.isolate(err):
                 if len(acks) > 1:  # one bad item refuses the whole call: isolate it
                     for a in acks:
                         self._settle_acks([a])
                     return
                 lj, _ = acks[0]  # e.g. a result over the size limit: fail the attempt instead
-                log.error("ack of job %s refused (%s); nacking it", lj.id, err)
-                msg = _clip(f"ack refused: {err}")
-                self._settle_nacks([(lj, pb.NackItem(lease_token=lj.lease_token, error_message=msg))])
+                self._settle_nacks([(lj, core.refused_ack(lj, err))])
                 return
-            self._give_up("Ack", [lj for lj, _ in acks], err)
+            self._ledger.gave_up("Ack", [lj for lj, _ in acks], err)
             return
-        self._acked += self._outcomes("ack", [lj for lj, _ in acks], resp.outcomes)
+        self._ledger.settled("ack", [lj for lj, _ in acks], resp.outcomes)
 
     def _settle_nacks(self, nacks: list[tuple[LeasedJob, pb.NackItem]]) -> None:
         try:
             resp = self._send("Nack", lambda: self.client.nack_raw([m for _, m in nacks]))
         except EdgeqError as err:
-            if len(nacks) > 1 and err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if len(nacks) > 1 and core.isolate(err):
                 for n in nacks:
                     self._settle_nacks([n])
                 return
-            self._give_up("Nack", [lj for lj, _ in nacks], err)
+            self._ledger.gave_up("Nack", [lj for lj, _ in nacks], err)
             return
-        self._nacked += self._outcomes("nack", [lj for lj, _ in nacks], resp.outcomes)
+        self._ledger.settled("nack", [lj for lj, _ in nacks], resp.outcomes)
 
     def _send(self, what: str, call: Callable[[], _R]) -> _R:
         """``call()``, retried on transient errors while the leases may still be live."""
@@ -568,55 +400,25 @@ class Worker:
             try:
                 return call()
             except EdgeqError as err:
-                now = time.monotonic()
                 limit = give_up_at
                 if self._draining and self._deadline is not None:
                     limit = min(limit, self._deadline + self.client.timeout)
-                if err.code not in _TRANSIENT or now + delay >= limit:
+                if not core.resend_after(what, err, time.monotonic(), delay, limit):
                     raise
-                log.warning("%s failed (%s); retrying in %.2fs", what, err, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.reconnect_backoff[1])
-
-    def _give_up(self, what: str, jobs: list[LeasedJob], err: EdgeqError) -> None:
-        log.error("%s of %d jobs failed (%s); their leases will expire and they will be redelivered",
-                  what, len(jobs), err)
-        self._release(jobs)
-
-    def _outcomes(self, what: str, jobs: list[LeasedJob], outcomes: Sequence[int]) -> int:
-        ok = 0
-        for lj, outcome in zip(jobs, outcomes, strict=False):
-            if outcome == _OK:
-                ok += 1
-            else:
-                self._stale += 1
-                lj.lease_lost.set()
-                name = pb.LeaseOutcome.Name(outcome) if outcome in pb.LeaseOutcome.values() else str(outcome)
-                log.warning("%s of job %s: %s (lease expired, re-leased or cancelled; nothing changed)",
-                            what, lj.id, name)
-        self._release(jobs)
-        return ok
-
-    def _release(self, jobs: list[LeasedJob]) -> None:
-        with self._held_lock:
-            for lj in jobs:
-                self._held.pop(lj.lease_token, None)
 
     # ------------------------------------------------------------------ heartbeats (heartbeat thread)
 
     def _heartbeat_loop(self) -> None:
         """Extends due leases in one call per tick, and abandons handlers past their timeout."""
-        tick = min(max(self.lease_duration / 8, 0.05), 5.0)
-        if self.handler_timeout is not None:
-            tick = min(tick, max(self.handler_timeout / 10, 0.01))
+        tick = self.settings.tick
         while not self._hb_stop.wait(tick):
             if self.handler_timeout is not None:
                 self._time_out(time.monotonic() - self.handler_timeout)
             if not self.heartbeat:
                 continue
-            horizon = time.monotonic() + tick
-            with self._held_lock:
-                due = [lj for lj in self._held.values() if lj._due <= horizon and not lj.lease_lost.is_set()]
+            due = self._ledger.due(time.monotonic() + tick)
             if due:
                 try:
                     self._extend(due)
@@ -631,9 +433,7 @@ class Worker:
                 continue
             lj.cancelled.set()
             lj._settling = True
-            log.warning("job %s: handler timed out after %.3gs; nacking it", lj.id, self.handler_timeout)
-            message = f"handler timed out after {self.handler_timeout:g}s"
-            self._settle_q.put((lj, pb.NackItem(lease_token=lj.lease_token, error_message=message), True))
+            self._settle_q.put((lj, core.timed_out(lj, self.handler_timeout), True))
             if self._draining and not self._running:
                 with self._idle:
                     self._idle.notify_all()
@@ -645,22 +445,7 @@ class Worker:
         except EdgeqError as err:
             log.warning("heartbeat of %d leases failed (%s); retrying on the next tick", len(due), err)
             return
-        for i, (lj, outcome) in enumerate(zip(due, resp.outcomes, strict=False)):
-            if outcome == _OK:
-                lj._due = sent + self._half
-                if i < len(resp.lease_expires_at):
-                    lj.lease_expires_at = to_datetime(resp.lease_expires_at[i]) or lj.lease_expires_at
-            elif lj._settling:
-                # This worker's own Ack / Nack got there first (or is on its way and will
-                # report STALE itself if the lease really was lost): not a lost lease.
-                log.debug("heartbeat of job %s: %s while its outcome is being settled",
-                          lj.id, pb.LeaseOutcome.Name(outcome))
-            else:
-                self._lost += 1
-                lj.lease_lost.set()
-                lj.cancelled.set()
-                log.warning("lease of job %s lost (%s): the handler's outcome will be ignored",
-                            lj.id, pb.LeaseOutcome.Name(outcome))
+        self._ledger.extended(due, resp, sent)
 
     # ------------------------------------------------------------------ drain (run thread)
 
@@ -668,7 +453,7 @@ class Worker:
         self._stopping.set()
         self._draining = True
         if self._deadline is None:  # stopped by a fatal stream error, not by stop()
-            self._deadline = time.monotonic() + 30.0
+            self._deadline = time.monotonic() + core.DEFAULT_DRAIN_SECONDS
         deadline = self._deadline
         try:
             with self._idle:
@@ -679,9 +464,7 @@ class Worker:
             for lj in leftover:
                 lj.cancelled.set()
                 lj._settling = True
-                item = pb.NackItem(lease_token=lj.lease_token, error_message="worker stopped before the job finished",
-                                   retry_delay=_IMMEDIATE)
-                self._settle_q.put((lj, item, False))
+                self._settle_q.put((lj, core.handback(lj, "worker stopped before the job finished"), False))
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
             self._settle_q.put(None)
@@ -699,6 +482,3 @@ class Worker:
     def __repr__(self) -> str:
         return f"Worker({self.client.target!r}, {list(self.queues)!r}, concurrency={self.concurrency})"
 
-
-def _clip(message: str) -> str:
-    return message if len(message) <= _MAX_ERROR_MESSAGE else message[: _MAX_ERROR_MESSAGE - 3] + "..."
