@@ -18,7 +18,7 @@ import pytest
 from support.wait import until
 
 ROOT = Path(__file__).resolve().parents[2]
-SDKS = ("python", "go", "typescript")
+SDKS = ("python", "python-aio", "go", "typescript")
 GO_DRIVER = ROOT / ".cache/conformance/go-driver"
 _built: set[str] = set()
 _build_lock = threading.Lock()
@@ -57,6 +57,8 @@ def command(sdk: str) -> tuple[list[str], Path]:
     """The driver's argv (without arguments) and its working directory."""
     if sdk == "python":
         return [sys.executable, str(ROOT / "conformance/driver/python/driver.py")], ROOT
+    if sdk == "python-aio":  # the same driver on edgeq.aio.Worker
+        return [sys.executable, str(ROOT / "conformance/driver/python/driver.py"), "--aio"], ROOT
     if sdk == "go":
         return [str(GO_DRIVER)], ROOT
     if sdk == "typescript":

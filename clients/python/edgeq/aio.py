@@ -1,4 +1,4 @@
-"""``edgeq.aio.Client``: the Client for asyncio programs, on grpc.aio.
+"""``edgeq.aio``: the Client and the Worker for asyncio programs, on grpc.aio.
 
 The same API as ``edgeq.Client`` with ``await`` (and ``async for`` over ``list``), the same
 behaviour, and the same code for it: requests are built, generated keys added, writes
@@ -23,6 +23,7 @@ import grpc
 from edgeq.v1 import queue_pb2 as pb
 from edgeq.v1 import queue_pb2_grpc as pb_grpc
 
+from ._aio_worker import Worker
 from ._client import (
     BATCH_MAX,
     _ack_items,
@@ -49,8 +50,9 @@ from ._models import (
     QueueStats,
     to_job_spec,
 )
+from ._worker_core import LeasedJob, WorkerStats
 
-__all__ = ["Client"]
+__all__ = ["Client", "LeasedJob", "Worker", "WorkerStats"]
 
 _Resp = TypeVar("_Resp")
 
