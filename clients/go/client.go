@@ -183,7 +183,7 @@ func (c *Client) EnqueueWith(ctx context.Context, opts EnqueueOptions, jobs ...*
 			job.IdempotencyKey = AutoIdempotencyKey()
 			auto[i] = true
 		}
-		req.Jobs[i] = job
+		req.Jobs[i] = withTrace(ctx, job)
 	}
 	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.EnqueueResponse, error) {
 		return c.raw.Enqueue(ctx, req)

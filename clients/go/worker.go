@@ -426,6 +426,8 @@ type panicError struct{ value any }
 func (e *panicError) Error() string { return fmt.Sprintf("panic: %v", e.value) }
 
 func (w *Worker) safeHandle(ctx context.Context, l *lease) (err error) {
+	ctx, span := handlerSpan(ctx, l.job)
+	defer func() { endHandlerSpan(span, err) }() // runs last: sees a recovered panic's err
 	defer func() {
 		if r := recover(); r != nil {
 			err = &panicError{value: r}
