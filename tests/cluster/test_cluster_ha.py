@@ -360,7 +360,7 @@ def test_the_dashboard_on_a_replica_reads_locally_and_forwards_actions(tmp_path:
         csrf = re.search(r'name="csrf" value="([^"]+)"', page)
         assert csrf is not None
         body = urllib.parse.urlencode({"csrf": csrf.group(1), "back": "/dead"}).encode()
-        answer = opener.open(f"{base}/jobs/{job_id}/retry", data=body, timeout=10)
-        assert "notice=retry" in answer.url
+        with opener.open(f"{base}/jobs/{job_id}/retry", data=body, timeout=10) as answer:
+            assert "notice=retry" in answer.url
         with Client(cluster.primary.target, timeout=5) as client:
             assert client.get(job_id).state == JobState.PENDING

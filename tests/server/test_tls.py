@@ -249,3 +249,31 @@ def test_grpcurl_reaches_the_tls_server_with_the_ca_file(tmp_path: Path, ca: CA)
         assert refused.returncode != 0
     finally:
         server.close()
+
+
+def test_the_dashboard_serves_https_with_the_grpc_files_and_follows_a_rotation(
+    tmp_path: Path, ca: CA, server_cert: Issued
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from support.wait import until
+
+    srv = _serve(tmp_path, server_cert, http_port=0)
+    try:
+        assert srv.server is not None and srv.server.dashboard is not None
+        port = srv.server.dashboard.port
+        trusting = ssl.create_default_context(cadata=ca.pem.decode())
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/queues", context=trusting, timeout=5) as page:
+            assert page.status == 200 and "Secure" in page.headers["Set-Cookie"]
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext on that port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/queues", timeout=5)
+        first = serial_of(server_cert.cert_pem)
+        assert serial_of(ssl.get_server_certificate(("127.0.0.1", port), timeout=5).encode()) == first
+        rotated = ca.issue("server")  # same paths, new key and certificate
+        until(lambda: serial_of(ssl.get_server_certificate(("127.0.0.1", port), timeout=5).encode())
+              == serial_of(rotated.cert_pem), timeout=10, what="the dashboard presenting the new certificate")
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/queues", context=trusting, timeout=5) as page:
+            assert page.status == 200
+    finally:
+        srv.close()

@@ -19,8 +19,8 @@ primary on a replica. It owns no SQL and no queue logic.
   origin) is refused with 403 before anything runs. With auth off, a session is still made
   on the first page, for that token.
 - TLS: with ``--tls-cert``/``--tls-key`` the port is HTTPS with the same files (re-read
-  when they change, at the next handshake); with ``--tls-client-ca`` browsers must present
-  a client certificate too.
+  within a second of a change, for new connections; a half-written pair is not taken);
+  with ``--tls-client-ca`` browsers must present a client certificate too.
 
 Pages: queues (counts by state, oldest ready age, enqueue/complete rates from successive
 samples, paused), jobs (queue, state and id/key-prefix filters, paged), a job (payload and
@@ -31,6 +31,7 @@ primary's view too: replicas, lag, edge log and outbox).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import hmac
@@ -70,6 +71,8 @@ CALL_SECONDS = 10.0
 #: Rows per jobs page; most jobs one bulk action takes.
 PAGE_SIZE = 50
 BULK_MAX = 500
+#: How often the TLS files are checked for a rotation.
+TLS_CHECK_SECONDS = 1.0
 #: Queue samples kept for the rates, and the span a rate is taken over.
 RATE_SPAN_SECONDS = 60.0
 STATES = {
@@ -115,6 +118,9 @@ class Dashboard:
         self._fails: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._samples: Samples = collections.deque()
         self._runner: web.AppRunner | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._ssl_stamp: tuple[tuple[int, int, int], ...] = ()
+        self._watcher: asyncio.Task[None] | None = None
         self.port = 0
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
@@ -149,9 +155,13 @@ class Dashboard:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self._cfg.http_port
+        if self._tls is not None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_tls(), name="dashboard-tls")
         log.info("dashboard on %s://%s:%d/", "https" if self._tls else "http", self._cfg.host, self.port)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._channel is not None:
@@ -164,30 +174,26 @@ class Dashboard:
     def _ssl(self) -> ssl.SSLContext | None:
         if self._tls is None:
             return None
-        tls = self._tls
+        self._ssl_context = _tls_context(self._tls)
+        self._ssl_stamp = self._tls.file_stamps()
+        return self._ssl_context
 
-        def build() -> ssl.SSLContext:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(tls.cert_path, tls.key_path)
-            if tls.client_ca_path:
-                ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.load_verify_locations(tls.client_ca_path)
-            return ctx
-
-        current = {"ctx": build(), "stamp": tls.file_stamps()}
-
-        def pick(sock: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            stamp = tls.file_stamps()
-            if stamp != current["stamp"]:  # rotated: serve the new files from this handshake on
-                try:
-                    current["ctx"], current["stamp"] = build(), stamp
-                except (ssl.SSLError, OSError) as exc:
-                    log.warning("dashboard TLS: keeping the old certificate (%s)", exc)
-            sock.context = current["ctx"]  # type: ignore[assignment]
-
-        outer = build()
-        outer.sni_callback = pick
-        return outer
+    async def _watch_tls(self) -> None:
+        """Follow a certificate rotation: new connections get the new files (checked every
+        ``TLS_CHECK_SECONDS``; a half-written pair is not taken)."""
+        assert self._tls is not None and self._ssl_context is not None
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            stamp = self._tls.file_stamps()
+            if stamp == self._ssl_stamp:
+                continue
+            try:
+                _tls_context(self._tls)  # the pair must load on its own first
+                self._ssl_context.load_cert_chain(self._tls.cert_path, self._tls.key_path)
+                self._ssl_stamp = stamp
+                log.info("dashboard TLS: certificate reloaded")
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("dashboard TLS: keeping the current certificate (%s)", exc)
 
     # ------------------------------------------------------------------ sessions and safety
 
@@ -464,6 +470,15 @@ def rates(samples: Samples, stats: Any, now: float) -> dict[str, tuple[float, fl
         q: (max(0.0, (total - old[q][0]) * 60 / span), max(0.0, (done - old[q][1]) * 60 / span))
         for q, (total, done) in sample.items() if q in old
     }
+
+
+def _tls_context(tls: ServerTLS) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert_path, tls.key_path)
+    if tls.client_ca_path:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(tls.client_ca_path)
+    return ctx
 
 
 def _local(path: str) -> str:
