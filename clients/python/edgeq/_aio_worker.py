@@ -42,7 +42,7 @@ from . import _tracing
 from . import _worker_core as core
 from ._config import TLSOption
 from ._errors import EdgeqError, error_from_rpc
-from ._worker_core import LeasedJob, Outcome, WorkerStats
+from ._worker_core import LeasedJob, Outcome
 
 __all__ = ["AsyncHandler", "Worker"]
 
@@ -54,7 +54,7 @@ _R = TypeVar("_R")
 _in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeq_in_handler", default=False)
 
 
-class Worker:
+class Worker(core.Counters):
     """Runs ``handler`` for every job leased from ``queues``: ``edgeq.Worker``'s arguments,
     on asyncio. ``target`` is a ``host:port`` or an ``edgeq.aio.Client`` to share.
 
@@ -112,28 +112,6 @@ class Worker:
         self._draining = False
         self._task: asyncio.Task[None] | None = None
         self._started = False
-
-    # ------------------------------------------------------------------ counters
-
-    @property
-    def processed(self) -> int:
-        return self._ledger.processed
-
-    @property
-    def acked(self) -> int:
-        return self._ledger.acked
-
-    @property
-    def nacked(self) -> int:
-        return self._ledger.nacked
-
-    @property
-    def reconnects(self) -> int:
-        return self._ledger.reconnects
-
-    @property
-    def stats(self) -> WorkerStats:
-        return self._ledger.stats()
 
     @staticmethod
     def _now() -> float:

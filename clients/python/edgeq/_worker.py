@@ -57,7 +57,7 @@ _R = TypeVar("_R")
 Handler: TypeAlias = Callable[[LeasedJob], bytes | None]
 
 
-class Worker:
+class Worker(core.Counters):
     """Runs ``handler`` for every job leased from ``queues``.
 
     ``target`` is a ``host:port`` (the worker opens and closes its own Client) or a Client
@@ -134,28 +134,6 @@ class Worker:
         self._started = False
         self._run_thread: threading.Thread | None = None
         self._done = threading.Event()
-
-    # ------------------------------------------------------------------ counters
-
-    @property
-    def processed(self) -> int:
-        return self._ledger.processed
-
-    @property
-    def acked(self) -> int:
-        return self._ledger.acked
-
-    @property
-    def nacked(self) -> int:
-        return self._ledger.nacked
-
-    @property
-    def reconnects(self) -> int:
-        return self._ledger.reconnects
-
-    @property
-    def stats(self) -> WorkerStats:
-        return self._ledger.stats()
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -394,5 +394,31 @@ class Ledger:
         )
 
 
+class Counters:
+    """The read-only counters both Workers expose, from their ``Ledger``."""
+
+    _ledger: Ledger
+
+    @property
+    def processed(self) -> int:
+        return self._ledger.processed
+
+    @property
+    def acked(self) -> int:
+        return self._ledger.acked
+
+    @property
+    def nacked(self) -> int:
+        return self._ledger.nacked
+
+    @property
+    def reconnects(self) -> int:
+        return self._ledger.reconnects
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self._ledger.stats()
+
+
 def _outcome_name(outcome: int) -> str:
     return pb.LeaseOutcome.Name(outcome) if outcome in pb.LeaseOutcome.values() else str(outcome)
