@@ -258,6 +258,44 @@ func (c *Client) Retry(ctx context.Context, jobID string) (*edgeqv1.RetryJobResp
 	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.RetryJobResponse, error) { return c.raw.RetryJob(ctx, req) })
 }
 
+// RetryJobs redrives every job sel picks — FAILED by default, or CANCELLED; optionally only
+// those created in [CreatedAfter, CreatedBefore) — in RetryJobs calls of at most batch jobs
+// each (0: the server's 1000), until none is left. It returns how many it moved back to
+// PENDING (the count so far with an error).
+func (c *Client) RetryJobs(ctx context.Context, sel *edgeqv1.JobSelection, batch int32) (int64, error) {
+	req := &edgeqv1.RetryJobsRequest{Selection: sel, Limit: batch}
+	return bulk(ctx, c, func(ctx context.Context) (*edgeqv1.RetryJobsResponse, error) { return c.raw.RetryJobs(ctx, req) })
+}
+
+// CancelJobs cancels every job sel picks — PENDING by default, or RUNNING — as RetryJobs
+// does, in bounded CancelJobs calls. It returns how many it cancelled.
+func (c *Client) CancelJobs(ctx context.Context, sel *edgeqv1.JobSelection, batch int32) (int64, error) {
+	req := &edgeqv1.CancelJobsRequest{Selection: sel, Limit: batch}
+	return bulk(ctx, c, func(ctx context.Context) (*edgeqv1.CancelJobsResponse, error) { return c.raw.CancelJobs(ctx, req) })
+}
+
+// bulkResponse is what RetryJobs and CancelJobs answer.
+type bulkResponse interface {
+	GetCount() int64
+	GetMore() bool
+}
+
+func bulk[R bulkResponse](ctx context.Context, c *Client, call func(context.Context) (R, error)) (int64, error) {
+	var total int64
+	for {
+		callCtx, cancel := c.unary(ctx)
+		resp, err := retryWrite(callCtx, call)
+		cancel()
+		if err != nil {
+			return total, err
+		}
+		total += resp.GetCount()
+		if !resp.GetMore() {
+			return total, nil
+		}
+	}
+}
+
 // Pause stops delivery from a queue.
 func (c *Client) Pause(ctx context.Context, queue string) error {
 	ctx, cancel := c.unary(ctx)

@@ -256,3 +256,24 @@ func TestWorkerReconnectsWhenTheServerRestarts(t *testing.T) {
 		t.Fatal("the worker did not reconnect")
 	}
 }
+
+func TestBulkRetryAndCancelInBoundedCalls(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if _, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "gbulk", Payload: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := c.CancelJobs(ctx, &edgeqv1.JobSelection{Queue: "gbulk"}, 2) // calls of 2, 2, 1
+	if err != nil || n != 5 {
+		t.Fatalf("CancelJobs = %d, %v; want 5", n, err)
+	}
+	n, err = c.RetryJobs(ctx, &edgeqv1.JobSelection{Queue: "gbulk", State: edgeqv1.JobState_JOB_STATE_CANCELLED}, 0)
+	if err != nil || n != 5 {
+		t.Fatalf("RetryJobs = %d, %v; want 5", n, err)
+	}
+	if _, err := c.RetryJobs(ctx, &edgeqv1.JobSelection{Queue: "gbulk", State: edgeqv1.JobState_JOB_STATE_PENDING}, 0); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("RetryJobs of PENDING jobs: %v; want InvalidArgument", err)
+	}
+}

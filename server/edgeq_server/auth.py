@@ -8,7 +8,7 @@ QueueService handler; ``NodeAuth``, an interceptor, for node-to-node RPCs).
 - ``--tokens-file FILE`` (TOML): named tokens, each with the SHA-256 of the token (never
   the token itself), scopes from ``enqueue`` (Enqueue), ``consume`` (Lease, Ack, Nack,
   Heartbeat), ``read`` (GetJob, ListJobs, GetQueueStats, GetNodeInfo) and ``admin``
-  (CancelJob, RetryJob, PauseQueue, ResumeQueue), and optional queue patterns
+  (CancelJob, RetryJob, CancelJobs, RetryJobs, PauseQueue, ResumeQueue), and optional queue patterns
   (``emails.*``, shell-style). Re-read when it changes; a token removed from it is revoked
   at once, and its open Lease streams end (UNAUTHENTICATED) within ``RELOAD_SECONDS``.
 - ``--cluster-secret`` (default: the auth token): how nodes authenticate to each other —
@@ -56,7 +56,8 @@ METHOD_SCOPE = {
     "Enqueue": "enqueue",
     "Lease": "consume", "Ack": "consume", "Nack": "consume", "Heartbeat": "consume",
     "GetJob": "read", "ListJobs": "read", "GetQueueStats": "read", "GetNodeInfo": "read",
-    "CancelJob": "admin", "RetryJob": "admin", "PauseQueue": "admin", "ResumeQueue": "admin",
+    "CancelJob": "admin", "RetryJob": "admin", "CancelJobs": "admin", "RetryJobs": "admin",
+    "PauseQueue": "admin", "ResumeQueue": "admin",
 }
 ADMIN_METHODS = frozenset(m for m, s in METHOD_SCOPE.items() if s == "admin")
 #: How often the tokens file is checked for changes (and revoked streams ended).
@@ -355,6 +356,8 @@ def _queues_named(method: str, request: Any) -> list[tuple[str, str]]:
         return [("queue", request.queue)]
     if method == "GetQueueStats":
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]
+    if method in ("RetryJobs", "CancelJobs"):
+        return [("selection.queue", request.selection.queue)]
     return []
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import faulthandler
 import hashlib
 import json
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from edgeq import TLS, create_channel
@@ -132,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id", nargs="?", help="one job; or --queue (and --state) for all of them")
         p.add_argument("--queue", default="", help="every job of this queue in --state")
         p.add_argument("--state", choices=states, default=states[0], help=f"with --queue (default {states[0]})")
+        p.add_argument("--created-after", type=_when, metavar="TIME",
+                       help="with --queue: only jobs created at or after TIME (ISO 8601, or Unix seconds)")
+        p.add_argument("--created-before", type=_when, metavar="TIME",
+                       help="with --queue: only jobs created before TIME (ISO 8601, or Unix seconds)")
         p.add_argument("--yes", "-y", action="store_true", help="do not ask before acting on a whole queue")
     p = sub.add_parser("health", help="the node's grpc.health.v1 status; exit code 0 only when SERVING")
     p.add_argument("--service", default="", help="the service to ask about (default: the whole server)")
@@ -303,32 +309,60 @@ def _cancel_or_retry(stub: Any, args: argparse.Namespace, out: Printer) -> int:
     if not args.queue:
         print(f"edgeq: {args.command}: give a job id, or --queue (and --state) for a whole queue", file=sys.stderr)
         return 2
-    ids = [j.id for j in _list_jobs(stub, args.queue, STATES["job_state_" + args.state], sys.maxsize, args.timeout)]
     verb = "cancel" if args.command == "cancel" else "retry"
-    if ids and not args.yes:
+    state = STATES["job_state_" + args.state]
+    selection = pb.JobSelection(queue=args.queue, state=state)  # type: ignore[arg-type]  # an enum value
+    ranged = args.created_after is not None or args.created_before is not None
+    if args.created_after is not None:
+        selection.created_after.CopyFrom(args.created_after)
+    if args.created_before is not None:
+        selection.created_before.CopyFrom(args.created_before)
+    if not args.yes:
+        (stats,) = stub.GetQueueStats(pb.GetQueueStatsRequest(queues=[args.queue]), timeout=args.timeout).stats
+        now = {"pending": stats.pending + stats.scheduled, "running": stats.running, "failed": stats.failed,
+               "cancelled": stats.cancelled}[args.state]
+        what = f"the {args.state} jobs of queue {args.queue}" + (" created in the range given" if ranged else "")
+        if now == 0:
+            out.one({"queue": args.queue, "state": args.state, "matched": 0, _DONE[verb]: 0})
+            return 0
         if not sys.stdin.isatty():
-            print(f"edgeq: {verb} {len(ids)} {args.state} jobs of {args.queue}? Pass --yes to confirm.",
-                  file=sys.stderr)
+            print(f"edgeq: {verb} {what} ({now} {args.state} now)? Pass --yes to confirm.", file=sys.stderr)
             return 2
-        answer = input(f"{verb} {len(ids)} {args.state} jobs of queue {args.queue}? [y/N] ")
+        answer = input(f"{verb} {what} ({now} {args.state} now)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done", file=sys.stderr)
             return 1
-    done, failed = 0, []
-    for job_id in ids:
+    total, calls = 0, 0
+    while True:  # bounded server-side batches (RetryJobs / CancelJobs), until none is left
+        if verb == "cancel":
+            resp = stub.CancelJobs(pb.CancelJobsRequest(selection=selection), timeout=args.timeout)
+        else:
+            resp = stub.RetryJobs(pb.RetryJobsRequest(selection=selection), timeout=args.timeout)
+        total, calls = total + resp.count, calls + 1
+        if not resp.more:
+            break
+    out.one({"queue": args.queue, "state": args.state, "matched": total, _DONE[verb]: total, "calls": calls})
+    return 0
+
+
+#: The summary's key for each bulk verb.
+_DONE = {"cancel": "cancelled", "retry": "retried"}
+
+
+def _when(text: str) -> timestamp_pb2.Timestamp:
+    """A --created-after/--created-before value: ISO 8601 (UTC when no zone) or Unix seconds."""
+    try:
+        moment = datetime.datetime.fromtimestamp(float(text), datetime.UTC)
+    except ValueError:
         try:
-            call(job_id)
-            done += 1
-        except grpc.RpcError as exc:  # e.g. it finished meanwhile: counted, the rest go on
-            failed.append({"job_id": job_id, "error": f"{exc.code().name}: {exc.details()}"})
-    summary: dict[str, Any] = {
-        "queue": args.queue, "state": args.state, "matched": len(ids),
-        "cancelled" if verb == "cancel" else "retried": done,
-    }
-    if failed:
-        summary["failed"] = failed
-    out.one(summary)
-    return 0 if not failed else 1
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an ISO 8601 time or Unix seconds: {text!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
 
 
 def _health(channel: grpc.Channel, args: argparse.Namespace, out: Printer) -> int:

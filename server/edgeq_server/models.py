@@ -161,6 +161,25 @@ class Cancelled(NamedTuple):
     was_running: bool
 
 
+class Selection(NamedTuple):
+    """The jobs a bulk RetryJobs / CancelJobs acts on: one queue, one state, an optional
+    created_at range [after, before) in µs."""
+
+    queue: str
+    state: JobState
+    created_after: int | None
+    created_before: int | None
+
+
+class Bulk(NamedTuple):
+    """What a bulk call did: the jobs it changed (as they are now), which of them were
+    RUNNING (their leases ended), and whether more jobs matched than its limit."""
+
+    jobs: list[Job]
+    ended: list[str]
+    more: bool
+
+
 class DueAt(NamedTuple):
     """The earliest run_at of a queue's scheduled jobs."""
 

@@ -25,7 +25,7 @@ from .dispatch import Delivery, Dispatcher, End
 from .errors import InvalidArgument, NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
-from .models import Backoff, Cancelled, EnqueueResult, Extended, Job, JobState, LeaseOutcome
+from .models import Backoff, Bulk, Cancelled, EnqueueResult, Extended, Job, JobState, LeaseOutcome
 from .readers import Readers
 from .store import Settled, Store
 from .tokens import TokenCodec
@@ -133,6 +133,13 @@ class QueueService:
     def _after_retry(self, job: Job, _txid: int) -> None:
         self._maintenance.note_due(job.queue, job.run_at)
 
+    def _after_bulk(self, bulk: Bulk, _txid: int) -> None:
+        if bulk.ended:
+            self._dispatcher.settled(tuple(bulk.ended))
+        pending = [j for j in bulk.jobs if j.state is JobState.PENDING]
+        if pending:
+            self._maintenance.note_due(pending[0].queue, min(j.run_at for j in pending))
+
     # ------------------------------------------------------------------ writes
 
     async def Enqueue(self, request: pb.EnqueueRequest, context: Ctx) -> pb.EnqueueResponse:
@@ -183,6 +190,20 @@ class QueueService:
         job_id = validate.job_id(request.job_id)
         job, txid = await self._writer.submit(lambda s, now: s.retry(job_id, now), after=self._after_retry, rows=1)
         return pb.RetryJobResponse(job=convert.job(job), txid=txid)
+
+    async def RetryJobs(self, request: pb.RetryJobsRequest, context: Ctx) -> pb.RetryJobsResponse:
+        sel, limit = validate.selection(request, (JobState.FAILED, JobState.CANCELLED))
+        bulk, txid = await self._writer.submit(
+            lambda s, now: s.retry_many(sel, limit, now), after=self._after_bulk, rows=limit
+        )
+        return pb.RetryJobsResponse(count=len(bulk.jobs), more=bulk.more, txid=txid)
+
+    async def CancelJobs(self, request: pb.CancelJobsRequest, context: Ctx) -> pb.CancelJobsResponse:
+        sel, limit = validate.selection(request, (JobState.PENDING, JobState.RUNNING))
+        bulk, txid = await self._writer.submit(
+            lambda s, now: s.cancel_many(sel, limit, now), after=self._after_bulk, rows=limit
+        )
+        return pb.CancelJobsResponse(count=len(bulk.jobs), more=bulk.more, txid=txid)
 
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
         queue = validate.queue_name(request.queue, "queue")

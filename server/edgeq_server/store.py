@@ -43,6 +43,7 @@ from .errors import FailedPrecondition, NotFound
 from .models import (
     AckItem,
     Backoff,
+    Bulk,
     Cancelled,
     DueAt,
     EnqueueResult,
@@ -53,6 +54,7 @@ from .models import (
     LeaseOutcome,
     NackItem,
     QueueDepth,
+    Selection,
 )
 from .tokens import LeaseRef
 
@@ -482,6 +484,35 @@ class Store:
                 (now, job_id),
             ).fetchone()
         )
+
+    def _select(self, sel: Selection, limit: int) -> tuple[list[str], bool]:
+        """Ids of up to ``limit`` jobs matching ``sel``, oldest first, and whether more match."""
+        where = ["queue_name = ?", "status = ?"]
+        args: list[object] = [sel.queue, sel.state.value]
+        if sel.created_after is not None:
+            where.append("created_at >= ?")
+            args.append(sel.created_after)
+        if sel.created_before is not None:
+            where.append("created_at < ?")
+            args.append(sel.created_before)
+        args.append(limit + 1)
+        ids = [
+            str(r[0]) for r in self.conn.execute(
+                f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?", args
+            )
+        ]
+        return ids[:limit], len(ids) > limit
+
+    def cancel_many(self, sel: Selection, limit: int, now: int) -> Bulk:
+        """CancelJobs: ``cancel`` for up to ``limit`` PENDING or RUNNING jobs of ``sel``."""
+        ids, more = self._select(sel, limit)
+        done = [self.cancel(job_id, now) for job_id in ids]
+        return Bulk([c.job for c in done], [c.job.id for c in done if c.was_running], more)
+
+    def retry_many(self, sel: Selection, limit: int, now: int) -> Bulk:
+        """RetryJobs: ``retry`` for up to ``limit`` FAILED or CANCELLED jobs of ``sel``."""
+        ids, more = self._select(sel, limit)
+        return Bulk([self.retry(job_id, now) for job_id in ids], [], more)
 
     def set_paused(self, queue: str, paused: bool, now: int) -> None:
         self.conn.execute(

@@ -21,7 +21,7 @@ from .clock import MICROS
 from .config import Config
 from .convert import PROTO_TO_STATE
 from .errors import InvalidArgument, ResourceExhausted
-from .models import AckItem, JobSpec, JobState, NackItem
+from .models import AckItem, JobSpec, JobState, NackItem, Selection
 from .tokens import LeaseRef, TokenCodec
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -222,6 +222,28 @@ def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple
         if extend is not None and extend < MIN_LEASE_US:
             raise InvalidArgument("extend_by", "must be at least 1s")
     return refs, extend
+
+
+#: Most jobs one RetryJobs / CancelJobs call changes (and its default).
+MAX_BULK = 1000
+
+
+def selection(req: pb.RetryJobsRequest | pb.CancelJobsRequest, allowed: tuple[JobState, ...]) -> tuple[Selection, int]:
+    """A bulk call's (selection, limit): the queue is required, the state one of
+    ``allowed`` (the first when unset), the time range ordered, the limit 0..MAX_BULK."""
+    sel = req.selection
+    queue = queue_name(sel.queue, "selection.queue")
+    state = state_filter(sel.state, "selection.state") or allowed[0]
+    if state not in allowed:
+        names = " or ".join(s.value.upper() for s in allowed)
+        raise InvalidArgument("selection.state", f"must be {names} here (got {state.value.upper()})")
+    after = timestamp_us(sel.created_after, "selection.created_after") if sel.HasField("created_after") else None
+    before = timestamp_us(sel.created_before, "selection.created_before") if sel.HasField("created_before") else None
+    if after is not None and before is not None and after >= before:
+        raise InvalidArgument("selection.created_before", "must be after selection.created_after")
+    if not 0 <= req.limit <= MAX_BULK:
+        raise InvalidArgument("limit", f"must be 0..{MAX_BULK} (0: {MAX_BULK})")
+    return Selection(queue, state, after, before), req.limit or MAX_BULK
 
 
 def state_filter(value: int, field: str = "state") -> JobState | None:

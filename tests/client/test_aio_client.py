@@ -42,6 +42,8 @@ async def test_the_async_client_covers_the_clients_api(server: ServerThread) -> 
         assert stats.pending == 1502
         assert (await client.cancel(again.job_id)).state is JobState.CANCELLED
         assert (await client.retry(again.job_id)).state is JobState.PENDING
+        assert await client.cancel_jobs(queue, batch=600) == 1502  # three bounded calls
+        assert await client.retry_jobs(queue, state="cancelled") == 1502
         await client.pause(queue)
         assert (await client.stats(queue))[0].paused
         await client.resume(queue)

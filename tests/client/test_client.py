@@ -134,6 +134,23 @@ def test_list_pages_and_filters(client: Client) -> None:
     assert [j.id for j in client.list("lq", search=ids[3])] == [ids[3]]
 
 
+def test_bulk_retry_and_cancel_by_queue_state_and_creation_time(client: Client) -> None:
+    ids = [r.job_id for r in client.enqueue_many([JobSpec("bk", bytes([i])) for i in range(4)])]
+    ids += [r.job_id for r in client.enqueue_many([JobSpec("bk", bytes([i])) for i in range(4, 7)])]  # later
+    client.enqueue("bk-other", b"-")
+    assert client.cancel_jobs("bk", batch=3) == 7  # three calls: 3 + 3 + 1
+    assert {client.get(i).state for i in ids} == {JobState.CANCELLED}
+    cut = client.get(ids[4]).created_at
+    later = [i for i in ids if client.get(i).created_at >= cut]
+    assert later == ids[4:]  # the second call's three
+    assert client.retry_jobs("bk", "cancelled", created_after=cut) == len(later)
+    assert {i for i in ids if client.get(i).state is JobState.PENDING} == set(later)
+    assert client.retry_jobs("bk", state=JobState.CANCELLED, created_before=cut) == len(ids) - len(later)
+    assert {client.get(i).state for i in ids} == {JobState.PENDING}
+    assert client.retry_jobs("bk") == 0  # nothing FAILED
+    assert client.stats("bk-other")[0].pending == 1
+
+
 def test_stats_pause_and_resume(client: Client) -> None:
     client.enqueue("a", b"1")
     client.enqueue("a", b"2")

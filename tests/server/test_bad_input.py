@@ -415,6 +415,37 @@ async def test_bad_job_id(h: Harness, rpc: str, value: str) -> None:
     await refused(h, JOB_RPCS[rpc](h, value), INVALID, "job_id")
 
 
+# ---------------------------------------------------------------------- RetryJobs / CancelJobs
+
+
+def _ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "rpc, request_, field",
+    [
+        ("RetryJobs", pb.RetryJobsRequest(), "selection.queue"),
+        ("CancelJobs", pb.CancelJobsRequest(selection=pb.JobSelection(queue="has space")), "selection.queue"),
+        ("RetryJobs", pb.RetryJobsRequest(selection=pb.JobSelection(queue="q", state=pb.JOB_STATE_PENDING)),
+         "selection.state"),
+        ("CancelJobs", pb.CancelJobsRequest(selection=pb.JobSelection(queue="q", state=pb.JOB_STATE_COMPLETED)),
+         "selection.state"),
+        ("CancelJobs", pb.CancelJobsRequest(selection=pb.JobSelection(queue="q", state=99)), "selection.state"),  # type: ignore[arg-type]
+        ("RetryJobs", pb.RetryJobsRequest(
+            selection=pb.JobSelection(queue="q", created_after=_ts(20), created_before=_ts(10))
+        ), "selection.created_before"),
+        ("RetryJobs", pb.RetryJobsRequest(selection=pb.JobSelection(queue="q", created_after=_ts(-10**12))),
+         "selection.created_after"),
+        ("CancelJobs", pb.CancelJobsRequest(selection=pb.JobSelection(queue="q"), limit=1001), "limit"),
+        ("RetryJobs", pb.RetryJobsRequest(selection=pb.JobSelection(queue="q"), limit=-1), "limit"),
+    ],
+)
+async def test_bulk_calls_name_the_bad_field(h: Harness, rpc: str, request_: Any, field: str) -> None:
+    await h.put("q")
+    await refused(h, getattr(h.stub, rpc)(request_), INVALID, field)
+
+
 # ---------------------------------------------------------------------- ListJobs
 
 

@@ -73,12 +73,22 @@ def test_bulk_cancel_and_retry_count_and_need_yes(server: ServerProcess) -> None
         assert all(c.get(i).state is JobState.PENDING for i in ids)
     done = edgeq("--server", t, "cancel", "--queue", "bulk", "--state", "pending", "--yes", "-o", "json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"queue": "bulk", "state": "pending", "matched": 5, "cancelled": 5}
+    assert json.loads(done.stdout) == {"queue": "bulk", "state": "pending", "matched": 5, "cancelled": 5, "calls": 1}
     again = edgeq("--server", t, "retry", "--queue", "bulk", "--state", "cancelled", "-y", "-o", "json")
     assert json.loads(again.stdout)["retried"] == 5
     with Client(t) as c:
         assert all(c.get(i).state is JobState.PENDING for i in ids)
         assert c.get(other).state is JobState.PENDING  # another queue is untouched
+    # A time range: only jobs created in it (server-side, RetryJobs/CancelJobs in bounded calls).
+    with Client(t) as c:
+        created = [c.get(i).created_at for i in ids]
+    cut = created[2].isoformat()
+    later = edgeq("--server", t, "cancel", "--queue", "bulk", "--created-after", cut, "-y", "-o", "json")
+    assert json.loads(later.stdout)["cancelled"] == 3, later.stderr
+    with Client(t) as c:
+        assert [c.get(i).state for i in ids] == [JobState.PENDING] * 2 + [JobState.CANCELLED] * 3
+    bad = edgeq("--server", t, "retry", "--queue", "bulk", "--created-before", "yesterday-ish")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
     both = edgeq("--server", t, "cancel", ids[0], "--queue", "bulk")
     assert both.returncode == 2 and "not both" in both.stderr
     neither = edgeq("--server", t, "retry")

@@ -537,6 +537,32 @@ async def test_retry_cancelled_job_and_illegal_retries(h: Harness) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_bulk_cancel_and_retry_in_bounded_calls_free_credits_and_redeliver(h: Harness) -> None:
+    call = await h.lease("bq", max_in_flight=1)
+    first = await h.put("bq")
+    (leased,) = await h.take(call, 1)
+    queued = [await h.put("bq") for _ in range(4)]
+    await h.idle(call)
+    sel = pb.JobSelection(queue="bq")
+    one = await h.stub.CancelJobs(pb.CancelJobsRequest(selection=sel, limit=3))
+    assert (one.count, one.more) == (3, True) and one.txid > 0
+    two = await h.stub.CancelJobs(pb.CancelJobsRequest(selection=sel))
+    assert (two.count, two.more) == (1, False)
+    assert [(await h.job(j)).state for j in queued] == [CANCELLED] * 4
+    # RUNNING on request: the lease is stale and the stream's credit comes back.
+    running = pb.JobSelection(queue="bq", state=RUNNING)
+    assert (await h.stub.CancelJobs(pb.CancelJobsRequest(selection=running))).count == 1
+    assert await h.ack(leased.lease_token) == [STALE]
+    # RetryJobs of CANCELLED ones: back to PENDING, delivered again on the same stream.
+    back = await h.stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="bq", state=CANCELLED)))
+    assert (back.count, back.more) == (5, False)
+    got = [j.job.id for j in await h.take(call, 1)]
+    assert got == [first]
+    # Nothing FAILED: a count of 0, not an error.
+    none = await h.stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="bq")))
+    assert (none.count, none.more) == (0, False)
+
+
 # ---------------------------------------------------------------------- consistency
 
 

@@ -122,6 +122,21 @@ async def test_queue_patterns_limit_every_rpc_that_names_a_queue(server: EdgeqSe
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.PauseQueue(pb.PauseQueueRequest(queue="billing"), metadata=md(EMAILS))
         assert _field(err) == "queue"
+        # Bulk calls name their queue in the selection: refused outside the patterns, nothing changed.
+        for bulk in (stub.CancelJobs(pb.CancelJobsRequest(selection=pb.JobSelection(queue="billing")),
+                                     metadata=md(EMAILS)),
+                     stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="billing")),
+                                    metadata=md(EMAILS))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await bulk
+            assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and _field(err) == "selection.queue"
+        assert (await stub.GetJob(pb.GetJobRequest(job_id=other), metadata=md(ADMIN))).job.state == pb.JOB_STATE_PENDING
+        mine_bulk = pb.CancelJobsRequest(selection=pb.JobSelection(queue="emails.welcome"))
+        assert (await stub.CancelJobs(mine_bulk, metadata=md(EMAILS))).count == 1
+        # A token without the admin scope cannot bulk-act at all.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="billing")), metadata=md(READER))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_removed_token_is_revoked_and_its_lease_streams_end_within_a_second(

@@ -1456,3 +1456,34 @@ def test_queue_depths_count_live_jobs_through_the_partial_indexes(store: Store) 
         )
     ]
     assert "INDEX jobs_claim" in plans[0] and "INDEX jobs_lease_expiry" in plans[1], plans
+
+
+def test_bulk_retry_and_cancel_select_by_queue_state_and_creation_time_in_bounded_batches(store: Store) -> None:
+    from edgeq_server.models import Selection
+
+    early = [add(store, "b", now=NOW + i) for i in range(3)]
+    late = [add(store, "b", now=NOW + 10 * SECOND + i) for i in range(2)]
+    other = add(store, "c")
+    running = claim(store, ("b",), limit=1, now=NOW + 20 * SECOND)  # early[0]
+    assert [j.id for j in running] == [early[0]]
+
+    # CancelJobs: PENDING by default, in batches of `limit`, oldest first.
+    pending = Selection("b", JobState.PENDING, None, None)
+    first = write(store, lambda: store.cancel_many(pending, 2, NOW + 21 * SECOND))
+    assert [j.id for j in first.jobs] == early[1:3] and first.more and first.ended == []
+    assert all(j.state is JobState.CANCELLED for j in first.jobs)
+    rest = write(store, lambda: store.cancel_many(pending, 2, NOW + 21 * SECOND))
+    assert [j.id for j in rest.jobs] == late and not rest.more
+    assert write(store, lambda: store.cancel_many(pending, 2, NOW + 21 * SECOND)).jobs == []
+    # RUNNING on request: its lease ends (the dispatcher is told through `ended`).
+    run = write(store, lambda: store.cancel_many(Selection("b", JobState.RUNNING, None, None), 10, NOW + 22 * SECOND))
+    assert run.ended == [early[0]] and store.get_job(early[0]).state is JobState.CANCELLED  # type: ignore[union-attr]
+    assert store.get_job(other).state is JobState.PENDING  # type: ignore[union-attr]
+
+    # RetryJobs on CANCELLED ones created in [NOW + 1 s, NOW + 11 s): the late two only.
+    window = Selection("b", JobState.CANCELLED, NOW + SECOND, NOW + 11 * SECOND)
+    again = write(store, lambda: store.retry_many(window, 10, NOW + 30 * SECOND))
+    assert sorted(j.id for j in again.jobs) == sorted(late) and not again.more
+    assert all((j.state, j.attempts, j.run_at) == (JobState.PENDING, 0, NOW + 30 * SECOND) for j in again.jobs)
+    failed = write(store, lambda: store.retry_many(Selection("b", JobState.FAILED, None, None), 10, NOW))
+    assert failed.jobs == [] and not failed.more

@@ -45,6 +45,7 @@ from ._models import (
     QueueStats,
     to_duration,
     to_job_spec,
+    to_timestamp,
 )
 
 __all__ = ["AUTO_KEY_PREFIX", "BATCH_MAX", "Client", "auto_idempotency_key"]
@@ -192,6 +193,19 @@ def _list_request(
         min_txid=min_txid,
         search=search,
     )
+
+
+def _selection(
+    queue: str, state: JobState | str | None, created_after: datetime | None, created_before: datetime | None
+) -> pb.JobSelection:
+    sel = pb.JobSelection(queue=queue)
+    if state is not None:
+        sel.state = JobState(state.lower()).to_proto()
+    if created_after is not None:
+        sel.created_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        sel.created_before.CopyFrom(to_timestamp(created_before))
+    return sel
 
 
 def _lease_request(
@@ -404,6 +418,34 @@ class Client:
         resp = self._write(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
         self._note_txid(resp.txid)
         return Job.from_proto(resp.job)
+
+    def retry_jobs(
+        self, queue: str, state: JobState | str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, batch: int = 0,
+    ) -> int:
+        """Redrive every FAILED (or, with ``state``, CANCELLED) job of ``queue``, optionally
+        only those created in [created_after, created_before): RetryJobs calls of at most
+        ``batch`` jobs each (0: the server's 1000), until none is left. Returns how many."""
+        request = pb.RetryJobsRequest(selection=_selection(queue, state, created_after, created_before), limit=batch)
+        return self._bulk(self.stub.RetryJobs, request)
+
+    def cancel_jobs(
+        self, queue: str, state: JobState | str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, batch: int = 0,
+    ) -> int:
+        """Cancel every PENDING (or, with ``state``, RUNNING) job of ``queue``, as
+        ``retry_jobs`` does in bounded CancelJobs calls. Returns how many."""
+        request = pb.CancelJobsRequest(selection=_selection(queue, state, created_after, created_before), limit=batch)
+        return self._bulk(self.stub.CancelJobs, request)
+
+    def _bulk(self, method: Any, request: Any) -> int:
+        total = 0
+        while True:
+            resp = self._write(method, request)
+            self._note_txid(resp.txid)
+            total += int(resp.count)
+            if not resp.more:
+                return total
 
     def pause(self, queue: str) -> None:
         """Stop delivery from ``queue``; enqueues are still accepted."""

@@ -34,6 +34,7 @@ from ._client import (
     _lease_request,
     _list_request,
     _nack_items,
+    _selection,
     _WriteRetry,
 )
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_aio_channel
@@ -213,6 +214,29 @@ class Client:
         resp: pb.RetryJobResponse = await self._write(self.stub.RetryJob, pb.RetryJobRequest(job_id=job_id))
         self._note_txid(resp.txid)
         return Job.from_proto(resp.job)
+
+    async def retry_jobs(
+        self, queue: str, state: JobState | str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, batch: int = 0,
+    ) -> int:
+        request = pb.RetryJobsRequest(selection=_selection(queue, state, created_after, created_before), limit=batch)
+        return await self._bulk(self.stub.RetryJobs, request)
+
+    async def cancel_jobs(
+        self, queue: str, state: JobState | str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, batch: int = 0,
+    ) -> int:
+        request = pb.CancelJobsRequest(selection=_selection(queue, state, created_after, created_before), limit=batch)
+        return await self._bulk(self.stub.CancelJobs, request)
+
+    async def _bulk(self, method: Any, request: Any) -> int:
+        total = 0
+        while True:
+            resp = await self._write(method, request)
+            self._note_txid(resp.txid)
+            total += int(resp.count)
+            if not resp.more:
+                return total
 
     async def pause(self, queue: str) -> None:
         resp: pb.PauseQueueResponse = await self._write(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue))

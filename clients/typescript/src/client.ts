@@ -27,6 +27,7 @@ import {
   Durability,
   EnqueueRequestSchema,
   HeartbeatRequestSchema,
+  JobSelectionSchema,
   ListJobsRequestSchema,
   NackRequestSchema,
   QueueService,
@@ -230,6 +231,26 @@ export class EdgeqClient {
   }
   retry(jobId: string) {
     return this.raw.retryJob({ jobId }, this.call);
+  }
+  /**
+   * Redrive every job the selection picks — FAILED by default, or CANCELLED; optionally
+   * only those created in [createdAfter, createdBefore) — in RetryJobs calls of at most
+   * `batch` jobs each (0: the server's 1000) until none is left. Resolves to how many.
+   */
+  async retryJobs(selection: MessageInitShape<typeof JobSelectionSchema>, batch = 0): Promise<bigint> {
+    return this.bulk((limit) => this.raw.retryJobs({ selection, limit }, this.call), batch);
+  }
+  /** Cancel every job the selection picks — PENDING by default, or RUNNING — as retryJobs does. */
+  async cancelJobs(selection: MessageInitShape<typeof JobSelectionSchema>, batch = 0): Promise<bigint> {
+    return this.bulk((limit) => this.raw.cancelJobs({ selection, limit }, this.call), batch);
+  }
+  private async bulk(call: (limit: number) => Promise<{ count: bigint; more: boolean }>, batch: number): Promise<bigint> {
+    let total = 0n;
+    for (;;) {
+      const resp = await call(batch);
+      total += resp.count;
+      if (!resp.more) return total;
+    }
   }
   pause(queue: string) {
     return this.raw.pauseQueue({ queue }, this.call);

@@ -57,6 +57,15 @@ test("round trip, idempotency, stats, node info and named errors", async () => {
   await assert.rejects(client.get("0190a0a0-0000-7000-8000-000000000000"), (err: unknown) => ConnectError.from(err).code === Code.NotFound);
 });
 
+test("bulk cancel and retry by queue and state in bounded calls", async () => {
+  for (let i = 0; i < 5; i++) await client.enqueue({ queue: "tsbulk", payload: new Uint8Array([i]) });
+  assert.equal(await client.cancelJobs({ queue: "tsbulk" }, 2), 5n); // calls of 2, 2, 1
+  assert.equal(await client.retryJobs({ queue: "tsbulk", state: JobState.CANCELLED }), 5n);
+  assert.equal((await client.stats("tsbulk"))[0].pending, 5n);
+  await assert.rejects(client.retryJobs({ queue: "tsbulk", state: JobState.PENDING }),
+    (e: unknown) => e instanceof ConnectError && e.code === Code.InvalidArgument && e.message.includes("selection.state"));
+});
+
 test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
   const c = new EdgeqClient(await startServer(), { durability: "edge" });
   const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });

@@ -2134,6 +2134,318 @@ func (x *RetryJobResponse) GetTxid() uint64 {
 	return 0
 }
 
+// JobSelection picks the jobs a bulk call acts on.
+type JobSelection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue (required).
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The state the jobs are in; UNSPECIFIED means the call's default
+	// (FAILED for RetryJobs, PENDING for CancelJobs).
+	State JobState `protobuf:"varint,2,opt,name=state,proto3,enum=edgeq.v1.JobState" json:"state,omitempty"`
+	// Only jobs created at or after this time; unset means no lower bound.
+	CreatedAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	// Only jobs created before this time; unset means no upper bound.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobSelection) Reset() {
+	*x = JobSelection{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobSelection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobSelection) ProtoMessage() {}
+
+func (x *JobSelection) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobSelection.ProtoReflect.Descriptor instead.
+func (*JobSelection) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *JobSelection) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *JobSelection) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobSelection) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *JobSelection) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+// RetryJobsRequest redrives failed or cancelled jobs in bulk.
+type RetryJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which jobs; state FAILED (default) or CANCELLED.
+	Selection *JobSelection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
+	// Most jobs this call changes, 1..1000; 0 means 1000.
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobsRequest) Reset() {
+	*x = RetryJobsRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobsRequest) ProtoMessage() {}
+
+func (x *RetryJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobsRequest.ProtoReflect.Descriptor instead.
+func (*RetryJobsRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RetryJobsRequest) GetSelection() *JobSelection {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
+func (x *RetryJobsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// RetryJobsResponse answers RetryJobs.
+type RetryJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs moved back to PENDING by this call.
+	Count int64 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// True when more jobs matched than `limit`: call again.
+	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,3,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobsResponse) Reset() {
+	*x = RetryJobsResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobsResponse) ProtoMessage() {}
+
+func (x *RetryJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobsResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobsResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RetryJobsResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RetryJobsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *RetryJobsResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
+// CancelJobsRequest cancels pending or running jobs in bulk.
+type CancelJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which jobs; state PENDING (default, scheduled ones included) or RUNNING.
+	Selection *JobSelection `protobuf:"bytes,1,opt,name=selection,proto3" json:"selection,omitempty"`
+	// Most jobs this call changes, 1..1000; 0 means 1000.
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobsRequest) Reset() {
+	*x = CancelJobsRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsRequest) ProtoMessage() {}
+
+func (x *CancelJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobsRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CancelJobsRequest) GetSelection() *JobSelection {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
+func (x *CancelJobsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// CancelJobsResponse answers CancelJobs.
+type CancelJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Jobs cancelled by this call.
+	Count int64 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// True when more jobs matched than `limit`: call again.
+	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,3,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobsResponse) Reset() {
+	*x = CancelJobsResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobsResponse) ProtoMessage() {}
+
+func (x *CancelJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobsResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobsResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CancelJobsResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *CancelJobsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *CancelJobsResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
 // PauseQueueRequest pauses one queue.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2145,7 +2457,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2469,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2482,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -2191,7 +2503,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2515,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2528,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseQueueResponse) GetTxid() uint64 {
@@ -2237,7 +2549,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2561,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2574,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -2283,7 +2595,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2607,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2620,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeQueueResponse) GetTxid() uint64 {
@@ -2327,7 +2639,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2651,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2664,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 // ReplicaPosition is the last position a replica reported to the primary.
@@ -2373,7 +2685,7 @@ type ReplicaPosition struct {
 
 func (x *ReplicaPosition) Reset() {
 	*x = ReplicaPosition{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2385,7 +2697,7 @@ func (x *ReplicaPosition) String() string {
 func (*ReplicaPosition) ProtoMessage() {}
 
 func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2398,7 +2710,7 @@ func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPosition.ProtoReflect.Descriptor instead.
 func (*ReplicaPosition) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReplicaPosition) GetNode() string {
@@ -2474,7 +2786,7 @@ type GetNodeInfoResponse struct {
 
 func (x *GetNodeInfoResponse) Reset() {
 	*x = GetNodeInfoResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2486,7 +2798,7 @@ func (x *GetNodeInfoResponse) String() string {
 func (*GetNodeInfoResponse) ProtoMessage() {}
 
 func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2499,7 +2811,7 @@ func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetNodeInfoResponse) GetRole() NodeRole {
@@ -2749,7 +3061,26 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"G\n" +
 	"\x10RetryJobResponse\x12\x1f\n" +
 	"\x03job\x18\x01 \x01(\v2\r.edgeq.v1.JobR\x03job\x12\x12\n" +
-	"\x04txid\x18\x02 \x01(\x04R\x04txid\")\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"\xd2\x01\n" +
+	"\fJobSelection\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12(\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x12.edgeq.v1.JobStateR\x05state\x12?\n" +
+	"\rcreated_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\"^\n" +
+	"\x10RetryJobsRequest\x124\n" +
+	"\tselection\x18\x01 \x01(\v2\x16.edgeq.v1.JobSelectionR\tselection\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"Q\n" +
+	"\x11RetryJobsResponse\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
+	"\x04txid\x18\x03 \x01(\x04R\x04txid\"_\n" +
+	"\x11CancelJobsRequest\x124\n" +
+	"\tselection\x18\x01 \x01(\v2\x16.edgeq.v1.JobSelectionR\tselection\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"R\n" +
+	"\x12CancelJobsResponse\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
+	"\x04txid\x18\x03 \x01(\x04R\x04txid\")\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"(\n" +
 	"\x12PauseQueueResponse\x12\x12\n" +
@@ -2809,7 +3140,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
 	"\x11NODE_ROLE_PRIMARY\x10\x02\x12\x15\n" +
 	"\x11NODE_ROLE_REPLICA\x10\x03\x12\x15\n" +
-	"\x11NODE_ROLE_UNKNOWN\x10\x042\xf7\x06\n" +
+	"\x11NODE_ROLE_UNKNOWN\x10\x042\x86\b\n" +
 	"\fQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.edgeq.v1.EnqueueRequest\x1a\x19.edgeq.v1.EnqueueResponse\x12:\n" +
 	"\x05Lease\x12\x16.edgeq.v1.LeaseRequest\x1a\x17.edgeq.v1.LeaseResponse0\x01\x122\n" +
@@ -2820,7 +3151,10 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\bListJobs\x12\x19.edgeq.v1.ListJobsRequest\x1a\x1a.edgeq.v1.ListJobsResponse\x12P\n" +
 	"\rGetQueueStats\x12\x1e.edgeq.v1.GetQueueStatsRequest\x1a\x1f.edgeq.v1.GetQueueStatsResponse\x12D\n" +
 	"\tCancelJob\x12\x1a.edgeq.v1.CancelJobRequest\x1a\x1b.edgeq.v1.CancelJobResponse\x12A\n" +
-	"\bRetryJob\x12\x19.edgeq.v1.RetryJobRequest\x1a\x1a.edgeq.v1.RetryJobResponse\x12G\n" +
+	"\bRetryJob\x12\x19.edgeq.v1.RetryJobRequest\x1a\x1a.edgeq.v1.RetryJobResponse\x12D\n" +
+	"\tRetryJobs\x12\x1a.edgeq.v1.RetryJobsRequest\x1a\x1b.edgeq.v1.RetryJobsResponse\x12G\n" +
+	"\n" +
+	"CancelJobs\x12\x1b.edgeq.v1.CancelJobsRequest\x1a\x1c.edgeq.v1.CancelJobsResponse\x12G\n" +
 	"\n" +
 	"PauseQueue\x12\x1b.edgeq.v1.PauseQueueRequest\x1a\x1c.edgeq.v1.PauseQueueResponse\x12J\n" +
 	"\vResumeQueue\x12\x1c.edgeq.v1.ResumeQueueRequest\x1a\x1d.edgeq.v1.ResumeQueueResponse\x12J\n" +
@@ -2839,7 +3173,7 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: edgeq.v1.JobState
 	(Durability)(0),               // 1: edgeq.v1.Durability
@@ -2872,86 +3206,100 @@ var file_edgeq_v1_queue_proto_goTypes = []any{
 	(*CancelJobResponse)(nil),     // 28: edgeq.v1.CancelJobResponse
 	(*RetryJobRequest)(nil),       // 29: edgeq.v1.RetryJobRequest
 	(*RetryJobResponse)(nil),      // 30: edgeq.v1.RetryJobResponse
-	(*PauseQueueRequest)(nil),     // 31: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 32: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 33: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 34: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),    // 35: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),       // 36: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),   // 37: edgeq.v1.GetNodeInfoResponse
-	nil,                           // 38: edgeq.v1.JobSpec.HeadersEntry
-	nil,                           // 39: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*JobSelection)(nil),          // 31: edgeq.v1.JobSelection
+	(*RetryJobsRequest)(nil),      // 32: edgeq.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),     // 33: edgeq.v1.RetryJobsResponse
+	(*CancelJobsRequest)(nil),     // 34: edgeq.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),    // 35: edgeq.v1.CancelJobsResponse
+	(*PauseQueueRequest)(nil),     // 36: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 37: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 38: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 39: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),    // 40: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),       // 41: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),   // 42: edgeq.v1.GetNodeInfoResponse
+	nil,                           // 43: edgeq.v1.JobSpec.HeadersEntry
+	nil,                           // 44: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	40, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	41, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	38, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	45, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	46, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	43, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	0,  // 3: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	41, // 4: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	41, // 5: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	41, // 6: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	41, // 7: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	41, // 8: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	39, // 9: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	46, // 4: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	46, // 5: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	46, // 6: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	46, // 7: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	46, // 8: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	44, // 9: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
 	4,  // 10: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
 	1,  // 11: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
 	7,  // 12: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	40, // 13: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	45, // 13: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	5,  // 14: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	41, // 15: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	46, // 15: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
 	10, // 16: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
 	12, // 17: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
 	2,  // 18: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	40, // 19: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	45, // 19: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
 	15, // 20: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
 	2,  // 21: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	40, // 22: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	45, // 22: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
 	2,  // 23: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	41, // 24: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	46, // 24: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 25: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
 	0,  // 26: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
 	5,  // 27: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	40, // 28: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	45, // 28: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
 	25, // 29: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
 	5,  // 30: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
 	5,  // 31: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	41, // 32: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	3,  // 33: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	36, // 34: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	40, // 35: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	6,  // 36: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	9,  // 37: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	13, // 38: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	16, // 39: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	18, // 40: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	20, // 41: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	22, // 42: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	24, // 43: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	27, // 44: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	29, // 45: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	31, // 46: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	33, // 47: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	35, // 48: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	8,  // 49: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	11, // 50: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	14, // 51: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	17, // 52: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	19, // 53: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	21, // 54: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	23, // 55: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	26, // 56: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	28, // 57: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	30, // 58: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	32, // 59: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	34, // 60: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	37, // 61: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	49, // [49:62] is the sub-list for method output_type
-	36, // [36:49] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	0,  // 32: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
+	46, // 33: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	46, // 34: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	31, // 35: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	31, // 36: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	46, // 37: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	3,  // 38: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	41, // 39: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	45, // 40: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	6,  // 41: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	9,  // 42: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	13, // 43: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	16, // 44: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	18, // 45: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	20, // 46: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	22, // 47: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	24, // 48: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	27, // 49: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	29, // 50: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	32, // 51: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	34, // 52: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	36, // 53: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	38, // 54: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	40, // 55: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	8,  // 56: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	11, // 57: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	14, // 58: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	17, // 59: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	19, // 60: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	21, // 61: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	23, // 62: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	26, // 63: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	28, // 64: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	30, // 65: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	33, // 66: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	35, // 67: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	37, // 68: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	39, // 69: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	42, // 70: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	56, // [56:71] is the sub-list for method output_type
+	41, // [41:56] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -2965,7 +3313,7 @@ func file_edgeq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   36,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,8 @@ const (
 	QueueService_GetQueueStats_FullMethodName = "/edgeq.v1.QueueService/GetQueueStats"
 	QueueService_CancelJob_FullMethodName     = "/edgeq.v1.QueueService/CancelJob"
 	QueueService_RetryJob_FullMethodName      = "/edgeq.v1.QueueService/RetryJob"
+	QueueService_RetryJobs_FullMethodName     = "/edgeq.v1.QueueService/RetryJobs"
+	QueueService_CancelJobs_FullMethodName    = "/edgeq.v1.QueueService/CancelJobs"
 	QueueService_PauseQueue_FullMethodName    = "/edgeq.v1.QueueService/PauseQueue"
 	QueueService_ResumeQueue_FullMethodName   = "/edgeq.v1.QueueService/ResumeQueue"
 	QueueService_GetNodeInfo_FullMethodName   = "/edgeq.v1.QueueService/GetNodeInfo"
@@ -79,6 +81,17 @@ type QueueServiceClient interface {
 	// RetryJob moves a FAILED or CANCELLED job back to PENDING with its
 	// attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
 	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
+	// RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+	// that are FAILED (or CANCELLED, by `state`), optionally only those created
+	// in a time range: RetryJob for each. `more` says whether further jobs match;
+	// call again until it is false (each call is bounded, so one call never
+	// holds the writer long).
+	RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error)
+	// CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+	// that are PENDING (or RUNNING, by `state`), optionally only those created in
+	// a time range: CancelJob for each (a running job's lease becomes stale).
+	// `more` as for RetryJobs.
+	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -206,6 +219,26 @@ func (c *queueServiceClient) RetryJob(ctx context.Context, in *RetryJobRequest, 
 	return out, nil
 }
 
+func (c *queueServiceClient) RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryJobsResponse)
+	err := c.cc.Invoke(ctx, QueueService_RetryJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelJobsResponse)
+	err := c.cc.Invoke(ctx, QueueService_CancelJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueServiceClient) PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PauseQueueResponse)
@@ -275,6 +308,17 @@ type QueueServiceServer interface {
 	// RetryJob moves a FAILED or CANCELLED job back to PENDING with its
 	// attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
 	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
+	// RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+	// that are FAILED (or CANCELLED, by `state`), optionally only those created
+	// in a time range: RetryJob for each. `more` says whether further jobs match;
+	// call again until it is false (each call is bounded, so one call never
+	// holds the writer long).
+	RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error)
+	// CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+	// that are PENDING (or RUNNING, by `state`), optionally only those created in
+	// a time range: CancelJob for each (a running job's lease becomes stale).
+	// `more` as for RetryJobs.
+	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -322,6 +366,12 @@ func (UnimplementedQueueServiceServer) CancelJob(context.Context, *CancelJobRequ
 }
 func (UnimplementedQueueServiceServer) RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetryJob not implemented")
+}
+func (UnimplementedQueueServiceServer) RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryJobs not implemented")
+}
+func (UnimplementedQueueServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelJobs not implemented")
 }
 func (UnimplementedQueueServiceServer) PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PauseQueue not implemented")
@@ -526,6 +576,42 @@ func _QueueService_RetryJob_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueService_RetryJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).RetryJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_RetryJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).RetryJobs(ctx, req.(*RetryJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).CancelJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_CancelJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).CancelJobs(ctx, req.(*CancelJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QueueService_PauseQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PauseQueueRequest)
 	if err := dec(in); err != nil {
@@ -622,6 +708,14 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetryJob",
 			Handler:    _QueueService_RetryJob_Handler,
+		},
+		{
+			MethodName: "RetryJobs",
+			Handler:    _QueueService_RetryJobs_Handler,
+		},
+		{
+			MethodName: "CancelJobs",
+			Handler:    _QueueService_CancelJobs_Handler,
 		},
 		{
 			MethodName: "PauseQueue",

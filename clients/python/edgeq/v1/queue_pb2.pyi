@@ -367,6 +367,54 @@ class RetryJobResponse(_message.Message):
     txid: int
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
 
+class JobSelection(_message.Message):
+    __slots__ = ("queue", "state", "created_after", "created_before")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    state: JobState
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    def __init__(self, queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RetryJobsRequest(_message.Message):
+    __slots__ = ("selection", "limit")
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    selection: JobSelection
+    limit: int
+    def __init__(self, selection: _Optional[_Union[JobSelection, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RetryJobsResponse(_message.Message):
+    __slots__ = ("count", "more", "txid")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    more: bool
+    txid: int
+    def __init__(self, count: _Optional[int] = ..., more: _Optional[bool] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class CancelJobsRequest(_message.Message):
+    __slots__ = ("selection", "limit")
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    selection: JobSelection
+    limit: int
+    def __init__(self, selection: _Optional[_Union[JobSelection, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CancelJobsResponse(_message.Message):
+    __slots__ = ("count", "more", "txid")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    more: bool
+    txid: int
+    def __init__(self, count: _Optional[int] = ..., more: _Optional[bool] = ..., txid: _Optional[int] = ...) -> None: ...
+
 class PauseQueueRequest(_message.Message):
     __slots__ = ("queue",)
     QUEUE_FIELD_NUMBER: _ClassVar[int]

@@ -90,6 +90,16 @@ class QueueServiceStub:
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=edgeq_dot_v1_dot_queue__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/edgeq.v1.QueueService/RetryJobs',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.RetryJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/edgeq.v1.QueueService/CancelJobs',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/edgeq.v1.QueueService/PauseQueue',
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.PauseQueueRequest.SerializeToString,
@@ -194,6 +204,27 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJobs(self, request, context):
+        """RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+        that are FAILED (or CANCELLED, by `state`), optionally only those created
+        in a time range: RetryJob for each. `more` says whether further jobs match;
+        call again until it is false (each call is bounded, so one call never
+        holds the writer long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobs(self, request, context):
+        """CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+        that are PENDING (or RUNNING, by `state`), optionally only those created in
+        a time range: CancelJob for each (a running job's lease becomes stale).
+        `more` as for RetryJobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseQueue(self, request, context):
         """PauseQueue stops delivery from a queue; enqueues are still accepted.
         """
@@ -269,6 +300,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=edgeq_dot_v1_dot_queue__pb2.RetryJobRequest.FromString,
                     response_serializer=edgeq_dot_v1_dot_queue__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.RetryJobsRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.RetryJobsResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.SerializeToString,
             ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
@@ -562,6 +603,60 @@ class QueueService:
             '/edgeq.v1.QueueService/RetryJob',
             edgeq_dot_v1_dot_queue__pb2.RetryJobRequest.SerializeToString,
             edgeq_dot_v1_dot_queue__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/RetryJobs',
+            edgeq_dot_v1_dot_queue__pb2.RetryJobsRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.RetryJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/CancelJobs',
+            edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,19 @@ class QueueServiceStub:
     """RetryJob moves a FAILED or CANCELLED job back to PENDING with its
     attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
     """
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_queue_pb2.RetryJobsRequest, _queue_pb2.RetryJobsResponse]
+    """RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+    that are FAILED (or CANCELLED, by `state`), optionally only those created
+    in a time range: RetryJob for each. `more` says whether further jobs match;
+    call again until it is false (each call is bounded, so one call never
+    holds the writer long).
+    """
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_queue_pb2.CancelJobsRequest, _queue_pb2.CancelJobsResponse]
+    """CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+    that are PENDING (or RUNNING, by `state`), optionally only those created in
+    a time range: CancelJob for each (a running job's lease becomes stale).
+    `more` as for RetryJobs.
+    """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
@@ -130,6 +143,19 @@ class QueueServiceAsyncStub(QueueServiceStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_queue_pb2.RetryJobRequest, _queue_pb2.RetryJobResponse]  # type: ignore[assignment]
     """RetryJob moves a FAILED or CANCELLED job back to PENDING with its
     attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
+    """
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_queue_pb2.RetryJobsRequest, _queue_pb2.RetryJobsResponse]  # type: ignore[assignment]
+    """RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+    that are FAILED (or CANCELLED, by `state`), optionally only those created
+    in a time range: RetryJob for each. `more` says whether further jobs match;
+    call again until it is false (each call is bounded, so one call never
+    holds the writer long).
+    """
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_queue_pb2.CancelJobsRequest, _queue_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+    that are PENDING (or RUNNING, by `state`), optionally only those created in
+    a time range: CancelJob for each (a running job's lease becomes stale).
+    `more` as for RetryJobs.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
@@ -241,6 +267,31 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_pb2.RetryJobResponse, _abc.Awaitable[_queue_pb2.RetryJobResponse]]:
         """RetryJob moves a FAILED or CANCELLED job back to PENDING with its
         attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _queue_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.RetryJobsResponse, _abc.Awaitable[_queue_pb2.RetryJobsResponse]]:
+        """RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+        that are FAILED (or CANCELLED, by `state`), optionally only those created
+        in a time range: RetryJob for each. `more` says whether further jobs match;
+        call again until it is false (each call is bounded, so one call never
+        holds the writer long).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _queue_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.CancelJobsResponse, _abc.Awaitable[_queue_pb2.CancelJobsResponse]]:
+        """CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+        that are PENDING (or RUNNING, by `state`), optionally only those created in
+        a time range: CancelJob for each (a running job's lease becomes stale).
+        `more` as for RetryJobs.
         """
 
     @_abc_1.abstractmethod

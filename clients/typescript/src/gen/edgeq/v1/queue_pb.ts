@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/queue.proto.
  */
 export const file_edgeq_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEisQIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKyBAoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoORW5xdWV1ZVJlcXVlc3QSHwoEam9icxgBIAMoCzIRLmVkZ2VxLnYxLkpvYlNwZWMSKAoKZHVyYWJpbGl0eRgCIAEoDjIULmVkZ2VxLnYxLkR1cmFiaWxpdHkiSwoNRW5xdWV1ZVJlc3VsdBIOCgZqb2JfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSKKAQoPRW5xdWV1ZVJlc3BvbnNlEigKB3Jlc3VsdHMYASADKAsyFy5lZGdlcS52MS5FbnF1ZXVlUmVzdWx0EgwKBHR4aWQYAiABKAQSEAoIYnVmZmVyZWQYAyABKAgSGAoQYWNjZXB0ZWRfYXRfZWRnZRgEIAEoCBITCgthY2NlcHRlZF9ieRgFIAEoCSJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEIlYKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IijAEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIhCgVzdGF0ZRgCIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhAKCG1pbl90eGlkGAUgASgEEg4KBnNlYXJjaBgGIAEoCSJIChBMaXN0Sm9ic1Jlc3BvbnNlEhsKBGpvYnMYASADKAsyDS5lZGdlcS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRIQCghtaW5fdHhpZBgCIAEoBCLfAQoKUXVldWVTdGF0cxINCgVxdWV1ZRgBIAEoCRIPCgdwZW5kaW5nGAIgASgDEhEKCXNjaGVkdWxlZBgDIAEoAxIPCgdydW5uaW5nGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDEjUKEm9sZGVzdF9wZW5kaW5nX2FnZRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZwYXVzZWQYCSABKAgSEAoIYWNjZXB0ZWQYCiABKAMiPAoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEiMKBXN0YXRzGAEgAygLMhQuZWRnZXEudjEuUXVldWVTdGF0cyIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI9ChFDYW5jZWxKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISDAoEdHhpZBgCIAEoBCIhCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjwKEFJldHJ5Sm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIgoRUGF1c2VRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIgoSUGF1c2VRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiMKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIUChJHZXROb2RlSW5mb1JlcXVlc3QicAoPUmVwbGljYVBvc2l0aW9uEgwKBG5vZGUYASABKAkSDAoEdHhpZBgCIAEoBBIvCgtyZXBvcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIdmVyaWZpZWQYBCABKAgirAMKE0dldE5vZGVJbmZvUmVzcG9uc2USIAoEcm9sZRgBIAEoDjISLmVkZ2VxLnYxLk5vZGVSb2xlEg8KB2FkZHJlc3MYAiABKAkSDwoHcHJpbWFyeRgDIAEoCRIMCgR0eGlkGAQgASgEEhkKEXByaW1hcnlfcmVhY2hhYmxlGAUgASgIEisKCHJlcGxpY2FzGAYgAygLMhkuZWRnZXEudjEuUmVwbGljYVBvc2l0aW9uEhIKCmR1cmFiaWxpdHkYByABKAkSFgoOb3V0Ym94X3BlbmRpbmcYCCABKAMSEwoLb3V0Ym94X2RlYWQYCSABKAMSFQoNbG9vcF9yZXN0YXJ0cxgKIAEoAxIVCg1lZGdlX2xvZ19qb2JzGAsgASgDEjYKE2VkZ2VfbG9nX29sZGVzdF9hZ2UYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGwoTZWRnZV9sb2dfZHJhaW5fcmF0ZRgNIAEoARIWCg5lZGdlX2xvZ19ieXRlcxgOIAEoAxIfChdlZGdlX2xvZ19jYXBhY2l0eV9ieXRlcxgPIAEoAyqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9DT01QTEVURUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhYKEkpPQl9TVEFURV9BQ0NFUFRFRBAGKm4KCkR1cmFiaWxpdHkSGgoWRFVSQUJJTElUWV9VTlNQRUNJRklFRBAAEhQKEERVUkFCSUxJVFlfTE9DQUwQARIZChVEVVJBQklMSVRZX1JFUExJQ0FURUQQAhITCg9EVVJBQklMSVRZX0VER0UQAyp3CgxMZWFzZU91dGNvbWUSHQoZTEVBU0VfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEExFQVNFX09VVENPTUVfT0sQARIXChNMRUFTRV9PVVRDT01FX1NUQUxFEAISGQoVTEVBU0VfT1VUQ09NRV9JTlZBTElEEAMqhAEKCE5vZGVSb2xlEhkKFU5PREVfUk9MRV9VTlNQRUNJRklFRBAAEhgKFE5PREVfUk9MRV9TVEFOREFMT05FEAESFQoRTk9ERV9ST0xFX1BSSU1BUlkQAhIVChFOT0RFX1JPTEVfUkVQTElDQRADEhUKEU5PREVfUk9MRV9VTktOT1dOEAQy9wYKDFF1ZXVlU2VydmljZRI+CgdFbnF1ZXVlEhguZWRnZXEudjEuRW5xdWV1ZVJlcXVlc3QaGS5lZGdlcS52MS5FbnF1ZXVlUmVzcG9uc2USOgoFTGVhc2USFi5lZGdlcS52MS5MZWFzZVJlcXVlc3QaFy5lZGdlcS52MS5MZWFzZVJlc3BvbnNlMAESMgoDQWNrEhQuZWRnZXEudjEuQWNrUmVxdWVzdBoVLmVkZ2VxLnYxLkFja1Jlc3BvbnNlEjUKBE5hY2sSFS5lZGdlcS52MS5OYWNrUmVxdWVzdBoWLmVkZ2VxLnYxLk5hY2tSZXNwb25zZRJECglIZWFydGJlYXQSGi5lZGdlcS52MS5IZWFydGJlYXRSZXF1ZXN0GhsuZWRnZXEudjEuSGVhcnRiZWF0UmVzcG9uc2USOwoGR2V0Sm9iEhcuZWRnZXEudjEuR2V0Sm9iUmVxdWVzdBoYLmVkZ2VxLnYxLkdldEpvYlJlc3BvbnNlEkEKCExpc3RKb2JzEhkuZWRnZXEudjEuTGlzdEpvYnNSZXF1ZXN0GhouZWRnZXEudjEuTGlzdEpvYnNSZXNwb25zZRJQCg1HZXRRdWV1ZVN0YXRzEh4uZWRnZXEudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHy5lZGdlcS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USRAoJQ2FuY2VsSm9iEhouZWRnZXEudjEuQ2FuY2VsSm9iUmVxdWVzdBobLmVkZ2VxLnYxLkNhbmNlbEpvYlJlc3BvbnNlEkEKCFJldHJ5Sm9iEhkuZWRnZXEudjEuUmV0cnlKb2JSZXF1ZXN0GhouZWRnZXEudjEuUmV0cnlKb2JSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEisQIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKyBAoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoORW5xdWV1ZVJlcXVlc3QSHwoEam9icxgBIAMoCzIRLmVkZ2VxLnYxLkpvYlNwZWMSKAoKZHVyYWJpbGl0eRgCIAEoDjIULmVkZ2VxLnYxLkR1cmFiaWxpdHkiSwoNRW5xdWV1ZVJlc3VsdBIOCgZqb2JfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSKKAQoPRW5xdWV1ZVJlc3BvbnNlEigKB3Jlc3VsdHMYASADKAsyFy5lZGdlcS52MS5FbnF1ZXVlUmVzdWx0EgwKBHR4aWQYAiABKAQSEAoIYnVmZmVyZWQYAyABKAgSGAoQYWNjZXB0ZWRfYXRfZWRnZRgEIAEoCBITCgthY2NlcHRlZF9ieRgFIAEoCSJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEIlYKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IijAEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIhCgVzdGF0ZRgCIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhAKCG1pbl90eGlkGAUgASgEEg4KBnNlYXJjaBgGIAEoCSJIChBMaXN0Sm9ic1Jlc3BvbnNlEhsKBGpvYnMYASADKAsyDS5lZGdlcS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRIQCghtaW5fdHhpZBgCIAEoBCLfAQoKUXVldWVTdGF0cxINCgVxdWV1ZRgBIAEoCRIPCgdwZW5kaW5nGAIgASgDEhEKCXNjaGVkdWxlZBgDIAEoAxIPCgdydW5uaW5nGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDEjUKEm9sZGVzdF9wZW5kaW5nX2FnZRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZwYXVzZWQYCSABKAgSEAoIYWNjZXB0ZWQYCiABKAMiPAoVR2V0UXVldWVTdGF0c1Jlc3BvbnNlEiMKBXN0YXRzGAEgAygLMhQuZWRnZXEudjEuUXVldWVTdGF0cyIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI9ChFDYW5jZWxKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISDAoEdHhpZBgCIAEoBCIhCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjwKEFJldHJ5Sm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQipwEKDEpvYlNlbGVjdGlvbhINCgVxdWV1ZRgBIAEoCRIhCgVzdGF0ZRgCIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChBSZXRyeUpvYnNSZXF1ZXN0EikKCXNlbGVjdGlvbhgBIAEoCzIWLmVkZ2VxLnYxLkpvYlNlbGVjdGlvbhINCgVsaW1pdBgCIAEoBSI+ChFSZXRyeUpvYnNSZXNwb25zZRINCgVjb3VudBgBIAEoAxIMCgRtb3JlGAIgASgIEgwKBHR4aWQYAyABKAQiTQoRQ2FuY2VsSm9ic1JlcXVlc3QSKQoJc2VsZWN0aW9uGAEgASgLMhYuZWRnZXEudjEuSm9iU2VsZWN0aW9uEg0KBWxpbWl0GAIgASgFIj8KEkNhbmNlbEpvYnNSZXNwb25zZRINCgVjb3VudBgBIAEoAxIMCgRtb3JlGAIgASgIEgwKBHR4aWQYAyABKAQiIgoRUGF1c2VRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIgoSUGF1c2VRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiMKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIUChJHZXROb2RlSW5mb1JlcXVlc3QicAoPUmVwbGljYVBvc2l0aW9uEgwKBG5vZGUYASABKAkSDAoEdHhpZBgCIAEoBBIvCgtyZXBvcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIdmVyaWZpZWQYBCABKAgirAMKE0dldE5vZGVJbmZvUmVzcG9uc2USIAoEcm9sZRgBIAEoDjISLmVkZ2VxLnYxLk5vZGVSb2xlEg8KB2FkZHJlc3MYAiABKAkSDwoHcHJpbWFyeRgDIAEoCRIMCgR0eGlkGAQgASgEEhkKEXByaW1hcnlfcmVhY2hhYmxlGAUgASgIEisKCHJlcGxpY2FzGAYgAygLMhkuZWRnZXEudjEuUmVwbGljYVBvc2l0aW9uEhIKCmR1cmFiaWxpdHkYByABKAkSFgoOb3V0Ym94X3BlbmRpbmcYCCABKAMSEwoLb3V0Ym94X2RlYWQYCSABKAMSFQoNbG9vcF9yZXN0YXJ0cxgKIAEoAxIVCg1lZGdlX2xvZ19qb2JzGAsgASgDEjYKE2VkZ2VfbG9nX29sZGVzdF9hZ2UYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGwoTZWRnZV9sb2dfZHJhaW5fcmF0ZRgNIAEoARIWCg5lZGdlX2xvZ19ieXRlcxgOIAEoAxIfChdlZGdlX2xvZ19jYXBhY2l0eV9ieXRlcxgPIAEoAyqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9DT01QTEVURUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhYKEkpPQl9TVEFURV9BQ0NFUFRFRBAGKm4KCkR1cmFiaWxpdHkSGgoWRFVSQUJJTElUWV9VTlNQRUNJRklFRBAAEhQKEERVUkFCSUxJVFlfTE9DQUwQARIZChVEVVJBQklMSVRZX1JFUExJQ0FURUQQAhITCg9EVVJBQklMSVRZX0VER0UQAyp3CgxMZWFzZU91dGNvbWUSHQoZTEVBU0VfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEExFQVNFX09VVENPTUVfT0sQARIXChNMRUFTRV9PVVRDT01FX1NUQUxFEAISGQoVTEVBU0VfT1VUQ09NRV9JTlZBTElEEAMqhAEKCE5vZGVSb2xlEhkKFU5PREVfUk9MRV9VTlNQRUNJRklFRBAAEhgKFE5PREVfUk9MRV9TVEFOREFMT05FEAESFQoRTk9ERV9ST0xFX1BSSU1BUlkQAhIVChFOT0RFX1JPTEVfUkVQTElDQRADEhUKEU5PREVfUk9MRV9VTktOT1dOEAQyhggKDFF1ZXVlU2VydmljZRI+CgdFbnF1ZXVlEhguZWRnZXEudjEuRW5xdWV1ZVJlcXVlc3QaGS5lZGdlcS52MS5FbnF1ZXVlUmVzcG9uc2USOgoFTGVhc2USFi5lZGdlcS52MS5MZWFzZVJlcXVlc3QaFy5lZGdlcS52MS5MZWFzZVJlc3BvbnNlMAESMgoDQWNrEhQuZWRnZXEudjEuQWNrUmVxdWVzdBoVLmVkZ2VxLnYxLkFja1Jlc3BvbnNlEjUKBE5hY2sSFS5lZGdlcS52MS5OYWNrUmVxdWVzdBoWLmVkZ2VxLnYxLk5hY2tSZXNwb25zZRJECglIZWFydGJlYXQSGi5lZGdlcS52MS5IZWFydGJlYXRSZXF1ZXN0GhsuZWRnZXEudjEuSGVhcnRiZWF0UmVzcG9uc2USOwoGR2V0Sm9iEhcuZWRnZXEudjEuR2V0Sm9iUmVxdWVzdBoYLmVkZ2VxLnYxLkdldEpvYlJlc3BvbnNlEkEKCExpc3RKb2JzEhkuZWRnZXEudjEuTGlzdEpvYnNSZXF1ZXN0GhouZWRnZXEudjEuTGlzdEpvYnNSZXNwb25zZRJQCg1HZXRRdWV1ZVN0YXRzEh4uZWRnZXEudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHy5lZGdlcS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USRAoJQ2FuY2VsSm9iEhouZWRnZXEudjEuQ2FuY2VsSm9iUmVxdWVzdBobLmVkZ2VxLnYxLkNhbmNlbEpvYlJlc3BvbnNlEkEKCFJldHJ5Sm9iEhkuZWRnZXEudjEuUmV0cnlKb2JSZXF1ZXN0GhouZWRnZXEudjEuUmV0cnlKb2JSZXNwb25zZRJECglSZXRyeUpvYnMSGi5lZGdlcS52MS5SZXRyeUpvYnNSZXF1ZXN0GhsuZWRnZXEudjEuUmV0cnlKb2JzUmVzcG9uc2USRwoKQ2FuY2VsSm9icxIbLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXF1ZXN0GhwuZWRnZXEudjEuQ2FuY2VsSm9ic1Jlc3BvbnNlEkcKClBhdXNlUXVldWUSGy5lZGdlcS52MS5QYXVzZVF1ZXVlUmVxdWVzdBocLmVkZ2VxLnYxLlBhdXNlUXVldWVSZXNwb25zZRJKCgtSZXN1bWVRdWV1ZRIcLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBodLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USSgoLR2V0Tm9kZUluZm8SHC5lZGdlcS52MS5HZXROb2RlSW5mb1JlcXVlc3QaHS5lZGdlcS52MS5HZXROb2RlSW5mb1Jlc3BvbnNlQjRaMmdpdGh1Yi5jb20vZWRnZXEvZWRnZXEvY2xpZW50cy9nby9lZGdlcS92MTtlZGdlcXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * JobSpec is what a producer sends.
@@ -1062,6 +1062,175 @@ export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*
   messageDesc(file_edgeq_v1_queue, 26);
 
 /**
+ * JobSelection picks the jobs a bulk call acts on.
+ *
+ * @generated from message edgeq.v1.JobSelection
+ */
+export type JobSelection = Message<"edgeq.v1.JobSelection"> & {
+  /**
+   * The queue (required).
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * The state the jobs are in; UNSPECIFIED means the call's default
+   * (FAILED for RetryJobs, PENDING for CancelJobs).
+   *
+   * @generated from field: edgeq.v1.JobState state = 2;
+   */
+  state: JobState;
+
+  /**
+   * Only jobs created at or after this time; unset means no lower bound.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 3;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only jobs created before this time; unset means no upper bound.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 4;
+   */
+  createdBefore?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message edgeq.v1.JobSelection.
+ * Use `create(JobSelectionSchema)` to create a new message.
+ */
+export const JobSelectionSchema: GenMessage<JobSelection> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 27);
+
+/**
+ * RetryJobsRequest redrives failed or cancelled jobs in bulk.
+ *
+ * @generated from message edgeq.v1.RetryJobsRequest
+ */
+export type RetryJobsRequest = Message<"edgeq.v1.RetryJobsRequest"> & {
+  /**
+   * Which jobs; state FAILED (default) or CANCELLED.
+   *
+   * @generated from field: edgeq.v1.JobSelection selection = 1;
+   */
+  selection?: JobSelection | undefined;
+
+  /**
+   * Most jobs this call changes, 1..1000; 0 means 1000.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message edgeq.v1.RetryJobsRequest.
+ * Use `create(RetryJobsRequestSchema)` to create a new message.
+ */
+export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 28);
+
+/**
+ * RetryJobsResponse answers RetryJobs.
+ *
+ * @generated from message edgeq.v1.RetryJobsResponse
+ */
+export type RetryJobsResponse = Message<"edgeq.v1.RetryJobsResponse"> & {
+  /**
+   * Jobs moved back to PENDING by this call.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * True when more jobs matched than `limit`: call again.
+   *
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 3;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.RetryJobsResponse.
+ * Use `create(RetryJobsResponseSchema)` to create a new message.
+ */
+export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 29);
+
+/**
+ * CancelJobsRequest cancels pending or running jobs in bulk.
+ *
+ * @generated from message edgeq.v1.CancelJobsRequest
+ */
+export type CancelJobsRequest = Message<"edgeq.v1.CancelJobsRequest"> & {
+  /**
+   * Which jobs; state PENDING (default, scheduled ones included) or RUNNING.
+   *
+   * @generated from field: edgeq.v1.JobSelection selection = 1;
+   */
+  selection?: JobSelection | undefined;
+
+  /**
+   * Most jobs this call changes, 1..1000; 0 means 1000.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message edgeq.v1.CancelJobsRequest.
+ * Use `create(CancelJobsRequestSchema)` to create a new message.
+ */
+export const CancelJobsRequestSchema: GenMessage<CancelJobsRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 30);
+
+/**
+ * CancelJobsResponse answers CancelJobs.
+ *
+ * @generated from message edgeq.v1.CancelJobsResponse
+ */
+export type CancelJobsResponse = Message<"edgeq.v1.CancelJobsResponse"> & {
+  /**
+   * Jobs cancelled by this call.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+
+  /**
+   * True when more jobs matched than `limit`: call again.
+   *
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 3;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.CancelJobsResponse.
+ * Use `create(CancelJobsResponseSchema)` to create a new message.
+ */
+export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 31);
+
+/**
  * PauseQueueRequest pauses one queue.
  *
  * @generated from message edgeq.v1.PauseQueueRequest
@@ -1080,7 +1249,7 @@ export type PauseQueueRequest = Message<"edgeq.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 27);
+  messageDesc(file_edgeq_v1_queue, 32);
 
 /**
  * PauseQueueResponse answers PauseQueue.
@@ -1101,7 +1270,7 @@ export type PauseQueueResponse = Message<"edgeq.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 28);
+  messageDesc(file_edgeq_v1_queue, 33);
 
 /**
  * ResumeQueueRequest resumes one queue.
@@ -1122,7 +1291,7 @@ export type ResumeQueueRequest = Message<"edgeq.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 29);
+  messageDesc(file_edgeq_v1_queue, 34);
 
 /**
  * ResumeQueueResponse answers ResumeQueue.
@@ -1143,7 +1312,7 @@ export type ResumeQueueResponse = Message<"edgeq.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 30);
+  messageDesc(file_edgeq_v1_queue, 35);
 
 /**
  * GetNodeInfoRequest asks the answering node about itself.
@@ -1158,7 +1327,7 @@ export type GetNodeInfoRequest = Message<"edgeq.v1.GetNodeInfoRequest"> & {
  * Use `create(GetNodeInfoRequestSchema)` to create a new message.
  */
 export const GetNodeInfoRequestSchema: GenMessage<GetNodeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 31);
+  messageDesc(file_edgeq_v1_queue, 36);
 
 /**
  * ReplicaPosition is the last position a replica reported to the primary.
@@ -1201,7 +1370,7 @@ export type ReplicaPosition = Message<"edgeq.v1.ReplicaPosition"> & {
  * Use `create(ReplicaPositionSchema)` to create a new message.
  */
 export const ReplicaPositionSchema: GenMessage<ReplicaPosition> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 32);
+  messageDesc(file_edgeq_v1_queue, 37);
 
 /**
  * GetNodeInfoResponse describes one node.
@@ -1326,7 +1495,7 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
  * Use `create(GetNodeInfoResponseSchema)` to create a new message.
  */
 export const GetNodeInfoResponseSchema: GenMessage<GetNodeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 33);
+  messageDesc(file_edgeq_v1_queue, 38);
 
 /**
  * JobState is where a job is in its life.
@@ -1655,6 +1824,33 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof RetryJobRequestSchema;
     output: typeof RetryJobResponseSchema;
+  },
+  /**
+   * RetryJobs redrives, in one transaction, up to `limit` jobs of one queue
+   * that are FAILED (or CANCELLED, by `state`), optionally only those created
+   * in a time range: RetryJob for each. `more` says whether further jobs match;
+   * call again until it is false (each call is bounded, so one call never
+   * holds the writer long).
+   *
+   * @generated from rpc edgeq.v1.QueueService.RetryJobs
+   */
+  retryJobs: {
+    methodKind: "unary";
+    input: typeof RetryJobsRequestSchema;
+    output: typeof RetryJobsResponseSchema;
+  },
+  /**
+   * CancelJobs cancels, in one transaction, up to `limit` jobs of one queue
+   * that are PENDING (or RUNNING, by `state`), optionally only those created in
+   * a time range: CancelJob for each (a running job's lease becomes stale).
+   * `more` as for RetryJobs.
+   *
+   * @generated from rpc edgeq.v1.QueueService.CancelJobs
+   */
+  cancelJobs: {
+    methodKind: "unary";
+    input: typeof CancelJobsRequestSchema;
+    output: typeof CancelJobsResponseSchema;
   },
   /**
    * PauseQueue stops delivery from a queue; enqueues are still accepted.
