@@ -153,7 +153,9 @@ type EnqueueOptions struct {
 // Enqueue adds 1..1000 jobs atomically. A job without an IdempotencyKey is sent with one
 // the client generates (AutoIdempotencyKey; the caller's JobSpec is not modified), so a
 // resend cannot store it twice; the results name every key. Such a job is never reported
-// Duplicate: a duplicate of a generated key can only be this call's own earlier attempt.
+// Duplicate by that key: a duplicate of a generated key can only be this call's own earlier
+// attempt. A job whose UniqueKey an active job holds comes back as that job, with Duplicate
+// and Unique true.
 //
 // Jobs accepted at the edge (DURABILITY_EDGE, or a replica's partition outbox) come back
 // with AcceptedAtEdge and Buffered both true, AcceptedBy naming the node whose edge log
@@ -201,7 +203,7 @@ func (c *Client) EnqueueWith(ctx context.Context, opts EnqueueOptions, jobs ...*
 		if r.GetIdempotencyKey() == "" && i < len(req.Jobs) {
 			r.IdempotencyKey = req.Jobs[i].GetIdempotencyKey()
 		}
-		if auto[i] {
+		if auto[i] && !r.GetUnique() {
 			r.Duplicate = false
 		}
 	}

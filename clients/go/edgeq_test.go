@@ -277,3 +277,21 @@ func TestBulkRetryAndCancelInBoundedCalls(t *testing.T) {
 		t.Fatalf("RetryJobs of PENDING jobs: %v; want InvalidArgument", err)
 	}
 }
+
+func TestUniqueKeyReturnsTheActiveJob(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	first, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "guq", Payload: []byte("a"), UniqueKey: "nightly"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "guq", Payload: []byte("b"), UniqueKey: "nightly",
+		Uniqueness: edgeqv1.Uniqueness_UNIQUENESS_PENDING})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := first.GetResults()[0], again.GetResults()[0]
+	if a.GetDuplicate() || !b.GetDuplicate() || !b.GetUnique() || b.GetJobId() != a.GetJobId() {
+		t.Fatalf("second enqueue %+v; want the first job %s, duplicate and unique", b, a.GetJobId())
+	}
+}

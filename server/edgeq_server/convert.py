@@ -52,6 +52,7 @@ def job(j: Job) -> pb.Job:
         headers=j.headers,
         worker_id=j.worker_id or "",
         result=j.result or b"",
+        unique_key=j.unique_key or "",
     )
     if j.started_at is not None:
         m.started_at.CopyFrom(timestamp(j.started_at))

@@ -138,6 +138,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN auto_key INTEGER NOT NULL DEFAULT 0 CHECK (auto_key IN (0, 1));
     """,
+    # 6: unique jobs by state (JobSpec.unique_key): at most one active job per (queue,
+    # unique_key). Enqueue looks the key up among pending and running jobs only, so the
+    # index holds only those (finished jobs leave it, and it stays small).
+    """
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    CREATE INDEX jobs_unique ON jobs (queue_name, unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+    """,
 ]
 
 

@@ -75,6 +75,8 @@ class JobSpec:
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     job_id: str | None = None  # chosen by the sender (an edge node); None: assigned at insert
+    unique_key: str | None = None
+    unique_running: bool = True  # the unique key is blocked by a RUNNING job too (ACTIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Job:
     idempotency_key: str | None
     headers: dict[str, str]
     result: bytes | None
+    unique_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class EnqueueResult:
     duplicate: bool
     queue: str
     run_at: int
+    unique: bool = False  # the duplicate is the job holding the unique key
 
 
 @dataclass(frozen=True, slots=True)

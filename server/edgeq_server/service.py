@@ -149,7 +149,9 @@ class QueueService:
         )
         return pb.EnqueueResponse(
             results=[
-                pb.EnqueueResult(job_id=r.job_id, duplicate=r.duplicate, idempotency_key=spec.idempotency_key or "")
+                pb.EnqueueResult(
+                    job_id=r.job_id, duplicate=r.duplicate, idempotency_key=spec.idempotency_key or "", unique=r.unique
+                )
                 for r, spec in zip(results, specs, strict=True)
             ],
             txid=txid,

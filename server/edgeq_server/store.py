@@ -61,7 +61,7 @@ from .tokens import LeaseRef
 _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
-    " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result"
+    " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key"
 )
 def _glob_prefix(text: str) -> str:
     """A case-sensitive GLOB pattern matching strings that begin with ``text``."""
@@ -106,6 +106,7 @@ def _job(row: Any) -> Job:
         idempotency_key=row[15],
         headers=json.loads(headers) if headers else {},
         result=row[17],
+        unique_key=row[18],
     )
 
 
@@ -211,6 +212,7 @@ class Store:
         results: list[EnqueueResult] = []
         seen: dict[tuple[str, str], EnqueueResult] = {}
         seen_ids: dict[str, EnqueueResult] = {}
+        seen_unique: dict[tuple[str, str], EnqueueResult] = {}  # stored by this batch (PENDING)
         cur = self.conn.cursor()
         for queue in {s.queue for s in specs}:
             cur.execute(
@@ -260,13 +262,26 @@ class Store:
                     seen_ids[spec.job_id] = res
                     results.append(res)
                     continue
+            if spec.unique_key is not None:
+                active = self._active_unique(cur, spec, seen_unique)
+                if active is not None:
+                    results.append(active)
+                    if key is not None:
+                        seen[key] = active
+                    if spec.job_id is not None:
+                        # Accepted at the edge under its own id: that id names the active job.
+                        cur.execute(
+                            "INSERT INTO job_aliases (alias, job_id) VALUES (?, ?) ON CONFLICT (alias) DO NOTHING",
+                            (spec.job_id, active.job_id),
+                        )
+                    continue
             compact = auto_id is not None and spec.job_id is None and not auto_taken
             job_id = spec.job_id or (auto_id if compact else None) or next(ids)
             run_at = now if spec.run_at is None else spec.run_at
             cur.execute(
                 "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
-                " priority, run_at, created_at, idempotency_key, headers, auto_key)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, run_at, created_at, idempotency_key, headers, auto_key, unique_key)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.queue,
@@ -278,14 +293,36 @@ class Store:
                     None if compact else spec.idempotency_key,
                     json.dumps(spec.headers, separators=(",", ":")) if spec.headers else None,
                     int(compact),
+                    spec.unique_key,
                 ),
             )
             res = EnqueueResult(job_id, False, spec.queue, run_at)
             if key is not None:
                 seen[key] = res
+            if spec.unique_key is not None:
+                seen_unique[(spec.queue, spec.unique_key)] = res
             seen_ids[job_id] = res
             results.append(res)
         return results
+
+    @staticmethod
+    def _active_unique(
+        cur: apsw.Cursor, spec: JobSpec, seen: dict[tuple[str, str], EnqueueResult]
+    ) -> EnqueueResult | None:
+        """The job that makes ``spec`` a duplicate by its unique key: one stored earlier in
+        this batch (PENDING), else the oldest PENDING (or, for ACTIVE uniqueness, RUNNING)
+        job of the queue with that key."""
+        assert spec.unique_key is not None
+        earlier = seen.get((spec.queue, spec.unique_key))
+        if earlier is not None:
+            return EnqueueResult(earlier.job_id, True, earlier.queue, earlier.run_at, unique=True)
+        states = "('pending', 'running')" if spec.unique_running else "('pending')"
+        row = cur.execute(
+            f"SELECT id, run_at FROM jobs WHERE queue_name = ? AND unique_key = ? AND status IN {states}"
+            " ORDER BY rowid LIMIT 1",
+            (spec.queue, spec.unique_key),
+        ).fetchone()
+        return None if row is None else EnqueueResult(str(row[0]), True, spec.queue, int(row[1]), unique=True)
 
     def claim(self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int) -> list[Job]:
         """Lease up to ``limit`` due jobs from the unpaused ``queues``: highest priority

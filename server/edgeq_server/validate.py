@@ -110,6 +110,13 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         size += len(k.encode()) + len(v.encode())
     if size > cfg.max_headers_bytes:
         raise ResourceExhausted(f"{field}.headers", f"are {size} bytes; at most {cfg.max_headers_bytes}")
+    unique = s.unique_key
+    if len(unique) > cfg.max_idempotency_key_length:
+        raise InvalidArgument(f"{field}.unique_key", f"must be at most {cfg.max_idempotency_key_length} characters")
+    if s.uniqueness not in (pb.UNIQUENESS_UNSPECIFIED, pb.UNIQUENESS_PENDING, pb.UNIQUENESS_ACTIVE):
+        raise InvalidArgument(f"{field}.uniqueness", f"unknown Uniqueness {s.uniqueness}")
+    if s.uniqueness != pb.UNIQUENESS_UNSPECIFIED and not unique:
+        raise InvalidArgument(f"{field}.unique_key", "is required with uniqueness")
     return JobSpec(
         queue=queue,
         payload=s.payload,
@@ -119,6 +126,8 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         idempotency_key=key or None,
         headers=headers,
         job_id=job_id(s.job_id, f"{field}.job_id") if s.job_id else None,
+        unique_key=unique or None,
+        unique_running=s.uniqueness != pb.UNIQUENESS_PENDING,
     )
 
 

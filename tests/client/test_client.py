@@ -29,6 +29,7 @@ from edgeq import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    Uniqueness,
 )
 from edgeq.v1 import queue_pb2 as pb
 
@@ -149,6 +150,25 @@ def test_bulk_retry_and_cancel_by_queue_state_and_creation_time(client: Client) 
     assert {client.get(i).state for i in ids} == {JobState.PENDING}
     assert client.retry_jobs("bk") == 0  # nothing FAILED
     assert client.stats("bk-other")[0].pending == 1
+
+
+def test_unique_jobs_return_the_active_job_until_it_finishes(client: Client) -> None:
+    first = client.enqueue("uq", b"v1", unique_key="sync-user-7")
+    again = client.enqueue("uq", b"v2", unique_key="sync-user-7")
+    assert (again.job_id, again.duplicate) == (first.job_id, True)
+    assert client.get(first.job_id).unique_key == "sync-user-7"
+    # "pending" uniqueness: a RUNNING holder does not block the next one.
+    (leased,) = next(iter(client.lease_stream(["uq"], max_in_flight=1))).jobs
+    assert leased.job.id == first.job_id
+    blocked = client.enqueue("uq", b"v3", unique_key="sync-user-7")
+    assert blocked.job_id == first.job_id  # ACTIVE (the default): running blocks
+    queued = client.enqueue("uq", b"v4", unique_key="sync-user-7", uniqueness=Uniqueness.PENDING)
+    assert not queued.duplicate
+    assert client.enqueue_many([JobSpec("uq", b"v5", unique_key="sync-user-7", uniqueness="pending")])[0].job_id == (
+        queued.job_id
+    )
+    client.ack([leased.lease_token])
+    assert client.enqueue("uq", b"v6", unique_key="sync-user-7").job_id == queued.job_id  # the pending one
 
 
 def test_stats_pause_and_resume(client: Client) -> None:

@@ -141,6 +141,9 @@ NOW_S = 1_800_000_000  # ManualClock's start
         ({"headers": {"k" * 129: "long key"}}, INVALID, "jobs[0].headers"),
         ({"job_id": "not-a-uuid"}, INVALID, "jobs[0].job_id"),
         ({"job_id": "0190F3C2-0000-7000-8000-000000000001"}, INVALID, "jobs[0].job_id"),
+        ({"unique_key": "u" * 300}, INVALID, "jobs[0].unique_key"),
+        ({"uniqueness": pb.UNIQUENESS_ACTIVE}, INVALID, "jobs[0].unique_key"),
+        ({"unique_key": "u", "uniqueness": 7}, INVALID, "jobs[0].uniqueness"),
     ],
     ids=[
         "negative-delay",
@@ -162,6 +165,9 @@ NOW_S = 1_800_000_000  # ManualClock's start
         "long-header-key",
         "job_id-not-a-uuid",
         "job_id-uppercase",
+        "unique-key-too-long",
+        "uniqueness-without-key",
+        "unknown-uniqueness",
     ],
 )
 async def test_enqueue_bad_spec(h: Harness, kw: dict[str, Any], code: grpc.StatusCode, field: str) -> None:

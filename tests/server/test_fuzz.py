@@ -29,7 +29,8 @@ ALLOWED = {
 #: One well-formed request per method, to mutate.
 SEEDS: dict[str, bytes] = {
     "Enqueue": pb.EnqueueRequest(jobs=[pb.JobSpec(queue="fz", payload=b"p", idempotency_key="k", priority=3,
-                                                  headers={"h": "v"}, max_attempts=2)]).SerializeToString(),
+                                                  headers={"h": "v"}, max_attempts=2, unique_key="u",
+                                                  uniqueness=pb.UNIQUENESS_PENDING)]).SerializeToString(),
     "Lease": pb.LeaseRequest(queues=["fz"], worker_id="w", max_in_flight=2).SerializeToString(),
     "Ack": pb.AckRequest(items=[pb.AckItem(lease_token="0" * 36 + ".0123456789abcdef.0123456789abcdef",
                                            result=b"r")]).SerializeToString(),
@@ -40,6 +41,9 @@ SEEDS: dict[str, bytes] = {
     "GetQueueStats": pb.GetQueueStatsRequest(queues=["fz"]).SerializeToString(),
     "CancelJob": pb.CancelJobRequest(job_id="0190a0a0-0000-7000-8000-000000000000").SerializeToString(),
     "RetryJob": pb.RetryJobRequest(job_id="0190a0a0-0000-7000-8000-000000000000").SerializeToString(),
+    "RetryJobs": pb.RetryJobsRequest(selection=pb.JobSelection(queue="fz", state=pb.JOB_STATE_CANCELLED),
+                                     limit=5).SerializeToString(),
+    "CancelJobs": pb.CancelJobsRequest(selection=pb.JobSelection(queue="fz"), limit=5).SerializeToString(),
     "PauseQueue": pb.PauseQueueRequest(queue="fz").SerializeToString(),
     "ResumeQueue": pb.ResumeQueueRequest(queue="fz").SerializeToString(),
     "GetNodeInfo": pb.GetNodeInfoRequest().SerializeToString(),

@@ -47,8 +47,9 @@ def spec(
     priority: int = 0,
     key: str | None = None,
     headers: dict[str, str] | None = None,
+    unique_key: str | None = None,
 ) -> JobSpec:
-    return JobSpec(queue, payload, run_at, max_attempts, priority, key, dict(headers or {}))
+    return JobSpec(queue, payload, run_at, max_attempts, priority, key, dict(headers or {}), unique_key=unique_key)
 
 
 def new_ids(n: int = 1000) -> Iterable[str]:

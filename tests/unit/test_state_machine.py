@@ -1,6 +1,8 @@
 """A Hypothesis state machine that drives the Store directly against a small Python model
 of the job lifecycle: enqueue, claim, ack / nack / heartbeat with live and stale leases,
-time passing, the lease-expiry sweep, unclaim, cancel and retry.
+time passing, the lease-expiry sweep, unclaim, cancel and retry (one job, and in bulk by
+queue and state in bounded batches), and enqueue with a unique key (at most one PENDING, or
+PENDING-or-RUNNING, job per queue and key).
 
 After every step the store's rows must equal the model, every RUNNING job must hold exactly
 the lease the model handed out, and attempts never exceed max_attempts. Every operation
@@ -24,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from support.factories import NOW, SECOND, new_ids, open_store, rows, spec, write
 
 from edgeq_server.errors import FailedPrecondition, NotFound
-from edgeq_server.models import Backoff, JobState, LeaseOutcome
+from edgeq_server.models import Backoff, JobSpec, JobState, LeaseOutcome, Selection
 from edgeq_server.tokens import LeaseRef
 
 QUEUES = ("a", "b")
@@ -61,6 +63,7 @@ class Model:
     lease_expires_at: int | None = None
     lease_us: int | None = None
     settled_lease_id: str | None = None  # the lease an Ack/Nack settled the job with
+    unique_key: str | None = None
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -300,6 +303,51 @@ class StoreMachine(RuleBasedStateMachine):
             m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
             m.settled_lease_id = None
             assert (job.state, job.attempts, job.run_at) == (m.state, m.attempts, m.run_at)
+
+    @rule(u=st.tuples(st.sampled_from(QUEUES), st.sampled_from(["k1", "k2"]), st.booleans()))
+    def enqueue_unique(self, u: tuple[str, str, bool]) -> None:
+        queue, key, running_blocks = u
+        blocking = (JobState.PENDING, JobState.RUNNING) if running_blocks else (JobState.PENDING,)
+        holders = sorted(
+            (m.seq, job_id) for job_id, m in self.jobs.items()
+            if m.queue == queue and m.unique_key == key and m.state in blocking
+        )
+        job = JobSpec(queue, b"u", None, 2, unique_key=key, unique_running=running_blocks)
+        before = rows(self.store)
+        (res,) = write(self.store, lambda: self.store.enqueue([job], self.now, new_ids(1)))
+        if holders:
+            event("unique: duplicate")
+            assert (res.job_id, res.duplicate) == (holders[0][1], True)
+            assert rows(self.store) == before
+            return
+        assert not res.duplicate and res.job_id not in self.jobs
+        self.jobs[res.job_id] = Model(len(self.jobs), queue, 0, 2, self.now, unique_key=key)
+
+    @rule(
+        op=st.sampled_from(["cancel", "retry"]), queue=st.sampled_from(QUEUES), first=st.booleans(),
+        limit=st.integers(1, 3),
+    )
+    def bulk(self, op: str, queue: str, first: bool, limit: int) -> None:
+        states = (JobState.PENDING, JobState.RUNNING) if op == "cancel" else (JobState.FAILED, JobState.CANCELLED)
+        state = states[0] if first else states[1]
+        matching = [job_id for job_id, m in sorted(self.jobs.items(), key=lambda kv: kv[1].seq)
+                    if m.queue == queue and m.state is state]
+        sel = Selection(queue, state, None, None)
+        method = self.store.cancel_many if op == "cancel" else self.store.retry_many
+        result = write(self.store, lambda: method(sel, limit, self.now))
+        assert [j.id for j in result.jobs] == matching[:limit]
+        assert result.more == (len(matching) > limit)
+        if result.jobs:
+            event(f"bulk {op}: {len(result.jobs)}")
+        for job_id in matching[:limit]:
+            m = self.jobs[job_id]
+            if op == "cancel":
+                assert (job_id in result.ended) == (m.state is JobState.RUNNING)
+                m.state = JobState.CANCELLED
+                m.drop_lease()
+            else:
+                m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
+            m.settled_lease_id = None
 
     # ------------------------------------------------------------------ invariants
 

@@ -32,7 +32,7 @@ from support.factories import (
 from edgeq_server import db, ids
 from edgeq_server.clock import ManualClock
 from edgeq_server.errors import FailedPrecondition, NotFound, Unavailable
-from edgeq_server.models import Backoff, Job, JobState, LeaseOutcome
+from edgeq_server.models import Backoff, Job, JobSpec, JobState, LeaseOutcome
 from edgeq_server.store import Expired, Settled, Store
 from edgeq_server.tokens import LeaseRef, TokenCodec
 from edgeq_server.writer import Writer
@@ -1487,3 +1487,35 @@ def test_bulk_retry_and_cancel_select_by_queue_state_and_creation_time_in_bounde
     assert all((j.state, j.attempts, j.run_at) == (JobState.PENDING, 0, NOW + 30 * SECOND) for j in again.jobs)
     failed = write(store, lambda: store.retry_many(Selection("b", JobState.FAILED, None, None), 10, NOW))
     assert failed.jobs == [] and not failed.more
+
+
+def test_unique_jobs_by_state_return_the_active_job_and_free_the_key_when_it_finishes(store: Store) -> None:
+    active = spec("u", unique_key="report-42")  # uniqueness ACTIVE (the default)
+    first = enqueue(store, active)[0]
+    assert not first.duplicate
+    again = enqueue(store, spec("u", b"other payload", unique_key="report-42"))[0]
+    assert (again.job_id, again.duplicate) == (first.job_id, True)
+    assert enqueue(store, spec("other-queue", unique_key="report-42"))[0].duplicate is False  # per queue
+    # Two in one batch: the second is the first.
+    batch = enqueue(store, spec("u", unique_key="k2"), spec("u", unique_key="k2"))
+    assert batch[1].job_id == batch[0].job_id and batch[1].duplicate
+    # RUNNING still blocks under ACTIVE; PENDING uniqueness lets the next one in.
+    (running,) = claim(store, ("u",), limit=1)
+    assert running.id == first.job_id and running.unique_key == "report-42"
+    assert enqueue(store, spec("u", unique_key="report-42"))[0].job_id == first.job_id
+    debounce = JobSpec("u", b"x", None, 3, unique_key="report-42", unique_running=False)
+    queued = enqueue(store, debounce)[0]
+    assert not queued.duplicate and queued.job_id != first.job_id
+    assert enqueue(store, debounce)[0].job_id == queued.job_id  # one PENDING per key
+    # Once the first finishes, ACTIVE sees only the pending one.
+    write(store, lambda: store.cancel(first.job_id, NOW))
+    assert enqueue(store, spec("u", unique_key="report-42"))[0].job_id == queued.job_id
+    write(store, lambda: store.cancel(queued.job_id, NOW))
+    fresh = enqueue(store, spec("u", unique_key="report-42"))[0]
+    assert not fresh.duplicate and fresh.job_id not in (first.job_id, queued.job_id)
+    # A sender-chosen id (an edge node's) that meets an active job becomes its alias.
+    edge_id = "01890a5d-ac96-774b-bcce-b302099a8057"
+    from_edge = JobSpec("u", b"x", None, 3, job_id=edge_id, unique_key="report-42")
+    assert enqueue(store, from_edge)[0].job_id == fresh.job_id
+    by_alias = store.get_job(edge_id)
+    assert by_alias is not None and by_alias.id == fresh.job_id

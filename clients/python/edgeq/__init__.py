@@ -35,6 +35,7 @@ from ._models import (
     NodeInfo,
     QueueStats,
     ReplicaPosition,
+    Uniqueness,
 )
 from ._worker import Handler, LeasedJob, Worker, WorkerStats
 
@@ -71,6 +72,7 @@ __all__ = [
     "Retry",
     "UnauthenticatedError",
     "UnavailableError",
+    "Uniqueness",
     "Worker",
     "WorkerStats",
     "auto_idempotency_key",

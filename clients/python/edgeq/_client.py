@@ -43,6 +43,7 @@ from ._models import (
     LeaseOutcome,
     NodeInfo,
     QueueStats,
+    Uniqueness,
     to_duration,
     to_job_spec,
     to_timestamp,
@@ -134,12 +135,13 @@ def _enqueue_request(
 def _enqueue_results(
     request: pb.EnqueueRequest, resp: pb.EnqueueResponse, auto: set[int], txid: int
 ) -> list[EnqueueResult]:
-    # A generated key is unique to this call: "duplicate" can only mean that an earlier
-    # attempt of this very call stored the job, which the caller enqueued once.
+    # A generated key is unique to this call: "duplicate" by that key can only mean that an
+    # earlier attempt of this very call stored the job, which the caller enqueued once. A
+    # duplicate by unique_key (another job holds it) is reported whatever the key.
     return [
         EnqueueResult(
             r.job_id,
-            r.duplicate and i not in auto,
+            r.duplicate and (i not in auto or r.unique),
             txid,
             r.idempotency_key or request.jobs[i].idempotency_key,
             resp.accepted_at_edge or resp.buffered,
@@ -335,13 +337,19 @@ class Client:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | str | None = None,
+        unique_key: str | None = None,
+        uniqueness: Uniqueness | str | None = None,
     ) -> EnqueueResult:
         """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
         exclusive; ``max_attempts=0`` means the server default (3). Without an
         ``idempotency_key`` the client sends one it generates (``auto-<UUIDv7>``), so its
         own retries cannot add the job twice; the result's ``idempotency_key`` names it.
+        With a ``unique_key``, while a job of this queue with that key is PENDING (or
+        RUNNING, unless ``uniqueness="pending"``) that job is returned (duplicate=True).
         ``durability`` overrides the client's for this call."""
-        spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
+        spec = JobSpec(
+            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness
+        )
         return self._enqueue([spec.to_proto()], durability)[0]
 
     def enqueue_many(

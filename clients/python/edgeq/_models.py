@@ -71,6 +71,18 @@ _STATE_TO_PROTO: dict[JobState, pb.JobState] = {
 _STATE_FROM_PROTO: dict[int, JobState] = {int(v): k for k, v in _STATE_TO_PROTO.items()}
 
 
+class Uniqueness(enum.StrEnum):
+    """Which existing jobs with the same ``unique_key`` make an Enqueue a duplicate."""
+
+    #: One PENDING job per key (a running one does not block the next).
+    PENDING = "pending"
+    #: One PENDING or RUNNING job per key (the default with a unique_key).
+    ACTIVE = "active"
+
+    def to_proto(self) -> pb.Uniqueness:
+        return pb.UNIQUENESS_PENDING if self is Uniqueness.PENDING else pb.UNIQUENESS_ACTIVE
+
+
 class Durability(enum.StrEnum):
     """When an Enqueue is acknowledged (``Client(durability=...)`` or per call)."""
 
@@ -172,6 +184,8 @@ class Job:
     worker_id: str | None
     result: bytes | None
     raw: pb.Job = field(repr=False, compare=False, hash=False)
+    #: The unique key it was enqueued with, if any.
+    unique_key: str | None = None
 
     @classmethod
     def from_proto(cls, m: pb.Job) -> Job:
@@ -194,6 +208,7 @@ class Job:
             worker_id=m.worker_id or None,
             result=m.result or None,
             raw=m,
+            unique_key=m.unique_key or None,
         )
 
 
@@ -348,6 +363,10 @@ class JobSpec:
     #: The same (queue, key) while the job is retained returns the first job's id.
     idempotency_key: str | None = None
     headers: Mapping[str, str] | None = field(default=None, hash=False)
+    #: At most one active job per (queue, unique_key): while one is PENDING (or, with
+    #: ``uniqueness`` ACTIVE, the default, RUNNING) an Enqueue returns it instead.
+    unique_key: str | None = None
+    uniqueness: Uniqueness | str | None = None
 
     def to_proto(self) -> pb.JobSpec:
         m = pb.JobSpec(
@@ -356,7 +375,10 @@ class JobSpec:
             priority=self.priority,
             max_attempts=self.max_attempts,
             idempotency_key=self.idempotency_key or "",
+            unique_key=self.unique_key or "",
         )
+        if self.uniqueness is not None:
+            m.uniqueness = Uniqueness(self.uniqueness).to_proto()
         if self.headers:
             m.headers.update(self.headers)
         if self.delay is not None:

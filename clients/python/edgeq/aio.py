@@ -49,6 +49,7 @@ from ._models import (
     LeaseOutcome,
     NodeInfo,
     QueueStats,
+    Uniqueness,
     to_job_spec,
 )
 from ._worker_core import LeasedJob, WorkerStats
@@ -146,9 +147,13 @@ class Client:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         durability: Durability | str | None = None,
+        unique_key: str | None = None,
+        uniqueness: Uniqueness | str | None = None,
     ) -> EnqueueResult:
         """As ``edgeq.Client.enqueue``."""
-        spec = JobSpec(queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers)
+        spec = JobSpec(
+            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness
+        )
         return (await self._enqueue([spec.to_proto()], durability))[0]
 
     async def enqueue_many(

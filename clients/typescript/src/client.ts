@@ -177,8 +177,9 @@ export class EdgeqClient {
 
   /** Adds 1..1000 jobs atomically. A job without an idempotencyKey is sent with one the
    * client generates (the caller's object is not modified); results name every key. Such
-   * a job is never reported duplicate: a duplicate of a generated key can only be this
-   * call's own earlier attempt.
+   * a job is never reported duplicate by that key: a duplicate of a generated key can only
+   * be this call's own earlier attempt. A job whose uniqueKey an active job holds comes back
+   * as that job, duplicate and unique true.
    *
    * Jobs accepted at the edge come back with acceptedAtEdge (and buffered) true, acceptedBy
    * naming the node whose edge log holds them, and txid 0n; until they reach the primary
@@ -211,7 +212,7 @@ export class EdgeqClient {
     }
     resp.results.forEach((r, i) => {
       if (!r.idempotencyKey && request.jobs[i]) r.idempotencyKey = request.jobs[i].idempotencyKey;
-      if (auto.has(i)) r.duplicate = false;
+      if (auto.has(i) && !r.unique) r.duplicate = false; // a unique_key duplicate is always reported
     });
     // One flag, two fields: a server older than accepted_at_edge sets only buffered.
     resp.buffered = resp.acceptedAtEdge = resp.buffered || resp.acceptedAtEdge;

@@ -66,6 +66,15 @@ test("bulk cancel and retry by queue and state in bounded calls", async () => {
     (e: unknown) => e instanceof ConnectError && e.code === Code.InvalidArgument && e.message.includes("selection.state"));
 });
 
+test("a uniqueKey returns the active job holding it, duplicate and unique", async () => {
+  const first = await client.enqueue({ queue: "tsuq", payload: new Uint8Array([1]), uniqueKey: "daily" });
+  const again = await client.enqueue({ queue: "tsuq", payload: new Uint8Array([2]), uniqueKey: "daily" });
+  assert.equal(first.results[0].duplicate, false);
+  assert.deepEqual([again.results[0].jobId, again.results[0].duplicate, again.results[0].unique],
+    [first.results[0].jobId, true, true]);
+  assert.equal((await client.get(first.results[0].jobId)).uniqueKey, "daily");
+});
+
 test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
   const c = new EdgeqClient(await startServer(), { durability: "edge" });
   const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });

@@ -228,6 +228,61 @@ func (LeaseOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{2}
 }
 
+// Uniqueness says which existing jobs with the same unique_key make an
+// Enqueue a duplicate.
+type Uniqueness int32
+
+const (
+	// Not set: UNIQUENESS_ACTIVE when a unique_key is given.
+	Uniqueness_UNIQUENESS_UNSPECIFIED Uniqueness = 0
+	// One PENDING job (scheduled ones included) per key: a job that is running
+	// does not block the next (a "run again after this one" debounce).
+	Uniqueness_UNIQUENESS_PENDING Uniqueness = 1
+	// One PENDING or RUNNING job per key.
+	Uniqueness_UNIQUENESS_ACTIVE Uniqueness = 2
+)
+
+// Enum value maps for Uniqueness.
+var (
+	Uniqueness_name = map[int32]string{
+		0: "UNIQUENESS_UNSPECIFIED",
+		1: "UNIQUENESS_PENDING",
+		2: "UNIQUENESS_ACTIVE",
+	}
+	Uniqueness_value = map[string]int32{
+		"UNIQUENESS_UNSPECIFIED": 0,
+		"UNIQUENESS_PENDING":     1,
+		"UNIQUENESS_ACTIVE":      2,
+	}
+)
+
+func (x Uniqueness) Enum() *Uniqueness {
+	p := new(Uniqueness)
+	*p = x
+	return p
+}
+
+func (x Uniqueness) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Uniqueness) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgeq_v1_queue_proto_enumTypes[3].Descriptor()
+}
+
+func (Uniqueness) Type() protoreflect.EnumType {
+	return &file_edgeq_v1_queue_proto_enumTypes[3]
+}
+
+func (x Uniqueness) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Uniqueness.Descriptor instead.
+func (Uniqueness) EnumDescriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{3}
+}
+
 // NodeRole is a node's place in the cluster.
 type NodeRole int32
 
@@ -274,11 +329,11 @@ func (x NodeRole) String() string {
 }
 
 func (NodeRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_edgeq_v1_queue_proto_enumTypes[3].Descriptor()
+	return file_edgeq_v1_queue_proto_enumTypes[4].Descriptor()
 }
 
 func (NodeRole) Type() protoreflect.EnumType {
-	return &file_edgeq_v1_queue_proto_enumTypes[3]
+	return &file_edgeq_v1_queue_proto_enumTypes[4]
 }
 
 func (x NodeRole) Number() protoreflect.EnumNumber {
@@ -287,7 +342,7 @@ func (x NodeRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeRole.Descriptor instead.
 func (NodeRole) EnumDescriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 // JobSpec is what a producer sends.
@@ -319,7 +374,16 @@ type JobSpec struct {
 	// primary then stores the job under that id exactly once: an Enqueue whose
 	// job_id is already stored returns duplicate = true and stores nothing.
 	// Empty: the primary assigns one.
-	JobId         string `protobuf:"bytes,9,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	JobId string `protobuf:"bytes,9,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Optional: at most one active job per (queue, unique_key), besides the
+	// idempotency key (which names one enqueue): while a job of this queue with
+	// this unique_key is in a state `uniqueness` names, Enqueue returns that job
+	// (duplicate = true) and stores nothing. Checked at enqueue, on the primary
+	// (an edge-accepted job is checked when it is drained). At most 256 bytes.
+	UniqueKey string `protobuf:"bytes,10,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
+	// Which states of the job holding unique_key block a new one; UNSPECIFIED
+	// with a unique_key means UNIQUENESS_ACTIVE.
+	Uniqueness    Uniqueness `protobuf:"varint,11,opt,name=uniqueness,proto3,enum=edgeq.v1.Uniqueness" json:"uniqueness,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +481,20 @@ func (x *JobSpec) GetJobId() string {
 	return ""
 }
 
+func (x *JobSpec) GetUniqueKey() string {
+	if x != nil {
+		return x.UniqueKey
+	}
+	return ""
+}
+
+func (x *JobSpec) GetUniqueness() Uniqueness {
+	if x != nil {
+		return x.Uniqueness
+	}
+	return Uniqueness_UNIQUENESS_UNSPECIFIED
+}
+
 // Job is what readers and workers see.
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -453,7 +531,9 @@ type Job struct {
 	// Holder of the current lease, if RUNNING.
 	WorkerId string `protobuf:"bytes,16,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// Set by Ack, if the worker sent one.
-	Result        []byte `protobuf:"bytes,17,opt,name=result,proto3" json:"result,omitempty"`
+	Result []byte `protobuf:"bytes,17,opt,name=result,proto3" json:"result,omitempty"`
+	// The unique_key it was enqueued with (empty: none).
+	UniqueKey     string `protobuf:"bytes,18,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -607,6 +687,13 @@ func (x *Job) GetResult() []byte {
 	return nil
 }
 
+func (x *Job) GetUniqueKey() string {
+	if x != nil {
+		return x.UniqueKey
+	}
+	return ""
+}
+
 // EnqueueRequest carries the jobs to add.
 type EnqueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -667,16 +754,20 @@ type EnqueueResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job's id (the first job's id if duplicate).
 	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	// True when an existing job with the same (queue, idempotency_key) was
-	// returned instead of a new one.
+	// True when an existing job with the same (queue, idempotency_key), or an
+	// active one with the same (queue, unique_key), was returned instead of a
+	// new one.
 	Duplicate bool `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	// The job's idempotency key. A replica with the partition outbox on assigns
 	// one to every job sent without a key, so a buffered job is stored exactly
 	// once and can be found later: enqueue it again with this key and the
 	// result names the stored job (duplicate = true).
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// True when duplicate is because of the unique_key: an active job of the
+	// queue holds it (not an earlier enqueue with this idempotency key).
+	Unique        bool `protobuf:"varint,4,opt,name=unique,proto3" json:"unique,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnqueueResult) Reset() {
@@ -728,6 +819,13 @@ func (x *EnqueueResult) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *EnqueueResult) GetUnique() bool {
+	if x != nil {
+		return x.Unique
+	}
+	return false
 }
 
 // EnqueueResponse answers Enqueue.
@@ -2923,7 +3021,7 @@ var File_edgeq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x03\n" +
+	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n" +
 	"\aJobSpec\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12'\n" +
@@ -2933,10 +3031,16 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\fmax_attempts\x18\x06 \x01(\x05R\vmaxAttempts\x12\x1a\n" +
 	"\bpriority\x18\a \x01(\x05R\bpriority\x128\n" +
 	"\aheaders\x18\b \x03(\v2\x1e.edgeq.v1.JobSpec.HeadersEntryR\aheaders\x12\x15\n" +
-	"\x06job_id\x18\t \x01(\tR\x05jobId\x1a:\n" +
+	"\x06job_id\x18\t \x01(\tR\x05jobId\x12\x1d\n" +
+	"\n" +
+	"unique_key\x18\n" +
+	" \x01(\tR\tuniqueKey\x124\n" +
+	"\n" +
+	"uniqueness\x18\v \x01(\x0e2\x14.edgeq.v1.UniquenessR\n" +
+	"uniqueness\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xed\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x18\n" +
@@ -2957,7 +3061,9 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x0e \x01(\tR\x0eidempotencyKey\x124\n" +
 	"\aheaders\x18\x0f \x03(\v2\x1a.edgeq.v1.Job.HeadersEntryR\aheaders\x12\x1b\n" +
 	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x12\x16\n" +
-	"\x06result\x18\x11 \x01(\fR\x06result\x1a:\n" +
+	"\x06result\x18\x11 \x01(\fR\x06result\x12\x1d\n" +
+	"\n" +
+	"unique_key\x18\x12 \x01(\tR\tuniqueKey\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -2965,11 +3071,12 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x04jobs\x18\x01 \x03(\v2\x11.edgeq.v1.JobSpecR\x04jobs\x124\n" +
 	"\n" +
 	"durability\x18\x02 \x01(\x0e2\x14.edgeq.v1.DurabilityR\n" +
-	"durability\"m\n" +
+	"durability\"\x85\x01\n" +
 	"\rEnqueueResult\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12'\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"\xbf\x01\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
+	"\x06unique\x18\x04 \x01(\bR\x06unique\"\xbf\x01\n" +
 	"\x0fEnqueueResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.edgeq.v1.EnqueueResultR\aresults\x12\x12\n" +
 	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12\x1a\n" +
@@ -3134,7 +3241,12 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n" +
 	"\x13LEASE_OUTCOME_STALE\x10\x02\x12\x19\n" +
-	"\x15LEASE_OUTCOME_INVALID\x10\x03*\x84\x01\n" +
+	"\x15LEASE_OUTCOME_INVALID\x10\x03*W\n" +
+	"\n" +
+	"Uniqueness\x12\x1a\n" +
+	"\x16UNIQUENESS_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12UNIQUENESS_PENDING\x10\x01\x12\x15\n" +
+	"\x11UNIQUENESS_ACTIVE\x10\x02*\x84\x01\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
@@ -3172,134 +3284,136 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 	return file_edgeq_v1_queue_proto_rawDescData
 }
 
-var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: edgeq.v1.JobState
 	(Durability)(0),               // 1: edgeq.v1.Durability
 	(LeaseOutcome)(0),             // 2: edgeq.v1.LeaseOutcome
-	(NodeRole)(0),                 // 3: edgeq.v1.NodeRole
-	(*JobSpec)(nil),               // 4: edgeq.v1.JobSpec
-	(*Job)(nil),                   // 5: edgeq.v1.Job
-	(*EnqueueRequest)(nil),        // 6: edgeq.v1.EnqueueRequest
-	(*EnqueueResult)(nil),         // 7: edgeq.v1.EnqueueResult
-	(*EnqueueResponse)(nil),       // 8: edgeq.v1.EnqueueResponse
-	(*LeaseRequest)(nil),          // 9: edgeq.v1.LeaseRequest
-	(*LeasedJob)(nil),             // 10: edgeq.v1.LeasedJob
-	(*LeaseResponse)(nil),         // 11: edgeq.v1.LeaseResponse
-	(*AckItem)(nil),               // 12: edgeq.v1.AckItem
-	(*AckRequest)(nil),            // 13: edgeq.v1.AckRequest
-	(*AckResponse)(nil),           // 14: edgeq.v1.AckResponse
-	(*NackItem)(nil),              // 15: edgeq.v1.NackItem
-	(*NackRequest)(nil),           // 16: edgeq.v1.NackRequest
-	(*NackResponse)(nil),          // 17: edgeq.v1.NackResponse
-	(*HeartbeatRequest)(nil),      // 18: edgeq.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 19: edgeq.v1.HeartbeatResponse
-	(*GetJobRequest)(nil),         // 20: edgeq.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 21: edgeq.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 22: edgeq.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 23: edgeq.v1.ListJobsResponse
-	(*GetQueueStatsRequest)(nil),  // 24: edgeq.v1.GetQueueStatsRequest
-	(*QueueStats)(nil),            // 25: edgeq.v1.QueueStats
-	(*GetQueueStatsResponse)(nil), // 26: edgeq.v1.GetQueueStatsResponse
-	(*CancelJobRequest)(nil),      // 27: edgeq.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 28: edgeq.v1.CancelJobResponse
-	(*RetryJobRequest)(nil),       // 29: edgeq.v1.RetryJobRequest
-	(*RetryJobResponse)(nil),      // 30: edgeq.v1.RetryJobResponse
-	(*JobSelection)(nil),          // 31: edgeq.v1.JobSelection
-	(*RetryJobsRequest)(nil),      // 32: edgeq.v1.RetryJobsRequest
-	(*RetryJobsResponse)(nil),     // 33: edgeq.v1.RetryJobsResponse
-	(*CancelJobsRequest)(nil),     // 34: edgeq.v1.CancelJobsRequest
-	(*CancelJobsResponse)(nil),    // 35: edgeq.v1.CancelJobsResponse
-	(*PauseQueueRequest)(nil),     // 36: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 37: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 38: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 39: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),    // 40: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),       // 41: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),   // 42: edgeq.v1.GetNodeInfoResponse
-	nil,                           // 43: edgeq.v1.JobSpec.HeadersEntry
-	nil,                           // 44: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
+	(Uniqueness)(0),               // 3: edgeq.v1.Uniqueness
+	(NodeRole)(0),                 // 4: edgeq.v1.NodeRole
+	(*JobSpec)(nil),               // 5: edgeq.v1.JobSpec
+	(*Job)(nil),                   // 6: edgeq.v1.Job
+	(*EnqueueRequest)(nil),        // 7: edgeq.v1.EnqueueRequest
+	(*EnqueueResult)(nil),         // 8: edgeq.v1.EnqueueResult
+	(*EnqueueResponse)(nil),       // 9: edgeq.v1.EnqueueResponse
+	(*LeaseRequest)(nil),          // 10: edgeq.v1.LeaseRequest
+	(*LeasedJob)(nil),             // 11: edgeq.v1.LeasedJob
+	(*LeaseResponse)(nil),         // 12: edgeq.v1.LeaseResponse
+	(*AckItem)(nil),               // 13: edgeq.v1.AckItem
+	(*AckRequest)(nil),            // 14: edgeq.v1.AckRequest
+	(*AckResponse)(nil),           // 15: edgeq.v1.AckResponse
+	(*NackItem)(nil),              // 16: edgeq.v1.NackItem
+	(*NackRequest)(nil),           // 17: edgeq.v1.NackRequest
+	(*NackResponse)(nil),          // 18: edgeq.v1.NackResponse
+	(*HeartbeatRequest)(nil),      // 19: edgeq.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 20: edgeq.v1.HeartbeatResponse
+	(*GetJobRequest)(nil),         // 21: edgeq.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 22: edgeq.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 23: edgeq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 24: edgeq.v1.ListJobsResponse
+	(*GetQueueStatsRequest)(nil),  // 25: edgeq.v1.GetQueueStatsRequest
+	(*QueueStats)(nil),            // 26: edgeq.v1.QueueStats
+	(*GetQueueStatsResponse)(nil), // 27: edgeq.v1.GetQueueStatsResponse
+	(*CancelJobRequest)(nil),      // 28: edgeq.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 29: edgeq.v1.CancelJobResponse
+	(*RetryJobRequest)(nil),       // 30: edgeq.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),      // 31: edgeq.v1.RetryJobResponse
+	(*JobSelection)(nil),          // 32: edgeq.v1.JobSelection
+	(*RetryJobsRequest)(nil),      // 33: edgeq.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),     // 34: edgeq.v1.RetryJobsResponse
+	(*CancelJobsRequest)(nil),     // 35: edgeq.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),    // 36: edgeq.v1.CancelJobsResponse
+	(*PauseQueueRequest)(nil),     // 37: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 38: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 39: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 40: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),    // 41: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),       // 42: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),   // 43: edgeq.v1.GetNodeInfoResponse
+	nil,                           // 44: edgeq.v1.JobSpec.HeadersEntry
+	nil,                           // 45: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	45, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	46, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	43, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
-	0,  // 3: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	46, // 4: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	46, // 5: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	46, // 6: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	46, // 7: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	46, // 8: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	44, // 9: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
-	4,  // 10: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
-	1,  // 11: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
-	7,  // 12: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	45, // 13: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	5,  // 14: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	46, // 15: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 16: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
-	12, // 17: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
-	2,  // 18: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	45, // 19: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
-	15, // 20: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
-	2,  // 21: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	45, // 22: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
-	2,  // 23: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	46, // 24: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	5,  // 25: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 26: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
-	5,  // 27: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	45, // 28: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	25, // 29: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	5,  // 30: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	5,  // 31: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 32: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
-	46, // 33: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
-	46, // 34: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
-	31, // 35: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	31, // 36: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	46, // 37: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	3,  // 38: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	41, // 39: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	45, // 40: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	6,  // 41: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	9,  // 42: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	13, // 43: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	16, // 44: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	18, // 45: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	20, // 46: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	22, // 47: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	24, // 48: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	27, // 49: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	29, // 50: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	32, // 51: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
-	34, // 52: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
-	36, // 53: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	38, // 54: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	40, // 55: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	8,  // 56: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	11, // 57: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	14, // 58: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	17, // 59: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	19, // 60: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	21, // 61: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	23, // 62: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	26, // 63: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	28, // 64: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	30, // 65: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	33, // 66: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
-	35, // 67: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
-	37, // 68: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	39, // 69: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	42, // 70: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	56, // [56:71] is the sub-list for method output_type
-	41, // [41:56] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	46, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	47, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	44, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	3,  // 3: edgeq.v1.JobSpec.uniqueness:type_name -> edgeq.v1.Uniqueness
+	0,  // 4: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
+	47, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	47, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	47, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	47, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	47, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	45, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	5,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
+	1,  // 12: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
+	8,  // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
+	46, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	6,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
+	47, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
+	13, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
+	2,  // 19: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	46, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	16, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
+	2,  // 22: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	46, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	2,  // 24: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	47, // 25: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 26: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 27: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
+	6,  // 28: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
+	46, // 29: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	26, // 30: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	6,  // 31: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	6,  // 32: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 33: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
+	47, // 34: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	47, // 35: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	32, // 36: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	32, // 37: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	47, // 38: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	4,  // 39: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	42, // 40: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	46, // 41: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	7,  // 42: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	10, // 43: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	14, // 44: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	17, // 45: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	19, // 46: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	21, // 47: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	23, // 48: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	25, // 49: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	28, // 50: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	30, // 51: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	33, // 52: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	35, // 53: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	37, // 54: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	39, // 55: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	41, // 56: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	9,  // 57: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	12, // 58: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	15, // 59: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	18, // 60: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	20, // 61: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	22, // 62: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	24, // 63: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	27, // 64: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	29, // 65: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	31, // 66: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	34, // 67: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	36, // 68: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	38, // 69: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	40, // 70: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	43, // 71: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	57, // [57:72] is the sub-list for method output_type
+	42, // [42:57] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -3312,7 +3426,7 @@ func file_edgeq_v1_queue_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,

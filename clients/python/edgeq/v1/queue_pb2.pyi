@@ -35,6 +35,12 @@ class LeaseOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEASE_OUTCOME_STALE: _ClassVar[LeaseOutcome]
     LEASE_OUTCOME_INVALID: _ClassVar[LeaseOutcome]
 
+class Uniqueness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNIQUENESS_UNSPECIFIED: _ClassVar[Uniqueness]
+    UNIQUENESS_PENDING: _ClassVar[Uniqueness]
+    UNIQUENESS_ACTIVE: _ClassVar[Uniqueness]
+
 class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NODE_ROLE_UNSPECIFIED: _ClassVar[NodeRole]
@@ -57,6 +63,9 @@ LEASE_OUTCOME_UNSPECIFIED: LeaseOutcome
 LEASE_OUTCOME_OK: LeaseOutcome
 LEASE_OUTCOME_STALE: LeaseOutcome
 LEASE_OUTCOME_INVALID: LeaseOutcome
+UNIQUENESS_UNSPECIFIED: Uniqueness
+UNIQUENESS_PENDING: Uniqueness
+UNIQUENESS_ACTIVE: Uniqueness
 NODE_ROLE_UNSPECIFIED: NodeRole
 NODE_ROLE_STANDALONE: NodeRole
 NODE_ROLE_PRIMARY: NodeRole
@@ -64,7 +73,7 @@ NODE_ROLE_REPLICA: NodeRole
 NODE_ROLE_UNKNOWN: NodeRole
 
 class JobSpec(_message.Message):
-    __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers", "job_id")
+    __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers", "job_id", "unique_key", "uniqueness")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +90,8 @@ class JobSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIQUENESS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     payload: bytes
     idempotency_key: str
@@ -90,10 +101,12 @@ class JobSpec(_message.Message):
     priority: int
     headers: _containers.ScalarMap[str, str]
     job_id: str
-    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ...) -> None: ...
+    unique_key: str
+    uniqueness: Uniqueness
+    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ..., unique_key: _Optional[str] = ..., uniqueness: _Optional[_Union[Uniqueness, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result")
+    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +131,7 @@ class Job(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     payload: bytes
@@ -135,7 +149,8 @@ class Job(_message.Message):
     headers: _containers.ScalarMap[str, str]
     worker_id: str
     result: bytes
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ...) -> None: ...
+    unique_key: str
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("jobs", "durability")
@@ -146,14 +161,16 @@ class EnqueueRequest(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
 
 class EnqueueResult(_message.Message):
-    __slots__ = ("job_id", "duplicate", "idempotency_key")
+    __slots__ = ("job_id", "duplicate", "idempotency_key", "unique")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     duplicate: bool
     idempotency_key: str
-    def __init__(self, job_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    unique: bool
+    def __init__(self, job_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., unique: _Optional[bool] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("results", "txid", "buffered", "accepted_at_edge", "accepted_by")
