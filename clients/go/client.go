@@ -340,6 +340,15 @@ func (c *Client) Heartbeat(ctx context.Context, extendBy time.Duration, tokens .
 	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.HeartbeatResponse, error) { return c.raw.Heartbeat(ctx, req) })
 }
 
+// HeartbeatWithProgress is Heartbeat that also reports progress for some of the tokens'
+// jobs (each Progress names one of tokens).
+func (c *Client) HeartbeatWithProgress(ctx context.Context, extendBy time.Duration, tokens []string, progress []*edgeqv1.Progress) (*edgeqv1.HeartbeatResponse, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.HeartbeatRequest{LeaseTokens: tokens, ExtendBy: dpb.New(extendBy), Progress: progress}
+	return retryWrite(ctx, func(ctx context.Context) (*edgeqv1.HeartbeatResponse, error) { return c.raw.Heartbeat(ctx, req) })
+}
+
 // NodeInfo describes the answering node (role, primary, txid, replicas, default
 // durability, edge log: EdgeLogJobs, EdgeLogOldestAge, EdgeLogDrainRate, EdgeLogBytes,
 // EdgeLogCapacityBytes).

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"runtime/debug"
 	"strings"
@@ -84,6 +85,46 @@ func SetResult(ctx context.Context, result []byte) {
 		b.data = append([]byte(nil), result...)
 		b.mu.Unlock()
 	}
+}
+
+// ReportProgress, called from a Handler with its ctx, reports how far the handler got (a
+// finite number in its own unit and a note of at most 256 bytes): sent with the Worker's
+// next heartbeat tick (the last report wins), stored on the job and shown by Get, the CLI
+// and the dashboard. Outside a handler it does nothing.
+func ReportProgress(ctx context.Context, value float64, message string) {
+	if p, ok := ctx.Value(progressKey{}).(*progressBox); ok && !math.IsNaN(value) && !math.IsInf(value, 0) {
+		if len(message) > 256 {
+			message = message[:256]
+		}
+		p.mu.Lock()
+		p.report = &edgeqv1.Progress{Value: value, Message: message}
+		p.mu.Unlock()
+	}
+}
+
+type progressKey struct{}
+
+// progressBox holds a handler's latest report until a heartbeat takes it.
+type progressBox struct {
+	mu     sync.Mutex
+	report *edgeqv1.Progress
+}
+
+func (p *progressBox) take(token string) *edgeqv1.Progress {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.report
+	p.report = nil
+	if r != nil {
+		r.LeaseToken = token
+	}
+	return r
+}
+
+func (p *progressBox) pending() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.report != nil
 }
 
 // MaxErrorMessage is the longest error text a Nack carries (longer ones are clipped).
@@ -152,10 +193,11 @@ type lease struct {
 	token, id string
 	job       *edgeqv1.Job
 	// guarded by Worker.mu
-	state  leaseState
-	lost   bool
-	due    time.Time // next heartbeat
-	cancel context.CancelCauseFunc
+	state    leaseState
+	lost     bool
+	due      time.Time // next heartbeat
+	cancel   context.CancelCauseFunc
+	progress progressBox
 }
 
 type settle struct {
@@ -382,7 +424,7 @@ func (w *Worker) work(handlerCtx context.Context, l *lease, sem, stopCh chan str
 		defer t.Stop()
 	}
 	box := &resultBox{}
-	err := w.safeHandle(context.WithValue(ctx, resultKey{}, box), l)
+	err := w.safeHandle(context.WithValue(context.WithValue(ctx, resultKey{}, box), progressKey{}, &l.progress), l)
 	out := w.outcome(l, err, box)
 
 	w.mu.Lock()
@@ -516,7 +558,7 @@ func (w *Worker) heartbeater(stop, done chan struct{}) {
 		w.mu.Lock()
 		var due []*lease
 		for _, l := range w.held {
-			if !l.lost && !l.due.After(horizon) {
+			if !l.lost && (!l.due.After(horizon) || l.progress.pending()) {
 				due = append(due, l)
 			}
 		}
@@ -533,11 +575,15 @@ func (w *Worker) heartbeater(stop, done chan struct{}) {
 // outcome is not on its way loses it: its handler's ctx is cancelled, nothing is sent.
 func (w *Worker) extend(leases []*lease) {
 	tokens := make([]string, len(leases))
+	var progress []*edgeqv1.Progress
 	for i, l := range leases {
 		tokens[i] = l.token
+		if p := l.progress.take(l.token); p != nil {
+			progress = append(progress, p)
+		}
 	}
 	sent := time.Now()
-	resp, err := w.client.Heartbeat(context.Background(), w.opts.LeaseDuration, tokens...)
+	resp, err := w.client.HeartbeatWithProgress(context.Background(), w.opts.LeaseDuration, tokens, progress)
 	if err != nil {
 		w.opts.Logger.Warn("edgeq: heartbeat failed; retrying on the next tick", "leases", len(leases), "err", err, "reason", Reason(err))
 		return

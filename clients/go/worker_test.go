@@ -241,3 +241,27 @@ func TestWorkerStopHandsBackWaitingJobsThenRunningOnesAfterTheDrain(t *testing.T
 		}
 	}
 }
+
+func TestWorkerSendsReportedProgressWithTheNextHeartbeat(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	resp, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "gprog", Payload: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetResults()[0].GetJobId()
+	release := make(chan struct{})
+	w := NewWorker(c, []string{"gprog"}, func(ctx context.Context, job *edgeqv1.Job) error {
+		ReportProgress(ctx, 42, "half way")
+		<-release
+		return nil
+	}, WorkerOptions{Concurrency: 1, LeaseDuration: 30 * time.Second}) // not due for 15 s: sent for the report
+	stop := runWorker(t, w)
+	waitFor(t, "the progress on the job", func() bool {
+		j, err := c.Get(ctx, id, 0)
+		return err == nil && j.GetProgress() == 42 && j.GetProgressMessage() == "half way"
+	})
+	close(release)
+	waitState(t, c, id, edgeqv1.JobState_JOB_STATE_COMPLETED)
+	stop()
+}

@@ -53,6 +53,8 @@ def job(j: Job) -> pb.Job:
         worker_id=j.worker_id or "",
         result=j.result or b"",
         unique_key=j.unique_key or "",
+        progress=j.progress or 0.0,
+        progress_message=j.progress_message or "",
     )
     if j.started_at is not None:
         m.started_at.CopyFrom(timestamp(j.started_at))

@@ -146,6 +146,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_unique ON jobs (queue_name, unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
     """,
+    # 7: a running job's progress, reported by its handler with Heartbeat.
+    """
+    ALTER TABLE jobs ADD COLUMN progress REAL;
+    ALTER TABLE jobs ADD COLUMN progress_message TEXT;
+    """,
 ]
 
 

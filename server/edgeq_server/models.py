@@ -102,6 +102,8 @@ class Job:
     headers: dict[str, str]
     result: bytes | None
     unique_key: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

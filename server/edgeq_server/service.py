@@ -172,9 +172,9 @@ class QueueService:
         return pb.NackResponse(outcomes=[convert.OUTCOME_TO_PROTO[x.outcome] for x in settled], txid=txid)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
-        refs, extend = validate.heartbeat(request, self._codec, self._cfg)
+        refs, extend, progress = validate.heartbeat(request, self._codec, self._cfg)
         results, txid = await self._writer.submit(
-            lambda s, now: s.heartbeat(refs, extend, now), after=self._after_heartbeat, rows=len(refs)
+            lambda s, now: s.heartbeat(refs, extend, now, progress), after=self._after_heartbeat, rows=len(refs)
         )
         resp = pb.HeartbeatResponse(outcomes=[convert.OUTCOME_TO_PROTO[r.outcome] for r in results], txid=txid)
         for r in results:

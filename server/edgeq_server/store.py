@@ -33,7 +33,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -61,7 +61,8 @@ from .tokens import LeaseRef
 _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
-    " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key"
+    " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key,"
+    " progress, progress_message"
 )
 def _glob_prefix(text: str) -> str:
     """A case-sensitive GLOB pattern matching strings that begin with ``text``."""
@@ -107,6 +108,8 @@ def _job(row: Any) -> Job:
         headers=json.loads(headers) if headers else {},
         result=row[17],
         unique_key=row[18],
+        progress=row[19],
+        progress_message=row[20],
     )
 
 
@@ -457,20 +460,27 @@ class Store:
         return out
 
     def heartbeat(
-        self, refs: Sequence[LeaseRef | None], extend_by_us: int | None, now: int
+        self, refs: Sequence[LeaseRef | None], extend_by_us: int | None, now: int,
+        progress: Mapping[int, tuple[float, str]] | None = None,
     ) -> list[Extended]:
-        """Extend live leases to now + extend_by (or each lease's own length)."""
+        """Extend live leases to now + extend_by (or each lease's own length); with
+        ``progress`` ({index in refs: (value, message)}), store those jobs' reports too
+        (live leases only, like the extension)."""
         cur = self.conn.cursor()
         out: list[Extended] = []
-        for ref in refs:
+        reports = progress or {}
+        for i, ref in enumerate(refs):
             if ref is None:
                 out.append(Extended(LeaseOutcome.INVALID, None))
                 continue
+            value, message = reports.get(i, (None, None))
             row = cur.execute(
-                "UPDATE jobs SET lease_expires_at = ? + coalesce(?, lease_us)"
+                "UPDATE jobs SET lease_expires_at = ? + coalesce(?, lease_us),"
+                " progress = coalesce(?, progress), progress_message = CASE WHEN ? IS NULL THEN progress_message"
+                " ELSE nullif(?, '') END"
                 " WHERE id = ? AND lease_id = ? AND status = 'running' AND lease_expires_at > ?"
                 " RETURNING lease_expires_at",
-                (now, extend_by_us, ref.job_id, ref.lease_id, now),
+                (now, extend_by_us, value, value, message, ref.job_id, ref.lease_id, now),
             ).fetchone()
             out.append(Extended(LeaseOutcome.STALE, None) if row is None else Extended(LeaseOutcome.OK, int(row[0])))
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -222,7 +223,14 @@ def nack(req: pb.NackRequest, codec: TokenCodec, cfg: Config) -> list[NackItem]:
     return out
 
 
-def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple[list[LeaseRef | None], int | None]:
+#: Longest progress message, in bytes.
+MAX_PROGRESS_MESSAGE = 256
+
+
+def heartbeat(
+    req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config
+) -> tuple[list[LeaseRef | None], int | None, dict[int, tuple[float, str]]]:
+    """(refs, extend_by µs or None, {index of a lease in refs: (progress value, message)})."""
     _batch(len(req.lease_tokens), "lease_tokens", cfg)
     refs = [token(codec, t) for t in req.lease_tokens]
     extend: int | None = None
@@ -230,7 +238,18 @@ def heartbeat(req: pb.HeartbeatRequest, codec: TokenCodec, cfg: Config) -> tuple
         extend = duration_us(req.extend_by, "extend_by", max_us=int(cfg.max_lease_seconds * MICROS)) or None
         if extend is not None and extend < MIN_LEASE_US:
             raise InvalidArgument("extend_by", "must be at least 1s")
-    return refs, extend
+    index = {t: i for i, t in enumerate(req.lease_tokens)}
+    progress: dict[int, tuple[float, str]] = {}
+    for i, p in enumerate(req.progress):
+        where = index.get(p.lease_token)
+        if where is None:
+            raise InvalidArgument(f"progress[{i}].lease_token", "must be one of lease_tokens")
+        if not math.isfinite(p.value):
+            raise InvalidArgument(f"progress[{i}].value", "must be a finite number")
+        if len(p.message.encode()) > MAX_PROGRESS_MESSAGE:
+            raise InvalidArgument(f"progress[{i}].message", f"must be at most {MAX_PROGRESS_MESSAGE} bytes")
+        progress[where] = (p.value, p.message)
+    return refs, extend, progress
 
 
 #: Most jobs one RetryJobs / CancelJobs call changes (and its default).

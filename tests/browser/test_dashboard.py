@@ -101,6 +101,9 @@ def test_enqueue_see_fail_retry_from_the_page_and_complete(server: ServerThread,
     def handle(job: Any) -> bytes:
         attempts[job.id] = attempts.get(job.id, 0) + 1
         if attempts[job.id] == 1:
+            job.report_progress(30, "template rendered")
+            with Client(server.target, token=ADMIN) as probe:  # it goes out with a heartbeat tick
+                until(lambda: probe.get(job.id).progress == 30, what="the progress stored")
             raise Fail("smtp: 550 mailbox unavailable")
         done.set()
         return b'{"sent": true}'
@@ -123,7 +126,7 @@ def test_enqueue_see_fail_retry_from_the_page_and_complete(server: ServerThread,
         page.goto(url(server, "/queues"))
         row = page.locator("#queues tr[data-queue=emails]")
         assert row.locator("td").nth(1).inner_text() == "1"  # ready
-        with Worker(server.target, ["emails"], handle, concurrency=1, token=ADMIN):
+        with Worker(server.target, ["emails"], handle, concurrency=1, token=ADMIN, lease_duration=2):
             until(lambda: client.get(job_id).state == JobState.FAILED, what="the job failed")
             page.goto(url(server, "/queues"))
             page.goto(url(server, "/queues"))  # a second sample: the rates show
@@ -140,6 +143,7 @@ def test_enqueue_see_fail_retry_from_the_page_and_complete(server: ServerThread,
             assert page.locator("#last-error").inner_text() == "smtp: 550 mailbox unavailable"
             assert '"to": "ada@example.com"' in page.locator("#payload").inner_text()  # pretty JSON
             assert page.locator("#headers").inner_text().split() == ["tenant", "acme"]
+            assert page.locator("#progress").inner_text() == "30 · template rendered"
             shot(page, "job")
 
             # Retry from the page: the worker runs it again and it completes.

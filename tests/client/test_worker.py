@@ -163,6 +163,30 @@ def test_heartbeats_keep_a_long_job(client: Client) -> None:
     assert worker.stats.lease_lost == 0 and worker.acked == 1
 
 
+def test_progress_reported_by_the_handler_reaches_the_job(client: Client) -> None:
+    release = threading.Event()
+
+    def handler(job: LeasedJob) -> None:
+        job.report_progress(25, "rows 250/1000")
+        release.wait(WAIT)
+        job.report_progress(100, "done")
+        with pytest.raises(ValueError, match="finite"):
+            job.report_progress(float("nan"))
+
+    job_id = client.enqueue("prog", b"x").job_id
+    with Worker(client, ["prog"], handler, lease_duration=30):  # not due for 15 s: sent for the report
+        def reported() -> Job | None:
+            job = client.get(job_id)
+            return job if job.progress == 25 else None
+
+        job = until(reported, what="the first report")
+        assert job.progress_message == "rows 250/1000" and job.state is JobState.RUNNING
+        release.set()
+        wait_state(client, job_id, JobState.COMPLETED)
+    done = client.get(job_id)
+    assert (done.progress, done.progress_message) in ((100, "done"), (25, "rows 250/1000"))  # the last tick may miss
+
+
 def test_lease_lost_when_cancelled(client: Client) -> None:
     started = threading.Event()
     lost: list[bool] = []

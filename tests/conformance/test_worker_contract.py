@@ -153,6 +153,25 @@ def test_held_leases_are_extended_at_half_the_lease_while_the_handler_runs(
     d.stop()
 
 
+def test_reported_progress_reaches_the_job_with_the_next_heartbeat(
+    client: Client, server: ServerProcess, drivers: DriverFactory, queue: str
+) -> None:
+    d = drivers.start(server.target, queue, lease_ms=10_000, concurrency=1)  # not due for 5 s
+    job = put(client, queue, do="progress", value=37.5, message="chunk 3 of 8", ms=4_000)
+    d.wait_for("start", job)
+    end = time.monotonic() + 3.5  # a tick is at most lease/8: 1.25 s
+    seen = None
+    while time.monotonic() < end and seen is None:
+        j = client.get(job)
+        if j.progress == 37.5:
+            seen = j
+        time.sleep(0.05)
+    assert seen is not None, "the progress was not sent within a few heartbeat ticks"
+    assert seen.progress_message == "chunk 3 of 8" and seen.state is JobState.RUNNING
+    assert settled(client, job, JobState.COMPLETED).progress == 37.5  # kept after it finishes
+    d.stop()
+
+
 # ------------------------------------------------------------------ §4 settling through faults
 
 

@@ -421,6 +421,21 @@ async def test_bad_job_id(h: Harness, rpc: str, value: str) -> None:
     await refused(h, JOB_RPCS[rpc](h, value), INVALID, "job_id")
 
 
+@pytest.mark.parametrize(
+    "progress, field",
+    [
+        (pb.Progress(lease_token="elsewhere", value=1), "progress[0].lease_token"),
+        (pb.Progress(lease_token=WELL_FORMED_TOKEN, value=float("nan")), "progress[0].value"),
+        (pb.Progress(lease_token=WELL_FORMED_TOKEN, value=float("inf")), "progress[0].value"),
+        (pb.Progress(lease_token=WELL_FORMED_TOKEN, value=1, message="m" * 257), "progress[0].message"),
+    ],
+    ids=["token-not-in-the-call", "nan", "infinite", "message-too-long"],
+)
+async def test_heartbeat_progress_names_the_bad_field(h: Harness, progress: pb.Progress, field: str) -> None:
+    call = h.stub.Heartbeat(pb.HeartbeatRequest(lease_tokens=[WELL_FORMED_TOKEN], progress=[progress]))
+    await refused(h, call, INVALID, field)
+
+
 # ---------------------------------------------------------------------- RetryJobs / CancelJobs
 
 

@@ -32,7 +32,7 @@ from support.factories import (
 from edgeq_server import db, ids
 from edgeq_server.clock import ManualClock
 from edgeq_server.errors import FailedPrecondition, NotFound, Unavailable
-from edgeq_server.models import Backoff, Job, JobSpec, JobState, LeaseOutcome
+from edgeq_server.models import AckItem, Backoff, Job, JobSpec, JobState, LeaseOutcome
 from edgeq_server.store import Expired, Settled, Store
 from edgeq_server.tokens import LeaseRef, TokenCodec
 from edgeq_server.writer import Writer
@@ -1519,3 +1519,23 @@ def test_unique_jobs_by_state_return_the_active_job_and_free_the_key_when_it_fin
     assert enqueue(store, from_edge)[0].job_id == fresh.job_id
     by_alias = store.get_job(edge_id)
     assert by_alias is not None and by_alias.id == fresh.job_id
+
+
+def test_heartbeat_stores_progress_of_live_leases_only_and_keeps_it_after_the_job_ends(store: Store) -> None:
+    job_id = add(store, "p")
+    (job,) = claim(store, ("p",))
+    live = ref(job)
+    out = write(store, lambda: store.heartbeat([live], None, NOW + 1, {0: (40.0, "rows 400/1000")}))
+    assert out[0].outcome is LeaseOutcome.OK
+    got = get(store, job_id)
+    assert (got.progress, got.progress_message) == (40.0, "rows 400/1000")
+    # A heartbeat without a report leaves it; a report with no message clears the message.
+    write(store, lambda: store.heartbeat([live], None, NOW + 2))
+    assert get(store, job_id).progress == 40.0
+    write(store, lambda: store.heartbeat([live], None, NOW + 3, {0: (90.5, "")}))
+    assert (get(store, job_id).progress, get(store, job_id).progress_message) == (90.5, None)
+    write(store, lambda: store.ack([AckItem(live, None)], NOW + 4))
+    before = rows(store)
+    stale = write(store, lambda: store.heartbeat([live], None, NOW + 5, {0: (1.0, "late")}))
+    assert stale[0].outcome is LeaseOutcome.STALE and rows(store) == before  # a stale report changes nothing
+    assert get(store, job_id).progress == 90.5  # kept on the finished job

@@ -411,7 +411,7 @@ class Worker(core.Counters):
     async def _extend(self, due: list[LeasedJob]) -> None:
         sent = self._now()
         try:
-            resp = await self.client.heartbeat_raw([lj.lease_token for lj in due])
+            resp = await self.client.heartbeat_raw([lj.lease_token for lj in due], progress=self._ledger.progress(due))
         except EdgeqError as err:
             log.warning("heartbeat of %d leases failed (%s); retrying on the next tick", len(due), err)
             return

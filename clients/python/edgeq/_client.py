@@ -178,10 +178,14 @@ def _nack_items(
     return messages
 
 
-def _heartbeat_request(chunk: Sequence[str], extend_by: float | timedelta | None) -> pb.HeartbeatRequest:
+def _heartbeat_request(
+    chunk: Sequence[str], extend_by: float | timedelta | None, progress: Mapping[str, pb.Progress] | None = None
+) -> pb.HeartbeatRequest:
     req = pb.HeartbeatRequest(lease_tokens=chunk)
     if extend_by is not None:
         req.extend_by.CopyFrom(to_duration(extend_by))
+    if progress:
+        req.progress.extend(progress[t] for t in chunk if t in progress)
     return req
 
 
@@ -514,12 +518,14 @@ class Client:
         return txid
 
     def heartbeat_raw(
-        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
+        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None,
+        progress: Mapping[str, pb.Progress] | None = None,
     ) -> pb.HeartbeatResponse:
-        """Heartbeat as protobuf out: outcomes and new expiries for all tokens, in order."""
+        """Heartbeat as protobuf out: outcomes and new expiries for all tokens, in order;
+        ``progress`` ({lease token: Progress}) reports some of these jobs' progress."""
         out = pb.HeartbeatResponse()
         for chunk in _chunks(lease_tokens, BATCH_MAX):
-            resp = self._write(self.stub.Heartbeat, _heartbeat_request(chunk, extend_by))
+            resp = self._write(self.stub.Heartbeat, _heartbeat_request(chunk, extend_by, progress))
             out.outcomes.extend(resp.outcomes)
             out.lease_expires_at.extend(resp.lease_expires_at)
             out.txid = self._note_txid(max(out.txid, resp.txid))

@@ -186,6 +186,9 @@ class Job:
     raw: pb.Job = field(repr=False, compare=False, hash=False)
     #: The unique key it was enqueued with, if any.
     unique_key: str | None = None
+    #: The last progress its handler reported (``LeasedJob.report_progress``), if any.
+    progress: float | None = None
+    progress_message: str | None = None
 
     @classmethod
     def from_proto(cls, m: pb.Job) -> Job:
@@ -209,6 +212,8 @@ class Job:
             result=m.result or None,
             raw=m,
             unique_key=m.unique_key or None,
+            progress=m.progress if m.progress or m.progress_message else None,
+            progress_message=m.progress_message or None,
         )
 
 

@@ -81,7 +81,8 @@ class LeasedJob:
     """
 
     __slots__ = (
-        "_due", "_job", "_settling", "_started", "cancelled", "lease_expires_at", "lease_lost", "lease_token", "raw"
+        "_due", "_job", "_progress", "_settling", "_started", "cancelled", "lease_expires_at", "lease_lost",
+        "lease_token", "raw",
     )
 
     def __init__(self, raw: pb.LeasedJob, due: float) -> None:
@@ -95,6 +96,18 @@ class LeasedJob:
         self._started: float | None = None  # monotonic time the handler began
         self._settling = False  # its Ack / Nack is queued or sent: heartbeats no longer judge the lease
         self._job: Job | None = None
+        self._progress: pb.Progress | None = None  # reported, not yet sent
+
+    def report_progress(self, value: float, message: str = "") -> None:
+        """Report how far the handler got (a finite number in its own unit, and a note of at
+        most 256 bytes): sent with the worker's next heartbeat tick (at most a few seconds
+        later; the last report wins), stored on the job, shown by GetJob, the CLI and the
+        dashboard. Thread-safe; costs no call of its own."""
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("progress value must be a finite number")
+        if len(message.encode()) > 256:
+            raise ValueError("progress message must be at most 256 bytes")
+        self._progress = pb.Progress(lease_token=self.lease_token, value=value, message=message)
 
     @property
     def id(self) -> str:
@@ -336,9 +349,22 @@ class Ledger:
                 self._held.pop(lj.lease_token, None)
 
     def due(self, horizon: float) -> list[LeasedJob]:
-        """Held leases whose extension is due by ``horizon``."""
+        """Held leases whose extension is due by ``horizon``, or with progress to send."""
         with self._lock:
-            return [lj for lj in self._held.values() if lj._due <= horizon and not lj.lease_lost.is_set()]
+            return [
+                lj for lj in self._held.values()
+                if (lj._due <= horizon or lj._progress is not None) and not lj.lease_lost.is_set()
+            ]
+
+    @staticmethod
+    def progress(due: Sequence[LeasedJob]) -> dict[str, pb.Progress]:
+        """The progress reports to send with a heartbeat of ``due`` (taken: sent once)."""
+        out: dict[str, pb.Progress] = {}
+        for lj in due:
+            report, lj._progress = lj._progress, None
+            if report is not None:
+                out[lj.lease_token] = report
+        return out
 
     def settled(self, what: str, jobs: Sequence[LeasedJob], outcomes: Sequence[int]) -> list[LeasedJob]:
         """An Ack/Nack call's outcomes: counts them, marks lost leases (logged once),

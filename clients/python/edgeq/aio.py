@@ -293,11 +293,13 @@ class Client:
         return txid
 
     async def heartbeat_raw(
-        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None
+        self, lease_tokens: Sequence[str], *, extend_by: float | timedelta | None = None,
+        progress: Mapping[str, pb.Progress] | None = None,
     ) -> pb.HeartbeatResponse:
         out = pb.HeartbeatResponse()
         for chunk in _chunks(lease_tokens, BATCH_MAX):
-            resp: pb.HeartbeatResponse = await self._write(self.stub.Heartbeat, _heartbeat_request(chunk, extend_by))
+            request = _heartbeat_request(chunk, extend_by, progress)
+            resp: pb.HeartbeatResponse = await self._write(self.stub.Heartbeat, request)
             out.outcomes.extend(resp.outcomes)
             out.lease_expires_at.extend(resp.lease_expires_at)
             out.txid = self._note_txid(max(out.txid, resp.txid))

@@ -147,6 +147,8 @@ function retryPolicy(policy: RetryPolicy): Interceptor {
 }
 
 export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
+/** A job's progress, as a Heartbeat carries it. */
+export type ProgressReport = { leaseToken: string; value: number; message: string };
 
 export class EdgeqClient {
   /** The generated client, for anything this class does not wrap. */
@@ -265,9 +267,10 @@ export class EdgeqClient {
   nack(items: MessageInitShape<typeof NackRequestSchema>["items"]) {
     return this.raw.nack({ items }, this.call);
   }
-  heartbeat(leaseTokens: string[], extendByMs: number) {
+  /** Extends the leases; `progress` reports some of their jobs' progress (each names one of the tokens). */
+  heartbeat(leaseTokens: string[], extendByMs: number, progress: ProgressReport[] = []) {
     const extendBy = { seconds: BigInt(Math.floor(extendByMs / 1000)), nanos: (extendByMs % 1000) * 1e6 };
-    return this.raw.heartbeat(create(HeartbeatRequestSchema, { leaseTokens, extendBy }), this.call);
+    return this.raw.heartbeat(create(HeartbeatRequestSchema, { leaseTokens, extendBy, progress }), this.call);
   }
   nodeInfo() {
     return this.raw.getNodeInfo({}, this.call);

@@ -38,11 +38,18 @@ export class FailError extends Error {}
 /** What a handler may resolve to: nothing, or the job's result (a string is stored UTF-8). */
 export type HandlerResult = void | undefined | string | Uint8Array;
 
+/** Reports how far the handler got (a finite number in its own unit, a note of at most 256
+ * bytes): sent with the worker's next heartbeat tick (the last report wins), stored on the job. */
+export type ReportProgress = (value: number, message?: string) => void;
+
 /** Handles one job. Resolving acks it (a returned string/Uint8Array is the job's result);
  * throwing RetryError / FailError / any other error nacks it (see the contract's §3). `signal`
  * aborts when the lease is lost (cancelled, expired, re-leased), the handler timeout passes,
- * or stop()'s drain timeout ends: the outcome is then not sent (or the job handed back). */
-export type Handler = (job: Job, signal: AbortSignal) => Promise<HandlerResult> | HandlerResult;
+ * or stop()'s drain timeout ends: the outcome is then not sent (or the job handed back).
+ * `reportProgress` reports the job's progress. */
+export type Handler = (
+  job: Job, signal: AbortSignal, reportProgress: ReportProgress,
+) => Promise<HandlerResult> | HandlerResult;
 
 export interface WorkerOptions {
   /** Handlers running at once (default 8). */
@@ -126,6 +133,8 @@ interface Held {
   /** Its outcome is decided (sent, handed back, timed out): a later handler result is dropped. */
   decided: boolean;
   timeout?: ReturnType<typeof setTimeout>;
+  /** The handler's latest progress report, until a heartbeat takes it. */
+  progress?: { value: number; message: string };
 }
 
 const now = () => performance.now();
@@ -303,7 +312,12 @@ export class Worker {
     let settle: Outcome;
     try {
       // In a CONSUMER span, child of the producer's (OpenTelemetry; a no-op without an SDK).
-      const result = await inHandlerSpan(job, () => this.handler(job, controller.signal));
+      const report: ReportProgress = (value, message = "") => {
+        if (!Number.isFinite(value)) throw new RangeError("progress value must be a finite number");
+        if (new TextEncoder().encode(message).length > 256) throw new RangeError("progress message must be at most 256 bytes");
+        held.progress = { value, message };
+      };
+      const result = await inHandlerSpan(job, () => this.handler(job, controller.signal, report));
       const bytes = typeof result === "string" ? new TextEncoder().encode(result) : result instanceof Uint8Array ? result : undefined;
       settle = { ack: bytes ? { leaseToken: token, result: bytes } : { leaseToken: token } };
     } catch (err) {
@@ -417,7 +431,7 @@ export class Worker {
   private async heartbeat(tick: number): Promise<void> {
     if (this.beating) return; // the previous call is still out; next tick
     const horizon = now() + tick;
-    const due = [...this.held.values()].filter((h) => !h.lost && h.due <= horizon);
+    const due = [...this.held.values()].filter((h) => !h.lost && (h.due <= horizon || h.progress !== undefined));
     if (due.length === 0) return;
     this.beating = true;
     try {
@@ -429,9 +443,14 @@ export class Worker {
 
   private async extend(due: Held[]): Promise<void> {
     const sent = now();
+    const progress = due.flatMap((h) => {
+      const p = h.progress;
+      h.progress = undefined;
+      return p ? [{ leaseToken: h.token, ...p }] : [];
+    });
     let outcomes: LeaseOutcome[];
     try {
-      outcomes = (await this.client.heartbeat(due.map((h) => h.token), this.opts.leaseDurationMs)).outcomes;
+      outcomes = (await this.client.heartbeat(due.map((h) => h.token), this.opts.leaseDurationMs, progress)).outcomes;
     } catch (err) {
       this.opts.logger.warn(`edgeq: heartbeat of ${due.length} leases failed (${String(err)}); retrying on the next tick`);
       return;

@@ -75,6 +75,29 @@ test("a uniqueKey returns the active job holding it, duplicate and unique", asyn
   assert.equal((await client.get(first.results[0].jobId)).uniqueKey, "daily");
 });
 
+test("a handler's reported progress reaches the job with the next heartbeat", async () => {
+  const id = (await client.enqueue({ queue: "tsprog", payload: new Uint8Array([1]) })).results[0].jobId;
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  const worker = new Worker(client, ["tsprog"], async (_job, _signal, reportProgress) => {
+    reportProgress(60, "three fifths");
+    assert.throws(() => reportProgress(Number.NaN), RangeError);
+    await gate;
+  }, { concurrency: 1, leaseDurationMs: 30000 }).start(); // not due for 15 s: sent for the report
+  try {
+    for (let i = 0; i < 200; i++) {
+      const job = await client.get(id);
+      if (job.progress === 60) { assert.equal(job.progressMessage, "three fifths"); break; }
+      assert.ok(i < 199, "progress never reached the job");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    release();
+    await waitState(id, JobState.COMPLETED);
+  } finally {
+    await worker.stop(5000);
+  }
+});
+
 test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
   const c = new EdgeqClient(await startServer(), { durability: "edge" });
   const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });

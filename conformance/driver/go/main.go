@@ -39,6 +39,7 @@ type spec struct {
 	Message *string `json:"message"`
 	AfterMs int64   `json:"after_ms"`
 	Ms      int64   `json:"ms"`
+	Value   float64 `json:"value"`
 }
 
 func (s spec) message(fallback string) string {
@@ -70,6 +71,10 @@ func handle(ctx context.Context, job *edgeqv1.Job) error {
 	case "panic":
 		panic(s.message("panic"))
 	case "sleep":
+		time.Sleep(time.Duration(s.Ms) * time.Millisecond)
+		return nil
+	case "progress":
+		edgeq.ReportProgress(ctx, s.Value, s.message(""))
 		time.Sleep(time.Duration(s.Ms) * time.Millisecond)
 		return nil
 	case "wait_cancel":

@@ -41,6 +41,10 @@ def handle(job: LeasedJob) -> bytes | None:
         if do == "sleep":
             time.sleep(spec["ms"] / 1000)
             return None
+        if do == "progress":
+            job.report_progress(spec["value"], spec.get("message", ""))
+            time.sleep(spec["ms"] / 1000)
+            return None
         if do == "wait_cancel":
             if job.cancelled.wait(spec["ms"] / 1000):
                 emit("cancelled", job=job.id)
@@ -58,6 +62,10 @@ async def handle_async(job: LeasedJob) -> bytes | None:
     try:
         do = spec["do"]
         if do == "sleep":
+            await asyncio.sleep(spec["ms"] / 1000)
+            return None
+        if do == "progress":
+            job.report_progress(spec["value"], spec.get("message", ""))
             await asyncio.sleep(spec["ms"] / 1000)
             return None
         if do == "wait_cancel":

@@ -4,7 +4,7 @@
  * clients/typescript: node --import tsx conformance/driver/typescript/driver.ts ARGS
  */
 import { parseArgs } from "node:util";
-import { EdgeqClient, FailError, RetryError, Worker, type Job, type WorkerOptions } from "../../../clients/typescript/src/index.ts";
+import { EdgeqClient, FailError, RetryError, Worker, type Job, type ReportProgress, type WorkerOptions } from "../../../clients/typescript/src/index.ts";
 
 function emit(event: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(JSON.stringify({ event, ...fields }) + "\n");
@@ -25,7 +25,7 @@ function waitOrAbort(ms: number, signal: AbortSignal): Promise<boolean> {
   });
 }
 
-async function handle(job: Job, signal: AbortSignal): Promise<string | undefined> {
+async function handle(job: Job, signal: AbortSignal, reportProgress: ReportProgress): Promise<string | undefined> {
   const spec = JSON.parse(new TextDecoder().decode(job.payload)) as Record<string, unknown>;
   emit("start", { job: job.id, attempt: job.attempts });
   try {
@@ -42,6 +42,10 @@ async function handle(job: Job, signal: AbortSignal): Promise<string | undefined
       case "panic":
         throw message("panic"); // a string, not an Error: TypeScript's panic
       case "sleep":
+        await new Promise((r) => setTimeout(r, Number(spec.ms)));
+        return undefined;
+      case "progress":
+        reportProgress(Number(spec.value), message(""));
         await new Promise((r) => setTimeout(r, Number(spec.ms)));
         return undefined;
       case "wait_cancel":

@@ -533,9 +533,14 @@ type Job struct {
 	// Set by Ack, if the worker sent one.
 	Result []byte `protobuf:"bytes,17,opt,name=result,proto3" json:"result,omitempty"`
 	// The unique_key it was enqueued with (empty: none).
-	UniqueKey     string `protobuf:"bytes,18,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UniqueKey string `protobuf:"bytes,18,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
+	// The last progress its handler reported with a Heartbeat (0 and empty if
+	// none), kept after it finishes.
+	Progress float64 `protobuf:"fixed64,19,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The message of that report.
+	ProgressMessage string `protobuf:"bytes,20,opt,name=progress_message,json=progressMessage,proto3" json:"progress_message,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -690,6 +695,20 @@ func (x *Job) GetResult() []byte {
 func (x *Job) GetUniqueKey() string {
 	if x != nil {
 		return x.UniqueKey
+	}
+	return ""
+}
+
+func (x *Job) GetProgress() float64 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
+
+func (x *Job) GetProgressMessage() string {
+	if x != nil {
+		return x.ProgressMessage
 	}
 	return ""
 }
@@ -1439,7 +1458,11 @@ type HeartbeatRequest struct {
 	// Leases to extend (1..1000).
 	LeaseTokens []string `protobuf:"bytes,1,rep,name=lease_tokens,json=leaseTokens,proto3" json:"lease_tokens,omitempty"`
 	// New lease length from now; 0 means each lease's own duration.
-	ExtendBy      *durationpb.Duration `protobuf:"bytes,2,opt,name=extend_by,json=extendBy,proto3" json:"extend_by,omitempty"`
+	ExtendBy *durationpb.Duration `protobuf:"bytes,2,opt,name=extend_by,json=extendBy,proto3" json:"extend_by,omitempty"`
+	// Progress of some of these leases' jobs (each lease_token must be one of
+	// lease_tokens), stored on the job when its lease is live: GetJob, the CLI
+	// and the dashboard show it.
+	Progress      []*Progress `protobuf:"bytes,3,rep,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1488,6 +1511,77 @@ func (x *HeartbeatRequest) GetExtendBy() *durationpb.Duration {
 	return nil
 }
 
+func (x *HeartbeatRequest) GetProgress() []*Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// Progress is a running job's own report of how far it got.
+type Progress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lease of the job (one of the request's lease_tokens).
+	LeaseToken string `protobuf:"bytes,1,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	// How far, in the handler's own unit (a percentage, rows done...); finite.
+	Value float64 `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
+	// A short note, at most 256 bytes (empty: none).
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Progress) Reset() {
+	*x = Progress{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Progress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Progress) ProtoMessage() {}
+
+func (x *Progress) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Progress.ProtoReflect.Descriptor instead.
+func (*Progress) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Progress) GetLeaseToken() string {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return ""
+}
+
+func (x *Progress) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *Progress) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // HeartbeatResponse answers Heartbeat.
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1504,7 +1598,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[15]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1610,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[15]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1623,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeartbeatResponse) GetOutcomes() []LeaseOutcome {
@@ -1566,7 +1660,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[16]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1672,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[16]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1685,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -1619,7 +1713,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[17]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1725,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[17]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1738,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1676,7 +1770,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[18]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1782,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[18]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1795,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListJobsRequest) GetQueue() string {
@@ -1759,7 +1853,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[19]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1865,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[19]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1878,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1814,7 +1908,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[20]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1920,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[20]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1933,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetQueueStatsRequest) GetQueues() []string {
@@ -1886,7 +1980,7 @@ type QueueStats struct {
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[21]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +1992,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[21]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2005,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *QueueStats) GetQueue() string {
@@ -1995,7 +2089,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[22]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2101,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[22]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2114,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetQueueStatsResponse) GetStats() []*QueueStats {
@@ -2041,7 +2135,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[23]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2147,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[23]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2160,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -2089,7 +2183,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[24]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +2195,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[24]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +2208,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -2142,7 +2236,7 @@ type RetryJobRequest struct {
 
 func (x *RetryJobRequest) Reset() {
 	*x = RetryJobRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[25]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2248,7 @@ func (x *RetryJobRequest) String() string {
 func (*RetryJobRequest) ProtoMessage() {}
 
 func (x *RetryJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[25]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2261,7 @@ func (x *RetryJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobRequest.ProtoReflect.Descriptor instead.
 func (*RetryJobRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RetryJobRequest) GetJobId() string {
@@ -2190,7 +2284,7 @@ type RetryJobResponse struct {
 
 func (x *RetryJobResponse) Reset() {
 	*x = RetryJobResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[26]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2296,7 @@ func (x *RetryJobResponse) String() string {
 func (*RetryJobResponse) ProtoMessage() {}
 
 func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[26]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2309,7 @@ func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
 func (*RetryJobResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryJobResponse) GetJob() *Job {
@@ -2250,7 +2344,7 @@ type JobSelection struct {
 
 func (x *JobSelection) Reset() {
 	*x = JobSelection{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2356,7 @@ func (x *JobSelection) String() string {
 func (*JobSelection) ProtoMessage() {}
 
 func (x *JobSelection) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[27]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2369,7 @@ func (x *JobSelection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSelection.ProtoReflect.Descriptor instead.
 func (*JobSelection) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JobSelection) GetQueue() string {
@@ -2319,7 +2413,7 @@ type RetryJobsRequest struct {
 
 func (x *RetryJobsRequest) Reset() {
 	*x = RetryJobsRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2425,7 @@ func (x *RetryJobsRequest) String() string {
 func (*RetryJobsRequest) ProtoMessage() {}
 
 func (x *RetryJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[28]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2438,7 @@ func (x *RetryJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobsRequest.ProtoReflect.Descriptor instead.
 func (*RetryJobsRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RetryJobsRequest) GetSelection() *JobSelection {
@@ -2376,7 +2470,7 @@ type RetryJobsResponse struct {
 
 func (x *RetryJobsResponse) Reset() {
 	*x = RetryJobsResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2482,7 @@ func (x *RetryJobsResponse) String() string {
 func (*RetryJobsResponse) ProtoMessage() {}
 
 func (x *RetryJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[29]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2495,7 @@ func (x *RetryJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryJobsResponse.ProtoReflect.Descriptor instead.
 func (*RetryJobsResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RetryJobsResponse) GetCount() int64 {
@@ -2438,7 +2532,7 @@ type CancelJobsRequest struct {
 
 func (x *CancelJobsRequest) Reset() {
 	*x = CancelJobsRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2544,7 @@ func (x *CancelJobsRequest) String() string {
 func (*CancelJobsRequest) ProtoMessage() {}
 
 func (x *CancelJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[30]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2557,7 @@ func (x *CancelJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobsRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobsRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CancelJobsRequest) GetSelection() *JobSelection {
@@ -2495,7 +2589,7 @@ type CancelJobsResponse struct {
 
 func (x *CancelJobsResponse) Reset() {
 	*x = CancelJobsResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2601,7 @@ func (x *CancelJobsResponse) String() string {
 func (*CancelJobsResponse) ProtoMessage() {}
 
 func (x *CancelJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[31]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2614,7 @@ func (x *CancelJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobsResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobsResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CancelJobsResponse) GetCount() int64 {
@@ -2555,7 +2649,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2661,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[32]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2674,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -2601,7 +2695,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2707,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2720,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PauseQueueResponse) GetTxid() uint64 {
@@ -2647,7 +2741,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2753,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2766,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -2693,7 +2787,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2799,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2812,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResumeQueueResponse) GetTxid() uint64 {
@@ -2737,7 +2831,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2843,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2856,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 // ReplicaPosition is the last position a replica reported to the primary.
@@ -2783,7 +2877,7 @@ type ReplicaPosition struct {
 
 func (x *ReplicaPosition) Reset() {
 	*x = ReplicaPosition{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +2889,7 @@ func (x *ReplicaPosition) String() string {
 func (*ReplicaPosition) ProtoMessage() {}
 
 func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +2902,7 @@ func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPosition.ProtoReflect.Descriptor instead.
 func (*ReplicaPosition) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReplicaPosition) GetNode() string {
@@ -2884,7 +2978,7 @@ type GetNodeInfoResponse struct {
 
 func (x *GetNodeInfoResponse) Reset() {
 	*x = GetNodeInfoResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +2990,7 @@ func (x *GetNodeInfoResponse) String() string {
 func (*GetNodeInfoResponse) ProtoMessage() {}
 
 func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +3003,7 @@ func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetNodeInfoResponse) GetRole() NodeRole {
@@ -3040,7 +3134,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"uniqueness\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x18\n" +
@@ -3063,7 +3157,9 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06result\x18\x11 \x01(\fR\x06result\x12\x1d\n" +
 	"\n" +
-	"unique_key\x18\x12 \x01(\tR\tuniqueKey\x1a:\n" +
+	"unique_key\x18\x12 \x01(\tR\tuniqueKey\x12\x1a\n" +
+	"\bprogress\x18\x13 \x01(\x01R\bprogress\x12)\n" +
+	"\x10progress_message\x18\x14 \x01(\tR\x0fprogressMessage\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -3117,10 +3213,16 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x05items\x18\x01 \x03(\v2\x12.edgeq.v1.NackItemR\x05items\"V\n" +
 	"\fNackResponse\x122\n" +
 	"\boutcomes\x18\x01 \x03(\x0e2\x16.edgeq.v1.LeaseOutcomeR\boutcomes\x12\x12\n" +
-	"\x04txid\x18\x02 \x01(\x04R\x04txid\"m\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"\x9d\x01\n" +
 	"\x10HeartbeatRequest\x12!\n" +
 	"\flease_tokens\x18\x01 \x03(\tR\vleaseTokens\x126\n" +
-	"\textend_by\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bextendBy\"\xa1\x01\n" +
+	"\textend_by\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bextendBy\x12.\n" +
+	"\bprogress\x18\x03 \x03(\v2\x12.edgeq.v1.ProgressR\bprogress\"[\n" +
+	"\bProgress\x12\x1f\n" +
+	"\vlease_token\x18\x01 \x01(\tR\n" +
+	"leaseToken\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xa1\x01\n" +
 	"\x11HeartbeatResponse\x122\n" +
 	"\boutcomes\x18\x01 \x03(\x0e2\x16.edgeq.v1.LeaseOutcomeR\boutcomes\x12\x12\n" +
 	"\x04txid\x18\x02 \x01(\x04R\x04txid\x12D\n" +
@@ -3285,7 +3387,7 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: edgeq.v1.JobState
 	(Durability)(0),               // 1: edgeq.v1.Durability
@@ -3307,113 +3409,115 @@ var file_edgeq_v1_queue_proto_goTypes = []any{
 	(*NackRequest)(nil),           // 17: edgeq.v1.NackRequest
 	(*NackResponse)(nil),          // 18: edgeq.v1.NackResponse
 	(*HeartbeatRequest)(nil),      // 19: edgeq.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 20: edgeq.v1.HeartbeatResponse
-	(*GetJobRequest)(nil),         // 21: edgeq.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 22: edgeq.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 23: edgeq.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 24: edgeq.v1.ListJobsResponse
-	(*GetQueueStatsRequest)(nil),  // 25: edgeq.v1.GetQueueStatsRequest
-	(*QueueStats)(nil),            // 26: edgeq.v1.QueueStats
-	(*GetQueueStatsResponse)(nil), // 27: edgeq.v1.GetQueueStatsResponse
-	(*CancelJobRequest)(nil),      // 28: edgeq.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 29: edgeq.v1.CancelJobResponse
-	(*RetryJobRequest)(nil),       // 30: edgeq.v1.RetryJobRequest
-	(*RetryJobResponse)(nil),      // 31: edgeq.v1.RetryJobResponse
-	(*JobSelection)(nil),          // 32: edgeq.v1.JobSelection
-	(*RetryJobsRequest)(nil),      // 33: edgeq.v1.RetryJobsRequest
-	(*RetryJobsResponse)(nil),     // 34: edgeq.v1.RetryJobsResponse
-	(*CancelJobsRequest)(nil),     // 35: edgeq.v1.CancelJobsRequest
-	(*CancelJobsResponse)(nil),    // 36: edgeq.v1.CancelJobsResponse
-	(*PauseQueueRequest)(nil),     // 37: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 38: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 39: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 40: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),    // 41: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),       // 42: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),   // 43: edgeq.v1.GetNodeInfoResponse
-	nil,                           // 44: edgeq.v1.JobSpec.HeadersEntry
-	nil,                           // 45: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
+	(*Progress)(nil),              // 20: edgeq.v1.Progress
+	(*HeartbeatResponse)(nil),     // 21: edgeq.v1.HeartbeatResponse
+	(*GetJobRequest)(nil),         // 22: edgeq.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 23: edgeq.v1.GetJobResponse
+	(*ListJobsRequest)(nil),       // 24: edgeq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 25: edgeq.v1.ListJobsResponse
+	(*GetQueueStatsRequest)(nil),  // 26: edgeq.v1.GetQueueStatsRequest
+	(*QueueStats)(nil),            // 27: edgeq.v1.QueueStats
+	(*GetQueueStatsResponse)(nil), // 28: edgeq.v1.GetQueueStatsResponse
+	(*CancelJobRequest)(nil),      // 29: edgeq.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 30: edgeq.v1.CancelJobResponse
+	(*RetryJobRequest)(nil),       // 31: edgeq.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),      // 32: edgeq.v1.RetryJobResponse
+	(*JobSelection)(nil),          // 33: edgeq.v1.JobSelection
+	(*RetryJobsRequest)(nil),      // 34: edgeq.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),     // 35: edgeq.v1.RetryJobsResponse
+	(*CancelJobsRequest)(nil),     // 36: edgeq.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),    // 37: edgeq.v1.CancelJobsResponse
+	(*PauseQueueRequest)(nil),     // 38: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 39: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 40: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 41: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),    // 42: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),       // 43: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),   // 44: edgeq.v1.GetNodeInfoResponse
+	nil,                           // 45: edgeq.v1.JobSpec.HeadersEntry
+	nil,                           // 46: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	46, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	47, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	44, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	47, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	48, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	45, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	3,  // 3: edgeq.v1.JobSpec.uniqueness:type_name -> edgeq.v1.Uniqueness
 	0,  // 4: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	47, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	47, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	47, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	47, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	47, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	45, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	48, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	48, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	48, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	48, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	48, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	46, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
 	5,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
 	1,  // 12: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
 	8,  // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	46, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	47, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	6,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	47, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	48, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
 	13, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
 	2,  // 19: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	46, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	47, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
 	16, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
 	2,  // 22: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	46, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
-	2,  // 24: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	47, // 25: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 26: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 27: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
-	6,  // 28: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	46, // 29: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	26, // 30: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	6,  // 31: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	6,  // 32: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 33: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
-	47, // 34: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
-	47, // 35: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
-	32, // 36: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	32, // 37: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	47, // 38: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	4,  // 39: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	42, // 40: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	46, // 41: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	7,  // 42: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	10, // 43: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	14, // 44: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	17, // 45: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	19, // 46: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	21, // 47: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	23, // 48: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	25, // 49: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	28, // 50: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	30, // 51: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	33, // 52: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
-	35, // 53: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
-	37, // 54: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	39, // 55: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	41, // 56: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	9,  // 57: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	12, // 58: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	15, // 59: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	18, // 60: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	20, // 61: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	22, // 62: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	24, // 63: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	27, // 64: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	29, // 65: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	31, // 66: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	34, // 67: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
-	36, // 68: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
-	38, // 69: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	40, // 70: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	43, // 71: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	57, // [57:72] is the sub-list for method output_type
-	42, // [42:57] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	47, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	20, // 24: edgeq.v1.HeartbeatRequest.progress:type_name -> edgeq.v1.Progress
+	2,  // 25: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
+	48, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 27: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 28: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
+	6,  // 29: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
+	47, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	27, // 31: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	6,  // 32: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	6,  // 33: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 34: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
+	48, // 35: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	48, // 36: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	33, // 37: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	33, // 38: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	48, // 39: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	4,  // 40: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	43, // 41: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	47, // 42: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	7,  // 43: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	10, // 44: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	14, // 45: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	17, // 46: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	19, // 47: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	22, // 48: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	24, // 49: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	26, // 50: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	29, // 51: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	31, // 52: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	34, // 53: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	36, // 54: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	38, // 55: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	40, // 56: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	42, // 57: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	9,  // 58: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	12, // 59: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	15, // 60: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	18, // 61: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	21, // 62: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	23, // 63: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	25, // 64: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	28, // 65: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	30, // 66: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	32, // 67: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	35, // 68: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	37, // 69: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	39, // 70: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	41, // 71: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	44, // 72: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	58, // [58:73] is the sub-list for method output_type
+	43, // [43:58] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -3427,7 +3531,7 @@ func file_edgeq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

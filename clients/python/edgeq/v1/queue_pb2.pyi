@@ -106,7 +106,7 @@ class JobSpec(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ..., unique_key: _Optional[str] = ..., uniqueness: _Optional[_Union[Uniqueness, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key")
+    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key", "progress", "progress_message")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class Job(_message.Message):
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     payload: bytes
@@ -150,7 +152,9 @@ class Job(_message.Message):
     worker_id: str
     result: bytes
     unique_key: str
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ...) -> None: ...
+    progress: float
+    progress_message: str
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("jobs", "durability")
@@ -263,12 +267,24 @@ class NackResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[LeaseOutcome, str]]] = ..., txid: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("lease_tokens", "extend_by")
+    __slots__ = ("lease_tokens", "extend_by", "progress")
     LEASE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EXTEND_BY_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     lease_tokens: _containers.RepeatedScalarFieldContainer[str]
     extend_by: _duration_pb2.Duration
-    def __init__(self, lease_tokens: _Optional[_Iterable[str]] = ..., extend_by: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    progress: _containers.RepeatedCompositeFieldContainer[Progress]
+    def __init__(self, lease_tokens: _Optional[_Iterable[str]] = ..., extend_by: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("lease_token", "value", "message")
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    lease_token: str
+    value: float
+    message: str
+    def __init__(self, lease_token: _Optional[str] = ..., value: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("outcomes", "txid", "lease_expires_at")

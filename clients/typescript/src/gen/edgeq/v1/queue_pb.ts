@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/queue.proto.
  */
 export const file_edgeq_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEi7wIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsYECgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIhCgVzdGF0ZRgEIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhAKCGF0dGVtcHRzGAUgASgFEhQKDG1heF9hdHRlbXB0cxgGIAEoBRIQCghwcmlvcml0eRgHIAEoBRIqCgZydW5fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGNvbXBsZXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGVhc2VfZXhwaXJlc19hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZXJyb3JfbWVzc2FnZRgNIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYDiABKAkSKwoHaGVhZGVycxgPIAMoCzIaLmVkZ2VxLnYxLkpvYi5IZWFkZXJzRW50cnkSEQoJd29ya2VyX2lkGBAgASgJEg4KBnJlc3VsdBgRIAEoDBISCgp1bmlxdWVfa2V5GBIgASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlsKDkVucXVldWVSZXF1ZXN0Eh8KBGpvYnMYASADKAsyES5lZGdlcS52MS5Kb2JTcGVjEigKCmR1cmFiaWxpdHkYAiABKA4yFC5lZGdlcS52MS5EdXJhYmlsaXR5IlsKDUVucXVldWVSZXN1bHQSDgoGam9iX2lkGAEgASgJEhEKCWR1cGxpY2F0ZRgCIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGdW5pcXVlGAQgASgIIooBCg9FbnF1ZXVlUmVzcG9uc2USKAoHcmVzdWx0cxgBIAMoCzIXLmVkZ2VxLnYxLkVucXVldWVSZXN1bHQSDAoEdHhpZBgCIAEoBBIQCghidWZmZXJlZBgDIAEoCBIYChBhY2NlcHRlZF9hdF9lZGdlGAQgASgIEhMKC2FjY2VwdGVkX2J5GAUgASgJInsKDExlYXNlUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEQoJd29ya2VyX2lkGAIgASgJEhUKDW1heF9pbl9mbGlnaHQYAyABKAUSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24icgoJTGVhc2VkSm9iEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhITCgtsZWFzZV90b2tlbhgCIAEoCRI0ChBsZWFzZV9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIyCg1MZWFzZVJlc3BvbnNlEiEKBGpvYnMYASADKAsyEy5lZGdlcS52MS5MZWFzZWRKb2IiLgoHQWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIOCgZyZXN1bHQYAiABKAwiLgoKQWNrUmVxdWVzdBIgCgVpdGVtcxgBIAMoCzIRLmVkZ2VxLnYxLkFja0l0ZW0iRQoLQWNrUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBCJ4CghOYWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAIgASgJEi4KC3JldHJ5X2RlbGF5GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHRlcm1pbmFsGAQgASgIIjAKC05hY2tSZXF1ZXN0EiEKBWl0ZW1zGAEgAygLMhIuZWRnZXEudjEuTmFja0l0ZW0iRgoMTmFja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQiVgoQSGVhcnRiZWF0UmVxdWVzdBIUCgxsZWFzZV90b2tlbnMYASADKAkSLAoJZXh0ZW5kX2J5GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIoEBChFIZWFydGJlYXRSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyADKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhAKCG1pbl90eGlkGAIgASgEIiwKDkdldEpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYiKMAQoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSEAoIbWluX3R4aWQYBSABKAQSDgoGc2VhcmNoGAYgASgJIkgKEExpc3RKb2JzUmVzcG9uc2USGwoEam9icxgBIAMoCzINLmVkZ2VxLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJEhAKCG1pbl90eGlkGAIgASgEIt8BCgpRdWV1ZVN0YXRzEg0KBXF1ZXVlGAEgASgJEg8KB3BlbmRpbmcYAiABKAMSEQoJc2NoZWR1bGVkGAMgASgDEg8KB3J1bm5pbmcYBCABKAMSEQoJY29tcGxldGVkGAUgASgDEg4KBmZhaWxlZBgGIAEoAxIRCgljYW5jZWxsZWQYByABKAMSNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnBhdXNlZBgJIAEoCBIQCghhY2NlcHRlZBgKIAEoAyI8ChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoFc3RhdHMYASADKAsyFC5lZGdlcS52MS5RdWV1ZVN0YXRzIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIj0KEUNhbmNlbEpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIiEKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPAoQUmV0cnlKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISDAoEdHhpZBgCIAEoBCKnAQoMSm9iU2VsZWN0aW9uEg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSMQoNY3JlYXRlZF9hZnRlchgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkwKEFJldHJ5Sm9ic1JlcXVlc3QSKQoJc2VsZWN0aW9uGAEgASgLMhYuZWRnZXEudjEuSm9iU2VsZWN0aW9uEg0KBWxpbWl0GAIgASgFIj4KEVJldHJ5Sm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCJNChFDYW5jZWxKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPwoSQ2FuY2VsSm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCIiChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIiChJQYXVzZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIjChJSZXN1bWVRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIwoTUmVzdW1lUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIhQKEkdldE5vZGVJbmZvUmVxdWVzdCJwCg9SZXBsaWNhUG9zaXRpb24SDAoEbm9kZRgBIAEoCRIMCgR0eGlkGAIgASgEEi8KC3JlcG9ydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCgh2ZXJpZmllZBgEIAEoCCKsAwoTR2V0Tm9kZUluZm9SZXNwb25zZRIgCgRyb2xlGAEgASgOMhIuZWRnZXEudjEuTm9kZVJvbGUSDwoHYWRkcmVzcxgCIAEoCRIPCgdwcmltYXJ5GAMgASgJEgwKBHR4aWQYBCABKAQSGQoRcHJpbWFyeV9yZWFjaGFibGUYBSABKAgSKwoIcmVwbGljYXMYBiADKAsyGS5lZGdlcS52MS5SZXBsaWNhUG9zaXRpb24SEgoKZHVyYWJpbGl0eRgHIAEoCRIWCg5vdXRib3hfcGVuZGluZxgIIAEoAxITCgtvdXRib3hfZGVhZBgJIAEoAxIVCg1sb29wX3Jlc3RhcnRzGAogASgDEhUKDWVkZ2VfbG9nX2pvYnMYCyABKAMSNgoTZWRnZV9sb2dfb2xkZXN0X2FnZRgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbChNlZGdlX2xvZ19kcmFpbl9yYXRlGA0gASgBEhYKDmVkZ2VfbG9nX2J5dGVzGA4gASgDEh8KF2VkZ2VfbG9nX2NhcGFjaXR5X2J5dGVzGA8gASgDKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX0NPTVBMRVRFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFgoSSk9CX1NUQVRFX0FDQ0VQVEVEEAYqbgoKRHVyYWJpbGl0eRIaChZEVVJBQklMSVRZX1VOU1BFQ0lGSUVEEAASFAoQRFVSQUJJTElUWV9MT0NBTBABEhkKFURVUkFCSUxJVFlfUkVQTElDQVRFRBACEhMKD0RVUkFCSUxJVFlfRURHRRADKncKDExlYXNlT3V0Y29tZRIdChlMRUFTRV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQTEVBU0VfT1VUQ09NRV9PSxABEhcKE0xFQVNFX09VVENPTUVfU1RBTEUQAhIZChVMRUFTRV9PVVRDT01FX0lOVkFMSUQQAypXCgpVbmlxdWVuZXNzEhoKFlVOSVFVRU5FU1NfVU5TUEVDSUZJRUQQABIWChJVTklRVUVORVNTX1BFTkRJTkcQARIVChFVTklRVUVORVNTX0FDVElWRRACKoQBCghOb2RlUm9sZRIZChVOT0RFX1JPTEVfVU5TUEVDSUZJRUQQABIYChROT0RFX1JPTEVfU1RBTkRBTE9ORRABEhUKEU5PREVfUk9MRV9QUklNQVJZEAISFQoRTk9ERV9ST0xFX1JFUExJQ0EQAxIVChFOT0RFX1JPTEVfVU5LTk9XThAEMoYICgxRdWV1ZVNlcnZpY2USPgoHRW5xdWV1ZRIYLmVkZ2VxLnYxLkVucXVldWVSZXF1ZXN0GhkuZWRnZXEudjEuRW5xdWV1ZVJlc3BvbnNlEjoKBUxlYXNlEhYuZWRnZXEudjEuTGVhc2VSZXF1ZXN0GhcuZWRnZXEudjEuTGVhc2VSZXNwb25zZTABEjIKA0FjaxIULmVkZ2VxLnYxLkFja1JlcXVlc3QaFS5lZGdlcS52MS5BY2tSZXNwb25zZRI1CgROYWNrEhUuZWRnZXEudjEuTmFja1JlcXVlc3QaFi5lZGdlcS52MS5OYWNrUmVzcG9uc2USRAoJSGVhcnRiZWF0EhouZWRnZXEudjEuSGVhcnRiZWF0UmVxdWVzdBobLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEjsKBkdldEpvYhIXLmVkZ2VxLnYxLkdldEpvYlJlcXVlc3QaGC5lZGdlcS52MS5HZXRKb2JSZXNwb25zZRJBCghMaXN0Sm9icxIZLmVkZ2VxLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmVkZ2VxLnYxLkxpc3RKb2JzUmVzcG9uc2USUAoNR2V0UXVldWVTdGF0cxIeLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh8uZWRnZXEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkQKCUNhbmNlbEpvYhIaLmVkZ2VxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGy5lZGdlcS52MS5DYW5jZWxKb2JSZXNwb25zZRJBCghSZXRyeUpvYhIZLmVkZ2VxLnYxLlJldHJ5Sm9iUmVxdWVzdBoaLmVkZ2VxLnYxLlJldHJ5Sm9iUmVzcG9uc2USRAoJUmV0cnlKb2JzEhouZWRnZXEudjEuUmV0cnlKb2JzUmVxdWVzdBobLmVkZ2VxLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEkcKCkNhbmNlbEpvYnMSGy5lZGdlcS52MS5DYW5jZWxKb2JzUmVxdWVzdBocLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEi7wIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvIECgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIhCgVzdGF0ZRgEIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhAKCGF0dGVtcHRzGAUgASgFEhQKDG1heF9hdHRlbXB0cxgGIAEoBRIQCghwcmlvcml0eRgHIAEoBRIqCgZydW5fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGNvbXBsZXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGVhc2VfZXhwaXJlc19hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZXJyb3JfbWVzc2FnZRgNIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYDiABKAkSKwoHaGVhZGVycxgPIAMoCzIaLmVkZ2VxLnYxLkpvYi5IZWFkZXJzRW50cnkSEQoJd29ya2VyX2lkGBAgASgJEg4KBnJlc3VsdBgRIAEoDBISCgp1bmlxdWVfa2V5GBIgASgJEhAKCHByb2dyZXNzGBMgASgBEhgKEHByb2dyZXNzX21lc3NhZ2UYFCABKAkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiWwoORW5xdWV1ZVJlcXVlc3QSHwoEam9icxgBIAMoCzIRLmVkZ2VxLnYxLkpvYlNwZWMSKAoKZHVyYWJpbGl0eRgCIAEoDjIULmVkZ2VxLnYxLkR1cmFiaWxpdHkiWwoNRW5xdWV1ZVJlc3VsdBIOCgZqb2JfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIOCgZ1bmlxdWUYBCABKAgiigEKD0VucXVldWVSZXNwb25zZRIoCgdyZXN1bHRzGAEgAygLMhcuZWRnZXEudjEuRW5xdWV1ZVJlc3VsdBIMCgR0eGlkGAIgASgEEhAKCGJ1ZmZlcmVkGAMgASgIEhgKEGFjY2VwdGVkX2F0X2VkZ2UYBCABKAgSEwoLYWNjZXB0ZWRfYnkYBSABKAkiewoMTGVhc2VSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRIRCgl3b3JrZXJfaWQYAiABKAkSFQoNbWF4X2luX2ZsaWdodBgDIAEoBRIxCg5sZWFzZV9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJyCglMZWFzZWRKb2ISGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEhMKC2xlYXNlX3Rva2VuGAIgASgJEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjIKDUxlYXNlUmVzcG9uc2USIQoEam9icxgBIAMoCzITLmVkZ2VxLnYxLkxlYXNlZEpvYiIuCgdBY2tJdGVtEhMKC2xlYXNlX3Rva2VuGAEgASgJEg4KBnJlc3VsdBgCIAEoDCIuCgpBY2tSZXF1ZXN0EiAKBWl0ZW1zGAEgAygLMhEuZWRnZXEudjEuQWNrSXRlbSJFCgtBY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEIngKCE5hY2tJdGVtEhMKC2xlYXNlX3Rva2VuGAEgASgJEhUKDWVycm9yX21lc3NhZ2UYAiABKAkSLgoLcmV0cnlfZGVsYXkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEAoIdGVybWluYWwYBCABKAgiMAoLTmFja1JlcXVlc3QSIQoFaXRlbXMYASADKAsyEi5lZGdlcS52MS5OYWNrSXRlbSJGCgxOYWNrUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBCJ8ChBIZWFydGJlYXRSZXF1ZXN0EhQKDGxlYXNlX3Rva2VucxgBIAMoCRIsCglleHRlbmRfYnkYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJAoIcHJvZ3Jlc3MYAyADKAsyEi5lZGdlcS52MS5Qcm9ncmVzcyI/CghQcm9ncmVzcxITCgtsZWFzZV90b2tlbhgBIAEoCRINCgV2YWx1ZRgCIAEoARIPCgdtZXNzYWdlGAMgASgJIoEBChFIZWFydGJlYXRSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEEjQKEGxlYXNlX2V4cGlyZXNfYXQYAyADKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhAKCG1pbl90eGlkGAIgASgEIiwKDkdldEpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYiKMAQoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSEAoIbWluX3R4aWQYBSABKAQSDgoGc2VhcmNoGAYgASgJIkgKEExpc3RKb2JzUmVzcG9uc2USGwoEam9icxgBIAMoCzINLmVkZ2VxLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDgoGcXVldWVzGAEgAygJEhAKCG1pbl90eGlkGAIgASgEIt8BCgpRdWV1ZVN0YXRzEg0KBXF1ZXVlGAEgASgJEg8KB3BlbmRpbmcYAiABKAMSEQoJc2NoZWR1bGVkGAMgASgDEg8KB3J1bm5pbmcYBCABKAMSEQoJY29tcGxldGVkGAUgASgDEg4KBmZhaWxlZBgGIAEoAxIRCgljYW5jZWxsZWQYByABKAMSNQoSb2xkZXN0X3BlbmRpbmdfYWdlGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnBhdXNlZBgJIAEoCBIQCghhY2NlcHRlZBgKIAEoAyI8ChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoFc3RhdHMYASADKAsyFC5lZGdlcS52MS5RdWV1ZVN0YXRzIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIj0KEUNhbmNlbEpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIiEKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPAoQUmV0cnlKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISDAoEdHhpZBgCIAEoBCKnAQoMSm9iU2VsZWN0aW9uEg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSMQoNY3JlYXRlZF9hZnRlchgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkwKEFJldHJ5Sm9ic1JlcXVlc3QSKQoJc2VsZWN0aW9uGAEgASgLMhYuZWRnZXEudjEuSm9iU2VsZWN0aW9uEg0KBWxpbWl0GAIgASgFIj4KEVJldHJ5Sm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCJNChFDYW5jZWxKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPwoSQ2FuY2VsSm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCIiChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIiChJQYXVzZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIjChJSZXN1bWVRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIwoTUmVzdW1lUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIhQKEkdldE5vZGVJbmZvUmVxdWVzdCJwCg9SZXBsaWNhUG9zaXRpb24SDAoEbm9kZRgBIAEoCRIMCgR0eGlkGAIgASgEEi8KC3JlcG9ydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCgh2ZXJpZmllZBgEIAEoCCKsAwoTR2V0Tm9kZUluZm9SZXNwb25zZRIgCgRyb2xlGAEgASgOMhIuZWRnZXEudjEuTm9kZVJvbGUSDwoHYWRkcmVzcxgCIAEoCRIPCgdwcmltYXJ5GAMgASgJEgwKBHR4aWQYBCABKAQSGQoRcHJpbWFyeV9yZWFjaGFibGUYBSABKAgSKwoIcmVwbGljYXMYBiADKAsyGS5lZGdlcS52MS5SZXBsaWNhUG9zaXRpb24SEgoKZHVyYWJpbGl0eRgHIAEoCRIWCg5vdXRib3hfcGVuZGluZxgIIAEoAxITCgtvdXRib3hfZGVhZBgJIAEoAxIVCg1sb29wX3Jlc3RhcnRzGAogASgDEhUKDWVkZ2VfbG9nX2pvYnMYCyABKAMSNgoTZWRnZV9sb2dfb2xkZXN0X2FnZRgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbChNlZGdlX2xvZ19kcmFpbl9yYXRlGA0gASgBEhYKDmVkZ2VfbG9nX2J5dGVzGA4gASgDEh8KF2VkZ2VfbG9nX2NhcGFjaXR5X2J5dGVzGA8gASgDKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX0NPTVBMRVRFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFgoSSk9CX1NUQVRFX0FDQ0VQVEVEEAYqbgoKRHVyYWJpbGl0eRIaChZEVVJBQklMSVRZX1VOU1BFQ0lGSUVEEAASFAoQRFVSQUJJTElUWV9MT0NBTBABEhkKFURVUkFCSUxJVFlfUkVQTElDQVRFRBACEhMKD0RVUkFCSUxJVFlfRURHRRADKncKDExlYXNlT3V0Y29tZRIdChlMRUFTRV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQTEVBU0VfT1VUQ09NRV9PSxABEhcKE0xFQVNFX09VVENPTUVfU1RBTEUQAhIZChVMRUFTRV9PVVRDT01FX0lOVkFMSUQQAypXCgpVbmlxdWVuZXNzEhoKFlVOSVFVRU5FU1NfVU5TUEVDSUZJRUQQABIWChJVTklRVUVORVNTX1BFTkRJTkcQARIVChFVTklRVUVORVNTX0FDVElWRRACKoQBCghOb2RlUm9sZRIZChVOT0RFX1JPTEVfVU5TUEVDSUZJRUQQABIYChROT0RFX1JPTEVfU1RBTkRBTE9ORRABEhUKEU5PREVfUk9MRV9QUklNQVJZEAISFQoRTk9ERV9ST0xFX1JFUExJQ0EQAxIVChFOT0RFX1JPTEVfVU5LTk9XThAEMoYICgxRdWV1ZVNlcnZpY2USPgoHRW5xdWV1ZRIYLmVkZ2VxLnYxLkVucXVldWVSZXF1ZXN0GhkuZWRnZXEudjEuRW5xdWV1ZVJlc3BvbnNlEjoKBUxlYXNlEhYuZWRnZXEudjEuTGVhc2VSZXF1ZXN0GhcuZWRnZXEudjEuTGVhc2VSZXNwb25zZTABEjIKA0FjaxIULmVkZ2VxLnYxLkFja1JlcXVlc3QaFS5lZGdlcS52MS5BY2tSZXNwb25zZRI1CgROYWNrEhUuZWRnZXEudjEuTmFja1JlcXVlc3QaFi5lZGdlcS52MS5OYWNrUmVzcG9uc2USRAoJSGVhcnRiZWF0EhouZWRnZXEudjEuSGVhcnRiZWF0UmVxdWVzdBobLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEjsKBkdldEpvYhIXLmVkZ2VxLnYxLkdldEpvYlJlcXVlc3QaGC5lZGdlcS52MS5HZXRKb2JSZXNwb25zZRJBCghMaXN0Sm9icxIZLmVkZ2VxLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmVkZ2VxLnYxLkxpc3RKb2JzUmVzcG9uc2USUAoNR2V0UXVldWVTdGF0cxIeLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh8uZWRnZXEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkQKCUNhbmNlbEpvYhIaLmVkZ2VxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGy5lZGdlcS52MS5DYW5jZWxKb2JSZXNwb25zZRJBCghSZXRyeUpvYhIZLmVkZ2VxLnYxLlJldHJ5Sm9iUmVxdWVzdBoaLmVkZ2VxLnYxLlJldHJ5Sm9iUmVzcG9uc2USRAoJUmV0cnlKb2JzEhouZWRnZXEudjEuUmV0cnlKb2JzUmVxdWVzdBobLmVkZ2VxLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEkcKCkNhbmNlbEpvYnMSGy5lZGdlcS52MS5DYW5jZWxKb2JzUmVxdWVzdBocLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * JobSpec is what a producer sends.
@@ -256,6 +256,21 @@ export type Job = Message<"edgeq.v1.Job"> & {
    * @generated from field: string unique_key = 18;
    */
   uniqueKey: string;
+
+  /**
+   * The last progress its handler reported with a Heartbeat (0 and empty if
+   * none), kept after it finishes.
+   *
+   * @generated from field: double progress = 19;
+   */
+  progress: number;
+
+  /**
+   * The message of that report.
+   *
+   * @generated from field: string progress_message = 20;
+   */
+  progressMessage: string;
 };
 
 /**
@@ -685,6 +700,15 @@ export type HeartbeatRequest = Message<"edgeq.v1.HeartbeatRequest"> & {
    * @generated from field: google.protobuf.Duration extend_by = 2;
    */
   extendBy?: Duration | undefined;
+
+  /**
+   * Progress of some of these leases' jobs (each lease_token must be one of
+   * lease_tokens), stored on the job when its lease is live: GetJob, the CLI
+   * and the dashboard show it.
+   *
+   * @generated from field: repeated edgeq.v1.Progress progress = 3;
+   */
+  progress: Progress[];
 };
 
 /**
@@ -693,6 +717,41 @@ export type HeartbeatRequest = Message<"edgeq.v1.HeartbeatRequest"> & {
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
   messageDesc(file_edgeq_v1_queue, 14);
+
+/**
+ * Progress is a running job's own report of how far it got.
+ *
+ * @generated from message edgeq.v1.Progress
+ */
+export type Progress = Message<"edgeq.v1.Progress"> & {
+  /**
+   * The lease of the job (one of the request's lease_tokens).
+   *
+   * @generated from field: string lease_token = 1;
+   */
+  leaseToken: string;
+
+  /**
+   * How far, in the handler's own unit (a percentage, rows done...); finite.
+   *
+   * @generated from field: double value = 2;
+   */
+  value: number;
+
+  /**
+   * A short note, at most 256 bytes (empty: none).
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message edgeq.v1.Progress.
+ * Use `create(ProgressSchema)` to create a new message.
+ */
+export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 15);
 
 /**
  * HeartbeatResponse answers Heartbeat.
@@ -728,7 +787,7 @@ export type HeartbeatResponse = Message<"edgeq.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 15);
+  messageDesc(file_edgeq_v1_queue, 16);
 
 /**
  * GetJobRequest reads one job.
@@ -756,7 +815,7 @@ export type GetJobRequest = Message<"edgeq.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 16);
+  messageDesc(file_edgeq_v1_queue, 17);
 
 /**
  * GetJobResponse answers GetJob.
@@ -777,7 +836,7 @@ export type GetJobResponse = Message<"edgeq.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 17);
+  messageDesc(file_edgeq_v1_queue, 18);
 
 /**
  * ListJobsRequest pages through jobs.
@@ -834,7 +893,7 @@ export type ListJobsRequest = Message<"edgeq.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 18);
+  messageDesc(file_edgeq_v1_queue, 19);
 
 /**
  * ListJobsResponse answers ListJobs.
@@ -862,7 +921,7 @@ export type ListJobsResponse = Message<"edgeq.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 19);
+  messageDesc(file_edgeq_v1_queue, 20);
 
 /**
  * GetQueueStatsRequest asks for per-queue counts.
@@ -890,7 +949,7 @@ export type GetQueueStatsRequest = Message<"edgeq.v1.GetQueueStatsRequest"> & {
  * Use `create(GetQueueStatsRequestSchema)` to create a new message.
  */
 export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 20);
+  messageDesc(file_edgeq_v1_queue, 21);
 
 /**
  * QueueStats are one queue's counts.
@@ -975,7 +1034,7 @@ export type QueueStats = Message<"edgeq.v1.QueueStats"> & {
  * Use `create(QueueStatsSchema)` to create a new message.
  */
 export const QueueStatsSchema: GenMessage<QueueStats> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 21);
+  messageDesc(file_edgeq_v1_queue, 22);
 
 /**
  * GetQueueStatsResponse answers GetQueueStats.
@@ -996,7 +1055,7 @@ export type GetQueueStatsResponse = Message<"edgeq.v1.GetQueueStatsResponse"> & 
  * Use `create(GetQueueStatsResponseSchema)` to create a new message.
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 22);
+  messageDesc(file_edgeq_v1_queue, 23);
 
 /**
  * CancelJobRequest cancels one job.
@@ -1017,7 +1076,7 @@ export type CancelJobRequest = Message<"edgeq.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 23);
+  messageDesc(file_edgeq_v1_queue, 24);
 
 /**
  * CancelJobResponse answers CancelJob.
@@ -1045,7 +1104,7 @@ export type CancelJobResponse = Message<"edgeq.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 24);
+  messageDesc(file_edgeq_v1_queue, 25);
 
 /**
  * RetryJobRequest redrives one job.
@@ -1066,7 +1125,7 @@ export type RetryJobRequest = Message<"edgeq.v1.RetryJobRequest"> & {
  * Use `create(RetryJobRequestSchema)` to create a new message.
  */
 export const RetryJobRequestSchema: GenMessage<RetryJobRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 25);
+  messageDesc(file_edgeq_v1_queue, 26);
 
 /**
  * RetryJobResponse answers RetryJob.
@@ -1094,7 +1153,7 @@ export type RetryJobResponse = Message<"edgeq.v1.RetryJobResponse"> & {
  * Use `create(RetryJobResponseSchema)` to create a new message.
  */
 export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 26);
+  messageDesc(file_edgeq_v1_queue, 27);
 
 /**
  * JobSelection picks the jobs a bulk call acts on.
@@ -1137,7 +1196,7 @@ export type JobSelection = Message<"edgeq.v1.JobSelection"> & {
  * Use `create(JobSelectionSchema)` to create a new message.
  */
 export const JobSelectionSchema: GenMessage<JobSelection> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 27);
+  messageDesc(file_edgeq_v1_queue, 28);
 
 /**
  * RetryJobsRequest redrives failed or cancelled jobs in bulk.
@@ -1165,7 +1224,7 @@ export type RetryJobsRequest = Message<"edgeq.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 28);
+  messageDesc(file_edgeq_v1_queue, 29);
 
 /**
  * RetryJobsResponse answers RetryJobs.
@@ -1200,7 +1259,7 @@ export type RetryJobsResponse = Message<"edgeq.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 29);
+  messageDesc(file_edgeq_v1_queue, 30);
 
 /**
  * CancelJobsRequest cancels pending or running jobs in bulk.
@@ -1228,7 +1287,7 @@ export type CancelJobsRequest = Message<"edgeq.v1.CancelJobsRequest"> & {
  * Use `create(CancelJobsRequestSchema)` to create a new message.
  */
 export const CancelJobsRequestSchema: GenMessage<CancelJobsRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 30);
+  messageDesc(file_edgeq_v1_queue, 31);
 
 /**
  * CancelJobsResponse answers CancelJobs.
@@ -1263,7 +1322,7 @@ export type CancelJobsResponse = Message<"edgeq.v1.CancelJobsResponse"> & {
  * Use `create(CancelJobsResponseSchema)` to create a new message.
  */
 export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 31);
+  messageDesc(file_edgeq_v1_queue, 32);
 
 /**
  * PauseQueueRequest pauses one queue.
@@ -1284,7 +1343,7 @@ export type PauseQueueRequest = Message<"edgeq.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 32);
+  messageDesc(file_edgeq_v1_queue, 33);
 
 /**
  * PauseQueueResponse answers PauseQueue.
@@ -1305,7 +1364,7 @@ export type PauseQueueResponse = Message<"edgeq.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 33);
+  messageDesc(file_edgeq_v1_queue, 34);
 
 /**
  * ResumeQueueRequest resumes one queue.
@@ -1326,7 +1385,7 @@ export type ResumeQueueRequest = Message<"edgeq.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 34);
+  messageDesc(file_edgeq_v1_queue, 35);
 
 /**
  * ResumeQueueResponse answers ResumeQueue.
@@ -1347,7 +1406,7 @@ export type ResumeQueueResponse = Message<"edgeq.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 35);
+  messageDesc(file_edgeq_v1_queue, 36);
 
 /**
  * GetNodeInfoRequest asks the answering node about itself.
@@ -1362,7 +1421,7 @@ export type GetNodeInfoRequest = Message<"edgeq.v1.GetNodeInfoRequest"> & {
  * Use `create(GetNodeInfoRequestSchema)` to create a new message.
  */
 export const GetNodeInfoRequestSchema: GenMessage<GetNodeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 36);
+  messageDesc(file_edgeq_v1_queue, 37);
 
 /**
  * ReplicaPosition is the last position a replica reported to the primary.
@@ -1405,7 +1464,7 @@ export type ReplicaPosition = Message<"edgeq.v1.ReplicaPosition"> & {
  * Use `create(ReplicaPositionSchema)` to create a new message.
  */
 export const ReplicaPositionSchema: GenMessage<ReplicaPosition> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 37);
+  messageDesc(file_edgeq_v1_queue, 38);
 
 /**
  * GetNodeInfoResponse describes one node.
@@ -1530,7 +1589,7 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
  * Use `create(GetNodeInfoResponseSchema)` to create a new message.
  */
 export const GetNodeInfoResponseSchema: GenMessage<GetNodeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 38);
+  messageDesc(file_edgeq_v1_queue, 39);
 
 /**
  * JobState is where a job is in its life.
