@@ -589,7 +589,7 @@ func (w *Worker) extend(leases []*lease) {
 		return
 	}
 	outcomes := resp.GetOutcomes()
-	var lostNow []*lease
+	var lostNow, cancelledNow []*lease
 	w.mu.Lock()
 	for i, l := range leases {
 		if i >= len(outcomes) {
@@ -608,7 +608,11 @@ func (w *Worker) extend(leases []*lease) {
 				w.pokeChanged()
 				l.cancel(errLeaseLost)
 			}
-			lostNow = append(lostNow, l)
+			if outcomes[i] == edgeqv1.LeaseOutcome_LEASE_OUTCOME_CANCEL_REQUESTED {
+				cancelledNow = append(cancelledNow, l)
+			} else {
+				lostNow = append(lostNow, l)
+			}
 			w.lost.Add(1)
 		}
 	}
@@ -616,6 +620,9 @@ func (w *Worker) extend(leases []*lease) {
 	for _, l := range lostNow {
 		w.opts.Logger.Warn("edgeq: lease lost (cancelled, expired or re-leased); the handler is cancelled and its outcome will not be sent",
 			"job", l.id)
+	}
+	for _, l := range cancelledNow {
+		w.opts.Logger.Info("edgeq: job cancelled (CancelJob); the handler is cancelled and nothing is sent", "job", l.id)
 	}
 }
 

@@ -23,6 +23,7 @@ OUTCOME_TO_PROTO = {
     LeaseOutcome.OK: pb.LEASE_OUTCOME_OK,
     LeaseOutcome.STALE: pb.LEASE_OUTCOME_STALE,
     LeaseOutcome.INVALID: pb.LEASE_OUTCOME_INVALID,
+    LeaseOutcome.CANCEL_REQUESTED: pb.LEASE_OUTCOME_CANCEL_REQUESTED,
 }
 
 
@@ -55,6 +56,7 @@ def job(j: Job) -> pb.Job:
         unique_key=j.unique_key or "",
         progress=j.progress or 0.0,
         progress_message=j.progress_message or "",
+        cancel_requested=j.cancel_requested,
     )
     if j.started_at is not None:
         m.started_at.CopyFrom(timestamp(j.started_at))

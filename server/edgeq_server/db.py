@@ -151,6 +151,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN progress REAL;
     ALTER TABLE jobs ADD COLUMN progress_message TEXT;
     """,
+    # 8: CancelJob on a RUNNING job keeps the lease id it cancelled, so that lease's next
+    # Heartbeat answers CANCEL_REQUESTED (stop the handler) rather than a bare STALE.
+    """
+    ALTER TABLE jobs ADD COLUMN cancelled_lease_id TEXT;
+    """,
 ]
 
 

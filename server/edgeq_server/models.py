@@ -61,6 +61,7 @@ class LeaseOutcome(enum.IntEnum):
     OK = 1
     STALE = 2
     INVALID = 3
+    CANCEL_REQUESTED = 4  # Heartbeat only: CancelJob cancelled the job under this lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class Job:
     unique_key: str | None = None
     progress: float | None = None
     progress_message: str | None = None
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)

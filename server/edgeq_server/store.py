@@ -62,7 +62,7 @@ _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
     " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key,"
-    " progress, progress_message"
+    " progress, progress_message, cancelled_lease_id IS NOT NULL"
 )
 def _glob_prefix(text: str) -> str:
     """A case-sensitive GLOB pattern matching strings that begin with ``text``."""
@@ -110,6 +110,7 @@ def _job(row: Any) -> Job:
         unique_key=row[18],
         progress=row[19],
         progress_message=row[20],
+        cancel_requested=bool(row[21]),
     )
 
 
@@ -482,7 +483,15 @@ class Store:
                 " RETURNING lease_expires_at",
                 (now, extend_by_us, value, value, message, ref.job_id, ref.lease_id, now),
             ).fetchone()
-            out.append(Extended(LeaseOutcome.STALE, None) if row is None else Extended(LeaseOutcome.OK, int(row[0])))
+            if row is not None:
+                out.append(Extended(LeaseOutcome.OK, int(row[0])))
+            elif cur.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND status = 'cancelled' AND cancelled_lease_id = ?",
+                (ref.job_id, ref.lease_id),
+            ).fetchone():
+                out.append(Extended(LeaseOutcome.CANCEL_REQUESTED, None))
+            else:
+                out.append(Extended(LeaseOutcome.STALE, None))
         return out
 
     def cancel(self, job_id: str, now: int) -> Cancelled:
@@ -503,7 +512,7 @@ class Store:
         job = _job(
             cur.execute(  # the row exists: checked above, same transaction
                 "UPDATE jobs SET status = 'cancelled', completed_at = ?, settled_lease_id = NULL,"
-                f" {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                f" cancelled_lease_id = lease_id, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
             ).fetchone()
         )
@@ -527,7 +536,8 @@ class Store:
         return _job(
             cur.execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, completed_at = NULL,"
-                f" result = NULL, settled_lease_id = NULL, {_CLEAR_LEASE} WHERE id = ? RETURNING {_COLUMNS}",
+                f" result = NULL, settled_lease_id = NULL, cancelled_lease_id = NULL, {_CLEAR_LEASE}"
+                f" WHERE id = ? RETURNING {_COLUMNS}",
                 (now, job_id),
             ).fetchone()
         )

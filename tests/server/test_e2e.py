@@ -483,9 +483,11 @@ async def test_cancel_pending_and_running_jobs(h: Harness) -> None:
 
     resp = await h.stub.CancelJob(pb.CancelJobRequest(job_id=running))
     assert resp.job.state == CANCELLED and not resp.job.HasField("lease_expires_at")
+    assert resp.job.cancel_requested and not (await h.job(pending)).cancel_requested
     assert await h.ack(leased.lease_token) == [STALE]
+    # Its worker hears of it at the next heartbeat (stop the handler); the job stays CANCELLED.
     hb = await h.stub.Heartbeat(pb.HeartbeatRequest(lease_tokens=[leased.lease_token]))
-    assert list(hb.outcomes) == [STALE]
+    assert list(hb.outcomes) == [pb.LEASE_OUTCOME_CANCEL_REQUESTED]
     assert (await h.job(running)).state == CANCELLED
     # The cancelled lease returned its credit: the stream takes new work.
     fresh = await h.put()
@@ -531,8 +533,9 @@ async def test_retry_cancelled_job_and_illegal_retries(h: Harness) -> None:
     err = await rpc_error(h.stub.RetryJob(pb.RetryJobRequest(job_id=job_id)))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # RUNNING
     assert (await h.job(job_id)).state == RUNNING
-    await h.stub.CancelJob(pb.CancelJobRequest(job_id=job_id))
-    assert (await h.stub.RetryJob(pb.RetryJobRequest(job_id=job_id))).job.state == PENDING
+    assert (await h.stub.CancelJob(pb.CancelJobRequest(job_id=job_id))).job.cancel_requested
+    again = (await h.stub.RetryJob(pb.RetryJobRequest(job_id=job_id))).job
+    assert again.state == PENDING and not again.cancel_requested  # a new life
     err = await rpc_error(h.stub.RetryJob(pb.RetryJobRequest(job_id="01890a5d-ac96-774b-bcce-b302099a8057")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 

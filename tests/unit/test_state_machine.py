@@ -64,6 +64,7 @@ class Model:
     lease_us: int | None = None
     settled_lease_id: str | None = None  # the lease an Ack/Nack settled the job with
     unique_key: str | None = None
+    cancelled_lease_id: str | None = None  # the lease CancelJob cancelled the job under
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -102,6 +103,13 @@ class StoreMachine(RuleBasedStateMachine):
     def stale_refs(self) -> list[LeaseRef]:
         """Leases no Ack/Nack/Heartbeat may use (settlers excluded: see replays)."""
         return [r for r in self.refs if not self.is_live(r) and not self.is_settler(r)]
+
+    def stale_outcome(self, op: str, ref: LeaseRef) -> LeaseOutcome:
+        """What ``op`` with a stale lease answers: STALE, but a Heartbeat of the lease a
+        CancelJob cancelled its job under says CANCEL_REQUESTED (stop the handler)."""
+        m = self.jobs[ref.job_id]
+        cancelled_under = m.state is JobState.CANCELLED and m.cancelled_lease_id == ref.lease_id
+        return LeaseOutcome.CANCEL_REQUESTED if op == "heartbeat" and cancelled_under else LeaseOutcome.STALE
 
     def replay_refs(self) -> list[LeaseRef]:
         return [r for r in self.refs if self.is_settler(r)]
@@ -208,7 +216,7 @@ class StoreMachine(RuleBasedStateMachine):
             outcome = write(s, lambda: s.nack([(ref, "late", None, True)], BACKOFF, self.now))[0].outcome
         else:
             outcome = write(s, lambda: s.heartbeat([ref], 3600 * SECOND, self.now))[0][0]
-        assert outcome is LeaseOutcome.STALE
+        assert outcome is self.stale_outcome(op, ref)
         assert rows(self.store) == before
 
     @rule(step=ADVANCE)
@@ -295,13 +303,16 @@ class StoreMachine(RuleBasedStateMachine):
             job, was_running = write(self.store, lambda: self.store.cancel(job_id, self.now))
             assert was_running == (m.state is JobState.RUNNING)
             assert (job.state, job.completed_at) == (JobState.CANCELLED, self.now)
+            assert job.cancel_requested == (m.state is JobState.RUNNING)
+            m.cancelled_lease_id = m.lease_id
             m.state = JobState.CANCELLED
             m.settled_lease_id = None
             m.drop_lease()
         else:
             job = write(self.store, lambda: self.store.retry(job_id, self.now))
             m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
-            m.settled_lease_id = None
+            m.settled_lease_id = m.cancelled_lease_id = None
+            assert not job.cancel_requested
             assert (job.state, job.attempts, job.run_at) == (m.state, m.attempts, m.run_at)
 
     @rule(u=st.tuples(st.sampled_from(QUEUES), st.sampled_from(["k1", "k2"]), st.booleans()))
@@ -343,10 +354,12 @@ class StoreMachine(RuleBasedStateMachine):
             m = self.jobs[job_id]
             if op == "cancel":
                 assert (job_id in result.ended) == (m.state is JobState.RUNNING)
+                m.cancelled_lease_id = m.lease_id
                 m.state = JobState.CANCELLED
                 m.drop_lease()
             else:
                 m.state, m.attempts, m.run_at = JobState.PENDING, 0, self.now
+                m.cancelled_lease_id = None
             m.settled_lease_id = None
 
     # ------------------------------------------------------------------ invariants
@@ -401,7 +414,11 @@ class StoreMachine(RuleBasedStateMachine):
         finally:
             s.rollback()
         assert {x.outcome for x in acked + nacked + failed} == {LeaseOutcome.STALE}
-        assert {outcome for outcome, _ in beat} == {LeaseOutcome.STALE}
+        # A lease CancelJob cancelled its job under hears of it (stop the handler); the rest are STALE.
+        expected = [self.stale_outcome("heartbeat", r) for r in stale]
+        assert [outcome for outcome, _ in beat] == expected
+        if LeaseOutcome.CANCEL_REQUESTED in expected:
+            event("heartbeat: cancel requested")
         assert after == before
 
     @invariant()

@@ -112,6 +112,8 @@ class LeaseOutcome(enum.StrEnum):
     STALE = "stale"
     #: Not a token this server issued.
     INVALID = "invalid"
+    #: Heartbeat only: CancelJob cancelled the job under this lease (stop the handler).
+    CANCEL_REQUESTED = "cancel_requested"
     UNSPECIFIED = "unspecified"
 
     @classmethod
@@ -123,6 +125,7 @@ _OUTCOME_FROM_PROTO: dict[int, LeaseOutcome] = {
     int(pb.LEASE_OUTCOME_OK): LeaseOutcome.OK,
     int(pb.LEASE_OUTCOME_STALE): LeaseOutcome.STALE,
     int(pb.LEASE_OUTCOME_INVALID): LeaseOutcome.INVALID,
+    int(pb.LEASE_OUTCOME_CANCEL_REQUESTED): LeaseOutcome.CANCEL_REQUESTED,
 }
 
 
@@ -189,6 +192,8 @@ class Job:
     #: The last progress its handler reported (``LeasedJob.report_progress``), if any.
     progress: float | None = None
     progress_message: str | None = None
+    #: CancelJob found it RUNNING (its worker is told to stop the handler).
+    cancel_requested: bool = False
 
     @classmethod
     def from_proto(cls, m: pb.Job) -> Job:
@@ -214,6 +219,7 @@ class Job:
             unique_key=m.unique_key or None,
             progress=m.progress if m.progress or m.progress_message else None,
             progress_message=m.progress_message or None,
+            cancel_requested=m.cancel_requested,
         )
 
 

@@ -410,8 +410,11 @@ class Ledger:
                 lj.lease_lost.set()
                 lj.cancelled.set()
                 lost.append(lj)
-                log.warning("lease of job %s lost (%s): the handler's outcome will be ignored",
-                            lj.id, _outcome_name(outcome))
+                if outcome == pb.LEASE_OUTCOME_CANCEL_REQUESTED:
+                    log.info("job %s cancelled (CancelJob): the handler is told to stop, nothing is sent", lj.id)
+                else:
+                    log.warning("lease of job %s lost (%s): the handler's outcome will be ignored",
+                                lj.id, _outcome_name(outcome))
         return lost
 
     def stats(self) -> WorkerStats:

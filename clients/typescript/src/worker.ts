@@ -467,7 +467,11 @@ export class Worker {
       h.lost = true;
       this.lostLeases++;
       this.held.delete(h.token);
-      this.opts.logger.warn(`edgeq: lease of job ${h.job.id} lost (${LeaseOutcome[outcome]}): cancelled, expired or re-leased; its outcome will not be sent`);
+      if (outcome === LeaseOutcome.CANCEL_REQUESTED) {
+        this.opts.logger.warn(`edgeq: job ${h.job.id} cancelled (CancelJob): the handler is aborted and nothing is sent`);
+      } else {
+        this.opts.logger.warn(`edgeq: lease of job ${h.job.id} lost (${LeaseOutcome[outcome]}): cancelled, expired or re-leased; its outcome will not be sent`);
+      }
       clearTimeout(h.timeout);
       h.controller.abort(new Error(`lease lost (${LeaseOutcome[outcome]})`));
     });

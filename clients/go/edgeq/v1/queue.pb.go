@@ -183,6 +183,10 @@ const (
 	// token at all (empty, malformed, too long). Only that item; the others of
 	// the batch are settled. Nothing changed.
 	LeaseOutcome_LEASE_OUTCOME_INVALID LeaseOutcome = 3
+	// Heartbeat only: CancelJob cancelled the job while this lease ran it. The
+	// worker stops the handler and sends nothing for it: the job is CANCELLED
+	// already (an Ack or Nack with this token is STALE). Nothing changed.
+	LeaseOutcome_LEASE_OUTCOME_CANCEL_REQUESTED LeaseOutcome = 4
 )
 
 // Enum value maps for LeaseOutcome.
@@ -192,12 +196,14 @@ var (
 		1: "LEASE_OUTCOME_OK",
 		2: "LEASE_OUTCOME_STALE",
 		3: "LEASE_OUTCOME_INVALID",
+		4: "LEASE_OUTCOME_CANCEL_REQUESTED",
 	}
 	LeaseOutcome_value = map[string]int32{
-		"LEASE_OUTCOME_UNSPECIFIED": 0,
-		"LEASE_OUTCOME_OK":          1,
-		"LEASE_OUTCOME_STALE":       2,
-		"LEASE_OUTCOME_INVALID":     3,
+		"LEASE_OUTCOME_UNSPECIFIED":      0,
+		"LEASE_OUTCOME_OK":               1,
+		"LEASE_OUTCOME_STALE":            2,
+		"LEASE_OUTCOME_INVALID":          3,
+		"LEASE_OUTCOME_CANCEL_REQUESTED": 4,
 	}
 )
 
@@ -539,6 +545,10 @@ type Job struct {
 	Progress float64 `protobuf:"fixed64,19,opt,name=progress,proto3" json:"progress,omitempty"`
 	// The message of that report.
 	ProgressMessage string `protobuf:"bytes,20,opt,name=progress_message,json=progressMessage,proto3" json:"progress_message,omitempty"`
+	// True when CancelJob found the job RUNNING: its worker learns it from its
+	// next Heartbeat (LEASE_OUTCOME_CANCEL_REQUESTED) and stops the handler.
+	// Cleared by RetryJob.
+	CancelRequested bool `protobuf:"varint,21,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -711,6 +721,13 @@ func (x *Job) GetProgressMessage() string {
 		return x.ProgressMessage
 	}
 	return ""
+}
+
+func (x *Job) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
 }
 
 // EnqueueRequest carries the jobs to add.
@@ -3134,7 +3151,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"uniqueness\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x18\n" +
@@ -3159,7 +3176,8 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"unique_key\x18\x12 \x01(\tR\tuniqueKey\x12\x1a\n" +
 	"\bprogress\x18\x13 \x01(\x01R\bprogress\x12)\n" +
-	"\x10progress_message\x18\x14 \x01(\tR\x0fprogressMessage\x1a:\n" +
+	"\x10progress_message\x18\x14 \x01(\tR\x0fprogressMessage\x12)\n" +
+	"\x10cancel_requested\x18\x15 \x01(\bR\x0fcancelRequested\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -3338,12 +3356,13 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x16DURABILITY_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DURABILITY_LOCAL\x10\x01\x12\x19\n" +
 	"\x15DURABILITY_REPLICATED\x10\x02\x12\x13\n" +
-	"\x0fDURABILITY_EDGE\x10\x03*w\n" +
+	"\x0fDURABILITY_EDGE\x10\x03*\x9b\x01\n" +
 	"\fLeaseOutcome\x12\x1d\n" +
 	"\x19LEASE_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LEASE_OUTCOME_OK\x10\x01\x12\x17\n" +
 	"\x13LEASE_OUTCOME_STALE\x10\x02\x12\x19\n" +
-	"\x15LEASE_OUTCOME_INVALID\x10\x03*W\n" +
+	"\x15LEASE_OUTCOME_INVALID\x10\x03\x12\"\n" +
+	"\x1eLEASE_OUTCOME_CANCEL_REQUESTED\x10\x04*W\n" +
 	"\n" +
 	"Uniqueness\x12\x1a\n" +
 	"\x16UNIQUENESS_UNSPECIFIED\x10\x00\x12\x16\n" +

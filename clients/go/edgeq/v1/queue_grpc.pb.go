@@ -75,8 +75,11 @@ type QueueServiceClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// GetQueueStats counts jobs by state for each queue.
 	GetQueueStats(ctx context.Context, in *GetQueueStatsRequest, opts ...grpc.CallOption) (*GetQueueStatsResponse, error)
-	// CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-	// FAILED_PRECONDITION for jobs already in a final state.
+	// CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+	// RUNNING job is CANCELLED at once too, with cancel_requested set: its
+	// worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+	// lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+	// a final state.
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
 	// RetryJob moves a FAILED or CANCELLED job back to PENDING with its
 	// attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.
@@ -302,8 +305,11 @@ type QueueServiceServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// GetQueueStats counts jobs by state for each queue.
 	GetQueueStats(context.Context, *GetQueueStatsRequest) (*GetQueueStatsResponse, error)
-	// CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-	// FAILED_PRECONDITION for jobs already in a final state.
+	// CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+	// RUNNING job is CANCELLED at once too, with cancel_requested set: its
+	// worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+	// lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+	// a final state.
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
 	// RetryJob moves a FAILED or CANCELLED job back to PENDING with its
 	// attempts reset (dead-letter redrive). FAILED_PRECONDITION otherwise.

@@ -34,6 +34,7 @@ class LeaseOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEASE_OUTCOME_OK: _ClassVar[LeaseOutcome]
     LEASE_OUTCOME_STALE: _ClassVar[LeaseOutcome]
     LEASE_OUTCOME_INVALID: _ClassVar[LeaseOutcome]
+    LEASE_OUTCOME_CANCEL_REQUESTED: _ClassVar[LeaseOutcome]
 
 class Uniqueness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -63,6 +64,7 @@ LEASE_OUTCOME_UNSPECIFIED: LeaseOutcome
 LEASE_OUTCOME_OK: LeaseOutcome
 LEASE_OUTCOME_STALE: LeaseOutcome
 LEASE_OUTCOME_INVALID: LeaseOutcome
+LEASE_OUTCOME_CANCEL_REQUESTED: LeaseOutcome
 UNIQUENESS_UNSPECIFIED: Uniqueness
 UNIQUENESS_PENDING: Uniqueness
 UNIQUENESS_ACTIVE: Uniqueness
@@ -106,7 +108,7 @@ class JobSpec(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ..., unique_key: _Optional[str] = ..., uniqueness: _Optional[_Union[Uniqueness, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key", "progress", "progress_message")
+    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key", "progress", "progress_message", "cancel_requested")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +136,7 @@ class Job(_message.Message):
     UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     payload: bytes
@@ -154,7 +157,8 @@ class Job(_message.Message):
     unique_key: str
     progress: float
     progress_message: str
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ...) -> None: ...
+    cancel_requested: bool
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("jobs", "durability")

@@ -189,8 +189,11 @@ class QueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-        FAILED_PRECONDITION for jobs already in a final state.
+        """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+        RUNNING job is CANCELLED at once too, with cancel_requested set: its
+        worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+        lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+        a final state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

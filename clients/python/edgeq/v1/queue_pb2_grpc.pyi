@@ -70,8 +70,11 @@ class QueueServiceStub:
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetQueueStatsRequest, _queue_pb2.GetQueueStatsResponse]
     """GetQueueStats counts jobs by state for each queue."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_queue_pb2.CancelJobRequest, _queue_pb2.CancelJobResponse]
-    """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-    FAILED_PRECONDITION for jobs already in a final state.
+    """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+    RUNNING job is CANCELLED at once too, with cancel_requested set: its
+    worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+    lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+    a final state.
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_queue_pb2.RetryJobRequest, _queue_pb2.RetryJobResponse]
     """RetryJob moves a FAILED or CANCELLED job back to PENDING with its
@@ -137,8 +140,11 @@ class QueueServiceAsyncStub(QueueServiceStub):
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetQueueStatsRequest, _queue_pb2.GetQueueStatsResponse]  # type: ignore[assignment]
     """GetQueueStats counts jobs by state for each queue."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_queue_pb2.CancelJobRequest, _queue_pb2.CancelJobResponse]  # type: ignore[assignment]
-    """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-    FAILED_PRECONDITION for jobs already in a final state.
+    """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+    RUNNING job is CANCELLED at once too, with cancel_requested set: its
+    worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+    lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+    a final state.
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_queue_pb2.RetryJobRequest, _queue_pb2.RetryJobResponse]  # type: ignore[assignment]
     """RetryJob moves a FAILED or CANCELLED job back to PENDING with its
@@ -255,8 +261,11 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.CancelJobResponse, _abc.Awaitable[_queue_pb2.CancelJobResponse]]:
-        """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale).
-        FAILED_PRECONDITION for jobs already in a final state.
+        """CancelJob cancels a PENDING or RUNNING job (its lease becomes stale). A
+        RUNNING job is CANCELLED at once too, with cancel_requested set: its
+        worker's next Heartbeat answers LEASE_OUTCOME_CANCEL_REQUESTED for the
+        lease, so the handler is stopped. FAILED_PRECONDITION for jobs already in
+        a final state.
         """
 
     @_abc_1.abstractmethod
