@@ -58,7 +58,12 @@ METHOD_SCOPE = {
     "GetJob": "read", "ListJobs": "read", "GetQueueStats": "read", "GetNodeInfo": "read",
     "CancelJob": "admin", "RetryJob": "admin", "CancelJobs": "admin", "RetryJobs": "admin",
     "PauseQueue": "admin", "ResumeQueue": "admin",
+    "UpsertSchedule": "admin", "DeleteSchedule": "admin", "PauseSchedule": "admin", "ResumeSchedule": "admin",
+    "ListSchedules": "read",
 }
+#: Schedule RPCs that name no queue: a queue-restricted token may not use them (it could
+#: reach another tenant's schedule by name).
+UNRESTRICTED_ONLY = frozenset({"DeleteSchedule", "PauseSchedule", "ResumeSchedule", "ListSchedules"})
 ADMIN_METHODS = frozenset(m for m, s in METHOD_SCOPE.items() if s == "admin")
 #: How often the tokens file is checked for changes (and revoked streams ended).
 RELOAD_SECONDS = 0.5
@@ -286,6 +291,9 @@ class Guard:
             raise PermissionDenied("", f"{method} needs the {scope!r} scope; token {who.name!r} lacks it")
         if who.queues is None:
             return
+        if method in UNRESTRICTED_ONLY:
+            limited = f"token {who.name!r} is limited to queues {list(who.queues)}"
+            raise PermissionDenied("name", f"{limited}: {method} needs an unrestricted one")
         for field, queue in _queues_named(method, request):
             if not queue:
                 raise PermissionDenied(field, f"token {who.name!r} is limited to queues {list(who.queues)}: name one")
@@ -358,6 +366,8 @@ def _queues_named(method: str, request: Any) -> list[tuple[str, str]]:
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]
     if method in ("RetryJobs", "CancelJobs"):
         return [("selection.queue", request.selection.queue)]
+    if method == "UpsertSchedule":
+        return [("schedule.queue", request.schedule.queue)]
     return []
 
 

@@ -8,7 +8,7 @@ from edgeq.v1 import queue_pb2 as pb
 
 from .clock import MICROS
 from .dispatch import Delivery
-from .models import Job, JobState, LeaseOutcome
+from .models import Job, JobState, LeaseOutcome, ScheduleRow
 from .store import QueueCounts
 
 STATE_TO_PROTO = {
@@ -85,3 +85,24 @@ def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
         oldest_pending_age=duration(age),
         paused=c.paused,
     )
+
+
+def schedule(sch: ScheduleRow) -> pb.Schedule:
+    t = sch.template
+    template = pb.JobSpec(
+        queue=sch.queue, payload=t.payload, max_attempts=t.max_attempts, priority=t.priority, headers=t.headers,
+        unique_key=t.unique_key or "",
+        uniqueness=(pb.UNIQUENESS_UNSPECIFIED if not t.unique_key else
+                    pb.UNIQUENESS_ACTIVE if t.unique_running else pb.UNIQUENESS_PENDING),
+    )
+    m = pb.Schedule(
+        name=sch.name, queue=sch.queue, cron=sch.cron, time_zone=sch.time_zone, template=template,
+        overlap=pb.OVERLAP_POLICY_SKIP if sch.overlap_skip else pb.OVERLAP_POLICY_ALLOW,
+        missed=pb.MISSED_TICKS_RUN_ONCE if sch.missed_run_once else pb.MISSED_TICKS_SKIP,
+        paused=sch.paused, last_job_id=sch.last_job_id or "",
+    )
+    if sch.next_run_at is not None:
+        m.next_run_at.CopyFrom(timestamp(sch.next_run_at))
+    if sch.last_run_at is not None:
+        m.last_run_at.CopyFrom(timestamp(sch.last_run_at))
+    return m

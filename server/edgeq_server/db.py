@@ -156,6 +156,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN cancelled_lease_id TEXT;
     """,
+    # 9: cron schedules (UpsertSchedule): the primary enqueues each tick's job, keyed by the
+    # tick, and moves next_run_at in the same transaction.
+    """
+    CREATE TABLE schedules (
+        name            TEXT    NOT NULL PRIMARY KEY,
+        queue_name      TEXT    NOT NULL,
+        cron            TEXT    NOT NULL,
+        time_zone       TEXT    NOT NULL,
+        template        TEXT    NOT NULL,   -- JSON: payload (base64), headers, priority, ...
+        overlap_skip    INTEGER NOT NULL CHECK (overlap_skip IN (0, 1)),
+        missed_run_once INTEGER NOT NULL CHECK (missed_run_once IN (0, 1)),
+        paused          INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+        next_run_at     INTEGER,            -- NULL while paused
+        last_run_at     INTEGER,
+        last_job_id     TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX schedules_due ON schedules (next_run_at) WHERE next_run_at IS NOT NULL;
+    """,
 ]
 
 

@@ -1,5 +1,5 @@
-"""Background work on timers, never polling: delayed jobs coming due, lease expiry, and
-the retention sweep.
+"""Background work on timers, never polling: delayed jobs coming due, lease expiry, cron
+schedule ticks (``schedules.fire_due``), and the retention sweep.
 
 ``run_once(now)`` does everything that is due at ``now`` and is what tests call with a
 fixed clock. ``run()`` is the thin loop around it: it sleeps until the earliest of the
@@ -14,9 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import logs, metrics
+from . import logs, metrics, schedules
 from .clock import MICROS, Clock
 from .dispatch import Dispatcher
+from .ids import uuid7
 from .models import JobState
 from .readers import Readers
 from .store import Expired, Store
@@ -46,6 +47,7 @@ class RunStats:
     due_queues: int = 0
     expired: int = 0
     deleted: int = 0
+    scheduled: int = 0  # jobs enqueued by schedule ticks (duplicates excluded)
 
 
 class Maintenance:
@@ -68,6 +70,7 @@ class Maintenance:
         self._acting = is_primary()  # whether the last run acted as primary
         self._due: dict[str, int] = {}
         self._next_expiry: int | None = None
+        self._next_schedule: int | None = None
         self._next_retention = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -90,6 +93,12 @@ class Maintenance:
             self._due[queue] = run_at
             self._wake.set()
 
+    def note_schedule(self, at: int | None) -> None:
+        """A schedule's next tick is at ``at`` (None: nothing to note)."""
+        if at is not None and (self._next_schedule is None or at < self._next_schedule):
+            self._next_schedule = at
+            self._wake.set()
+
     def note_lease(self, expires_at: int) -> None:
         """A lease was granted or extended to ``expires_at``."""
         if self._next_expiry is None or expires_at < self._next_expiry:
@@ -106,6 +115,7 @@ class Maintenance:
         expiry = await self._readers.run(lambda s: s.next_lease_expiry())
         if expiry is not None:
             self.note_lease(expiry)
+        self.note_schedule(await self._readers.run(Store.next_schedule_time))
 
     async def run_once(self, now: int) -> RunStats:
         stats = RunStats()
@@ -121,6 +131,8 @@ class Maintenance:
         await self._promote_due(now, stats)
         if self._next_expiry is not None and self._next_expiry <= now:
             await self._expire(now, stats)
+        if self._next_schedule is not None and self._next_schedule <= now:
+            await self._fire_schedules(now, stats)
         if now >= self._next_retention:
             await self._sweep(now, stats)
         return stats
@@ -173,6 +185,24 @@ class Maintenance:
         if nxt is not None:
             self.note_lease(nxt)
 
+    async def _fire_schedules(self, now: int, stats: RunStats) -> None:
+        self._next_schedule = None
+        ids = (uuid7() for _ in iter(int, 1))
+        try:
+            fired: schedules.Fired
+            fired, _ = await self._writer.submit(lambda s, _now: schedules.fire_due(s, now, ids))
+        except BaseException:
+            self.note_schedule(now + MICROS)  # keep the timer: retried in a second
+            raise
+        new = [r for r in fired.enqueued if not r.duplicate]
+        for queue in {r.queue for r in new}:
+            self.note_due(queue, now)
+            metrics.ENQUEUED.labels(metrics.queue_label(queue)).inc(sum(1 for r in new if r.queue == queue))
+        stats.scheduled += len(new)
+        if new:
+            log.info("schedules enqueued %d job(s)", len(new))
+        self.note_schedule(fired.next_at)
+
     async def _sweep(self, now: int, stats: RunStats) -> None:
         r = self._retention
         backlog = False
@@ -223,6 +253,8 @@ class Maintenance:
         times = [self._next_retention, *self._due.values()]
         if self._next_expiry is not None:
             times.append(self._next_expiry)
+        if self._next_schedule is not None:
+            times.append(self._next_schedule)
         return min(times)
 
     async def _run(self) -> None:

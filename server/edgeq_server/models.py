@@ -169,6 +169,24 @@ class Cancelled(NamedTuple):
     was_running: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """One cron schedule as stored. Times in µs; ``template`` is the job each tick
+    enqueues (its queue is ``queue``; no key, id or time of its own)."""
+
+    name: str
+    queue: str
+    cron: str
+    time_zone: str
+    template: JobSpec
+    overlap_skip: bool
+    missed_run_once: bool
+    paused: bool
+    next_run_at: int | None  # None while paused
+    last_run_at: int | None = None
+    last_job_id: str | None = None
+
+
 class Selection(NamedTuple):
     """The jobs a bulk RetryJobs / CancelJobs acts on: one queue, one state, an optional
     created_at range [after, before) in µs."""

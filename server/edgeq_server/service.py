@@ -11,6 +11,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ from .dispatch import Delivery, Dispatcher, End
 from .errors import InvalidArgument, NotFound, Unavailable
 from .ids import uuid7
 from .maintenance import Maintenance
-from .models import Backoff, Bulk, Cancelled, EnqueueResult, Extended, Job, JobState, LeaseOutcome
+from .models import Backoff, Bulk, Cancelled, EnqueueResult, Extended, Job, JobState, LeaseOutcome, ScheduleRow
 from .readers import Readers
 from .store import Settled, Store
 from .tokens import TokenCodec
@@ -206,6 +207,51 @@ class QueueService:
             lambda s, now: s.cancel_many(sel, limit, now), after=self._after_bulk, rows=limit
         )
         return pb.CancelJobsResponse(count=len(bulk.jobs), more=bulk.more, txid=txid)
+
+    async def UpsertSchedule(self, request: pb.UpsertScheduleRequest, context: Ctx) -> pb.UpsertScheduleResponse:
+        from . import schedules
+
+        sch = validate.schedule(request, self._cfg, self._clock.now())
+
+        def upsert(s: Store, now: int) -> ScheduleRow:
+            return s.upsert_schedule(replace(sch, next_run_at=schedules.next_after(sch.cron, sch.time_zone, now)), now)
+
+        stored, txid = await self._writer.submit(upsert, after=self._after_schedule)
+        return pb.UpsertScheduleResponse(schedule=convert.schedule(stored), txid=txid)
+
+    async def ListSchedules(self, request: pb.ListSchedulesRequest, context: Ctx) -> pb.ListSchedulesResponse:
+        await self._at_least(request.min_txid)
+        rows = await self._readers.run(Store.list_schedules)
+        return pb.ListSchedulesResponse(schedules=[convert.schedule(r) for r in rows])
+
+    async def DeleteSchedule(self, request: pb.DeleteScheduleRequest, context: Ctx) -> pb.DeleteScheduleResponse:
+        name = validate.schedule_name(request.name)
+        deleted, txid = await self._writer.submit(lambda s, now: s.delete_schedule(name))
+        return pb.DeleteScheduleResponse(deleted=deleted, txid=txid)
+
+    async def PauseSchedule(self, request: pb.PauseScheduleRequest, context: Ctx) -> pb.PauseScheduleResponse:
+        name = validate.schedule_name(request.name)
+        stored, txid = await self._writer.submit(lambda s, now: s.pause_schedule(name, True, None, now))
+        return pb.PauseScheduleResponse(schedule=convert.schedule(stored), txid=txid)
+
+    async def ResumeSchedule(self, request: pb.ResumeScheduleRequest, context: Ctx) -> pb.ResumeScheduleResponse:
+        from . import schedules
+
+        name = validate.schedule_name(request.name)
+
+        def resume(s: Store, now: int) -> ScheduleRow:
+            current = s.get_schedule(name)
+            if current is None:
+                raise NotFound(f"schedule {name} not found")
+            if not current.paused:
+                return current
+            return s.pause_schedule(name, False, schedules.next_after(current.cron, current.time_zone, now), now)
+
+        stored, txid = await self._writer.submit(resume, after=self._after_schedule)
+        return pb.ResumeScheduleResponse(schedule=convert.schedule(stored), txid=txid)
+
+    def _after_schedule(self, sch: ScheduleRow, _txid: int) -> None:
+        self._maintenance.note_schedule(sch.next_run_at)
 
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
         queue = validate.queue_name(request.queue, "queue")

@@ -29,6 +29,7 @@ back as ``'auto-' || id``; lookups by key try that id first, then the key column
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -54,6 +55,7 @@ from .models import (
     LeaseOutcome,
     NackItem,
     QueueDepth,
+    ScheduleRow,
     Selection,
 )
 from .tokens import LeaseRef
@@ -570,6 +572,92 @@ class Store:
         """RetryJobs: ``retry`` for up to ``limit`` FAILED or CANCELLED jobs of ``sel``."""
         ids, more = self._select(sel, limit)
         return Bulk([self.retry(job_id, now) for job_id in ids], [], more)
+
+    # ----------------------------------------------------------------- schedules
+
+    _SCHEDULE_COLUMNS = (
+        "name, queue_name, cron, time_zone, template, overlap_skip, missed_run_once, paused, next_run_at,"
+        " last_run_at, last_job_id"
+    )
+
+    @staticmethod
+    def _schedule(row: Any) -> ScheduleRow:
+        t = json.loads(row[4])
+        template = JobSpec(
+            queue=str(row[1]), payload=base64.b64decode(t["payload"]), run_at=None,
+            max_attempts=int(t["max_attempts"]), priority=int(t["priority"]), headers=dict(t["headers"]),
+            unique_key=t.get("unique_key"), unique_running=bool(t.get("unique_running", True)),
+        )
+        return ScheduleRow(
+            str(row[0]), str(row[1]), str(row[2]), str(row[3]), template, bool(row[5]), bool(row[6]), bool(row[7]),
+            row[8], row[9], row[10],
+        )
+
+    def upsert_schedule(self, sch: ScheduleRow, now: int) -> ScheduleRow:
+        """Create or replace the schedule ``sch.name`` (its tick history is kept on replace)."""
+        t = sch.template
+        template = json.dumps({
+            "payload": base64.b64encode(t.payload).decode(), "headers": t.headers, "priority": t.priority,
+            "max_attempts": t.max_attempts, "unique_key": t.unique_key, "unique_running": t.unique_running,
+        }, separators=(",", ":"))
+        self.conn.execute(
+            "INSERT INTO schedules (name, queue_name, cron, time_zone, template, overlap_skip, missed_run_once,"
+            " paused, next_run_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET queue_name = excluded.queue_name, cron = excluded.cron,"
+            " time_zone = excluded.time_zone, template = excluded.template, overlap_skip = excluded.overlap_skip,"
+            " missed_run_once = excluded.missed_run_once, next_run_at = CASE WHEN paused THEN NULL"
+            " ELSE excluded.next_run_at END, updated_at = excluded.updated_at",
+            (sch.name, sch.queue, sch.cron, sch.time_zone, template, int(sch.overlap_skip), int(sch.missed_run_once),
+             0, sch.next_run_at, now, now),
+        )
+        got = self.get_schedule(sch.name)
+        assert got is not None
+        return got
+
+    def get_schedule(self, name: str) -> ScheduleRow | None:
+        row = self.conn.execute(f"SELECT {self._SCHEDULE_COLUMNS} FROM schedules WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._schedule(row)
+
+    def list_schedules(self) -> list[ScheduleRow]:
+        rows = self.conn.execute(f"SELECT {self._SCHEDULE_COLUMNS} FROM schedules ORDER BY name")
+        return [self._schedule(r) for r in rows]
+
+    def delete_schedule(self, name: str) -> bool:
+        self.conn.execute("DELETE FROM schedules WHERE name = ?", (name,))
+        return self.conn.changes() > 0
+
+    def pause_schedule(self, name: str, paused: bool, next_run_at: int | None, now: int) -> ScheduleRow:
+        """Pause (``next_run_at`` None) or resume (from ``next_run_at``) a schedule."""
+        self.conn.execute(
+            "UPDATE schedules SET paused = ?, next_run_at = ?, updated_at = ? WHERE name = ?",
+            (int(paused), None if paused else next_run_at, now, name),
+        )
+        if self.conn.changes() == 0:
+            raise NotFound(f"schedule {name} not found")
+        got = self.get_schedule(name)
+        assert got is not None
+        return got
+
+    def due_schedules(self, now: int) -> list[ScheduleRow]:
+        """Unpaused schedules whose next tick is at or before ``now``."""
+        return [
+            self._schedule(r) for r in self.conn.execute(
+                f"SELECT {self._SCHEDULE_COLUMNS} FROM schedules WHERE next_run_at <= ? ORDER BY next_run_at", (now,)
+            )
+        ]
+
+    def schedule_ran(self, name: str, next_run_at: int, last_run_at: int | None, last_job_id: str | None) -> None:
+        """A schedule's ticks up to now are done: move it to ``next_run_at`` (and record
+        the last tick that enqueued, when one did)."""
+        self.conn.execute(
+            "UPDATE schedules SET next_run_at = ?, last_run_at = coalesce(?, last_run_at),"
+            " last_job_id = coalesce(?, last_job_id) WHERE name = ? AND NOT paused",
+            (next_run_at, last_run_at, last_job_id, name),
+        )
+
+    def next_schedule_time(self) -> int | None:
+        v = self.conn.execute("SELECT min(next_run_at) FROM schedules WHERE next_run_at IS NOT NULL").get
+        return None if v is None else int(v)
 
     def set_paused(self, queue: str, paused: bool, now: int) -> None:
         self.conn.execute(

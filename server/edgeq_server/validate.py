@@ -22,7 +22,7 @@ from .clock import MICROS
 from .config import Config
 from .convert import PROTO_TO_STATE
 from .errors import InvalidArgument, ResourceExhausted
-from .models import AckItem, JobSpec, JobState, NackItem, Selection
+from .models import AckItem, JobSpec, JobState, NackItem, ScheduleRow, Selection
 from .tokens import LeaseRef, TokenCodec
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -250,6 +250,38 @@ def heartbeat(
             raise InvalidArgument(f"progress[{i}].message", f"must be at most {MAX_PROGRESS_MESSAGE} bytes")
         progress[where] = (p.value, p.message)
     return refs, extend, progress
+
+
+def schedule(req: pb.UpsertScheduleRequest, cfg: Config, now: int) -> ScheduleRow:
+    """An UpsertSchedule's schedule, checked (without its next tick: the caller's)."""
+    from . import schedules  # croniter loads with the first schedule
+
+    sch = req.schedule
+    name = queue_name(sch.name, "schedule.name")
+    queue = queue_name(sch.queue, "schedule.queue")
+    schedules.check(sch.cron, sch.time_zone)
+    t = sch.template
+    for field_name in ("idempotency_key", "job_id", "delay", "run_at"):
+        if t.HasField(field_name) if field_name in ("delay", "run_at") else getattr(t, field_name):
+            raise InvalidArgument(f"schedule.template.{field_name}", "is set per tick by the schedule; leave it empty")
+    if t.queue and t.queue != queue:
+        raise InvalidArgument("schedule.template.queue", "must be empty or the schedule's queue")
+    template = pb.JobSpec()
+    template.CopyFrom(t)
+    template.queue = queue
+    spec = job_spec(template, "schedule.template", cfg, now)
+    if sch.overlap not in (pb.OVERLAP_POLICY_UNSPECIFIED, pb.OVERLAP_POLICY_ALLOW, pb.OVERLAP_POLICY_SKIP):
+        raise InvalidArgument("schedule.overlap", f"unknown OverlapPolicy {sch.overlap}")
+    if sch.missed not in (pb.MISSED_TICKS_UNSPECIFIED, pb.MISSED_TICKS_SKIP, pb.MISSED_TICKS_RUN_ONCE):
+        raise InvalidArgument("schedule.missed", f"unknown MissedTicks {sch.missed}")
+    return ScheduleRow(
+        name, queue, sch.cron.strip(), sch.time_zone or "UTC", spec, sch.overlap == pb.OVERLAP_POLICY_SKIP,
+        sch.missed == pb.MISSED_TICKS_RUN_ONCE, False, None,
+    )
+
+
+def schedule_name(value: str) -> str:
+    return queue_name(value, "name")
 
 
 #: Most jobs one RetryJobs / CancelJobs call changes (and its default).

@@ -171,6 +171,22 @@ def test_unique_jobs_return_the_active_job_until_it_finishes(client: Client) -> 
     assert client.enqueue("uq", b"v6", unique_key="sync-user-7").job_id == queued.job_id  # the pending one
 
 
+def test_schedules_from_the_client(client: Client) -> None:
+    sch = client.upsert_schedule("digest", "sq", "0 8 * * 1-5", b"{}", time_zone="America/New_York",
+                                 overlap="skip", missed="run_once", headers={"k": "v"})
+    assert (sch.name, sch.queue, sch.time_zone, sch.overlap, sch.missed) == (
+        "digest", "sq", "America/New_York", pb.OVERLAP_POLICY_SKIP, pb.MISSED_TICKS_RUN_ONCE
+    )
+    assert sch.HasField("next_run_at") and dict(sch.template.headers) == {"k": "v"}
+    assert [s.name for s in client.schedules()] == ["digest"]
+    assert client.pause_schedule("digest").paused
+    assert not client.resume_schedule("digest").paused
+    with pytest.raises(InvalidArgumentError) as err:
+        client.upsert_schedule("bad", "sq", "not cron")
+    assert err.value.field == "schedule.cron"
+    assert client.delete_schedule("digest") and client.schedules() == []
+
+
 def test_stats_pause_and_resume(client: Client) -> None:
     client.enqueue("a", b"1")
     client.enqueue("a", b"2")

@@ -436,6 +436,35 @@ async def test_heartbeat_progress_names_the_bad_field(h: Harness, progress: pb.P
     await refused(h, call, INVALID, field)
 
 
+def _schedule(**kw: Any) -> pb.UpsertScheduleRequest:
+    fields: dict[str, Any] = {"name": "s", "queue": "q", "cron": "* * * * *"}
+    fields.update(kw)
+    return pb.UpsertScheduleRequest(schedule=pb.Schedule(**fields))
+
+
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (_schedule(name=""), "schedule.name"),
+        (_schedule(queue="no spaces"), "schedule.queue"),
+        (_schedule(cron="61 * * * *"), "schedule.cron"),
+        (_schedule(cron="* * *"), "schedule.cron"),
+        (_schedule(time_zone="Mars/Olympus"), "schedule.time_zone"),
+        (_schedule(template=pb.JobSpec(idempotency_key="k")), "schedule.template.idempotency_key"),
+        (_schedule(template=pb.JobSpec(delay=duration_pb2.Duration(seconds=5))), "schedule.template.delay"),
+        (_schedule(template=pb.JobSpec(queue="other")), "schedule.template.queue"),
+        (_schedule(template=pb.JobSpec(max_attempts=-1)), "schedule.template.max_attempts"),
+        (_schedule(overlap=9), "schedule.overlap"),
+        (_schedule(missed=9), "schedule.missed"),
+    ],
+    ids=["no-name", "bad-queue", "minute-61", "three-fields", "zone", "key", "delay", "other-queue", "attempts",
+         "overlap", "missed"],
+)
+async def test_upsert_schedule_names_the_bad_field(h: Harness, request_: pb.UpsertScheduleRequest, field: str) -> None:
+    await refused(h, h.stub.UpsertSchedule(request_), INVALID, field)
+    assert list((await h.stub.ListSchedules(pb.ListSchedulesRequest())).schedules) == []
+
+
 # ---------------------------------------------------------------------- RetryJobs / CancelJobs
 
 

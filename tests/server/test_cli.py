@@ -95,6 +95,22 @@ def test_bulk_cancel_and_retry_count_and_need_yes(server: ServerProcess) -> None
     assert neither.returncode == 2 and "--queue" in neither.stderr
 
 
+def test_schedules_from_the_cli(server: ServerProcess) -> None:
+    t = server.target
+    made = edgeq("--server", t, "schedule", "set", "digest", "--queue", "cli-cron", "--cron", "*/5 * * * *",
+                 "--tz", "Asia/Tokyo", "--payload", "hello", "--header", "k=v", "--overlap", "skip", "-o", "json")
+    assert made.returncode == 0, made.stderr
+    sch = json.loads(made.stdout)
+    assert (sch["name"], sch["time_zone"], sch["overlap"]) == ("digest", "Asia/Tokyo", "OVERLAP_POLICY_SKIP")
+    listed = edgeq("--server", t, "schedule", "list", "-o", "table").stdout.splitlines()
+    assert listed[0].split()[:3] == ["NAME", "QUEUE", "CRON"] and listed[1].split()[:2] == ["digest", "cli-cron"]
+    assert json.loads(edgeq("--server", t, "schedule", "pause", "digest", "-o", "json").stdout)["paused"]
+    assert "paused" not in json.loads(edgeq("--server", t, "schedule", "resume", "digest", "-o", "json").stdout)
+    bad = edgeq("--server", t, "schedule", "set", "x", "--queue", "q", "--cron", "nope")
+    assert bad.returncode != 0 and "schedule.cron" in bad.stderr
+    assert json.loads(edgeq("--server", t, "schedule", "delete", "digest", "-o", "json").stdout)["deleted"]
+
+
 def test_health_exit_code_follows_grpc_health(server: ServerProcess) -> None:
     ok = edgeq("--server", server.target, "health")
     assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "SERVING"

@@ -29,6 +29,9 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
+SECOND = 1_000_000
+
+
 def us(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
@@ -564,6 +567,37 @@ async def test_bulk_cancel_and_retry_in_bounded_calls_free_credits_and_redeliver
     # Nothing FAILED: a count of 0, not an error.
     none = await h.stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="bq")))
     assert (none.count, none.more) == (0, False)
+
+
+async def test_a_schedule_enqueues_each_tick_once_and_a_waiting_worker_gets_it(h: Harness) -> None:
+    call = await h.lease("cron-q")
+    sch = pb.Schedule(name="nightly", queue="cron-q", cron="* * * * *", time_zone="Europe/Paris",
+                      template=pb.JobSpec(payload=b'{"report": true}', priority=5, headers={"kind": "report"}),
+                      overlap=pb.OVERLAP_POLICY_SKIP)
+    up = await h.stub.UpsertSchedule(pb.UpsertScheduleRequest(schedule=sch))
+    next_at = us(up.schedule.next_run_at)
+    assert next_at > h.clock.now() and next_at - h.clock.now() <= 60 * SECOND and up.txid > 0
+    listed = (await h.stub.ListSchedules(pb.ListSchedulesRequest())).schedules
+    assert [(s.name, s.cron, s.time_zone, s.overlap) for s in listed] == [
+        ("nightly", "* * * * *", "Europe/Paris", pb.OVERLAP_POLICY_SKIP)
+    ]
+    h.clock.advance((next_at - h.clock.now()) / SECOND)  # the tick: the timer fires, no request
+    (leased,) = await h.take(call, 1)
+    assert (leased.job.queue, leased.job.payload, leased.job.priority) == ("cron-q", b'{"report": true}', 5)
+    assert leased.job.idempotency_key == f"schedule/nightly/{next_at}" and leased.job.headers["kind"] == "report"
+    after = (await h.stub.ListSchedules(pb.ListSchedulesRequest())).schedules[0]
+    assert after.last_job_id == leased.job.id and us(after.next_run_at) == next_at + 60 * SECOND
+    assert await h.ack(leased.lease_token) == [OK]
+    # Paused: no tick runs; resumed: from the next tick after now.
+    assert (await h.stub.PauseSchedule(pb.PauseScheduleRequest(name="nightly"))).schedule.paused
+    h.clock.advance(180)
+    await h.idle(call)
+    resumed = (await h.stub.ResumeSchedule(pb.ResumeScheduleRequest(name="nightly"))).schedule
+    assert not resumed.paused and us(resumed.next_run_at) > h.clock.now()
+    assert (await h.stub.DeleteSchedule(pb.DeleteScheduleRequest(name="nightly"))).deleted
+    assert not (await h.stub.DeleteSchedule(pb.DeleteScheduleRequest(name="nightly"))).deleted  # a retry
+    err = await rpc_error(h.stub.PauseSchedule(pb.PauseScheduleRequest(name="nightly")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
 # ---------------------------------------------------------------------- consistency

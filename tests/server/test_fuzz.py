@@ -44,6 +44,13 @@ SEEDS: dict[str, bytes] = {
     "RetryJobs": pb.RetryJobsRequest(selection=pb.JobSelection(queue="fz", state=pb.JOB_STATE_CANCELLED),
                                      limit=5).SerializeToString(),
     "CancelJobs": pb.CancelJobsRequest(selection=pb.JobSelection(queue="fz"), limit=5).SerializeToString(),
+    "UpsertSchedule": pb.UpsertScheduleRequest(schedule=pb.Schedule(
+        name="fz", queue="fz", cron="*/5 * * * *", time_zone="UTC", template=pb.JobSpec(payload=b"p"),
+    )).SerializeToString(),
+    "ListSchedules": pb.ListSchedulesRequest().SerializeToString(),
+    "DeleteSchedule": pb.DeleteScheduleRequest(name="fz").SerializeToString(),
+    "PauseSchedule": pb.PauseScheduleRequest(name="fz").SerializeToString(),
+    "ResumeSchedule": pb.ResumeScheduleRequest(name="fz").SerializeToString(),
     "PauseQueue": pb.PauseQueueRequest(queue="fz").SerializeToString(),
     "ResumeQueue": pb.ResumeQueueRequest(queue="fz").SerializeToString(),
     "GetNodeInfo": pb.GetNodeInfoRequest().SerializeToString(),

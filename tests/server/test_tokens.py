@@ -133,6 +133,19 @@ async def test_queue_patterns_limit_every_rpc_that_names_a_queue(server: EdgeqSe
         assert (await stub.GetJob(pb.GetJobRequest(job_id=other), metadata=md(ADMIN))).job.state == pb.JOB_STATE_PENDING
         mine_bulk = pb.CancelJobsRequest(selection=pb.JobSelection(queue="emails.welcome"))
         assert (await stub.CancelJobs(mine_bulk, metadata=md(EMAILS))).count == 1
+        # Schedules: upserted only into its queues; by-name calls need an unrestricted token.
+        sch = pb.Schedule(name="mail-digest", queue="billing", cron="0 * * * *")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertSchedule(pb.UpsertScheduleRequest(schedule=sch), metadata=md(EMAILS))
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and _field(err) == "schedule.queue"
+        sch.queue = "emails.digest"
+        await stub.UpsertSchedule(pb.UpsertScheduleRequest(schedule=sch), metadata=md(EMAILS))
+        for by_name in (stub.DeleteSchedule(pb.DeleteScheduleRequest(name="mail-digest"), metadata=md(EMAILS)),
+                        stub.ListSchedules(pb.ListSchedulesRequest(), metadata=md(EMAILS))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await by_name
+            assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
+        assert (await stub.DeleteSchedule(pb.DeleteScheduleRequest(name="mail-digest"), metadata=md(ADMIN))).deleted
         # A token without the admin scope cannot bulk-act at all.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RetryJobs(pb.RetryJobsRequest(selection=pb.JobSelection(queue="billing")), metadata=md(READER))

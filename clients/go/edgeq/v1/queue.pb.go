@@ -289,6 +289,114 @@ func (Uniqueness) EnumDescriptor() ([]byte, []int) {
 	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{3}
 }
 
+// OverlapPolicy says what a tick does while the job of the previous tick is
+// still pending or running.
+type OverlapPolicy int32
+
+const (
+	// Not set: OVERLAP_POLICY_ALLOW.
+	OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED OverlapPolicy = 0
+	// Enqueue anyway.
+	OverlapPolicy_OVERLAP_POLICY_ALLOW OverlapPolicy = 1
+	// Skip this tick.
+	OverlapPolicy_OVERLAP_POLICY_SKIP OverlapPolicy = 2
+)
+
+// Enum value maps for OverlapPolicy.
+var (
+	OverlapPolicy_name = map[int32]string{
+		0: "OVERLAP_POLICY_UNSPECIFIED",
+		1: "OVERLAP_POLICY_ALLOW",
+		2: "OVERLAP_POLICY_SKIP",
+	}
+	OverlapPolicy_value = map[string]int32{
+		"OVERLAP_POLICY_UNSPECIFIED": 0,
+		"OVERLAP_POLICY_ALLOW":       1,
+		"OVERLAP_POLICY_SKIP":        2,
+	}
+)
+
+func (x OverlapPolicy) Enum() *OverlapPolicy {
+	p := new(OverlapPolicy)
+	*p = x
+	return p
+}
+
+func (x OverlapPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OverlapPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgeq_v1_queue_proto_enumTypes[4].Descriptor()
+}
+
+func (OverlapPolicy) Type() protoreflect.EnumType {
+	return &file_edgeq_v1_queue_proto_enumTypes[4]
+}
+
+func (x OverlapPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OverlapPolicy.Descriptor instead.
+func (OverlapPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{4}
+}
+
+// MissedTicks says what happens to ticks that passed while no primary could
+// run them (more than a minute late).
+type MissedTicks int32
+
+const (
+	// Not set: MISSED_TICKS_SKIP.
+	MissedTicks_MISSED_TICKS_UNSPECIFIED MissedTicks = 0
+	// Run none of them; go on from the next tick.
+	MissedTicks_MISSED_TICKS_SKIP MissedTicks = 1
+	// Run one job for all of them (keyed by the latest missed tick).
+	MissedTicks_MISSED_TICKS_RUN_ONCE MissedTicks = 2
+)
+
+// Enum value maps for MissedTicks.
+var (
+	MissedTicks_name = map[int32]string{
+		0: "MISSED_TICKS_UNSPECIFIED",
+		1: "MISSED_TICKS_SKIP",
+		2: "MISSED_TICKS_RUN_ONCE",
+	}
+	MissedTicks_value = map[string]int32{
+		"MISSED_TICKS_UNSPECIFIED": 0,
+		"MISSED_TICKS_SKIP":        1,
+		"MISSED_TICKS_RUN_ONCE":    2,
+	}
+)
+
+func (x MissedTicks) Enum() *MissedTicks {
+	p := new(MissedTicks)
+	*p = x
+	return p
+}
+
+func (x MissedTicks) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MissedTicks) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgeq_v1_queue_proto_enumTypes[5].Descriptor()
+}
+
+func (MissedTicks) Type() protoreflect.EnumType {
+	return &file_edgeq_v1_queue_proto_enumTypes[5]
+}
+
+func (x MissedTicks) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MissedTicks.Descriptor instead.
+func (MissedTicks) EnumDescriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{5}
+}
+
 // NodeRole is a node's place in the cluster.
 type NodeRole int32
 
@@ -335,11 +443,11 @@ func (x NodeRole) String() string {
 }
 
 func (NodeRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_edgeq_v1_queue_proto_enumTypes[4].Descriptor()
+	return file_edgeq_v1_queue_proto_enumTypes[6].Descriptor()
 }
 
 func (NodeRole) Type() protoreflect.EnumType {
-	return &file_edgeq_v1_queue_proto_enumTypes[4]
+	return &file_edgeq_v1_queue_proto_enumTypes[6]
 }
 
 func (x NodeRole) Number() protoreflect.EnumNumber {
@@ -348,7 +456,7 @@ func (x NodeRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeRole.Descriptor instead.
 func (NodeRole) EnumDescriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 // JobSpec is what a producer sends.
@@ -2655,6 +2763,641 @@ func (x *CancelJobsResponse) GetTxid() uint64 {
 	return 0
 }
 
+// Schedule is a cron schedule.
+type Schedule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique name, [A-Za-z0-9._-]{1,128}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The queue its jobs go to.
+	Queue string `protobuf:"bytes,2,opt,name=queue,proto3" json:"queue,omitempty"`
+	// A cron expression: 5 fields (minute hour day-of-month month day-of-week)
+	// or 6 (seconds last).
+	Cron string `protobuf:"bytes,3,opt,name=cron,proto3" json:"cron,omitempty"`
+	// IANA time zone the expression is read in; empty means "UTC".
+	TimeZone string `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// The job each tick enqueues: payload, headers, priority, max_attempts,
+	// unique_key and uniqueness (its queue is `queue`; idempotency_key, job_id,
+	// delay and run_at must be empty).
+	Template *JobSpec `protobuf:"bytes,5,opt,name=template,proto3" json:"template,omitempty"`
+	// What a tick does while the previous tick's job is still pending/running.
+	Overlap OverlapPolicy `protobuf:"varint,6,opt,name=overlap,proto3,enum=edgeq.v1.OverlapPolicy" json:"overlap,omitempty"`
+	// What happens to ticks missed while no primary ran them.
+	Missed MissedTicks `protobuf:"varint,7,opt,name=missed,proto3,enum=edgeq.v1.MissedTicks" json:"missed,omitempty"`
+	// True while paused (output; set by PauseSchedule / ResumeSchedule).
+	Paused bool `protobuf:"varint,8,opt,name=paused,proto3" json:"paused,omitempty"`
+	// The next tick (output).
+	NextRunAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_run_at,json=nextRunAt,proto3" json:"next_run_at,omitempty"`
+	// The last tick that enqueued (or found) a job (output).
+	LastRunAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_run_at,json=lastRunAt,proto3" json:"last_run_at,omitempty"`
+	// That tick's job (output).
+	LastJobId     string `protobuf:"bytes,11,opt,name=last_job_id,json=lastJobId,proto3" json:"last_job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Schedule) Reset() {
+	*x = Schedule{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Schedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Schedule) ProtoMessage() {}
+
+func (x *Schedule) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
+func (*Schedule) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Schedule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Schedule) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Schedule) GetCron() string {
+	if x != nil {
+		return x.Cron
+	}
+	return ""
+}
+
+func (x *Schedule) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *Schedule) GetTemplate() *JobSpec {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+func (x *Schedule) GetOverlap() OverlapPolicy {
+	if x != nil {
+		return x.Overlap
+	}
+	return OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED
+}
+
+func (x *Schedule) GetMissed() MissedTicks {
+	if x != nil {
+		return x.Missed
+	}
+	return MissedTicks_MISSED_TICKS_UNSPECIFIED
+}
+
+func (x *Schedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Schedule) GetNextRunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRunAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastRunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRunAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastJobId() string {
+	if x != nil {
+		return x.LastJobId
+	}
+	return ""
+}
+
+// UpsertScheduleRequest creates or replaces a schedule.
+type UpsertScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule; its output fields are ignored.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpsertScheduleRequest) Reset() {
+	*x = UpsertScheduleRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpsertScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpsertScheduleRequest) ProtoMessage() {}
+
+func (x *UpsertScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpsertScheduleRequest.ProtoReflect.Descriptor instead.
+func (*UpsertScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpsertScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// UpsertScheduleResponse answers UpsertSchedule.
+type UpsertScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule as stored, with its next tick.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpsertScheduleResponse) Reset() {
+	*x = UpsertScheduleResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpsertScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpsertScheduleResponse) ProtoMessage() {}
+
+func (x *UpsertScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpsertScheduleResponse.ProtoReflect.Descriptor instead.
+func (*UpsertScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UpsertScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *UpsertScheduleResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
+// ListSchedulesRequest lists the schedules.
+type ListSchedulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Read data at least this fresh.
+	MinTxid       uint64 `protobuf:"varint,1,opt,name=min_txid,json=minTxid,proto3" json:"min_txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSchedulesRequest) GetMinTxid() uint64 {
+	if x != nil {
+		return x.MinTxid
+	}
+	return 0
+}
+
+// ListSchedulesResponse answers ListSchedules.
+type ListSchedulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every schedule, by name.
+	Schedules     []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+// DeleteScheduleRequest removes a schedule.
+type DeleteScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeleteScheduleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteScheduleResponse answers DeleteSchedule.
+type DeleteScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when there was no such schedule (a retried delete).
+	Deleted bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeleteScheduleResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *DeleteScheduleResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
+// PauseScheduleRequest pauses a schedule.
+type PauseScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleRequest) Reset() {
+	*x = PauseScheduleRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleRequest) ProtoMessage() {}
+
+func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PauseScheduleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// PauseScheduleResponse answers PauseSchedule.
+type PauseScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule after.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleResponse) Reset() {
+	*x = PauseScheduleResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleResponse) ProtoMessage() {}
+
+func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
+func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *PauseScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *PauseScheduleResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
+// ResumeScheduleRequest resumes a paused schedule.
+type ResumeScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleRequest) Reset() {
+	*x = ResumeScheduleRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleRequest) ProtoMessage() {}
+
+func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ResumeScheduleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// ResumeScheduleResponse answers ResumeSchedule.
+type ResumeScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule after, with its next tick.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,2,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleResponse) Reset() {
+	*x = ResumeScheduleResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleResponse) ProtoMessage() {}
+
+func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *ResumeScheduleResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
 // PauseQueueRequest pauses one queue.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2666,7 +3409,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +3421,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[33]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +3434,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -2712,7 +3455,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +3467,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[34]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +3480,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PauseQueueResponse) GetTxid() uint64 {
@@ -2758,7 +3501,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +3513,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[35]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +3526,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -2804,7 +3547,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3559,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[36]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3572,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ResumeQueueResponse) GetTxid() uint64 {
@@ -2848,7 +3591,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +3603,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[37]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3616,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{48}
 }
 
 // ReplicaPosition is the last position a replica reported to the primary.
@@ -2894,7 +3637,7 @@ type ReplicaPosition struct {
 
 func (x *ReplicaPosition) Reset() {
 	*x = ReplicaPosition{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2906,7 +3649,7 @@ func (x *ReplicaPosition) String() string {
 func (*ReplicaPosition) ProtoMessage() {}
 
 func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[38]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2919,7 +3662,7 @@ func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPosition.ProtoReflect.Descriptor instead.
 func (*ReplicaPosition) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ReplicaPosition) GetNode() string {
@@ -2995,7 +3738,7 @@ type GetNodeInfoResponse struct {
 
 func (x *GetNodeInfoResponse) Reset() {
 	*x = GetNodeInfoResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3750,7 @@ func (x *GetNodeInfoResponse) String() string {
 func (*GetNodeInfoResponse) ProtoMessage() {}
 
 func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[39]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3763,7 @@ func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{39}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetNodeInfoResponse) GetRole() NodeRole {
@@ -3307,7 +4050,44 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x12CancelJobsResponse\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
-	"\x04txid\x18\x03 \x01(\x04R\x04txid\")\n" +
+	"\x04txid\x18\x03 \x01(\x04R\x04txid\"\xa6\x03\n" +
+	"\bSchedule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04cron\x18\x03 \x01(\tR\x04cron\x12\x1b\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\x12-\n" +
+	"\btemplate\x18\x05 \x01(\v2\x11.edgeq.v1.JobSpecR\btemplate\x121\n" +
+	"\aoverlap\x18\x06 \x01(\x0e2\x17.edgeq.v1.OverlapPolicyR\aoverlap\x12-\n" +
+	"\x06missed\x18\a \x01(\x0e2\x15.edgeq.v1.MissedTicksR\x06missed\x12\x16\n" +
+	"\x06paused\x18\b \x01(\bR\x06paused\x12:\n" +
+	"\vnext_run_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tnextRunAt\x12:\n" +
+	"\vlast_run_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tlastRunAt\x12\x1e\n" +
+	"\vlast_job_id\x18\v \x01(\tR\tlastJobId\"G\n" +
+	"\x15UpsertScheduleRequest\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\"\\\n" +
+	"\x16UpsertScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\x12\x12\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"1\n" +
+	"\x14ListSchedulesRequest\x12\x19\n" +
+	"\bmin_txid\x18\x01 \x01(\x04R\aminTxid\"I\n" +
+	"\x15ListSchedulesResponse\x120\n" +
+	"\tschedules\x18\x01 \x03(\v2\x12.edgeq.v1.ScheduleR\tschedules\"+\n" +
+	"\x15DeleteScheduleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
+	"\x16DeleteScheduleResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x12\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"*\n" +
+	"\x14PauseScheduleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"[\n" +
+	"\x15PauseScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\x12\x12\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"+\n" +
+	"\x15ResumeScheduleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\\\n" +
+	"\x16ResumeScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\x12\x12\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\")\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"(\n" +
 	"\x12PauseQueueResponse\x12\x12\n" +
@@ -3367,13 +4147,21 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"Uniqueness\x12\x1a\n" +
 	"\x16UNIQUENESS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12UNIQUENESS_PENDING\x10\x01\x12\x15\n" +
-	"\x11UNIQUENESS_ACTIVE\x10\x02*\x84\x01\n" +
+	"\x11UNIQUENESS_ACTIVE\x10\x02*b\n" +
+	"\rOverlapPolicy\x12\x1e\n" +
+	"\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14OVERLAP_POLICY_ALLOW\x10\x01\x12\x17\n" +
+	"\x13OVERLAP_POLICY_SKIP\x10\x02*]\n" +
+	"\vMissedTicks\x12\x1c\n" +
+	"\x18MISSED_TICKS_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11MISSED_TICKS_SKIP\x10\x01\x12\x19\n" +
+	"\x15MISSED_TICKS_RUN_ONCE\x10\x02*\x84\x01\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
 	"\x11NODE_ROLE_PRIMARY\x10\x02\x12\x15\n" +
 	"\x11NODE_ROLE_REPLICA\x10\x03\x12\x15\n" +
-	"\x11NODE_ROLE_UNKNOWN\x10\x042\x86\b\n" +
+	"\x11NODE_ROLE_UNKNOWN\x10\x042\xa9\v\n" +
 	"\fQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.edgeq.v1.EnqueueRequest\x1a\x19.edgeq.v1.EnqueueResponse\x12:\n" +
 	"\x05Lease\x12\x16.edgeq.v1.LeaseRequest\x1a\x17.edgeq.v1.LeaseResponse0\x01\x122\n" +
@@ -3387,7 +4175,12 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\bRetryJob\x12\x19.edgeq.v1.RetryJobRequest\x1a\x1a.edgeq.v1.RetryJobResponse\x12D\n" +
 	"\tRetryJobs\x12\x1a.edgeq.v1.RetryJobsRequest\x1a\x1b.edgeq.v1.RetryJobsResponse\x12G\n" +
 	"\n" +
-	"CancelJobs\x12\x1b.edgeq.v1.CancelJobsRequest\x1a\x1c.edgeq.v1.CancelJobsResponse\x12G\n" +
+	"CancelJobs\x12\x1b.edgeq.v1.CancelJobsRequest\x1a\x1c.edgeq.v1.CancelJobsResponse\x12S\n" +
+	"\x0eUpsertSchedule\x12\x1f.edgeq.v1.UpsertScheduleRequest\x1a .edgeq.v1.UpsertScheduleResponse\x12P\n" +
+	"\rListSchedules\x12\x1e.edgeq.v1.ListSchedulesRequest\x1a\x1f.edgeq.v1.ListSchedulesResponse\x12S\n" +
+	"\x0eDeleteSchedule\x12\x1f.edgeq.v1.DeleteScheduleRequest\x1a .edgeq.v1.DeleteScheduleResponse\x12P\n" +
+	"\rPauseSchedule\x12\x1e.edgeq.v1.PauseScheduleRequest\x1a\x1f.edgeq.v1.PauseScheduleResponse\x12S\n" +
+	"\x0eResumeSchedule\x12\x1f.edgeq.v1.ResumeScheduleRequest\x1a .edgeq.v1.ResumeScheduleResponse\x12G\n" +
 	"\n" +
 	"PauseQueue\x12\x1b.edgeq.v1.PauseQueueRequest\x1a\x1c.edgeq.v1.PauseQueueResponse\x12J\n" +
 	"\vResumeQueue\x12\x1c.edgeq.v1.ResumeQueueRequest\x1a\x1d.edgeq.v1.ResumeQueueResponse\x12J\n" +
@@ -3405,138 +4198,171 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 	return file_edgeq_v1_queue_proto_rawDescData
 }
 
-var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_edgeq_v1_queue_proto_goTypes = []any{
-	(JobState)(0),                 // 0: edgeq.v1.JobState
-	(Durability)(0),               // 1: edgeq.v1.Durability
-	(LeaseOutcome)(0),             // 2: edgeq.v1.LeaseOutcome
-	(Uniqueness)(0),               // 3: edgeq.v1.Uniqueness
-	(NodeRole)(0),                 // 4: edgeq.v1.NodeRole
-	(*JobSpec)(nil),               // 5: edgeq.v1.JobSpec
-	(*Job)(nil),                   // 6: edgeq.v1.Job
-	(*EnqueueRequest)(nil),        // 7: edgeq.v1.EnqueueRequest
-	(*EnqueueResult)(nil),         // 8: edgeq.v1.EnqueueResult
-	(*EnqueueResponse)(nil),       // 9: edgeq.v1.EnqueueResponse
-	(*LeaseRequest)(nil),          // 10: edgeq.v1.LeaseRequest
-	(*LeasedJob)(nil),             // 11: edgeq.v1.LeasedJob
-	(*LeaseResponse)(nil),         // 12: edgeq.v1.LeaseResponse
-	(*AckItem)(nil),               // 13: edgeq.v1.AckItem
-	(*AckRequest)(nil),            // 14: edgeq.v1.AckRequest
-	(*AckResponse)(nil),           // 15: edgeq.v1.AckResponse
-	(*NackItem)(nil),              // 16: edgeq.v1.NackItem
-	(*NackRequest)(nil),           // 17: edgeq.v1.NackRequest
-	(*NackResponse)(nil),          // 18: edgeq.v1.NackResponse
-	(*HeartbeatRequest)(nil),      // 19: edgeq.v1.HeartbeatRequest
-	(*Progress)(nil),              // 20: edgeq.v1.Progress
-	(*HeartbeatResponse)(nil),     // 21: edgeq.v1.HeartbeatResponse
-	(*GetJobRequest)(nil),         // 22: edgeq.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 23: edgeq.v1.GetJobResponse
-	(*ListJobsRequest)(nil),       // 24: edgeq.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 25: edgeq.v1.ListJobsResponse
-	(*GetQueueStatsRequest)(nil),  // 26: edgeq.v1.GetQueueStatsRequest
-	(*QueueStats)(nil),            // 27: edgeq.v1.QueueStats
-	(*GetQueueStatsResponse)(nil), // 28: edgeq.v1.GetQueueStatsResponse
-	(*CancelJobRequest)(nil),      // 29: edgeq.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 30: edgeq.v1.CancelJobResponse
-	(*RetryJobRequest)(nil),       // 31: edgeq.v1.RetryJobRequest
-	(*RetryJobResponse)(nil),      // 32: edgeq.v1.RetryJobResponse
-	(*JobSelection)(nil),          // 33: edgeq.v1.JobSelection
-	(*RetryJobsRequest)(nil),      // 34: edgeq.v1.RetryJobsRequest
-	(*RetryJobsResponse)(nil),     // 35: edgeq.v1.RetryJobsResponse
-	(*CancelJobsRequest)(nil),     // 36: edgeq.v1.CancelJobsRequest
-	(*CancelJobsResponse)(nil),    // 37: edgeq.v1.CancelJobsResponse
-	(*PauseQueueRequest)(nil),     // 38: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 39: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 40: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 41: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),    // 42: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),       // 43: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),   // 44: edgeq.v1.GetNodeInfoResponse
-	nil,                           // 45: edgeq.v1.JobSpec.HeadersEntry
-	nil,                           // 46: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
+	(JobState)(0),                  // 0: edgeq.v1.JobState
+	(Durability)(0),                // 1: edgeq.v1.Durability
+	(LeaseOutcome)(0),              // 2: edgeq.v1.LeaseOutcome
+	(Uniqueness)(0),                // 3: edgeq.v1.Uniqueness
+	(OverlapPolicy)(0),             // 4: edgeq.v1.OverlapPolicy
+	(MissedTicks)(0),               // 5: edgeq.v1.MissedTicks
+	(NodeRole)(0),                  // 6: edgeq.v1.NodeRole
+	(*JobSpec)(nil),                // 7: edgeq.v1.JobSpec
+	(*Job)(nil),                    // 8: edgeq.v1.Job
+	(*EnqueueRequest)(nil),         // 9: edgeq.v1.EnqueueRequest
+	(*EnqueueResult)(nil),          // 10: edgeq.v1.EnqueueResult
+	(*EnqueueResponse)(nil),        // 11: edgeq.v1.EnqueueResponse
+	(*LeaseRequest)(nil),           // 12: edgeq.v1.LeaseRequest
+	(*LeasedJob)(nil),              // 13: edgeq.v1.LeasedJob
+	(*LeaseResponse)(nil),          // 14: edgeq.v1.LeaseResponse
+	(*AckItem)(nil),                // 15: edgeq.v1.AckItem
+	(*AckRequest)(nil),             // 16: edgeq.v1.AckRequest
+	(*AckResponse)(nil),            // 17: edgeq.v1.AckResponse
+	(*NackItem)(nil),               // 18: edgeq.v1.NackItem
+	(*NackRequest)(nil),            // 19: edgeq.v1.NackRequest
+	(*NackResponse)(nil),           // 20: edgeq.v1.NackResponse
+	(*HeartbeatRequest)(nil),       // 21: edgeq.v1.HeartbeatRequest
+	(*Progress)(nil),               // 22: edgeq.v1.Progress
+	(*HeartbeatResponse)(nil),      // 23: edgeq.v1.HeartbeatResponse
+	(*GetJobRequest)(nil),          // 24: edgeq.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 25: edgeq.v1.GetJobResponse
+	(*ListJobsRequest)(nil),        // 26: edgeq.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),       // 27: edgeq.v1.ListJobsResponse
+	(*GetQueueStatsRequest)(nil),   // 28: edgeq.v1.GetQueueStatsRequest
+	(*QueueStats)(nil),             // 29: edgeq.v1.QueueStats
+	(*GetQueueStatsResponse)(nil),  // 30: edgeq.v1.GetQueueStatsResponse
+	(*CancelJobRequest)(nil),       // 31: edgeq.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 32: edgeq.v1.CancelJobResponse
+	(*RetryJobRequest)(nil),        // 33: edgeq.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),       // 34: edgeq.v1.RetryJobResponse
+	(*JobSelection)(nil),           // 35: edgeq.v1.JobSelection
+	(*RetryJobsRequest)(nil),       // 36: edgeq.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),      // 37: edgeq.v1.RetryJobsResponse
+	(*CancelJobsRequest)(nil),      // 38: edgeq.v1.CancelJobsRequest
+	(*CancelJobsResponse)(nil),     // 39: edgeq.v1.CancelJobsResponse
+	(*Schedule)(nil),               // 40: edgeq.v1.Schedule
+	(*UpsertScheduleRequest)(nil),  // 41: edgeq.v1.UpsertScheduleRequest
+	(*UpsertScheduleResponse)(nil), // 42: edgeq.v1.UpsertScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 43: edgeq.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 44: edgeq.v1.ListSchedulesResponse
+	(*DeleteScheduleRequest)(nil),  // 45: edgeq.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 46: edgeq.v1.DeleteScheduleResponse
+	(*PauseScheduleRequest)(nil),   // 47: edgeq.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),  // 48: edgeq.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),  // 49: edgeq.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil), // 50: edgeq.v1.ResumeScheduleResponse
+	(*PauseQueueRequest)(nil),      // 51: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 52: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 53: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 54: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),     // 55: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),        // 56: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),    // 57: edgeq.v1.GetNodeInfoResponse
+	nil,                            // 58: edgeq.v1.JobSpec.HeadersEntry
+	nil,                            // 59: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),    // 60: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 61: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	47, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	48, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	45, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	60, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	61, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	58, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	3,  // 3: edgeq.v1.JobSpec.uniqueness:type_name -> edgeq.v1.Uniqueness
 	0,  // 4: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	48, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	48, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	48, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	48, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	48, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	46, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
-	5,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
+	61, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	61, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	61, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	61, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	61, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	59, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	7,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
 	1,  // 12: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
-	8,  // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	47, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	6,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	48, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
-	13, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
+	10, // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
+	60, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	8,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
+	61, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	13, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
+	15, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
 	2,  // 19: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	47, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
-	16, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
+	60, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	18, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
 	2,  // 22: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	47, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
-	20, // 24: edgeq.v1.HeartbeatRequest.progress:type_name -> edgeq.v1.Progress
+	60, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	22, // 24: edgeq.v1.HeartbeatRequest.progress:type_name -> edgeq.v1.Progress
 	2,  // 25: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	48, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 27: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
+	61, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	8,  // 27: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
 	0,  // 28: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
-	6,  // 29: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	47, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	27, // 31: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	6,  // 32: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	6,  // 33: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	8,  // 29: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
+	60, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	29, // 31: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	8,  // 32: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	8,  // 33: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
 	0,  // 34: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
-	48, // 35: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
-	48, // 36: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
-	33, // 37: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	33, // 38: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	48, // 39: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	4,  // 40: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	43, // 41: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	47, // 42: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	7,  // 43: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	10, // 44: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	14, // 45: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	17, // 46: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	19, // 47: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	22, // 48: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	24, // 49: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	26, // 50: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	29, // 51: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	31, // 52: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	34, // 53: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
-	36, // 54: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
-	38, // 55: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	40, // 56: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	42, // 57: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	9,  // 58: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	12, // 59: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	15, // 60: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	18, // 61: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	21, // 62: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	23, // 63: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	25, // 64: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	28, // 65: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	30, // 66: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	32, // 67: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	35, // 68: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
-	37, // 69: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
-	39, // 70: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	41, // 71: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	44, // 72: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	58, // [58:73] is the sub-list for method output_type
-	43, // [43:58] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	61, // 35: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	61, // 36: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	35, // 37: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	35, // 38: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	7,  // 39: edgeq.v1.Schedule.template:type_name -> edgeq.v1.JobSpec
+	4,  // 40: edgeq.v1.Schedule.overlap:type_name -> edgeq.v1.OverlapPolicy
+	5,  // 41: edgeq.v1.Schedule.missed:type_name -> edgeq.v1.MissedTicks
+	61, // 42: edgeq.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
+	61, // 43: edgeq.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
+	40, // 44: edgeq.v1.UpsertScheduleRequest.schedule:type_name -> edgeq.v1.Schedule
+	40, // 45: edgeq.v1.UpsertScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 46: edgeq.v1.ListSchedulesResponse.schedules:type_name -> edgeq.v1.Schedule
+	40, // 47: edgeq.v1.PauseScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 48: edgeq.v1.ResumeScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	61, // 49: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	6,  // 50: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	56, // 51: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	60, // 52: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	9,  // 53: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	12, // 54: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	16, // 55: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	19, // 56: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	21, // 57: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	24, // 58: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	26, // 59: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	28, // 60: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	31, // 61: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	33, // 62: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	36, // 63: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	38, // 64: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	41, // 65: edgeq.v1.QueueService.UpsertSchedule:input_type -> edgeq.v1.UpsertScheduleRequest
+	43, // 66: edgeq.v1.QueueService.ListSchedules:input_type -> edgeq.v1.ListSchedulesRequest
+	45, // 67: edgeq.v1.QueueService.DeleteSchedule:input_type -> edgeq.v1.DeleteScheduleRequest
+	47, // 68: edgeq.v1.QueueService.PauseSchedule:input_type -> edgeq.v1.PauseScheduleRequest
+	49, // 69: edgeq.v1.QueueService.ResumeSchedule:input_type -> edgeq.v1.ResumeScheduleRequest
+	51, // 70: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	53, // 71: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	55, // 72: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	11, // 73: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	14, // 74: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	17, // 75: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	20, // 76: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	23, // 77: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	25, // 78: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	27, // 79: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	30, // 80: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	32, // 81: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	34, // 82: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	37, // 83: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	39, // 84: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	42, // 85: edgeq.v1.QueueService.UpsertSchedule:output_type -> edgeq.v1.UpsertScheduleResponse
+	44, // 86: edgeq.v1.QueueService.ListSchedules:output_type -> edgeq.v1.ListSchedulesResponse
+	46, // 87: edgeq.v1.QueueService.DeleteSchedule:output_type -> edgeq.v1.DeleteScheduleResponse
+	48, // 88: edgeq.v1.QueueService.PauseSchedule:output_type -> edgeq.v1.PauseScheduleResponse
+	50, // 89: edgeq.v1.QueueService.ResumeSchedule:output_type -> edgeq.v1.ResumeScheduleResponse
+	52, // 90: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	54, // 91: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	57, // 92: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	73, // [73:93] is the sub-list for method output_type
+	53, // [53:73] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -3549,8 +4375,8 @@ func file_edgeq_v1_queue_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   42,
+			NumEnums:      7,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,21 +25,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QueueService_Enqueue_FullMethodName       = "/edgeq.v1.QueueService/Enqueue"
-	QueueService_Lease_FullMethodName         = "/edgeq.v1.QueueService/Lease"
-	QueueService_Ack_FullMethodName           = "/edgeq.v1.QueueService/Ack"
-	QueueService_Nack_FullMethodName          = "/edgeq.v1.QueueService/Nack"
-	QueueService_Heartbeat_FullMethodName     = "/edgeq.v1.QueueService/Heartbeat"
-	QueueService_GetJob_FullMethodName        = "/edgeq.v1.QueueService/GetJob"
-	QueueService_ListJobs_FullMethodName      = "/edgeq.v1.QueueService/ListJobs"
-	QueueService_GetQueueStats_FullMethodName = "/edgeq.v1.QueueService/GetQueueStats"
-	QueueService_CancelJob_FullMethodName     = "/edgeq.v1.QueueService/CancelJob"
-	QueueService_RetryJob_FullMethodName      = "/edgeq.v1.QueueService/RetryJob"
-	QueueService_RetryJobs_FullMethodName     = "/edgeq.v1.QueueService/RetryJobs"
-	QueueService_CancelJobs_FullMethodName    = "/edgeq.v1.QueueService/CancelJobs"
-	QueueService_PauseQueue_FullMethodName    = "/edgeq.v1.QueueService/PauseQueue"
-	QueueService_ResumeQueue_FullMethodName   = "/edgeq.v1.QueueService/ResumeQueue"
-	QueueService_GetNodeInfo_FullMethodName   = "/edgeq.v1.QueueService/GetNodeInfo"
+	QueueService_Enqueue_FullMethodName        = "/edgeq.v1.QueueService/Enqueue"
+	QueueService_Lease_FullMethodName          = "/edgeq.v1.QueueService/Lease"
+	QueueService_Ack_FullMethodName            = "/edgeq.v1.QueueService/Ack"
+	QueueService_Nack_FullMethodName           = "/edgeq.v1.QueueService/Nack"
+	QueueService_Heartbeat_FullMethodName      = "/edgeq.v1.QueueService/Heartbeat"
+	QueueService_GetJob_FullMethodName         = "/edgeq.v1.QueueService/GetJob"
+	QueueService_ListJobs_FullMethodName       = "/edgeq.v1.QueueService/ListJobs"
+	QueueService_GetQueueStats_FullMethodName  = "/edgeq.v1.QueueService/GetQueueStats"
+	QueueService_CancelJob_FullMethodName      = "/edgeq.v1.QueueService/CancelJob"
+	QueueService_RetryJob_FullMethodName       = "/edgeq.v1.QueueService/RetryJob"
+	QueueService_RetryJobs_FullMethodName      = "/edgeq.v1.QueueService/RetryJobs"
+	QueueService_CancelJobs_FullMethodName     = "/edgeq.v1.QueueService/CancelJobs"
+	QueueService_UpsertSchedule_FullMethodName = "/edgeq.v1.QueueService/UpsertSchedule"
+	QueueService_ListSchedules_FullMethodName  = "/edgeq.v1.QueueService/ListSchedules"
+	QueueService_DeleteSchedule_FullMethodName = "/edgeq.v1.QueueService/DeleteSchedule"
+	QueueService_PauseSchedule_FullMethodName  = "/edgeq.v1.QueueService/PauseSchedule"
+	QueueService_ResumeSchedule_FullMethodName = "/edgeq.v1.QueueService/ResumeSchedule"
+	QueueService_PauseQueue_FullMethodName     = "/edgeq.v1.QueueService/PauseQueue"
+	QueueService_ResumeQueue_FullMethodName    = "/edgeq.v1.QueueService/ResumeQueue"
+	QueueService_GetNodeInfo_FullMethodName    = "/edgeq.v1.QueueService/GetNodeInfo"
 )
 
 // QueueServiceClient is the client API for QueueService service.
@@ -95,6 +100,20 @@ type QueueServiceClient interface {
 	// a time range: CancelJob for each (a running job's lease becomes stale).
 	// `more` as for RetryJobs.
 	CancelJobs(ctx context.Context, in *CancelJobsRequest, opts ...grpc.CallOption) (*CancelJobsResponse, error)
+	// UpsertSchedule creates or replaces (by name) a cron schedule: at every
+	// tick of `cron` in `time_zone` the primary enqueues one job built from
+	// `template` into `queue`, exactly once per tick across a cluster and a
+	// failover (the tick is the job's idempotency key).
+	UpsertSchedule(ctx context.Context, in *UpsertScheduleRequest, opts ...grpc.CallOption) (*UpsertScheduleResponse, error)
+	// ListSchedules lists every schedule, sorted by name.
+	ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error)
+	// DeleteSchedule removes a schedule (jobs it enqueued stay).
+	DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error)
+	// PauseSchedule stops a schedule's ticks until ResumeSchedule.
+	PauseSchedule(ctx context.Context, in *PauseScheduleRequest, opts ...grpc.CallOption) (*PauseScheduleResponse, error)
+	// ResumeSchedule restarts a paused schedule from the next tick after now
+	// (ticks while paused are not run).
+	ResumeSchedule(ctx context.Context, in *ResumeScheduleRequest, opts ...grpc.CallOption) (*ResumeScheduleResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -242,6 +261,56 @@ func (c *queueServiceClient) CancelJobs(ctx context.Context, in *CancelJobsReque
 	return out, nil
 }
 
+func (c *queueServiceClient) UpsertSchedule(ctx context.Context, in *UpsertScheduleRequest, opts ...grpc.CallOption) (*UpsertScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpsertScheduleResponse)
+	err := c.cc.Invoke(ctx, QueueService_UpsertSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSchedulesResponse)
+	err := c.cc.Invoke(ctx, QueueService_ListSchedules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteScheduleResponse)
+	err := c.cc.Invoke(ctx, QueueService_DeleteSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) PauseSchedule(ctx context.Context, in *PauseScheduleRequest, opts ...grpc.CallOption) (*PauseScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseScheduleResponse)
+	err := c.cc.Invoke(ctx, QueueService_PauseSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) ResumeSchedule(ctx context.Context, in *ResumeScheduleRequest, opts ...grpc.CallOption) (*ResumeScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeScheduleResponse)
+	err := c.cc.Invoke(ctx, QueueService_ResumeSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueServiceClient) PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PauseQueueResponse)
@@ -325,6 +394,20 @@ type QueueServiceServer interface {
 	// a time range: CancelJob for each (a running job's lease becomes stale).
 	// `more` as for RetryJobs.
 	CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error)
+	// UpsertSchedule creates or replaces (by name) a cron schedule: at every
+	// tick of `cron` in `time_zone` the primary enqueues one job built from
+	// `template` into `queue`, exactly once per tick across a cluster and a
+	// failover (the tick is the job's idempotency key).
+	UpsertSchedule(context.Context, *UpsertScheduleRequest) (*UpsertScheduleResponse, error)
+	// ListSchedules lists every schedule, sorted by name.
+	ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error)
+	// DeleteSchedule removes a schedule (jobs it enqueued stay).
+	DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error)
+	// PauseSchedule stops a schedule's ticks until ResumeSchedule.
+	PauseSchedule(context.Context, *PauseScheduleRequest) (*PauseScheduleResponse, error)
+	// ResumeSchedule restarts a paused schedule from the next tick after now
+	// (ticks while paused are not run).
+	ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -378,6 +461,21 @@ func (UnimplementedQueueServiceServer) RetryJobs(context.Context, *RetryJobsRequ
 }
 func (UnimplementedQueueServiceServer) CancelJobs(context.Context, *CancelJobsRequest) (*CancelJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJobs not implemented")
+}
+func (UnimplementedQueueServiceServer) UpsertSchedule(context.Context, *UpsertScheduleRequest) (*UpsertScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpsertSchedule not implemented")
+}
+func (UnimplementedQueueServiceServer) ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSchedules not implemented")
+}
+func (UnimplementedQueueServiceServer) DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSchedule not implemented")
+}
+func (UnimplementedQueueServiceServer) PauseSchedule(context.Context, *PauseScheduleRequest) (*PauseScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseSchedule not implemented")
+}
+func (UnimplementedQueueServiceServer) ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeSchedule not implemented")
 }
 func (UnimplementedQueueServiceServer) PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PauseQueue not implemented")
@@ -618,6 +716,96 @@ func _QueueService_CancelJobs_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueService_UpsertSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpsertScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).UpsertSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_UpsertSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).UpsertSchedule(ctx, req.(*UpsertScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_ListSchedules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSchedulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).ListSchedules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_ListSchedules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).ListSchedules(ctx, req.(*ListSchedulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_DeleteSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).DeleteSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_DeleteSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).DeleteSchedule(ctx, req.(*DeleteScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_PauseSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).PauseSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_PauseSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).PauseSchedule(ctx, req.(*PauseScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_ResumeSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).ResumeSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_ResumeSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).ResumeSchedule(ctx, req.(*ResumeScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QueueService_PauseQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PauseQueueRequest)
 	if err := dec(in); err != nil {
@@ -722,6 +910,26 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJobs",
 			Handler:    _QueueService_CancelJobs_Handler,
+		},
+		{
+			MethodName: "UpsertSchedule",
+			Handler:    _QueueService_UpsertSchedule_Handler,
+		},
+		{
+			MethodName: "ListSchedules",
+			Handler:    _QueueService_ListSchedules_Handler,
+		},
+		{
+			MethodName: "DeleteSchedule",
+			Handler:    _QueueService_DeleteSchedule_Handler,
+		},
+		{
+			MethodName: "PauseSchedule",
+			Handler:    _QueueService_PauseSchedule_Handler,
+		},
+		{
+			MethodName: "ResumeSchedule",
+			Handler:    _QueueService_ResumeSchedule_Handler,
 		},
 		{
 			MethodName: "PauseQueue",

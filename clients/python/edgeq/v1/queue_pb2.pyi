@@ -42,6 +42,18 @@ class Uniqueness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNIQUENESS_PENDING: _ClassVar[Uniqueness]
     UNIQUENESS_ACTIVE: _ClassVar[Uniqueness]
 
+class OverlapPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERLAP_POLICY_UNSPECIFIED: _ClassVar[OverlapPolicy]
+    OVERLAP_POLICY_ALLOW: _ClassVar[OverlapPolicy]
+    OVERLAP_POLICY_SKIP: _ClassVar[OverlapPolicy]
+
+class MissedTicks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MISSED_TICKS_UNSPECIFIED: _ClassVar[MissedTicks]
+    MISSED_TICKS_SKIP: _ClassVar[MissedTicks]
+    MISSED_TICKS_RUN_ONCE: _ClassVar[MissedTicks]
+
 class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NODE_ROLE_UNSPECIFIED: _ClassVar[NodeRole]
@@ -68,6 +80,12 @@ LEASE_OUTCOME_CANCEL_REQUESTED: LeaseOutcome
 UNIQUENESS_UNSPECIFIED: Uniqueness
 UNIQUENESS_PENDING: Uniqueness
 UNIQUENESS_ACTIVE: Uniqueness
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy
+OVERLAP_POLICY_ALLOW: OverlapPolicy
+OVERLAP_POLICY_SKIP: OverlapPolicy
+MISSED_TICKS_UNSPECIFIED: MissedTicks
+MISSED_TICKS_SKIP: MissedTicks
+MISSED_TICKS_RUN_ONCE: MissedTicks
 NODE_ROLE_UNSPECIFIED: NodeRole
 NODE_ROLE_STANDALONE: NodeRole
 NODE_ROLE_PRIMARY: NodeRole
@@ -451,6 +469,100 @@ class CancelJobsResponse(_message.Message):
     more: bool
     txid: int
     def __init__(self, count: _Optional[int] = ..., more: _Optional[bool] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("name", "queue", "cron", "time_zone", "template", "overlap", "missed", "paused", "next_run_at", "last_run_at", "last_job_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queue: str
+    cron: str
+    time_zone: str
+    template: JobSpec
+    overlap: OverlapPolicy
+    missed: MissedTicks
+    paused: bool
+    next_run_at: _timestamp_pb2.Timestamp
+    last_run_at: _timestamp_pb2.Timestamp
+    last_job_id: str
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[str] = ..., cron: _Optional[str] = ..., time_zone: _Optional[str] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., overlap: _Optional[_Union[OverlapPolicy, str]] = ..., missed: _Optional[_Union[MissedTicks, str]] = ..., paused: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_job_id: _Optional[str] = ...) -> None: ...
+
+class UpsertScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class UpsertScheduleResponse(_message.Message):
+    __slots__ = ("schedule", "txid")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    txid: int
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("min_txid",)
+    MIN_TXID_FIELD_NUMBER: _ClassVar[int]
+    min_txid: int
+    def __init__(self, min_txid: _Optional[int] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ("deleted", "txid")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    txid: int
+    def __init__(self, deleted: _Optional[bool] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class PauseScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PauseScheduleResponse(_message.Message):
+    __slots__ = ("schedule", "txid")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    txid: int
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class ResumeScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResumeScheduleResponse(_message.Message):
+    __slots__ = ("schedule", "txid")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    txid: int
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
 
 class PauseQueueRequest(_message.Message):
     __slots__ = ("queue",)

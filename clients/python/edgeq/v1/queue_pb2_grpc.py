@@ -100,6 +100,31 @@ class QueueServiceStub:
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.SerializeToString,
                 response_deserializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.FromString,
                 _registered_method=True)
+        self.UpsertSchedule = channel.unary_unary(
+                '/edgeq.v1.QueueService/UpsertSchedule',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.UpsertScheduleRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.UpsertScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/edgeq.v1.QueueService/ListSchedules',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/edgeq.v1.QueueService/DeleteSchedule',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/edgeq.v1.QueueService/PauseSchedule',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/edgeq.v1.QueueService/ResumeSchedule',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/edgeq.v1.QueueService/PauseQueue',
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.PauseQueueRequest.SerializeToString,
@@ -228,6 +253,45 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertSchedule(self, request, context):
+        """UpsertSchedule creates or replaces (by name) a cron schedule: at every
+        tick of `cron` in `time_zone` the primary enqueues one job built from
+        `template` into `queue`, exactly once per tick across a cluster and a
+        failover (the tick is the job's idempotency key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists every schedule, sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule removes a schedule (jobs it enqueued stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule's ticks until ResumeSchedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule restarts a paused schedule from the next tick after now
+        (ticks while paused are not run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseQueue(self, request, context):
         """PauseQueue stops delivery from a queue; enqueues are still accepted.
         """
@@ -313,6 +377,31 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.CancelJobs,
                     request_deserializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.FromString,
                     response_serializer=edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'UpsertSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertSchedule,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.UpsertScheduleRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.UpsertScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.SerializeToString,
             ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
@@ -660,6 +749,141 @@ class QueueService:
             '/edgeq.v1.QueueService/CancelJobs',
             edgeq_dot_v1_dot_queue__pb2.CancelJobsRequest.SerializeToString,
             edgeq_dot_v1_dot_queue__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/UpsertSchedule',
+            edgeq_dot_v1_dot_queue__pb2.UpsertScheduleRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.UpsertScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/ListSchedules',
+            edgeq_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/DeleteSchedule',
+            edgeq_dot_v1_dot_queue__pb2.DeleteScheduleRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/PauseSchedule',
+            edgeq_dot_v1_dot_queue__pb2.PauseScheduleRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/ResumeSchedule',
+            edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,22 @@ class QueueServiceStub:
     a time range: CancelJob for each (a running job's lease becomes stale).
     `more` as for RetryJobs.
     """
+    UpsertSchedule: _grpc.UnaryUnaryMultiCallable[_queue_pb2.UpsertScheduleRequest, _queue_pb2.UpsertScheduleResponse]
+    """UpsertSchedule creates or replaces (by name) a cron schedule: at every
+    tick of `cron` in `time_zone` the primary enqueues one job built from
+    `template` into `queue`, exactly once per tick across a cluster and a
+    failover (the tick is the job's idempotency key).
+    """
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]
+    """ListSchedules lists every schedule, sorted by name."""
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_queue_pb2.DeleteScheduleRequest, _queue_pb2.DeleteScheduleResponse]
+    """DeleteSchedule removes a schedule (jobs it enqueued stay)."""
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseScheduleRequest, _queue_pb2.PauseScheduleResponse]
+    """PauseSchedule stops a schedule's ticks until ResumeSchedule."""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeScheduleRequest, _queue_pb2.ResumeScheduleResponse]
+    """ResumeSchedule restarts a paused schedule from the next tick after now
+    (ticks while paused are not run).
+    """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
@@ -162,6 +178,22 @@ class QueueServiceAsyncStub(QueueServiceStub):
     that are PENDING (or RUNNING, by `state`), optionally only those created in
     a time range: CancelJob for each (a running job's lease becomes stale).
     `more` as for RetryJobs.
+    """
+    UpsertSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.UpsertScheduleRequest, _queue_pb2.UpsertScheduleResponse]  # type: ignore[assignment]
+    """UpsertSchedule creates or replaces (by name) a cron schedule: at every
+    tick of `cron` in `time_zone` the primary enqueues one job built from
+    `template` into `queue`, exactly once per tick across a cluster and a
+    failover (the tick is the job's idempotency key).
+    """
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListSchedulesRequest, _queue_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules lists every schedule, sorted by name."""
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.DeleteScheduleRequest, _queue_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule removes a schedule (jobs it enqueued stay)."""
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseScheduleRequest, _queue_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """PauseSchedule stops a schedule's ticks until ResumeSchedule."""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.ResumeScheduleRequest, _queue_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    """ResumeSchedule restarts a paused schedule from the next tick after now
+    (ticks while paused are not run).
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
@@ -301,6 +333,52 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         that are PENDING (or RUNNING, by `state`), optionally only those created in
         a time range: CancelJob for each (a running job's lease becomes stale).
         `more` as for RetryJobs.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertSchedule(
+        self,
+        request: _queue_pb2.UpsertScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.UpsertScheduleResponse, _abc.Awaitable[_queue_pb2.UpsertScheduleResponse]]:
+        """UpsertSchedule creates or replaces (by name) a cron schedule: at every
+        tick of `cron` in `time_zone` the primary enqueues one job built from
+        `template` into `queue`, exactly once per tick across a cluster and a
+        failover (the tick is the job's idempotency key).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _queue_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.ListSchedulesResponse, _abc.Awaitable[_queue_pb2.ListSchedulesResponse]]:
+        """ListSchedules lists every schedule, sorted by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _queue_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.DeleteScheduleResponse, _abc.Awaitable[_queue_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule removes a schedule (jobs it enqueued stay)."""
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _queue_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.PauseScheduleResponse, _abc.Awaitable[_queue_pb2.PauseScheduleResponse]]:
+        """PauseSchedule stops a schedule's ticks until ResumeSchedule."""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _queue_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.ResumeScheduleResponse, _abc.Awaitable[_queue_pb2.ResumeScheduleResponse]]:
+        """ResumeSchedule restarts a paused schedule from the next tick after now
+        (ticks while paused are not run).
         """
 
     @_abc_1.abstractmethod

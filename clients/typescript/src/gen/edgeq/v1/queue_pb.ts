@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/queue.proto.
  */
 export const file_edgeq_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEi7wIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIowFCgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIhCgVzdGF0ZRgEIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhAKCGF0dGVtcHRzGAUgASgFEhQKDG1heF9hdHRlbXB0cxgGIAEoBRIQCghwcmlvcml0eRgHIAEoBRIqCgZydW5fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGNvbXBsZXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGVhc2VfZXhwaXJlc19hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZXJyb3JfbWVzc2FnZRgNIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYDiABKAkSKwoHaGVhZGVycxgPIAMoCzIaLmVkZ2VxLnYxLkpvYi5IZWFkZXJzRW50cnkSEQoJd29ya2VyX2lkGBAgASgJEg4KBnJlc3VsdBgRIAEoDBISCgp1bmlxdWVfa2V5GBIgASgJEhAKCHByb2dyZXNzGBMgASgBEhgKEHByb2dyZXNzX21lc3NhZ2UYFCABKAkSGAoQY2FuY2VsX3JlcXVlc3RlZBgVIAEoCBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJbCg5FbnF1ZXVlUmVxdWVzdBIfCgRqb2JzGAEgAygLMhEuZWRnZXEudjEuSm9iU3BlYxIoCgpkdXJhYmlsaXR5GAIgASgOMhQuZWRnZXEudjEuRHVyYWJpbGl0eSJbCg1FbnF1ZXVlUmVzdWx0Eg4KBmpvYl9pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEg4KBnVuaXF1ZRgEIAEoCCKKAQoPRW5xdWV1ZVJlc3BvbnNlEigKB3Jlc3VsdHMYASADKAsyFy5lZGdlcS52MS5FbnF1ZXVlUmVzdWx0EgwKBHR4aWQYAiABKAQSEAoIYnVmZmVyZWQYAyABKAgSGAoQYWNjZXB0ZWRfYXRfZWRnZRgEIAEoCBITCgthY2NlcHRlZF9ieRgFIAEoCSJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEInwKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIkCghwcm9ncmVzcxgDIAMoCzISLmVkZ2VxLnYxLlByb2dyZXNzIj8KCFByb2dyZXNzEhMKC2xlYXNlX3Rva2VuGAEgASgJEg0KBXZhbHVlGAIgASgBEg8KB21lc3NhZ2UYAyABKAkigQEKEUhlYXJ0YmVhdFJlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAMoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbWluX3R4aWQYAiABKAQiLAoOR2V0Sm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iIowBCg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSIQoFc3RhdGUYAiABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRIQCghtaW5fdHhpZBgFIAEoBBIOCgZzZWFyY2gYBiABKAkiSAoQTGlzdEpvYnNSZXNwb25zZRIbCgRqb2JzGAEgAygLMg0uZWRnZXEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEAoIbWluX3R4aWQYAiABKAQi3wEKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSDwoHcGVuZGluZxgCIAEoAxIRCglzY2hlZHVsZWQYAyABKAMSDwoHcnVubmluZxgEIAEoAxIRCgljb21wbGV0ZWQYBSABKAMSDgoGZmFpbGVkGAYgASgDEhEKCWNhbmNlbGxlZBgHIAEoAxI1ChJvbGRlc3RfcGVuZGluZ19hZ2UYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcGF1c2VkGAkgASgIEhAKCGFjY2VwdGVkGAogASgDIjwKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgVzdGF0cxgBIAMoCzIULmVkZ2VxLnYxLlF1ZXVlU3RhdHMiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoRQ2FuY2VsSm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI8ChBSZXRyeUpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIqcBCgxKb2JTZWxlY3Rpb24SDQoFcXVldWUYASABKAkSIQoFc3RhdGUYAiABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIxCg1jcmVhdGVkX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTAoQUmV0cnlKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPgoRUmV0cnlKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIk0KEUNhbmNlbEpvYnNSZXF1ZXN0EikKCXNlbGVjdGlvbhgBIAEoCzIWLmVkZ2VxLnYxLkpvYlNlbGVjdGlvbhINCgVsaW1pdBgCIAEoBSI/ChJDYW5jZWxKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiIKElBhdXNlUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIjChNSZXN1bWVRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiFAoSR2V0Tm9kZUluZm9SZXF1ZXN0InAKD1JlcGxpY2FQb3NpdGlvbhIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQSLwoLcmVwb3J0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHZlcmlmaWVkGAQgASgIIqwDChNHZXROb2RlSW5mb1Jlc3BvbnNlEiAKBHJvbGUYASABKA4yEi5lZGdlcS52MS5Ob2RlUm9sZRIPCgdhZGRyZXNzGAIgASgJEg8KB3ByaW1hcnkYAyABKAkSDAoEdHhpZBgEIAEoBBIZChFwcmltYXJ5X3JlYWNoYWJsZRgFIAEoCBIrCghyZXBsaWNhcxgGIAMoCzIZLmVkZ2VxLnYxLlJlcGxpY2FQb3NpdGlvbhISCgpkdXJhYmlsaXR5GAcgASgJEhYKDm91dGJveF9wZW5kaW5nGAggASgDEhMKC291dGJveF9kZWFkGAkgASgDEhUKDWxvb3BfcmVzdGFydHMYCiABKAMSFQoNZWRnZV9sb2dfam9icxgLIAEoAxI2ChNlZGdlX2xvZ19vbGRlc3RfYWdlGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhsKE2VkZ2VfbG9nX2RyYWluX3JhdGUYDSABKAESFgoOZWRnZV9sb2dfYnl0ZXMYDiABKAMSHwoXZWRnZV9sb2dfY2FwYWNpdHlfYnl0ZXMYDyABKAMqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfQ09NUExFVEVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIWChJKT0JfU1RBVEVfQUNDRVBURUQQBipuCgpEdXJhYmlsaXR5EhoKFkRVUkFCSUxJVFlfVU5TUEVDSUZJRUQQABIUChBEVVJBQklMSVRZX0xPQ0FMEAESGQoVRFVSQUJJTElUWV9SRVBMSUNBVEVEEAISEwoPRFVSQUJJTElUWV9FREdFEAMqmwEKDExlYXNlT3V0Y29tZRIdChlMRUFTRV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQTEVBU0VfT1VUQ09NRV9PSxABEhcKE0xFQVNFX09VVENPTUVfU1RBTEUQAhIZChVMRUFTRV9PVVRDT01FX0lOVkFMSUQQAxIiCh5MRUFTRV9PVVRDT01FX0NBTkNFTF9SRVFVRVNURUQQBCpXCgpVbmlxdWVuZXNzEhoKFlVOSVFVRU5FU1NfVU5TUEVDSUZJRUQQABIWChJVTklRVUVORVNTX1BFTkRJTkcQARIVChFVTklRVUVORVNTX0FDVElWRRACKoQBCghOb2RlUm9sZRIZChVOT0RFX1JPTEVfVU5TUEVDSUZJRUQQABIYChROT0RFX1JPTEVfU1RBTkRBTE9ORRABEhUKEU5PREVfUk9MRV9QUklNQVJZEAISFQoRTk9ERV9ST0xFX1JFUExJQ0EQAxIVChFOT0RFX1JPTEVfVU5LTk9XThAEMoYICgxRdWV1ZVNlcnZpY2USPgoHRW5xdWV1ZRIYLmVkZ2VxLnYxLkVucXVldWVSZXF1ZXN0GhkuZWRnZXEudjEuRW5xdWV1ZVJlc3BvbnNlEjoKBUxlYXNlEhYuZWRnZXEudjEuTGVhc2VSZXF1ZXN0GhcuZWRnZXEudjEuTGVhc2VSZXNwb25zZTABEjIKA0FjaxIULmVkZ2VxLnYxLkFja1JlcXVlc3QaFS5lZGdlcS52MS5BY2tSZXNwb25zZRI1CgROYWNrEhUuZWRnZXEudjEuTmFja1JlcXVlc3QaFi5lZGdlcS52MS5OYWNrUmVzcG9uc2USRAoJSGVhcnRiZWF0EhouZWRnZXEudjEuSGVhcnRiZWF0UmVxdWVzdBobLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEjsKBkdldEpvYhIXLmVkZ2VxLnYxLkdldEpvYlJlcXVlc3QaGC5lZGdlcS52MS5HZXRKb2JSZXNwb25zZRJBCghMaXN0Sm9icxIZLmVkZ2VxLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmVkZ2VxLnYxLkxpc3RKb2JzUmVzcG9uc2USUAoNR2V0UXVldWVTdGF0cxIeLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh8uZWRnZXEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkQKCUNhbmNlbEpvYhIaLmVkZ2VxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGy5lZGdlcS52MS5DYW5jZWxKb2JSZXNwb25zZRJBCghSZXRyeUpvYhIZLmVkZ2VxLnYxLlJldHJ5Sm9iUmVxdWVzdBoaLmVkZ2VxLnYxLlJldHJ5Sm9iUmVzcG9uc2USRAoJUmV0cnlKb2JzEhouZWRnZXEudjEuUmV0cnlKb2JzUmVxdWVzdBobLmVkZ2VxLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEkcKCkNhbmNlbEpvYnMSGy5lZGdlcS52MS5DYW5jZWxKb2JzUmVxdWVzdBocLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEi7wIKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIowFCgNKb2ISCgoCaWQYASABKAkSDQoFcXVldWUYAiABKAkSDwoHcGF5bG9hZBgDIAEoDBIhCgVzdGF0ZRgEIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhAKCGF0dGVtcHRzGAUgASgFEhQKDG1heF9hdHRlbXB0cxgGIAEoBRIQCghwcmlvcml0eRgHIAEoBRIqCgZydW5fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGNvbXBsZXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGVhc2VfZXhwaXJlc19hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZXJyb3JfbWVzc2FnZRgNIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYDiABKAkSKwoHaGVhZGVycxgPIAMoCzIaLmVkZ2VxLnYxLkpvYi5IZWFkZXJzRW50cnkSEQoJd29ya2VyX2lkGBAgASgJEg4KBnJlc3VsdBgRIAEoDBISCgp1bmlxdWVfa2V5GBIgASgJEhAKCHByb2dyZXNzGBMgASgBEhgKEHByb2dyZXNzX21lc3NhZ2UYFCABKAkSGAoQY2FuY2VsX3JlcXVlc3RlZBgVIAEoCBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJbCg5FbnF1ZXVlUmVxdWVzdBIfCgRqb2JzGAEgAygLMhEuZWRnZXEudjEuSm9iU3BlYxIoCgpkdXJhYmlsaXR5GAIgASgOMhQuZWRnZXEudjEuRHVyYWJpbGl0eSJbCg1FbnF1ZXVlUmVzdWx0Eg4KBmpvYl9pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEg4KBnVuaXF1ZRgEIAEoCCKKAQoPRW5xdWV1ZVJlc3BvbnNlEigKB3Jlc3VsdHMYASADKAsyFy5lZGdlcS52MS5FbnF1ZXVlUmVzdWx0EgwKBHR4aWQYAiABKAQSEAoIYnVmZmVyZWQYAyABKAgSGAoQYWNjZXB0ZWRfYXRfZWRnZRgEIAEoCBITCgthY2NlcHRlZF9ieRgFIAEoCSJ7CgxMZWFzZVJlcXVlc3QSDgoGcXVldWVzGAEgAygJEhEKCXdvcmtlcl9pZBgCIAEoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgFEjEKDmxlYXNlX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInIKCUxlYXNlZEpvYhIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISEwoLbGVhc2VfdG9rZW4YAiABKAkSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMgoNTGVhc2VSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMuZWRnZXEudjEuTGVhc2VkSm9iIi4KB0Fja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSDgoGcmVzdWx0GAIgASgMIi4KCkFja1JlcXVlc3QSIAoFaXRlbXMYASADKAsyES5lZGdlcS52MS5BY2tJdGVtIkUKC0Fja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQieAoITmFja0l0ZW0SEwoLbGVhc2VfdG9rZW4YASABKAkSFQoNZXJyb3JfbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9kZWxheRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCgh0ZXJtaW5hbBgEIAEoCCIwCgtOYWNrUmVxdWVzdBIhCgVpdGVtcxgBIAMoCzISLmVkZ2VxLnYxLk5hY2tJdGVtIkYKDE5hY2tSZXNwb25zZRIoCghvdXRjb21lcxgBIAMoDjIWLmVkZ2VxLnYxLkxlYXNlT3V0Y29tZRIMCgR0eGlkGAIgASgEInwKEEhlYXJ0YmVhdFJlcXVlc3QSFAoMbGVhc2VfdG9rZW5zGAEgAygJEiwKCWV4dGVuZF9ieRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIkCghwcm9ncmVzcxgDIAMoCzISLmVkZ2VxLnYxLlByb2dyZXNzIj8KCFByb2dyZXNzEhMKC2xlYXNlX3Rva2VuGAEgASgJEg0KBXZhbHVlGAIgASgBEg8KB21lc3NhZ2UYAyABKAkigQEKEUhlYXJ0YmVhdFJlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQSNAoQbGVhc2VfZXhwaXJlc19hdBgDIAMoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEAoIbWluX3R4aWQYAiABKAQiLAoOR2V0Sm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iIowBCg9MaXN0Sm9ic1JlcXVlc3QSDQoFcXVldWUYASABKAkSIQoFc3RhdGUYAiABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRIQCghtaW5fdHhpZBgFIAEoBBIOCgZzZWFyY2gYBiABKAkiSAoQTGlzdEpvYnNSZXNwb25zZRIbCgRqb2JzGAEgAygLMg0uZWRnZXEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEAoIbWluX3R4aWQYAiABKAQi3wEKClF1ZXVlU3RhdHMSDQoFcXVldWUYASABKAkSDwoHcGVuZGluZxgCIAEoAxIRCglzY2hlZHVsZWQYAyABKAMSDwoHcnVubmluZxgEIAEoAxIRCgljb21wbGV0ZWQYBSABKAMSDgoGZmFpbGVkGAYgASgDEhEKCWNhbmNlbGxlZBgHIAEoAxI1ChJvbGRlc3RfcGVuZGluZ19hZ2UYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcGF1c2VkGAkgASgIEhAKCGFjY2VwdGVkGAogASgDIjwKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgVzdGF0cxgBIAMoCzIULmVkZ2VxLnYxLlF1ZXVlU3RhdHMiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoRQ2FuY2VsSm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI8ChBSZXRyeUpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIqcBCgxKb2JTZWxlY3Rpb24SDQoFcXVldWUYASABKAkSIQoFc3RhdGUYAiABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIxCg1jcmVhdGVkX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTAoQUmV0cnlKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPgoRUmV0cnlKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIk0KEUNhbmNlbEpvYnNSZXF1ZXN0EikKCXNlbGVjdGlvbhgBIAEoCzIWLmVkZ2VxLnYxLkpvYlNlbGVjdGlvbhINCgVsaW1pdBgCIAEoBSI/ChJDYW5jZWxKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIsUCCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEg0KBXF1ZXVlGAIgASgJEgwKBGNyb24YAyABKAkSEQoJdGltZV96b25lGAQgASgJEiMKCHRlbXBsYXRlGAUgASgLMhEuZWRnZXEudjEuSm9iU3BlYxIoCgdvdmVybGFwGAYgASgOMhcuZWRnZXEudjEuT3ZlcmxhcFBvbGljeRIlCgZtaXNzZWQYByABKA4yFS5lZGdlcS52MS5NaXNzZWRUaWNrcxIOCgZwYXVzZWQYCCABKAgSLwoLbmV4dF9ydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2xhc3RfcnVuX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtsYXN0X2pvYl9pZBgLIAEoCSI9ChVVcHNlcnRTY2hlZHVsZVJlcXVlc3QSJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZSJMChZVcHNlcnRTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuZWRnZXEudjEuU2NoZWR1bGUSDAoEdHhpZBgCIAEoBCIoChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIQCghtaW5fdHhpZBgBIAEoBCI+ChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USJQoJc2NoZWR1bGVzGAEgAygLMhIuZWRnZXEudjEuU2NoZWR1bGUiJQoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZRIPCgdkZWxldGVkGAEgASgIEgwKBHR4aWQYAiABKAQiJAoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJLChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZRIMCgR0eGlkGAIgASgEIiUKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZRIMCgR0eGlkGAIgASgEIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiIKElBhdXNlUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIjChNSZXN1bWVRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiFAoSR2V0Tm9kZUluZm9SZXF1ZXN0InAKD1JlcGxpY2FQb3NpdGlvbhIMCgRub2RlGAEgASgJEgwKBHR4aWQYAiABKAQSLwoLcmVwb3J0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHZlcmlmaWVkGAQgASgIIqwDChNHZXROb2RlSW5mb1Jlc3BvbnNlEiAKBHJvbGUYASABKA4yEi5lZGdlcS52MS5Ob2RlUm9sZRIPCgdhZGRyZXNzGAIgASgJEg8KB3ByaW1hcnkYAyABKAkSDAoEdHhpZBgEIAEoBBIZChFwcmltYXJ5X3JlYWNoYWJsZRgFIAEoCBIrCghyZXBsaWNhcxgGIAMoCzIZLmVkZ2VxLnYxLlJlcGxpY2FQb3NpdGlvbhISCgpkdXJhYmlsaXR5GAcgASgJEhYKDm91dGJveF9wZW5kaW5nGAggASgDEhMKC291dGJveF9kZWFkGAkgASgDEhUKDWxvb3BfcmVzdGFydHMYCiABKAMSFQoNZWRnZV9sb2dfam9icxgLIAEoAxI2ChNlZGdlX2xvZ19vbGRlc3RfYWdlGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhsKE2VkZ2VfbG9nX2RyYWluX3JhdGUYDSABKAESFgoOZWRnZV9sb2dfYnl0ZXMYDiABKAMSHwoXZWRnZV9sb2dfY2FwYWNpdHlfYnl0ZXMYDyABKAMqswEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIXChNKT0JfU1RBVEVfQ09NUExFVEVEEAMSFAoQSk9CX1NUQVRFX0ZBSUxFRBAEEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBRIWChJKT0JfU1RBVEVfQUNDRVBURUQQBipuCgpEdXJhYmlsaXR5EhoKFkRVUkFCSUxJVFlfVU5TUEVDSUZJRUQQABIUChBEVVJBQklMSVRZX0xPQ0FMEAESGQoVRFVSQUJJTElUWV9SRVBMSUNBVEVEEAISEwoPRFVSQUJJTElUWV9FREdFEAMqmwEKDExlYXNlT3V0Y29tZRIdChlMRUFTRV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQTEVBU0VfT1VUQ09NRV9PSxABEhcKE0xFQVNFX09VVENPTUVfU1RBTEUQAhIZChVMRUFTRV9PVVRDT01FX0lOVkFMSUQQAxIiCh5MRUFTRV9PVVRDT01FX0NBTkNFTF9SRVFVRVNURUQQBCpXCgpVbmlxdWVuZXNzEhoKFlVOSVFVRU5FU1NfVU5TUEVDSUZJRUQQABIWChJVTklRVUVORVNTX1BFTkRJTkcQARIVChFVTklRVUVORVNTX0FDVElWRRACKmIKDU92ZXJsYXBQb2xpY3kSHgoaT1ZFUkxBUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRPVkVSTEFQX1BPTElDWV9BTExPVxABEhcKE09WRVJMQVBfUE9MSUNZX1NLSVAQAipdCgtNaXNzZWRUaWNrcxIcChhNSVNTRURfVElDS1NfVU5TUEVDSUZJRUQQABIVChFNSVNTRURfVElDS1NfU0tJUBABEhkKFU1JU1NFRF9USUNLU19SVU5fT05DRRACKoQBCghOb2RlUm9sZRIZChVOT0RFX1JPTEVfVU5TUEVDSUZJRUQQABIYChROT0RFX1JPTEVfU1RBTkRBTE9ORRABEhUKEU5PREVfUk9MRV9QUklNQVJZEAISFQoRTk9ERV9ST0xFX1JFUExJQ0EQAxIVChFOT0RFX1JPTEVfVU5LTk9XThAEMqkLCgxRdWV1ZVNlcnZpY2USPgoHRW5xdWV1ZRIYLmVkZ2VxLnYxLkVucXVldWVSZXF1ZXN0GhkuZWRnZXEudjEuRW5xdWV1ZVJlc3BvbnNlEjoKBUxlYXNlEhYuZWRnZXEudjEuTGVhc2VSZXF1ZXN0GhcuZWRnZXEudjEuTGVhc2VSZXNwb25zZTABEjIKA0FjaxIULmVkZ2VxLnYxLkFja1JlcXVlc3QaFS5lZGdlcS52MS5BY2tSZXNwb25zZRI1CgROYWNrEhUuZWRnZXEudjEuTmFja1JlcXVlc3QaFi5lZGdlcS52MS5OYWNrUmVzcG9uc2USRAoJSGVhcnRiZWF0EhouZWRnZXEudjEuSGVhcnRiZWF0UmVxdWVzdBobLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEjsKBkdldEpvYhIXLmVkZ2VxLnYxLkdldEpvYlJlcXVlc3QaGC5lZGdlcS52MS5HZXRKb2JSZXNwb25zZRJBCghMaXN0Sm9icxIZLmVkZ2VxLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmVkZ2VxLnYxLkxpc3RKb2JzUmVzcG9uc2USUAoNR2V0UXVldWVTdGF0cxIeLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0Gh8uZWRnZXEudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEkQKCUNhbmNlbEpvYhIaLmVkZ2VxLnYxLkNhbmNlbEpvYlJlcXVlc3QaGy5lZGdlcS52MS5DYW5jZWxKb2JSZXNwb25zZRJBCghSZXRyeUpvYhIZLmVkZ2VxLnYxLlJldHJ5Sm9iUmVxdWVzdBoaLmVkZ2VxLnYxLlJldHJ5Sm9iUmVzcG9uc2USRAoJUmV0cnlKb2JzEhouZWRnZXEudjEuUmV0cnlKb2JzUmVxdWVzdBobLmVkZ2VxLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEkcKCkNhbmNlbEpvYnMSGy5lZGdlcS52MS5DYW5jZWxKb2JzUmVxdWVzdBocLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXNwb25zZRJTCg5VcHNlcnRTY2hlZHVsZRIfLmVkZ2VxLnYxLlVwc2VydFNjaGVkdWxlUmVxdWVzdBogLmVkZ2VxLnYxLlVwc2VydFNjaGVkdWxlUmVzcG9uc2USUAoNTGlzdFNjaGVkdWxlcxIeLmVkZ2VxLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh8uZWRnZXEudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElMKDkRlbGV0ZVNjaGVkdWxlEh8uZWRnZXEudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiAuZWRnZXEudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJQCg1QYXVzZVNjaGVkdWxlEh4uZWRnZXEudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHy5lZGdlcS52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUwoOUmVzdW1lU2NoZWR1bGUSHy5lZGdlcS52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIC5lZGdlcS52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlEkcKClBhdXNlUXVldWUSGy5lZGdlcS52MS5QYXVzZVF1ZXVlUmVxdWVzdBocLmVkZ2VxLnYxLlBhdXNlUXVldWVSZXNwb25zZRJKCgtSZXN1bWVRdWV1ZRIcLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBodLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USSgoLR2V0Tm9kZUluZm8SHC5lZGdlcS52MS5HZXROb2RlSW5mb1JlcXVlc3QaHS5lZGdlcS52MS5HZXROb2RlSW5mb1Jlc3BvbnNlQjRaMmdpdGh1Yi5jb20vZWRnZXEvZWRnZXEvY2xpZW50cy9nby9lZGdlcS92MTtlZGdlcXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * JobSpec is what a producer sends.
@@ -1334,6 +1334,338 @@ export const CancelJobsResponseSchema: GenMessage<CancelJobsResponse> = /*@__PUR
   messageDesc(file_edgeq_v1_queue, 32);
 
 /**
+ * Schedule is a cron schedule.
+ *
+ * @generated from message edgeq.v1.Schedule
+ */
+export type Schedule = Message<"edgeq.v1.Schedule"> & {
+  /**
+   * Unique name, [A-Za-z0-9._-]{1,128}.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The queue its jobs go to.
+   *
+   * @generated from field: string queue = 2;
+   */
+  queue: string;
+
+  /**
+   * A cron expression: 5 fields (minute hour day-of-month month day-of-week)
+   * or 6 (seconds last).
+   *
+   * @generated from field: string cron = 3;
+   */
+  cron: string;
+
+  /**
+   * IANA time zone the expression is read in; empty means "UTC".
+   *
+   * @generated from field: string time_zone = 4;
+   */
+  timeZone: string;
+
+  /**
+   * The job each tick enqueues: payload, headers, priority, max_attempts,
+   * unique_key and uniqueness (its queue is `queue`; idempotency_key, job_id,
+   * delay and run_at must be empty).
+   *
+   * @generated from field: edgeq.v1.JobSpec template = 5;
+   */
+  template?: JobSpec | undefined;
+
+  /**
+   * What a tick does while the previous tick's job is still pending/running.
+   *
+   * @generated from field: edgeq.v1.OverlapPolicy overlap = 6;
+   */
+  overlap: OverlapPolicy;
+
+  /**
+   * What happens to ticks missed while no primary ran them.
+   *
+   * @generated from field: edgeq.v1.MissedTicks missed = 7;
+   */
+  missed: MissedTicks;
+
+  /**
+   * True while paused (output; set by PauseSchedule / ResumeSchedule).
+   *
+   * @generated from field: bool paused = 8;
+   */
+  paused: boolean;
+
+  /**
+   * The next tick (output).
+   *
+   * @generated from field: google.protobuf.Timestamp next_run_at = 9;
+   */
+  nextRunAt?: Timestamp | undefined;
+
+  /**
+   * The last tick that enqueued (or found) a job (output).
+   *
+   * @generated from field: google.protobuf.Timestamp last_run_at = 10;
+   */
+  lastRunAt?: Timestamp | undefined;
+
+  /**
+   * That tick's job (output).
+   *
+   * @generated from field: string last_job_id = 11;
+   */
+  lastJobId: string;
+};
+
+/**
+ * Describes the message edgeq.v1.Schedule.
+ * Use `create(ScheduleSchema)` to create a new message.
+ */
+export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 33);
+
+/**
+ * UpsertScheduleRequest creates or replaces a schedule.
+ *
+ * @generated from message edgeq.v1.UpsertScheduleRequest
+ */
+export type UpsertScheduleRequest = Message<"edgeq.v1.UpsertScheduleRequest"> & {
+  /**
+   * The schedule; its output fields are ignored.
+   *
+   * @generated from field: edgeq.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message edgeq.v1.UpsertScheduleRequest.
+ * Use `create(UpsertScheduleRequestSchema)` to create a new message.
+ */
+export const UpsertScheduleRequestSchema: GenMessage<UpsertScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 34);
+
+/**
+ * UpsertScheduleResponse answers UpsertSchedule.
+ *
+ * @generated from message edgeq.v1.UpsertScheduleResponse
+ */
+export type UpsertScheduleResponse = Message<"edgeq.v1.UpsertScheduleResponse"> & {
+  /**
+   * The schedule as stored, with its next tick.
+   *
+   * @generated from field: edgeq.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 2;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.UpsertScheduleResponse.
+ * Use `create(UpsertScheduleResponseSchema)` to create a new message.
+ */
+export const UpsertScheduleResponseSchema: GenMessage<UpsertScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 35);
+
+/**
+ * ListSchedulesRequest lists the schedules.
+ *
+ * @generated from message edgeq.v1.ListSchedulesRequest
+ */
+export type ListSchedulesRequest = Message<"edgeq.v1.ListSchedulesRequest"> & {
+  /**
+   * Read data at least this fresh.
+   *
+   * @generated from field: uint64 min_txid = 1;
+   */
+  minTxid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.ListSchedulesRequest.
+ * Use `create(ListSchedulesRequestSchema)` to create a new message.
+ */
+export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 36);
+
+/**
+ * ListSchedulesResponse answers ListSchedules.
+ *
+ * @generated from message edgeq.v1.ListSchedulesResponse
+ */
+export type ListSchedulesResponse = Message<"edgeq.v1.ListSchedulesResponse"> & {
+  /**
+   * Every schedule, by name.
+   *
+   * @generated from field: repeated edgeq.v1.Schedule schedules = 1;
+   */
+  schedules: Schedule[];
+};
+
+/**
+ * Describes the message edgeq.v1.ListSchedulesResponse.
+ * Use `create(ListSchedulesResponseSchema)` to create a new message.
+ */
+export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 37);
+
+/**
+ * DeleteScheduleRequest removes a schedule.
+ *
+ * @generated from message edgeq.v1.DeleteScheduleRequest
+ */
+export type DeleteScheduleRequest = Message<"edgeq.v1.DeleteScheduleRequest"> & {
+  /**
+   * The schedule's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message edgeq.v1.DeleteScheduleRequest.
+ * Use `create(DeleteScheduleRequestSchema)` to create a new message.
+ */
+export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 38);
+
+/**
+ * DeleteScheduleResponse answers DeleteSchedule.
+ *
+ * @generated from message edgeq.v1.DeleteScheduleResponse
+ */
+export type DeleteScheduleResponse = Message<"edgeq.v1.DeleteScheduleResponse"> & {
+  /**
+   * False when there was no such schedule (a retried delete).
+   *
+   * @generated from field: bool deleted = 1;
+   */
+  deleted: boolean;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 2;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.DeleteScheduleResponse.
+ * Use `create(DeleteScheduleResponseSchema)` to create a new message.
+ */
+export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 39);
+
+/**
+ * PauseScheduleRequest pauses a schedule.
+ *
+ * @generated from message edgeq.v1.PauseScheduleRequest
+ */
+export type PauseScheduleRequest = Message<"edgeq.v1.PauseScheduleRequest"> & {
+  /**
+   * The schedule's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message edgeq.v1.PauseScheduleRequest.
+ * Use `create(PauseScheduleRequestSchema)` to create a new message.
+ */
+export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 40);
+
+/**
+ * PauseScheduleResponse answers PauseSchedule.
+ *
+ * @generated from message edgeq.v1.PauseScheduleResponse
+ */
+export type PauseScheduleResponse = Message<"edgeq.v1.PauseScheduleResponse"> & {
+  /**
+   * The schedule after.
+   *
+   * @generated from field: edgeq.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 2;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.PauseScheduleResponse.
+ * Use `create(PauseScheduleResponseSchema)` to create a new message.
+ */
+export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 41);
+
+/**
+ * ResumeScheduleRequest resumes a paused schedule.
+ *
+ * @generated from message edgeq.v1.ResumeScheduleRequest
+ */
+export type ResumeScheduleRequest = Message<"edgeq.v1.ResumeScheduleRequest"> & {
+  /**
+   * The schedule's name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message edgeq.v1.ResumeScheduleRequest.
+ * Use `create(ResumeScheduleRequestSchema)` to create a new message.
+ */
+export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 42);
+
+/**
+ * ResumeScheduleResponse answers ResumeSchedule.
+ *
+ * @generated from message edgeq.v1.ResumeScheduleResponse
+ */
+export type ResumeScheduleResponse = Message<"edgeq.v1.ResumeScheduleResponse"> & {
+  /**
+   * The schedule after, with its next tick.
+   *
+   * @generated from field: edgeq.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 2;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.ResumeScheduleResponse.
+ * Use `create(ResumeScheduleResponseSchema)` to create a new message.
+ */
+export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 43);
+
+/**
  * PauseQueueRequest pauses one queue.
  *
  * @generated from message edgeq.v1.PauseQueueRequest
@@ -1352,7 +1684,7 @@ export type PauseQueueRequest = Message<"edgeq.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 33);
+  messageDesc(file_edgeq_v1_queue, 44);
 
 /**
  * PauseQueueResponse answers PauseQueue.
@@ -1373,7 +1705,7 @@ export type PauseQueueResponse = Message<"edgeq.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 34);
+  messageDesc(file_edgeq_v1_queue, 45);
 
 /**
  * ResumeQueueRequest resumes one queue.
@@ -1394,7 +1726,7 @@ export type ResumeQueueRequest = Message<"edgeq.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 35);
+  messageDesc(file_edgeq_v1_queue, 46);
 
 /**
  * ResumeQueueResponse answers ResumeQueue.
@@ -1415,7 +1747,7 @@ export type ResumeQueueResponse = Message<"edgeq.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 36);
+  messageDesc(file_edgeq_v1_queue, 47);
 
 /**
  * GetNodeInfoRequest asks the answering node about itself.
@@ -1430,7 +1762,7 @@ export type GetNodeInfoRequest = Message<"edgeq.v1.GetNodeInfoRequest"> & {
  * Use `create(GetNodeInfoRequestSchema)` to create a new message.
  */
 export const GetNodeInfoRequestSchema: GenMessage<GetNodeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 37);
+  messageDesc(file_edgeq_v1_queue, 48);
 
 /**
  * ReplicaPosition is the last position a replica reported to the primary.
@@ -1473,7 +1805,7 @@ export type ReplicaPosition = Message<"edgeq.v1.ReplicaPosition"> & {
  * Use `create(ReplicaPositionSchema)` to create a new message.
  */
 export const ReplicaPositionSchema: GenMessage<ReplicaPosition> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 38);
+  messageDesc(file_edgeq_v1_queue, 49);
 
 /**
  * GetNodeInfoResponse describes one node.
@@ -1598,7 +1930,7 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
  * Use `create(GetNodeInfoResponseSchema)` to create a new message.
  */
 export const GetNodeInfoResponseSchema: GenMessage<GetNodeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 39);
+  messageDesc(file_edgeq_v1_queue, 50);
 
 /**
  * JobState is where a job is in its life.
@@ -1806,6 +2138,76 @@ export const UniquenessSchema: GenEnum<Uniqueness> = /*@__PURE__*/
   enumDesc(file_edgeq_v1_queue, 3);
 
 /**
+ * OverlapPolicy says what a tick does while the job of the previous tick is
+ * still pending or running.
+ *
+ * @generated from enum edgeq.v1.OverlapPolicy
+ */
+export enum OverlapPolicy {
+  /**
+   * Not set: OVERLAP_POLICY_ALLOW.
+   *
+   * @generated from enum value: OVERLAP_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Enqueue anyway.
+   *
+   * @generated from enum value: OVERLAP_POLICY_ALLOW = 1;
+   */
+  ALLOW = 1,
+
+  /**
+   * Skip this tick.
+   *
+   * @generated from enum value: OVERLAP_POLICY_SKIP = 2;
+   */
+  SKIP = 2,
+}
+
+/**
+ * Describes the enum edgeq.v1.OverlapPolicy.
+ */
+export const OverlapPolicySchema: GenEnum<OverlapPolicy> = /*@__PURE__*/
+  enumDesc(file_edgeq_v1_queue, 4);
+
+/**
+ * MissedTicks says what happens to ticks that passed while no primary could
+ * run them (more than a minute late).
+ *
+ * @generated from enum edgeq.v1.MissedTicks
+ */
+export enum MissedTicks {
+  /**
+   * Not set: MISSED_TICKS_SKIP.
+   *
+   * @generated from enum value: MISSED_TICKS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Run none of them; go on from the next tick.
+   *
+   * @generated from enum value: MISSED_TICKS_SKIP = 1;
+   */
+  SKIP = 1,
+
+  /**
+   * Run one job for all of them (keyed by the latest missed tick).
+   *
+   * @generated from enum value: MISSED_TICKS_RUN_ONCE = 2;
+   */
+  RUN_ONCE = 2,
+}
+
+/**
+ * Describes the enum edgeq.v1.MissedTicks.
+ */
+export const MissedTicksSchema: GenEnum<MissedTicks> = /*@__PURE__*/
+  enumDesc(file_edgeq_v1_queue, 5);
+
+/**
  * NodeRole is a node's place in the cluster.
  *
  * @generated from enum edgeq.v1.NodeRole
@@ -1852,7 +2254,7 @@ export enum NodeRole {
  * Describes the enum edgeq.v1.NodeRole.
  */
 export const NodeRoleSchema: GenEnum<NodeRole> = /*@__PURE__*/
-  enumDesc(file_edgeq_v1_queue, 4);
+  enumDesc(file_edgeq_v1_queue, 6);
 
 /**
  * QueueService is a durable job queue. Any node accepts any RPC.
@@ -2002,6 +2404,60 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof CancelJobsRequestSchema;
     output: typeof CancelJobsResponseSchema;
+  },
+  /**
+   * UpsertSchedule creates or replaces (by name) a cron schedule: at every
+   * tick of `cron` in `time_zone` the primary enqueues one job built from
+   * `template` into `queue`, exactly once per tick across a cluster and a
+   * failover (the tick is the job's idempotency key).
+   *
+   * @generated from rpc edgeq.v1.QueueService.UpsertSchedule
+   */
+  upsertSchedule: {
+    methodKind: "unary";
+    input: typeof UpsertScheduleRequestSchema;
+    output: typeof UpsertScheduleResponseSchema;
+  },
+  /**
+   * ListSchedules lists every schedule, sorted by name.
+   *
+   * @generated from rpc edgeq.v1.QueueService.ListSchedules
+   */
+  listSchedules: {
+    methodKind: "unary";
+    input: typeof ListSchedulesRequestSchema;
+    output: typeof ListSchedulesResponseSchema;
+  },
+  /**
+   * DeleteSchedule removes a schedule (jobs it enqueued stay).
+   *
+   * @generated from rpc edgeq.v1.QueueService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * PauseSchedule stops a schedule's ticks until ResumeSchedule.
+   *
+   * @generated from rpc edgeq.v1.QueueService.PauseSchedule
+   */
+  pauseSchedule: {
+    methodKind: "unary";
+    input: typeof PauseScheduleRequestSchema;
+    output: typeof PauseScheduleResponseSchema;
+  },
+  /**
+   * ResumeSchedule restarts a paused schedule from the next tick after now
+   * (ticks while paused are not run).
+   *
+   * @generated from rpc edgeq.v1.QueueService.ResumeSchedule
+   */
+  resumeSchedule: {
+    methodKind: "unary";
+    input: typeof ResumeScheduleRequestSchema;
+    output: typeof ResumeScheduleResponseSchema;
   },
   /**
    * PauseQueue stops delivery from a queue; enqueues are still accepted.
