@@ -266,7 +266,8 @@ class EdgeqServer:
         metrics.REPLICA_LAG.source = cluster.replica_lag
         codec = TokenCodec(await self.readers.run(lambda s: s.token_key()))
         self.dispatcher = Dispatcher(
-            self.writer, codec, self.supervisor, on_leased=self._note_lease, is_primary=cluster.is_primary
+            self.writer, codec, self.supervisor, on_leased=self._note_lease, on_throttled=self._note_throttled,
+            is_primary=cluster.is_primary,
         )
         retention = Retention(
             completed_us=int(cfg.retention_completed_seconds * MICROS),
@@ -419,6 +420,10 @@ class EdgeqServer:
         )
         self.cluster.describe(info)
         return info
+
+    def _note_throttled(self, queue: str, at: int) -> None:
+        if self.maintenance is not None:
+            self.maintenance.note_due(queue, at)
 
     def _note_lease(self, expires_at: int) -> None:
         if self.maintenance is not None:

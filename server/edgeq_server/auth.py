@@ -57,7 +57,7 @@ METHOD_SCOPE = {
     "Lease": "consume", "Ack": "consume", "Nack": "consume", "Heartbeat": "consume",
     "GetJob": "read", "ListJobs": "read", "GetQueueStats": "read", "GetNodeInfo": "read",
     "CancelJob": "admin", "RetryJob": "admin", "CancelJobs": "admin", "RetryJobs": "admin",
-    "PauseQueue": "admin", "ResumeQueue": "admin",
+    "PauseQueue": "admin", "ResumeQueue": "admin", "SetRateLimit": "admin",
     "UpsertSchedule": "admin", "DeleteSchedule": "admin", "PauseSchedule": "admin", "ResumeSchedule": "admin",
     "ListSchedules": "read",
 }
@@ -360,7 +360,7 @@ def _queues_named(method: str, request: Any) -> list[tuple[str, str]]:
         return [(f"jobs[{i}].queue", j.queue) for i, j in enumerate(request.jobs)]
     if method == "Lease":
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]
-    if method in ("ListJobs", "PauseQueue", "ResumeQueue"):
+    if method in ("ListJobs", "PauseQueue", "ResumeQueue", "SetRateLimit"):
         return [("queue", request.queue)]
     if method == "GetQueueStats":
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--created-before", type=_when, metavar="TIME",
                        help="with --queue: only jobs created before TIME (ISO 8601, or Unix seconds)")
         p.add_argument("--yes", "-y", action="store_true", help="do not ask before acting on a whole queue")
+    p = sub.add_parser("rate-limit", help="lease at most JOBS of QUEUE per --per seconds (0: no limit)")
+    p.add_argument("queue")
+    p.add_argument("jobs", type=int)
+    p.add_argument("--per", type=float, default=1.0, help="the period in seconds (default 1)")
     p = sub.add_parser("schedule", help="cron schedules: set, list, pause, resume, delete")
     what = p.add_subparsers(dest="schedule_command", required=True)
     s = what.add_parser("set", help="create or replace a schedule")
@@ -293,6 +297,11 @@ def _client(args: argparse.Namespace) -> int:
             return _cancel_or_retry(stub, args, out)
         elif cmd == "schedule":
             return _schedule(stub, args, out)
+        elif cmd == "rate-limit":
+            request = pb.SetRateLimitRequest(queue=args.queue, jobs=args.jobs)
+            if args.jobs:
+                request.period.FromNanoseconds(int(args.per * 1e9))
+            out.one(stub.SetRateLimit(request, timeout=t))
         elif cmd == "pause":
             out.one(stub.PauseQueue(pb.PauseQueueRequest(queue=args.queue), timeout=t))
         elif cmd == "resume":

@@ -74,7 +74,7 @@ def leased(d: Delivery) -> pb.LeasedJob:
 
 def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
     age = 0 if c.oldest_ready_run_at is None else max(0, now - c.oldest_ready_run_at)
-    return pb.QueueStats(
+    stats = pb.QueueStats(
         queue=c.queue,
         pending=c.pending,
         scheduled=c.scheduled,
@@ -84,7 +84,12 @@ def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
         cancelled=c.cancelled,
         oldest_pending_age=duration(age),
         paused=c.paused,
+        rate_limit_jobs=c.rate_jobs,
+        rate_limited=c.rate_limited,
     )
+    if c.rate_jobs:
+        stats.rate_limit_period.CopyFrom(duration(c.rate_period_us))
+    return stats
 
 
 def schedule(sch: ScheduleRow) -> pb.Schedule:

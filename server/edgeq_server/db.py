@@ -176,6 +176,14 @@ MIGRATIONS: list[str] = [
     ) STRICT;
     CREATE INDEX schedules_due ON schedules (next_run_at) WHERE next_run_at IS NOT NULL;
     """,
+    # 10: per-queue rate limits (SetRateLimit): a token bucket kept with the queue, so every
+    # worker shares it and a failover keeps it.
+    """
+    ALTER TABLE queues ADD COLUMN rate_jobs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN rate_period_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN rate_tokens REAL NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN rate_at INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -88,12 +88,14 @@ class Dispatcher:
         supervisor: Supervisor,
         *,
         on_leased: Callable[[int], None] = lambda _t: None,
+        on_throttled: Callable[[str, int], None] = lambda _q, _t: None,
         is_primary: Callable[[], bool] = lambda: True,
     ) -> None:
         self._writer = writer
         self._codec = codec
         self._supervisor = supervisor
         self._on_leased = on_leased
+        self._on_throttled = on_throttled  # a rate-limited queue has its next token then: look again
         self._is_primary = is_primary
         self._streams: dict[int, LeaseStream] = {}
         self._ids = itertools.count(1)
@@ -257,13 +259,18 @@ class Dispatcher:
             await asyncio.gather(*claims)
 
     async def _claim(self, s: LeaseStream, queues: list[str], want: int, gens: dict[str, int]) -> None:
+        throttled: dict[str, int] = {}
+
         def op(store: Store, now: int) -> list[Job]:
-            return store.claim(queues, want, s.worker_id, s.lease_us, now)
+            throttled.clear()  # a retried op starts over
+            return store.claim(queues, want, s.worker_id, s.lease_us, now, throttled)
 
         try:
             jobs, _ = await self._writer.submit(op, rows=want)
         finally:
             s.claiming -= want
+        for queue, at in throttled.items():  # marked not ready below; the timer brings it back
+            self._on_throttled(queue, at)
         if len(jobs) < want:
             for q in queues:
                 if self._gen.get(q, 0) == gens[q]:

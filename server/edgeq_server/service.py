@@ -253,6 +253,14 @@ class QueueService:
     def _after_schedule(self, sch: ScheduleRow, _txid: int) -> None:
         self._maintenance.note_schedule(sch.next_run_at)
 
+    async def SetRateLimit(self, request: pb.SetRateLimitRequest, context: Ctx) -> pb.SetRateLimitResponse:
+        queue, jobs, period = validate.rate_limit(request)
+        _, txid = await self._writer.submit(
+            lambda s, now: s.set_rate_limit(queue, jobs, period, now),
+            after=lambda _r, _t: self._dispatcher.notify((queue,)),  # a raised or removed limit frees jobs now
+        )
+        return pb.SetRateLimitResponse(txid=txid)
+
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
         queue = validate.queue_name(request.queue, "queue")
         _, txid = await self._writer.submit(lambda s, now: s.set_paused(queue, True, now))

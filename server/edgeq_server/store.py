@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -66,6 +67,12 @@ _COLUMNS = (
     " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key,"
     " progress, progress_message, cancelled_lease_id IS NOT NULL"
 )
+def _tokens(jobs: int, period_us: int, tokens: float, at: int, now: int) -> float:
+    """A rate limit's bucket at ``now``: refilled evenly (``jobs`` per ``period_us``) since
+    ``at``, capped at ``jobs`` (the largest burst)."""
+    return float(min(jobs, tokens + max(0, now - at) * jobs / period_us))
+
+
 def _glob_prefix(text: str) -> str:
     """A case-sensitive GLOB pattern matching strings that begin with ``text``."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in text) + "*"
@@ -164,6 +171,9 @@ class QueueCounts:
     cancelled: int = 0
     oldest_ready_run_at: int | None = None
     paused: bool = False
+    rate_jobs: int = 0  # the rate limit: jobs per period (0: none)
+    rate_period_us: int = 0
+    rate_limited: bool = False  # ready jobs wait for tokens now
 
 
 class Store:
@@ -330,9 +340,15 @@ class Store:
         ).fetchone()
         return None if row is None else EnqueueResult(str(row[0]), True, spec.queue, int(row[1]), unique=True)
 
-    def claim(self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int) -> list[Job]:
+    def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int,
+        throttled: dict[str, int] | None = None,
+    ) -> list[Job]:
         """Lease up to ``limit`` due jobs from the unpaused ``queues``: highest priority
-        first, then run_at, then enqueue order. Each gets a fresh ``lease_id``."""
+        first, then run_at, then enqueue order. Each gets a fresh ``lease_id``. A queue
+        with a rate limit gives at most its whole tokens (its bucket is refilled to now and
+        charged for what it gave); when its tokens held jobs back, ``throttled[queue]`` is
+        set to when its next token comes (the caller looks again then)."""
         if limit <= 0 or not queues:
             return []
         cur = self.conn.cursor()
@@ -340,19 +356,45 @@ class Store:
         live = [q for q in dict.fromkeys(queues) if q not in paused]  # a repeated name would claim a job twice
         if not live:
             return []
-        candidates: list[tuple[int, int, int]] = []  # (-priority, run_at, rowid)
+        buckets = self._buckets(cur, live, now)
+        candidates: list[tuple[int, int, int, str]] = []  # (-priority, run_at, rowid, queue)
         for queue in live:
+            allowed = limit if queue not in buckets else min(limit, int(buckets[queue]))
+            if allowed <= 0:
+                if throttled is not None and self._has_ready(cur, queue, now):
+                    throttled[queue] = self._next_token(cur, queue, buckets[queue], now)
+                continue
             for rowid, priority, run_at in cur.execute(
                 "SELECT rowid, priority, run_at FROM jobs"
                 " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
                 " ORDER BY priority DESC, run_at, rowid LIMIT ?",
-                (queue, now, limit),
+                (queue, now, allowed + (queue in buckets)),  # one more: were jobs held back?
             ):
-                candidates.append((-int(priority), int(run_at), int(rowid)))
+                candidates.append((-int(priority), int(run_at), int(rowid), queue))
+        if buckets:
+            by_queue: dict[str, list[tuple[int, int, int, str]]] = {}
+            for c in candidates:
+                by_queue.setdefault(c[3], []).append(c)
+            kept = []
+            for queue, found in by_queue.items():
+                if queue in buckets and len(found) > int(buckets[queue]):
+                    found = found[: int(buckets[queue])]
+                    if throttled is not None:
+                        throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(found), now)
+                kept.extend(found)
+            candidates = kept
         if not candidates:
             return []
         candidates.sort()
-        chosen = [c[2] for c in candidates[:limit]]
+        picked = candidates[:limit]
+        chosen = [c[2] for c in picked]
+        if buckets:
+            spent: dict[str, int] = {}
+            for c in picked:
+                spent[c[3]] = spent.get(c[3], 0) + 1
+            for queue, tokens in buckets.items():
+                cur.execute("UPDATE queues SET rate_tokens = ?, rate_at = ? WHERE name = ?",
+                            (tokens - spent.get(queue, 0), now, queue))
         order = {rowid: i for i, rowid in enumerate(chosen)}
         rows: list[Any] = cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
@@ -758,7 +800,14 @@ class Store:
         """Counts by state per queue (one pass over the table); all known queues when
         ``queues`` is empty. Named queues that have never been seen count as empty."""
         cur = self.conn.cursor()
-        known = {str(n): bool(p) for n, p in cur.execute("SELECT name, paused FROM queues")}
+        known: dict[str, bool] = {}
+        rates: dict[str, tuple[int, int, bool]] = {}
+        for n, p, jobs, period, tokens, at in cur.execute(
+            "SELECT name, paused, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
+        ):
+            known[str(n)] = bool(p)
+            if jobs:
+                rates[str(n)] = (int(jobs), int(period), _tokens(jobs, period, tokens, at, now) < 1)
         names = sorted(set(queues) if queues else set(known))
         counts: dict[str, Any] = {
             str(r[0]): r[1:]
@@ -787,6 +836,9 @@ class Store:
                     cancelled,
                     oldest_ready_run_at=row[6],
                     paused=known.get(name, False),
+                    rate_jobs=rates.get(name, (0, 0, False))[0],
+                    rate_period_us=rates.get(name, (0, 0, False))[1],
+                    rate_limited=rates.get(name, (0, 0, False))[2] and pending > 0,
                 )
             )
         return out
@@ -813,6 +865,41 @@ class Store:
 
     def paused_queues(self) -> set[str]:
         return {str(r[0]) for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")}
+
+    def _buckets(self, cur: apsw.Cursor, queues: Sequence[str], now: int) -> dict[str, float]:
+        """Tokens now of the rate-limited queues among ``queues``."""
+        return {
+            str(r[0]): _tokens(r[1], r[2], r[3], r[4], now)
+            for r in cur.execute(
+                "SELECT name, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
+                " WHERE rate_jobs > 0 AND name IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(queues)),),
+            )
+        }
+
+    @staticmethod
+    def _has_ready(cur: apsw.Cursor, queue: str, now: int) -> bool:
+        return cur.execute(
+            "SELECT 1 FROM jobs WHERE queue_name = ? AND status = 'pending' AND run_at <= ? LIMIT 1", (queue, now)
+        ).fetchone() is not None
+
+    @staticmethod
+    def _next_token(cur: apsw.Cursor, queue: str, tokens: float, now: int) -> int:
+        """When ``queue``'s bucket, holding ``tokens`` now, next has a whole token."""
+        row = cur.execute("SELECT rate_jobs, rate_period_us FROM queues WHERE name = ?", (queue,)).fetchone()
+        assert row is not None  # a bucket was read from it in this transaction
+        jobs, period = int(row[0]), int(row[1])
+        missing = 1.0 - (tokens - int(tokens)) if tokens >= 0 else 1.0 - tokens
+        return now + max(1, math.ceil(missing * period / jobs))
+
+    def set_rate_limit(self, queue: str, jobs: int, period_us: int, now: int) -> None:
+        """SetRateLimit: ``jobs`` per ``period_us`` (0: none); the bucket starts full."""
+        self.conn.execute(
+            "INSERT INTO queues (name, paused, updated_at, rate_jobs, rate_period_us, rate_tokens, rate_at)"
+            " VALUES (?1, 0, ?4, ?2, ?3, ?2, ?4) ON CONFLICT (name) DO UPDATE SET rate_jobs = ?2,"
+            " rate_period_us = ?3, rate_tokens = ?2, rate_at = ?4, updated_at = ?4",
+            (queue, jobs, period_us, now),
+        )
 
     def _paused_among(self, cur: apsw.Cursor, queues: Sequence[str]) -> set[str]:
         return {

@@ -280,6 +280,25 @@ def schedule(req: pb.UpsertScheduleRequest, cfg: Config, now: int) -> ScheduleRo
     )
 
 
+#: Smallest rate-limit period.
+MIN_RATE_PERIOD_US = 1000
+
+
+def rate_limit(req: pb.SetRateLimitRequest) -> tuple[str, int, int]:
+    """SetRateLimit's (queue, jobs, period µs); (queue, 0, 0) removes the limit."""
+    queue = queue_name(req.queue, "queue")
+    if req.jobs < 0 or req.jobs > 1_000_000_000:
+        raise InvalidArgument("jobs", "must be 0 (no limit) to 1e9")
+    if req.jobs == 0:
+        return queue, 0, 0
+    if not req.HasField("period"):
+        raise InvalidArgument("period", "is required with jobs")
+    period = duration_us(req.period, "period", max_us=366 * 86400 * MICROS)
+    if period < MIN_RATE_PERIOD_US:
+        raise InvalidArgument("period", "must be at least 1ms")
+    return queue, int(req.jobs), period
+
+
 def schedule_name(value: str) -> str:
     return queue_name(value, "name")
 

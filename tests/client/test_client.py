@@ -171,6 +171,18 @@ def test_unique_jobs_return_the_active_job_until_it_finishes(client: Client) -> 
     assert client.enqueue("uq", b"v6", unique_key="sync-user-7").job_id == queued.job_id  # the pending one
 
 
+def test_rate_limit_from_the_client_shows_in_stats(client: Client) -> None:
+    client.set_rate_limit("rlq", 120, per=60)
+    client.enqueue("rlq", b"x")
+    (stats,) = client.stats("rlq")
+    assert (stats.rate_limit_jobs, stats.rate_limit_period, stats.rate_limited) == (120, 60.0, False)
+    client.set_rate_limit("rlq", 0)
+    assert client.stats("rlq")[0].rate_limit_jobs == 0
+    with pytest.raises(InvalidArgumentError) as err:
+        client.set_rate_limit("rlq", 5, per=0.0001)
+    assert err.value.field == "period"
+
+
 def test_schedules_from_the_client(client: Client) -> None:
     sch = client.upsert_schedule("digest", "sq", "0 8 * * 1-5", b"{}", time_zone="America/New_York",
                                  overlap="skip", missed="run_once", headers={"k": "v"})

@@ -465,6 +465,21 @@ async def test_upsert_schedule_names_the_bad_field(h: Harness, request_: pb.Upse
     assert list((await h.stub.ListSchedules(pb.ListSchedulesRequest())).schedules) == []
 
 
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (pb.SetRateLimitRequest(queue="no spaces", jobs=1, period=dur(1)), "queue"),
+        (pb.SetRateLimitRequest(queue="q", jobs=-1, period=dur(1)), "jobs"),
+        (pb.SetRateLimitRequest(queue="q", jobs=5), "period"),
+        (pb.SetRateLimitRequest(queue="q", jobs=5, period=duration_pb2.Duration(nanos=1000)), "period"),
+        (pb.SetRateLimitRequest(queue="q", jobs=5, period=duration_pb2.Duration(seconds=-1)), "period"),
+    ],
+    ids=["queue", "negative-jobs", "no-period", "period-under-1ms", "negative-period"],
+)
+async def test_set_rate_limit_names_the_bad_field(h: Harness, request_: pb.SetRateLimitRequest, field: str) -> None:
+    await refused(h, h.stub.SetRateLimit(request_), INVALID, field)
+
+
 # ---------------------------------------------------------------------- RetryJobs / CancelJobs
 
 

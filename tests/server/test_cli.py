@@ -111,6 +111,15 @@ def test_schedules_from_the_cli(server: ServerProcess) -> None:
     assert json.loads(edgeq("--server", t, "schedule", "delete", "digest", "-o", "json").stdout)["deleted"]
 
 
+def test_rate_limit_from_the_cli(server: ServerProcess) -> None:
+    t = server.target
+    assert edgeq("--server", t, "rate-limit", "cli-rl", "50", "--per", "10").returncode == 0
+    (stats,) = json.loads(edgeq("--server", t, "stats", "cli-rl", "-o", "json").stdout)["stats"]
+    assert (stats["rate_limit_jobs"], stats["rate_limit_period"]) == ("50", "10s")
+    bad = edgeq("--server", t, "rate-limit", "cli-rl", "-3")
+    assert bad.returncode != 0 and "jobs" in bad.stderr
+
+
 def test_health_exit_code_follows_grpc_health(server: ServerProcess) -> None:
     ok = edgeq("--server", server.target, "health")
     assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "SERVING"

@@ -600,6 +600,24 @@ async def test_a_schedule_enqueues_each_tick_once_and_a_waiting_worker_gets_it(h
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_rate_limited_queue_makes_leases_wait_for_tokens_not_fail(h: Harness) -> None:
+    await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="rl", jobs=2, period=dur(1)))
+    call = await h.lease("rl", max_in_flight=10)
+    for _ in range(5):
+        await h.put("rl")
+    got = await h.take(call, 2)  # the burst
+    await h.idle(call)  # no token, no job, no error
+    (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["rl"]))).stats
+    assert (stats.rate_limit_jobs, us(stats.rate_limit_period), stats.rate_limited) == (2, SECOND, True)
+    h.clock.advance(0.5)  # one token comes: the timer pushes one job, no request needed
+    got += await h.take(call, 1)
+    h.clock.advance(1)
+    got += await h.take(call, 2)
+    assert len({j.job.id for j in got}) == 5
+    await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="rl"))  # removed
+    assert (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["rl"]))).stats[0].rate_limit_jobs == 0
+
+
 # ---------------------------------------------------------------------- consistency
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import apsw
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,6 +52,8 @@ SEEDS: dict[str, bytes] = {
     "DeleteSchedule": pb.DeleteScheduleRequest(name="fz").SerializeToString(),
     "PauseSchedule": pb.PauseScheduleRequest(name="fz").SerializeToString(),
     "ResumeSchedule": pb.ResumeScheduleRequest(name="fz").SerializeToString(),
+    "SetRateLimit": pb.SetRateLimitRequest(queue="fz", jobs=100, period=duration_pb2.Duration(seconds=1))
+    .SerializeToString(),
     "PauseQueue": pb.PauseQueueRequest(queue="fz").SerializeToString(),
     "ResumeQueue": pb.ResumeQueueRequest(queue="fz").SerializeToString(),
     "GetNodeInfo": pb.GetNodeInfoRequest().SerializeToString(),

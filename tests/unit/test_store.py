@@ -1541,3 +1541,25 @@ def test_heartbeat_stores_progress_of_live_leases_only_and_keeps_it_after_the_jo
     stale = write(store, lambda: store.heartbeat([live], None, NOW + 5, {0: (1.0, "late")}))
     assert stale[0].outcome is LeaseOutcome.STALE and rows(store) == before  # a stale report changes nothing
     assert get(store, job_id).progress == 90.5  # kept on the finished job
+
+
+def test_a_rate_limit_gives_whole_tokens_refills_evenly_and_says_when_to_look_again(store: Store) -> None:
+    for _ in range(30):
+        add(store, "rl")
+    add(store, "free")
+    write(store, lambda: store.set_rate_limit("rl", 10, SECOND, NOW))  # 10 a second, bursts of 10
+    throttled: dict[str, int] = {}
+    first = write(store, lambda: store.claim(["rl", "free"], 100, "w", 30 * SECOND, NOW, throttled))
+    assert sum(j.queue == "rl" for j in first) == 10 and sum(j.queue == "free" for j in first) == 1
+    assert throttled == {"rl": NOW + SECOND // 10}  # the next token, a tenth of a second on
+    throttled.clear()
+    assert write(store, lambda: store.claim(["rl"], 100, "w", 30 * SECOND, NOW + SECOND // 20, throttled)) == []
+    assert throttled == {"rl": NOW + SECOND // 10}
+    half = write(store, lambda: store.claim(["rl"], 100, "w", 30 * SECOND, NOW + SECOND // 2))
+    assert len(half) == 5  # 0.5 s of refill
+    later = write(store, lambda: store.claim(["rl"], 100, "w", 30 * SECOND, NOW + 60 * SECOND))
+    assert len(later) == 10  # a long pause refills to the burst, not beyond
+    (stats,) = store.queue_stats(["rl"], NOW + 60 * SECOND)
+    assert (stats.rate_jobs, stats.rate_period_us, stats.rate_limited) == (10, SECOND, True)
+    write(store, lambda: store.set_rate_limit("rl", 0, 0, NOW + 60 * SECOND))  # removed
+    assert len(write(store, lambda: store.claim(["rl"], 100, "w", 30 * SECOND, NOW + 60 * SECOND))) == 5

@@ -464,6 +464,15 @@ class Client:
             if not resp.more:
                 return total
 
+    def set_rate_limit(self, queue: str, jobs: int, per: float | timedelta = 1.0) -> None:
+        """Lease at most ``jobs`` of ``queue`` per ``per`` seconds (a token bucket on the
+        primary shared by every worker; leases wait, nothing is refused); ``jobs=0``
+        removes the limit."""
+        request = pb.SetRateLimitRequest(queue=queue, jobs=jobs)
+        if jobs:
+            request.period.CopyFrom(to_duration(per))
+        self._note_txid(self._write(self.stub.SetRateLimit, request).txid)
+
     # ------------------------------------------------------------------ schedules
 
     def upsert_schedule(

@@ -242,6 +242,11 @@ class QueueStats:
     #: Jobs accepted at the edge by the answering node, not yet on the primary.
     accepted: int
     raw: pb.QueueStats = field(repr=False, compare=False, hash=False)
+    #: The rate limit (``Client.set_rate_limit``): jobs per ``rate_limit_period`` seconds (0: none).
+    rate_limit_jobs: int = 0
+    rate_limit_period: float = 0.0
+    #: Ready jobs wait for the rate limit's tokens right now.
+    rate_limited: bool = False
 
     @classmethod
     def from_proto(cls, m: pb.QueueStats) -> QueueStats:
@@ -257,6 +262,9 @@ class QueueStats:
             paused=m.paused,
             accepted=m.accepted,
             raw=m,
+            rate_limit_jobs=m.rate_limit_jobs,
+            rate_limit_period=to_seconds(m.rate_limit_period),
+            rate_limited=m.rate_limited,
         )
 
 

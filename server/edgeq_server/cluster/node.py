@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: RPCs that write: on a node that is not primary they are forwarded to the primary.
 WRITE_METHODS = frozenset({
     "Enqueue", "Ack", "Nack", "Heartbeat", "CancelJob", "RetryJob", "CancelJobs", "RetryJobs", "PauseQueue",
-    "ResumeQueue", "UpsertSchedule", "DeleteSchedule", "PauseSchedule", "ResumeSchedule",
+    "ResumeQueue", "UpsertSchedule", "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "SetRateLimit",
 })
 #: Consecutive failed health probes after which forwarded calls fail fast (UNAVAILABLE)
 #: instead of waiting out the caller's deadline on a primary that does not answer.

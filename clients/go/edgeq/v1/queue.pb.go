@@ -2098,7 +2098,13 @@ type QueueStats struct {
 	Paused bool `protobuf:"varint,9,opt,name=paused,proto3" json:"paused,omitempty"`
 	// Jobs of this queue accepted at the edge by the answering node and not
 	// yet stored on the primary (JOB_STATE_ACCEPTED, in its edge log).
-	Accepted      int64 `protobuf:"varint,10,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	Accepted int64 `protobuf:"varint,10,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// The rate limit (SetRateLimit): jobs per period; 0 when none.
+	RateLimitJobs int64 `protobuf:"varint,11,opt,name=rate_limit_jobs,json=rateLimitJobs,proto3" json:"rate_limit_jobs,omitempty"`
+	// Its period.
+	RateLimitPeriod *durationpb.Duration `protobuf:"bytes,12,opt,name=rate_limit_period,json=rateLimitPeriod,proto3" json:"rate_limit_period,omitempty"`
+	// True when ready jobs wait for the rate limit's tokens right now.
+	RateLimited   bool `protobuf:"varint,13,opt,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2201,6 +2207,27 @@ func (x *QueueStats) GetAccepted() int64 {
 		return x.Accepted
 	}
 	return 0
+}
+
+func (x *QueueStats) GetRateLimitJobs() int64 {
+	if x != nil {
+		return x.RateLimitJobs
+	}
+	return 0
+}
+
+func (x *QueueStats) GetRateLimitPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RateLimitPeriod
+	}
+	return nil
+}
+
+func (x *QueueStats) GetRateLimited() bool {
+	if x != nil {
+		return x.RateLimited
+	}
+	return false
 }
 
 // GetQueueStatsResponse answers GetQueueStats.
@@ -3398,6 +3425,117 @@ func (x *ResumeScheduleResponse) GetTxid() uint64 {
 	return 0
 }
 
+// SetRateLimitRequest sets or removes a queue's rate limit.
+type SetRateLimitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Jobs leased per period at most (and the largest burst); 0 removes the
+	// limit.
+	Jobs int64 `protobuf:"varint,2,opt,name=jobs,proto3" json:"jobs,omitempty"`
+	// The period, at least 1 ms (required when jobs > 0).
+	Period        *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRateLimitRequest) Reset() {
+	*x = SetRateLimitRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRateLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRateLimitRequest) ProtoMessage() {}
+
+func (x *SetRateLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRateLimitRequest.ProtoReflect.Descriptor instead.
+func (*SetRateLimitRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *SetRateLimitRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *SetRateLimitRequest) GetJobs() int64 {
+	if x != nil {
+		return x.Jobs
+	}
+	return 0
+}
+
+func (x *SetRateLimitRequest) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
+// SetRateLimitResponse answers SetRateLimit.
+type SetRateLimitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRateLimitResponse) Reset() {
+	*x = SetRateLimitResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRateLimitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRateLimitResponse) ProtoMessage() {}
+
+func (x *SetRateLimitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRateLimitResponse.ProtoReflect.Descriptor instead.
+func (*SetRateLimitResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *SetRateLimitResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
 // PauseQueueRequest pauses one queue.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3409,7 +3547,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3421,7 +3559,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[44]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3434,7 +3572,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{44}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -3455,7 +3593,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3605,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[45]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3618,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{45}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PauseQueueResponse) GetTxid() uint64 {
@@ -3501,7 +3639,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3513,7 +3651,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3526,7 +3664,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{46}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -3547,7 +3685,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3559,7 +3697,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3572,7 +3710,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{47}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ResumeQueueResponse) GetTxid() uint64 {
@@ -3591,7 +3729,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3603,7 +3741,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3616,7 +3754,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{48}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{50}
 }
 
 // ReplicaPosition is the last position a replica reported to the primary.
@@ -3637,7 +3775,7 @@ type ReplicaPosition struct {
 
 func (x *ReplicaPosition) Reset() {
 	*x = ReplicaPosition{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +3787,7 @@ func (x *ReplicaPosition) String() string {
 func (*ReplicaPosition) ProtoMessage() {}
 
 func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +3800,7 @@ func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPosition.ProtoReflect.Descriptor instead.
 func (*ReplicaPosition) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{49}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReplicaPosition) GetNode() string {
@@ -3738,7 +3876,7 @@ type GetNodeInfoResponse struct {
 
 func (x *GetNodeInfoResponse) Reset() {
 	*x = GetNodeInfoResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3750,7 +3888,7 @@ func (x *GetNodeInfoResponse) String() string {
 func (*GetNodeInfoResponse) ProtoMessage() {}
 
 func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3763,7 +3901,7 @@ func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{50}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetNodeInfoResponse) GetRole() NodeRole {
@@ -4006,7 +4144,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
 	"\x14GetQueueStatsRequest\x12\x16\n" +
 	"\x06queues\x18\x01 \x03(\tR\x06queues\x12\x19\n" +
-	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\xc5\x02\n" +
+	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\xd7\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
@@ -4019,7 +4157,10 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x12oldest_pending_age\x18\b \x01(\v2\x19.google.protobuf.DurationR\x10oldestPendingAge\x12\x16\n" +
 	"\x06paused\x18\t \x01(\bR\x06paused\x12\x1a\n" +
 	"\baccepted\x18\n" +
-	" \x01(\x03R\baccepted\"C\n" +
+	" \x01(\x03R\baccepted\x12&\n" +
+	"\x0frate_limit_jobs\x18\v \x01(\x03R\rrateLimitJobs\x12E\n" +
+	"\x11rate_limit_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0frateLimitPeriod\x12!\n" +
+	"\frate_limited\x18\r \x01(\bR\vrateLimited\"C\n" +
 	"\x15GetQueueStatsResponse\x12*\n" +
 	"\x05stats\x18\x01 \x03(\v2\x14.edgeq.v1.QueueStatsR\x05stats\")\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
@@ -4087,7 +4228,13 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\\\n" +
 	"\x16ResumeScheduleResponse\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\x12\x12\n" +
-	"\x04txid\x18\x02 \x01(\x04R\x04txid\")\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"r\n" +
+	"\x13SetRateLimitRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
+	"\x04jobs\x18\x02 \x01(\x03R\x04jobs\x121\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"*\n" +
+	"\x14SetRateLimitResponse\x12\x12\n" +
+	"\x04txid\x18\x01 \x01(\x04R\x04txid\")\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"(\n" +
 	"\x12PauseQueueResponse\x12\x12\n" +
@@ -4161,7 +4308,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
 	"\x11NODE_ROLE_PRIMARY\x10\x02\x12\x15\n" +
 	"\x11NODE_ROLE_REPLICA\x10\x03\x12\x15\n" +
-	"\x11NODE_ROLE_UNKNOWN\x10\x042\xa9\v\n" +
+	"\x11NODE_ROLE_UNKNOWN\x10\x042\xf8\v\n" +
 	"\fQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.edgeq.v1.EnqueueRequest\x1a\x19.edgeq.v1.EnqueueResponse\x12:\n" +
 	"\x05Lease\x12\x16.edgeq.v1.LeaseRequest\x1a\x17.edgeq.v1.LeaseResponse0\x01\x122\n" +
@@ -4180,7 +4327,8 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\rListSchedules\x12\x1e.edgeq.v1.ListSchedulesRequest\x1a\x1f.edgeq.v1.ListSchedulesResponse\x12S\n" +
 	"\x0eDeleteSchedule\x12\x1f.edgeq.v1.DeleteScheduleRequest\x1a .edgeq.v1.DeleteScheduleResponse\x12P\n" +
 	"\rPauseSchedule\x12\x1e.edgeq.v1.PauseScheduleRequest\x1a\x1f.edgeq.v1.PauseScheduleResponse\x12S\n" +
-	"\x0eResumeSchedule\x12\x1f.edgeq.v1.ResumeScheduleRequest\x1a .edgeq.v1.ResumeScheduleResponse\x12G\n" +
+	"\x0eResumeSchedule\x12\x1f.edgeq.v1.ResumeScheduleRequest\x1a .edgeq.v1.ResumeScheduleResponse\x12M\n" +
+	"\fSetRateLimit\x12\x1d.edgeq.v1.SetRateLimitRequest\x1a\x1e.edgeq.v1.SetRateLimitResponse\x12G\n" +
 	"\n" +
 	"PauseQueue\x12\x1b.edgeq.v1.PauseQueueRequest\x1a\x1c.edgeq.v1.PauseQueueResponse\x12J\n" +
 	"\vResumeQueue\x12\x1c.edgeq.v1.ResumeQueueRequest\x1a\x1d.edgeq.v1.ResumeQueueResponse\x12J\n" +
@@ -4199,7 +4347,7 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: edgeq.v1.JobState
 	(Durability)(0),                // 1: edgeq.v1.Durability
@@ -4252,117 +4400,123 @@ var file_edgeq_v1_queue_proto_goTypes = []any{
 	(*PauseScheduleResponse)(nil),  // 48: edgeq.v1.PauseScheduleResponse
 	(*ResumeScheduleRequest)(nil),  // 49: edgeq.v1.ResumeScheduleRequest
 	(*ResumeScheduleResponse)(nil), // 50: edgeq.v1.ResumeScheduleResponse
-	(*PauseQueueRequest)(nil),      // 51: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),     // 52: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),     // 53: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),    // 54: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),     // 55: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),        // 56: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),    // 57: edgeq.v1.GetNodeInfoResponse
-	nil,                            // 58: edgeq.v1.JobSpec.HeadersEntry
-	nil,                            // 59: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),    // 60: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 61: google.protobuf.Timestamp
+	(*SetRateLimitRequest)(nil),    // 51: edgeq.v1.SetRateLimitRequest
+	(*SetRateLimitResponse)(nil),   // 52: edgeq.v1.SetRateLimitResponse
+	(*PauseQueueRequest)(nil),      // 53: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 54: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 55: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 56: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),     // 57: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),        // 58: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),    // 59: edgeq.v1.GetNodeInfoResponse
+	nil,                            // 60: edgeq.v1.JobSpec.HeadersEntry
+	nil,                            // 61: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),    // 62: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 63: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	60, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	61, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	58, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	62, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	63, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	60, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	3,  // 3: edgeq.v1.JobSpec.uniqueness:type_name -> edgeq.v1.Uniqueness
 	0,  // 4: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	61, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	61, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	61, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	61, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	61, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	59, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	63, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	63, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	63, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	63, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	63, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	61, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
 	7,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
 	1,  // 12: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
 	10, // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	60, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	62, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	8,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	61, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	63, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
 	13, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
 	15, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
 	2,  // 19: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	60, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	62, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
 	18, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
 	2,  // 22: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	60, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	62, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
 	22, // 24: edgeq.v1.HeartbeatRequest.progress:type_name -> edgeq.v1.Progress
 	2,  // 25: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	61, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	63, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 27: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
 	0,  // 28: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
 	8,  // 29: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	60, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	29, // 31: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	8,  // 32: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	8,  // 33: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 34: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
-	61, // 35: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
-	61, // 36: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
-	35, // 37: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	35, // 38: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	7,  // 39: edgeq.v1.Schedule.template:type_name -> edgeq.v1.JobSpec
-	4,  // 40: edgeq.v1.Schedule.overlap:type_name -> edgeq.v1.OverlapPolicy
-	5,  // 41: edgeq.v1.Schedule.missed:type_name -> edgeq.v1.MissedTicks
-	61, // 42: edgeq.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
-	61, // 43: edgeq.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
-	40, // 44: edgeq.v1.UpsertScheduleRequest.schedule:type_name -> edgeq.v1.Schedule
-	40, // 45: edgeq.v1.UpsertScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	40, // 46: edgeq.v1.ListSchedulesResponse.schedules:type_name -> edgeq.v1.Schedule
-	40, // 47: edgeq.v1.PauseScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	40, // 48: edgeq.v1.ResumeScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	61, // 49: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	6,  // 50: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	56, // 51: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	60, // 52: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	9,  // 53: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	12, // 54: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	16, // 55: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	19, // 56: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	21, // 57: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	24, // 58: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	26, // 59: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	28, // 60: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	31, // 61: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	33, // 62: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	36, // 63: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
-	38, // 64: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
-	41, // 65: edgeq.v1.QueueService.UpsertSchedule:input_type -> edgeq.v1.UpsertScheduleRequest
-	43, // 66: edgeq.v1.QueueService.ListSchedules:input_type -> edgeq.v1.ListSchedulesRequest
-	45, // 67: edgeq.v1.QueueService.DeleteSchedule:input_type -> edgeq.v1.DeleteScheduleRequest
-	47, // 68: edgeq.v1.QueueService.PauseSchedule:input_type -> edgeq.v1.PauseScheduleRequest
-	49, // 69: edgeq.v1.QueueService.ResumeSchedule:input_type -> edgeq.v1.ResumeScheduleRequest
-	51, // 70: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	53, // 71: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	55, // 72: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	11, // 73: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	14, // 74: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	17, // 75: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	20, // 76: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	23, // 77: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	25, // 78: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	27, // 79: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	30, // 80: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	32, // 81: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	34, // 82: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	37, // 83: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
-	39, // 84: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
-	42, // 85: edgeq.v1.QueueService.UpsertSchedule:output_type -> edgeq.v1.UpsertScheduleResponse
-	44, // 86: edgeq.v1.QueueService.ListSchedules:output_type -> edgeq.v1.ListSchedulesResponse
-	46, // 87: edgeq.v1.QueueService.DeleteSchedule:output_type -> edgeq.v1.DeleteScheduleResponse
-	48, // 88: edgeq.v1.QueueService.PauseSchedule:output_type -> edgeq.v1.PauseScheduleResponse
-	50, // 89: edgeq.v1.QueueService.ResumeSchedule:output_type -> edgeq.v1.ResumeScheduleResponse
-	52, // 90: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	54, // 91: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	57, // 92: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	62, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	62, // 31: edgeq.v1.QueueStats.rate_limit_period:type_name -> google.protobuf.Duration
+	29, // 32: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	8,  // 33: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	8,  // 34: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 35: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
+	63, // 36: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	63, // 37: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	35, // 38: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	35, // 39: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	7,  // 40: edgeq.v1.Schedule.template:type_name -> edgeq.v1.JobSpec
+	4,  // 41: edgeq.v1.Schedule.overlap:type_name -> edgeq.v1.OverlapPolicy
+	5,  // 42: edgeq.v1.Schedule.missed:type_name -> edgeq.v1.MissedTicks
+	63, // 43: edgeq.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
+	63, // 44: edgeq.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
+	40, // 45: edgeq.v1.UpsertScheduleRequest.schedule:type_name -> edgeq.v1.Schedule
+	40, // 46: edgeq.v1.UpsertScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 47: edgeq.v1.ListSchedulesResponse.schedules:type_name -> edgeq.v1.Schedule
+	40, // 48: edgeq.v1.PauseScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 49: edgeq.v1.ResumeScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	62, // 50: edgeq.v1.SetRateLimitRequest.period:type_name -> google.protobuf.Duration
+	63, // 51: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	6,  // 52: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	58, // 53: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	62, // 54: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	9,  // 55: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	12, // 56: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	16, // 57: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	19, // 58: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	21, // 59: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	24, // 60: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	26, // 61: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	28, // 62: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	31, // 63: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	33, // 64: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	36, // 65: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	38, // 66: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	41, // 67: edgeq.v1.QueueService.UpsertSchedule:input_type -> edgeq.v1.UpsertScheduleRequest
+	43, // 68: edgeq.v1.QueueService.ListSchedules:input_type -> edgeq.v1.ListSchedulesRequest
+	45, // 69: edgeq.v1.QueueService.DeleteSchedule:input_type -> edgeq.v1.DeleteScheduleRequest
+	47, // 70: edgeq.v1.QueueService.PauseSchedule:input_type -> edgeq.v1.PauseScheduleRequest
+	49, // 71: edgeq.v1.QueueService.ResumeSchedule:input_type -> edgeq.v1.ResumeScheduleRequest
+	51, // 72: edgeq.v1.QueueService.SetRateLimit:input_type -> edgeq.v1.SetRateLimitRequest
+	53, // 73: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	55, // 74: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	57, // 75: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	11, // 76: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	14, // 77: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	17, // 78: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	20, // 79: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	23, // 80: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	25, // 81: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	27, // 82: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	30, // 83: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	32, // 84: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	34, // 85: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	37, // 86: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	39, // 87: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	42, // 88: edgeq.v1.QueueService.UpsertSchedule:output_type -> edgeq.v1.UpsertScheduleResponse
+	44, // 89: edgeq.v1.QueueService.ListSchedules:output_type -> edgeq.v1.ListSchedulesResponse
+	46, // 90: edgeq.v1.QueueService.DeleteSchedule:output_type -> edgeq.v1.DeleteScheduleResponse
+	48, // 91: edgeq.v1.QueueService.PauseSchedule:output_type -> edgeq.v1.PauseScheduleResponse
+	50, // 92: edgeq.v1.QueueService.ResumeSchedule:output_type -> edgeq.v1.ResumeScheduleResponse
+	52, // 93: edgeq.v1.QueueService.SetRateLimit:output_type -> edgeq.v1.SetRateLimitResponse
+	54, // 94: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	56, // 95: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	59, // 96: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	76, // [76:97] is the sub-list for method output_type
+	55, // [55:76] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -4376,7 +4530,7 @@ func file_edgeq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ const (
 	QueueService_DeleteSchedule_FullMethodName = "/edgeq.v1.QueueService/DeleteSchedule"
 	QueueService_PauseSchedule_FullMethodName  = "/edgeq.v1.QueueService/PauseSchedule"
 	QueueService_ResumeSchedule_FullMethodName = "/edgeq.v1.QueueService/ResumeSchedule"
+	QueueService_SetRateLimit_FullMethodName   = "/edgeq.v1.QueueService/SetRateLimit"
 	QueueService_PauseQueue_FullMethodName     = "/edgeq.v1.QueueService/PauseQueue"
 	QueueService_ResumeQueue_FullMethodName    = "/edgeq.v1.QueueService/ResumeQueue"
 	QueueService_GetNodeInfo_FullMethodName    = "/edgeq.v1.QueueService/GetNodeInfo"
@@ -114,6 +115,11 @@ type QueueServiceClient interface {
 	// ResumeSchedule restarts a paused schedule from the next tick after now
 	// (ticks while paused are not run).
 	ResumeSchedule(ctx context.Context, in *ResumeScheduleRequest, opts ...grpc.CallOption) (*ResumeScheduleResponse, error)
+	// SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+	// `jobs` tokens refilled evenly over `period`, on the primary, shared by
+	// every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+	// the limit.
+	SetRateLimit(ctx context.Context, in *SetRateLimitRequest, opts ...grpc.CallOption) (*SetRateLimitResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -311,6 +317,16 @@ func (c *queueServiceClient) ResumeSchedule(ctx context.Context, in *ResumeSched
 	return out, nil
 }
 
+func (c *queueServiceClient) SetRateLimit(ctx context.Context, in *SetRateLimitRequest, opts ...grpc.CallOption) (*SetRateLimitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRateLimitResponse)
+	err := c.cc.Invoke(ctx, QueueService_SetRateLimit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueServiceClient) PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PauseQueueResponse)
@@ -408,6 +424,11 @@ type QueueServiceServer interface {
 	// ResumeSchedule restarts a paused schedule from the next tick after now
 	// (ticks while paused are not run).
 	ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error)
+	// SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+	// `jobs` tokens refilled evenly over `period`, on the primary, shared by
+	// every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+	// the limit.
+	SetRateLimit(context.Context, *SetRateLimitRequest) (*SetRateLimitResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -476,6 +497,9 @@ func (UnimplementedQueueServiceServer) PauseSchedule(context.Context, *PauseSche
 }
 func (UnimplementedQueueServiceServer) ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeSchedule not implemented")
+}
+func (UnimplementedQueueServiceServer) SetRateLimit(context.Context, *SetRateLimitRequest) (*SetRateLimitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRateLimit not implemented")
 }
 func (UnimplementedQueueServiceServer) PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PauseQueue not implemented")
@@ -806,6 +830,24 @@ func _QueueService_ResumeSchedule_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueService_SetRateLimit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRateLimitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).SetRateLimit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_SetRateLimit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).SetRateLimit(ctx, req.(*SetRateLimitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QueueService_PauseQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PauseQueueRequest)
 	if err := dec(in); err != nil {
@@ -930,6 +972,10 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeSchedule",
 			Handler:    _QueueService_ResumeSchedule_Handler,
+		},
+		{
+			MethodName: "SetRateLimit",
+			Handler:    _QueueService_SetRateLimit_Handler,
 		},
 		{
 			MethodName: "PauseQueue",

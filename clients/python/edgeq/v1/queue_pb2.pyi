@@ -365,7 +365,7 @@ class GetQueueStatsRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ..., min_txid: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused", "accepted")
+    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused", "accepted", "rate_limit_jobs", "rate_limit_period", "rate_limited")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +376,9 @@ class QueueStats(_message.Message):
     OLDEST_PENDING_AGE_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     pending: int
     scheduled: int
@@ -386,7 +389,10 @@ class QueueStats(_message.Message):
     oldest_pending_age: _duration_pb2.Duration
     paused: bool
     accepted: int
-    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., accepted: _Optional[int] = ...) -> None: ...
+    rate_limit_jobs: int
+    rate_limit_period: _duration_pb2.Duration
+    rate_limited: bool
+    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., accepted: _Optional[int] = ..., rate_limit_jobs: _Optional[int] = ..., rate_limit_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limited: _Optional[bool] = ...) -> None: ...
 
 class GetQueueStatsResponse(_message.Message):
     __slots__ = ("stats",)
@@ -563,6 +569,22 @@ class ResumeScheduleResponse(_message.Message):
     schedule: Schedule
     txid: int
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
+
+class SetRateLimitRequest(_message.Message):
+    __slots__ = ("queue", "jobs", "period")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    jobs: int
+    period: _duration_pb2.Duration
+    def __init__(self, queue: _Optional[str] = ..., jobs: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SetRateLimitResponse(_message.Message):
+    __slots__ = ("txid",)
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    txid: int
+    def __init__(self, txid: _Optional[int] = ...) -> None: ...
 
 class PauseQueueRequest(_message.Message):
     __slots__ = ("queue",)

@@ -125,6 +125,11 @@ class QueueServiceStub:
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
                 response_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
                 _registered_method=True)
+        self.SetRateLimit = channel.unary_unary(
+                '/edgeq.v1.QueueService/SetRateLimit',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.FromString,
+                _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/edgeq.v1.QueueService/PauseQueue',
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.PauseQueueRequest.SerializeToString,
@@ -292,6 +297,16 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRateLimit(self, request, context):
+        """SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+        `jobs` tokens refilled evenly over `period`, on the primary, shared by
+        every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+        the limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseQueue(self, request, context):
         """PauseQueue stops delivery from a queue; enqueues are still accepted.
         """
@@ -402,6 +417,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.ResumeSchedule,
                     request_deserializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.FromString,
                     response_serializer=edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'SetRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimit,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.SerializeToString,
             ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
@@ -884,6 +904,33 @@ class QueueService:
             '/edgeq.v1.QueueService/ResumeSchedule',
             edgeq_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
             edgeq_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/SetRateLimit',
+            edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

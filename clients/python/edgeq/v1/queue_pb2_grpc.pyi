@@ -109,6 +109,12 @@ class QueueServiceStub:
     """ResumeSchedule restarts a paused schedule from the next tick after now
     (ticks while paused are not run).
     """
+    SetRateLimit: _grpc.UnaryUnaryMultiCallable[_queue_pb2.SetRateLimitRequest, _queue_pb2.SetRateLimitResponse]
+    """SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+    `jobs` tokens refilled evenly over `period`, on the primary, shared by
+    every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+    the limit.
+    """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
@@ -194,6 +200,12 @@ class QueueServiceAsyncStub(QueueServiceStub):
     ResumeSchedule: _aio.UnaryUnaryMultiCallable[_queue_pb2.ResumeScheduleRequest, _queue_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
     """ResumeSchedule restarts a paused schedule from the next tick after now
     (ticks while paused are not run).
+    """
+    SetRateLimit: _aio.UnaryUnaryMultiCallable[_queue_pb2.SetRateLimitRequest, _queue_pb2.SetRateLimitResponse]  # type: ignore[assignment]
+    """SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+    `jobs` tokens refilled evenly over `period`, on the primary, shared by
+    every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+    the limit.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
@@ -379,6 +391,18 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_queue_pb2.ResumeScheduleResponse, _abc.Awaitable[_queue_pb2.ResumeScheduleResponse]]:
         """ResumeSchedule restarts a paused schedule from the next tick after now
         (ticks while paused are not run).
+        """
+
+    @_abc_1.abstractmethod
+    def SetRateLimit(
+        self,
+        request: _queue_pb2.SetRateLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.SetRateLimitResponse, _abc.Awaitable[_queue_pb2.SetRateLimitResponse]]:
+        """SetRateLimit limits how fast a queue's jobs are leased: a token bucket of
+        `jobs` tokens refilled evenly over `period`, on the primary, shared by
+        every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
+        the limit.
         """
 
     @_abc_1.abstractmethod
