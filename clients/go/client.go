@@ -298,6 +298,72 @@ func bulk[R bulkResponse](ctx context.Context, c *Client, call func(context.Cont
 	}
 }
 
+// SetRateLimit leases at most jobs of queue per period (a token bucket on the primary,
+// shared by every worker; leases wait, nothing is refused); jobs = 0 removes the limit.
+func (c *Client) SetRateLimit(ctx context.Context, queue string, jobs int64, period time.Duration) error {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.SetRateLimitRequest{Queue: queue, Jobs: jobs}
+	if jobs > 0 {
+		req.Period = dpb.New(period)
+	}
+	_, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.SetRateLimitResponse, error) { return c.raw.SetRateLimit(ctx, req) })
+	return err
+}
+
+// UpsertSchedule creates or replaces the cron schedule s.Name (its output fields are
+// ignored) and returns it with its next tick.
+func (c *Client) UpsertSchedule(ctx context.Context, s *edgeqv1.Schedule) (*edgeqv1.Schedule, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.UpsertScheduleRequest{Schedule: s}
+	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.UpsertScheduleResponse, error) {
+		return c.raw.UpsertSchedule(ctx, req)
+	})
+	return resp.GetSchedule(), err
+}
+
+// ListSchedules lists every schedule, by name.
+func (c *Client) ListSchedules(ctx context.Context) ([]*edgeqv1.Schedule, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	resp, err := c.raw.ListSchedules(ctx, &edgeqv1.ListSchedulesRequest{})
+	return resp.GetSchedules(), err
+}
+
+// DeleteSchedule removes a schedule; false if there was none.
+func (c *Client) DeleteSchedule(ctx context.Context, name string) (bool, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.DeleteScheduleRequest{Name: name}
+	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.DeleteScheduleResponse, error) {
+		return c.raw.DeleteSchedule(ctx, req)
+	})
+	return resp.GetDeleted(), err
+}
+
+// PauseSchedule stops a schedule's ticks; ResumeSchedule restarts them from the next tick.
+func (c *Client) PauseSchedule(ctx context.Context, name string) (*edgeqv1.Schedule, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.PauseScheduleRequest{Name: name}
+	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.PauseScheduleResponse, error) {
+		return c.raw.PauseSchedule(ctx, req)
+	})
+	return resp.GetSchedule(), err
+}
+
+// ResumeSchedule restarts a paused schedule from the next tick after now.
+func (c *Client) ResumeSchedule(ctx context.Context, name string) (*edgeqv1.Schedule, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.ResumeScheduleRequest{Name: name}
+	resp, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.ResumeScheduleResponse, error) {
+		return c.raw.ResumeSchedule(ctx, req)
+	})
+	return resp.GetSchedule(), err
+}
+
 // Pause stops delivery from a queue.
 func (c *Client) Pause(ctx context.Context, queue string) error {
 	ctx, cancel := c.unary(ctx)

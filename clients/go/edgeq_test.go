@@ -295,3 +295,34 @@ func TestUniqueKeyReturnsTheActiveJob(t *testing.T) {
 		t.Fatalf("second enqueue %+v; want the first job %s, duplicate and unique", b, a.GetJobId())
 	}
 }
+
+func TestSchedulesAndRateLimits(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	s, err := c.UpsertSchedule(ctx, &edgeqv1.Schedule{Name: "gs", Queue: "gsq", Cron: "*/5 * * * *", TimeZone: "Europe/Berlin"})
+	if err != nil || s.GetNextRunAt() == nil || s.GetTimeZone() != "Europe/Berlin" {
+		t.Fatalf("UpsertSchedule = %v, %v", s, err)
+	}
+	if p, err := c.PauseSchedule(ctx, "gs"); err != nil || !p.GetPaused() {
+		t.Fatalf("PauseSchedule = %v, %v", p, err)
+	}
+	if r, err := c.ResumeSchedule(ctx, "gs"); err != nil || r.GetPaused() {
+		t.Fatalf("ResumeSchedule = %v, %v", r, err)
+	}
+	if all, err := c.ListSchedules(ctx); err != nil || len(all) != 1 || all[0].GetName() != "gs" {
+		t.Fatalf("ListSchedules = %v, %v", all, err)
+	}
+	if ok, err := c.DeleteSchedule(ctx, "gs"); err != nil || !ok {
+		t.Fatalf("DeleteSchedule = %v, %v", ok, err)
+	}
+	if _, err := c.UpsertSchedule(ctx, &edgeqv1.Schedule{Name: "bad", Queue: "q", Cron: "nope"}); Field(err) != "schedule.cron" {
+		t.Fatalf("a bad cron: %v (field %q)", err, Field(err))
+	}
+	if err := c.SetRateLimit(ctx, "grl", 30, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := c.Stats(ctx, "grl")
+	if err != nil || stats[0].GetRateLimitJobs() != 30 || stats[0].GetRateLimitPeriod().AsDuration() != time.Minute {
+		t.Fatalf("stats after SetRateLimit: %v, %v", stats, err)
+	}
+}

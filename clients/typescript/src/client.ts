@@ -31,6 +31,7 @@ import {
   ListJobsRequestSchema,
   NackRequestSchema,
   QueueService,
+  ScheduleSchema,
   type JobSpecSchema,
 } from "./gen/edgeq/v1/queue_pb.js";
 
@@ -254,6 +255,28 @@ export class EdgeqClient {
       total += resp.count;
       if (!resp.more) return total;
     }
+  }
+  /** Lease at most `jobs` of `queue` per `perMs` (a token bucket on the primary shared by
+   * every worker; leases wait, nothing is refused); jobs = 0 removes the limit. */
+  setRateLimit(queue: string, jobs: number, perMs = 1000) {
+    const period = jobs > 0 ? { seconds: BigInt(Math.floor(perMs / 1000)), nanos: (perMs % 1000) * 1e6 } : undefined;
+    return this.raw.setRateLimit({ queue, jobs: BigInt(jobs), period }, this.call);
+  }
+  /** Create or replace a cron schedule; resolves to it with its next tick. */
+  async upsertSchedule(schedule: MessageInitShape<typeof ScheduleSchema>) {
+    return (await this.raw.upsertSchedule({ schedule }, this.call)).schedule!;
+  }
+  async listSchedules() {
+    return (await this.raw.listSchedules({}, this.call)).schedules;
+  }
+  async deleteSchedule(name: string) {
+    return (await this.raw.deleteSchedule({ name }, this.call)).deleted;
+  }
+  async pauseSchedule(name: string) {
+    return (await this.raw.pauseSchedule({ name }, this.call)).schedule!;
+  }
+  async resumeSchedule(name: string) {
+    return (await this.raw.resumeSchedule({ name }, this.call)).schedule!;
   }
   pause(queue: string) {
     return this.raw.pauseQueue({ queue }, this.call);

@@ -98,6 +98,20 @@ test("a handler's reported progress reaches the job with the next heartbeat", as
   }
 });
 
+test("schedules and rate limits from the client", async () => {
+  const s = await client.upsertSchedule({ name: "tss", queue: "tssq", cron: "0 * * * *", timeZone: "Asia/Tokyo" });
+  assert.equal(s.timeZone, "Asia/Tokyo");
+  assert.ok(s.nextRunAt);
+  assert.equal((await client.pauseSchedule("tss")).paused, true);
+  assert.equal((await client.resumeSchedule("tss")).paused, false);
+  assert.deepEqual((await client.listSchedules()).map((x) => x.name), ["tss"]);
+  assert.equal(await client.deleteSchedule("tss"), true);
+  await client.setRateLimit("tsrl", 12, 60000);
+  const [stats] = await client.stats("tsrl");
+  assert.equal(stats.rateLimitJobs, 12n);
+  assert.equal(stats.rateLimitPeriod?.seconds, 60n);
+});
+
 test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
   const c = new EdgeqClient(await startServer(), { durability: "edge" });
   const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });
