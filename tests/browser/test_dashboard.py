@@ -223,6 +223,9 @@ def test_pages_without_auth_still_need_the_csrf_token(tmp_path: Path, browser: A
             page.click("#queues tr[data-queue=open] button")
             assert page.locator(".notice").inner_text() == "queue open paused"
             assert client.stats("open")[0].paused
+            client.set_rate_limit("open", 5, per=1)
+            page.reload()
+            assert page.locator("#queues tr[data-queue=open] td.rate").inner_text().startswith("5 / 1.0s")
     finally:
         srv.close()
 
