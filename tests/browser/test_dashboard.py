@@ -226,6 +226,17 @@ def test_pages_without_auth_still_need_the_csrf_token(tmp_path: Path, browser: A
             client.set_rate_limit("open", 5, per=1)
             page.reload()
             assert page.locator("#queues tr[data-queue=open] td.rate").inner_text().startswith("5 / 1.0s")
+            # Schedules: listed with their next tick; paused and deleted from the page.
+            client.upsert_schedule("nightly", "open", "0 3 * * *", b"{}", time_zone="Europe/Paris")
+            page.goto(url(srv, "/schedules"))
+            row = page.locator("#schedules tr[data-schedule=nightly]")
+            assert "0 3 * * *" in row.inner_text() and row.locator("td.next").inner_text().endswith("UTC")
+            shot(page, "schedules")
+            row.locator("button", has_text="Pause").click()
+            assert page.locator(".notice").inner_text() == "schedule nightly: paused"
+            assert client.schedules()[0].paused
+            page.locator("#schedules tr[data-schedule=nightly] button.delete").click()
+            assert client.schedules() == []
     finally:
         srv.close()
 

@@ -23,7 +23,8 @@ primary on a replica. It owns no SQL and no queue logic.
   with ``--tls-client-ca`` browsers must present a client certificate too.
 
 Pages: queues (counts by state, oldest ready age, enqueue/complete rates from successive
-samples, paused), jobs (queue, state and id/key-prefix filters, paged), a job (payload and
+samples, rate limit, paused), schedules (cron, zone, next and last tick; pause, resume,
+delete), jobs (queue, state and id/key-prefix filters, paged), a job (payload and
 result as pretty JSON, text or hex; headers, attempts, error, timeline), dead jobs (FAILED,
 with retry/cancel one by one or selected in bulk), cluster (this node; on a replica the
 primary's view too: replicas, lag, edge log and outbox).
@@ -146,6 +147,8 @@ class Dashboard:
             web.get("/dead", self._dead),
             web.post("/bulk", self._bulk),
             web.get("/cluster", self._cluster),
+            web.get("/schedules", self._schedules),
+            web.post("/schedules/{name}/{action:pause|resume|delete}", self._schedule_action),
             web.static("/static", HERE / "static"),
         ])
         self._runner = web.AppRunner(app, access_log=None)
@@ -427,6 +430,27 @@ class Dashboard:
         if failed:
             raise self._back(form, "/dead", error=f"{action}: {done} done, {len(failed)} failed ({failed[0]})")
         raise self._back(form, "/dead", notice=f"{action}: {done} job(s) done")
+
+    async def _schedules(self, request: web.Request) -> web.StreamResponse:
+        try:
+            rows = list((await self._call(request, "ListSchedules", pb.ListSchedulesRequest())).schedules)
+        except CallError as exc:
+            return self._render(request, "schedules.html", schedules=[], failure=str(exc))
+        return self._render(request, "schedules.html", schedules=rows, failure="")
+
+    async def _schedule_action(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        name, action = request.match_info["name"], request.match_info["action"]
+        method, message = {
+            "pause": ("PauseSchedule", pb.PauseScheduleRequest(name=name)),
+            "resume": ("ResumeSchedule", pb.ResumeScheduleRequest(name=name)),
+            "delete": ("DeleteSchedule", pb.DeleteScheduleRequest(name=name)),
+        }[action]
+        try:
+            await self._call(request, method, message)
+        except CallError as exc:
+            raise self._back(form, "/schedules", error=str(exc)) from None
+        raise self._back(form, "/schedules", notice=f"schedule {name}: {action}d")
 
     async def _cluster(self, request: web.Request) -> web.StreamResponse:
         try:
