@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100_000)
     ap.add_argument("--claims", type=int, default=5_000)
     ap.add_argument("--features", action="store_true")
+    ap.add_argument("--busy-key", type=int, default=0,
+                    help="put N jobs of one concurrency key (one of them running) ahead of the others")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +51,14 @@ def main() -> None:
                 specs.append(JobSpec("q", b"x" * 200, None, 3, **extra))  # type: ignore[arg-type]
             with store.conn:
                 store.enqueue(specs, now, ids)
+        if a.busy_key:
+            busy = [JobSpec("q", b"x" * 200, None, 3, concurrency_key="busy") for _ in range(a.busy_key)]
+            with store.conn:
+                store.conn.execute("UPDATE jobs SET run_at = run_at + 1")  # the others come after the busy key
+                store.enqueue(busy, now - 1, ids)
+                (held,) = store.claim(["q"], 1, "w", 3600 * SECOND, now)
+                assert held.concurrency_key == "busy"
+            now += 1
         if a.features and hasattr(store, "set_rate_limit"):
             with store.conn:
                 store.set_rate_limit("q", 10**9, SECOND, now)
@@ -64,7 +74,7 @@ def main() -> None:
         store.conn.close()
     times.sort()
     report = {
-        "jobs": a.jobs, "claims": a.claims, "features": a.features,
+        "jobs": a.jobs, "claims": a.claims, "features": a.features, "busy_key_backlog": a.busy_key,
         "claim_ack_p50_us": round(times[len(times) // 2] * 1e6, 1),
         "claim_ack_mean_us": round(sum(times) / len(times) * 1e6, 1),
     }

@@ -57,6 +57,8 @@ def job(j: Job) -> pb.Job:
         progress=j.progress or 0.0,
         progress_message=j.progress_message or "",
         cancel_requested=j.cancel_requested,
+        concurrency_key=j.concurrency_key or "",
+        concurrency_limit=j.concurrency_limit,
     )
     if j.started_at is not None:
         m.started_at.CopyFrom(timestamp(j.started_at))

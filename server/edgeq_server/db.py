@@ -184,6 +184,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE queues ADD COLUMN rate_tokens REAL NOT NULL DEFAULT 0;
     ALTER TABLE queues ADD COLUMN rate_at INTEGER NOT NULL DEFAULT 0;
     """,
+    # 11: concurrency per key (JobSpec.concurrency_key): a claim counts the key's RUNNING
+    # jobs through this index (its size is the running keyed jobs only); a queue that ever
+    # had a keyed job is marked, so claims on other queues skip the count.
+    """
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN concurrency_limit INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_key_running ON jobs (queue_name, concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;
+    ALTER TABLE queues ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

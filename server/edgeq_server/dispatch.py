@@ -98,6 +98,10 @@ class Dispatcher:
         self._on_throttled = on_throttled  # a rate-limited queue has its next token then: look again
         self._is_primary = is_primary
         self._streams: dict[int, LeaseStream] = {}
+        #: Queues whose ready jobs a concurrency key's limit held back: looked at again
+        #: when any lease ends (it may be one of that key's).
+        self._key_waiting: set[str] = set()
+        self._settles = 0  # leases ended so far (a claim in flight compares it)
         self._ids = itertools.count(1)
         self._ready: set[str] = set()
         # Per ready queue, the notification generation (from one global counter, so an
@@ -192,7 +196,12 @@ class Dispatcher:
         self._wake.set()
 
     def settled(self, job_ids: Iterable[str]) -> None:
-        """These jobs' leases ended (acked, nacked, cancelled, expired): return credit."""
+        """These jobs' leases ended (acked, nacked, cancelled, expired): return credit, and
+        look again at queues a concurrency key's limit held back."""
+        self._settles += 1
+        if self._key_waiting:
+            waiting, self._key_waiting = self._key_waiting, set()
+            self.notify(waiting)
         freed = False
         for job_id in job_ids:
             stream = self._leases.pop(job_id, None)
@@ -260,10 +269,13 @@ class Dispatcher:
 
     async def _claim(self, s: LeaseStream, queues: list[str], want: int, gens: dict[str, int]) -> None:
         throttled: dict[str, int] = {}
+        key_waiting: set[str] = set()
+        settles = self._settles
 
         def op(store: Store, now: int) -> list[Job]:
             throttled.clear()  # a retried op starts over
-            return store.claim(queues, want, s.worker_id, s.lease_us, now, throttled)
+            key_waiting.clear()
+            return store.claim(queues, want, s.worker_id, s.lease_us, now, throttled, key_waiting)
 
         try:
             jobs, _ = await self._writer.submit(op, rows=want)
@@ -276,6 +288,11 @@ class Dispatcher:
                 if self._gen.get(q, 0) == gens[q]:
                     self._ready.discard(q)
                     self._gen.pop(q, None)
+        if key_waiting:
+            if self._settles != settles:  # a lease ended while this claim ran: maybe one of the key's
+                self.notify(key_waiting)
+            else:  # an ended lease brings them back (settled())
+                self._key_waiting |= key_waiting
         if not jobs:
             return
         if s.closed:

@@ -78,6 +78,8 @@ class JobSpec:
     job_id: str | None = None  # chosen by the sender (an edge node); None: assigned at insert
     unique_key: str | None = None
     unique_running: bool = True  # the unique key is blocked by a RUNNING job too (ACTIVE)
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1  # jobs of the key leased at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,8 @@ class Job:
     progress: float | None = None
     progress_message: str | None = None
     cancel_requested: bool = False
+    concurrency_key: str | None = None
+    concurrency_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

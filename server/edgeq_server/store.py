@@ -65,7 +65,7 @@ _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
     " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key,"
-    " progress, progress_message, cancelled_lease_id IS NOT NULL"
+    " progress, progress_message, cancelled_lease_id IS NOT NULL, concurrency_key, concurrency_limit"
 )
 def _tokens(jobs: int, period_us: int, tokens: float, at: int, now: int) -> float:
     """A rate limit's bucket at ``now``: refilled evenly (``jobs`` per ``period_us``) since
@@ -120,6 +120,8 @@ def _job(row: Any) -> Job:
         progress=row[19],
         progress_message=row[20],
         cancel_requested=bool(row[21]),
+        concurrency_key=row[22],
+        concurrency_limit=int(row[23]),
     )
 
 
@@ -229,6 +231,7 @@ class Store:
         seen: dict[tuple[str, str], EnqueueResult] = {}
         seen_ids: dict[str, EnqueueResult] = {}
         seen_unique: dict[tuple[str, str], EnqueueResult] = {}  # stored by this batch (PENDING)
+        keyed: set[str] = set()  # queues this batch marked as having keyed jobs
         cur = self.conn.cursor()
         for queue in {s.queue for s in specs}:
             cur.execute(
@@ -296,8 +299,8 @@ class Store:
             run_at = now if spec.run_at is None else spec.run_at
             cur.execute(
                 "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
-                " priority, run_at, created_at, idempotency_key, headers, auto_key, unique_key)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, run_at, created_at, idempotency_key, headers, auto_key, unique_key, concurrency_key,"
+                " concurrency_limit) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.queue,
@@ -310,8 +313,13 @@ class Store:
                     json.dumps(spec.headers, separators=(",", ":")) if spec.headers else None,
                     int(compact),
                     spec.unique_key,
+                    spec.concurrency_key,
+                    spec.concurrency_limit if spec.concurrency_key else 0,
                 ),
             )
+            if spec.concurrency_key is not None and spec.queue not in keyed:
+                keyed.add(spec.queue)
+                cur.execute("UPDATE queues SET keyed = 1 WHERE name = ? AND keyed = 0", (spec.queue,))
             res = EnqueueResult(job_id, False, spec.queue, run_at)
             if key is not None:
                 seen[key] = res
@@ -342,13 +350,16 @@ class Store:
 
     def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_us: int, now: int,
-        throttled: dict[str, int] | None = None,
+        throttled: dict[str, int] | None = None, key_waiting: set[str] | None = None,
     ) -> list[Job]:
         """Lease up to ``limit`` due jobs from the unpaused ``queues``: highest priority
         first, then run_at, then enqueue order. Each gets a fresh ``lease_id``. A queue
         with a rate limit gives at most its whole tokens (its bucket is refilled to now and
         charged for what it gave); when its tokens held jobs back, ``throttled[queue]`` is
-        set to when its next token comes (the caller looks again then)."""
+        set to when its next token comes (the caller looks again then). Jobs with a
+        concurrency key are taken only while fewer than their limit of the key's jobs run,
+        in order within the key; a queue whose ready jobs such a limit held back goes into
+        ``key_waiting`` (the caller looks again when a lease ends)."""
         if limit <= 0 or not queues:
             return []
         cur = self.conn.cursor()
@@ -357,6 +368,7 @@ class Store:
         if not live:
             return []
         buckets = self._buckets(cur, live, now)
+        keyed = self._keyed_among(cur, live)
         candidates: list[tuple[int, int, int, str]] = []  # (-priority, run_at, rowid, queue)
         for queue in live:
             allowed = limit if queue not in buckets else min(limit, int(buckets[queue]))
@@ -364,11 +376,18 @@ class Store:
                 if throttled is not None and self._has_ready(cur, queue, now):
                     throttled[queue] = self._next_token(cur, queue, buckets[queue], now)
                 continue
+            want = allowed + (queue in buckets)  # one more: were jobs held back?
+            if queue in keyed:
+                ready, held = self._keyed_candidates(cur, queue, want, now)
+                if held and key_waiting is not None:
+                    key_waiting.add(queue)
+                candidates.extend((-p, r, rowid, queue) for p, r, rowid in ready)
+                continue
             for rowid, priority, run_at in cur.execute(
                 "SELECT rowid, priority, run_at FROM jobs"
                 " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
                 " ORDER BY priority DESC, run_at, rowid LIMIT ?",
-                (queue, now, allowed + (queue in buckets)),  # one more: were jobs held back?
+                (queue, now, want),
             ):
                 candidates.append((-int(priority), int(run_at), int(rowid), queue))
         if buckets:
@@ -376,12 +395,12 @@ class Store:
             for c in candidates:
                 by_queue.setdefault(c[3], []).append(c)
             kept = []
-            for queue, found in by_queue.items():
-                if queue in buckets and len(found) > int(buckets[queue]):
-                    found = found[: int(buckets[queue])]
+            for queue, group in by_queue.items():
+                if queue in buckets and len(group) > int(buckets[queue]):
+                    group = group[: int(buckets[queue])]
                     if throttled is not None:
-                        throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(found), now)
-                kept.extend(found)
+                        throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(group), now)
+                kept.extend(group)
             candidates = kept
         if not candidates:
             return []
@@ -876,6 +895,79 @@ class Store:
                 (json.dumps(list(queues)),),
             )
         }
+
+    @staticmethod
+    def _keyed_among(cur: apsw.Cursor, queues: Sequence[str]) -> set[str]:
+        return {
+            str(r[0]) for r in cur.execute(
+                "SELECT name FROM queues WHERE keyed = 1 AND name IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(queues)),),
+            )
+        }
+
+    @staticmethod
+    def _keyed_candidates(
+        cur: apsw.Cursor, queue: str, want: int, now: int
+    ) -> tuple[list[tuple[int, int, int]], bool]:
+        """Up to ``want`` claimable jobs of a queue with keyed jobs, in claim order:
+        unkeyed ones, and keyed ones while fewer than their limit of the key run (counting
+        those taken here). Returns them as (priority, run_at, rowid), and whether a key's
+        limit held a ready job back. Scans a window in claim order first; when saturated
+        keys fill it, looks again past them (their backlog is still walked by the index
+        scan: the cost of a long backlog of one saturated key at the head of the queue)."""
+        running = {
+            str(k): int(n) for k, n in cur.execute(
+                "SELECT concurrency_key, count(*) FROM jobs WHERE queue_name = ? AND status = 'running'"
+                " AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+                (queue,),
+            )
+        }
+        taken: dict[str, int] = {}
+        out: list[tuple[int, int, int]] = []
+        held = False
+        saturated: set[str] = set()
+        window = want * 4 + 64
+        seen = 0
+        for rowid, priority, run_at, key, key_limit in cur.execute(
+            "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+            " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
+            " ORDER BY priority DESC, run_at, rowid LIMIT ?",
+            (queue, now, window),
+        ):
+            seen += 1
+            if key is not None:
+                busy = running.get(key, 0) + taken.get(key, 0)
+                if busy >= max(1, int(key_limit)):
+                    held = True
+                    saturated.add(str(key))
+                    continue
+                taken[key] = taken.get(key, 0) + 1
+            out.append((int(priority), int(run_at), int(rowid)))
+            if len(out) >= want:
+                return out, held
+        if seen < window or not saturated:
+            return out, held
+        # The window held mostly saturated keys: look past them, excluding them in SQL.
+        done = {r for _, _, r in out}
+        for rowid, priority, run_at, key, key_limit in cur.execute(
+            "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+            " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
+            " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
+            " ORDER BY priority DESC, run_at, rowid",
+            (queue, now, json.dumps(sorted(saturated))),
+        ):
+            if rowid in done:
+                continue
+            if key is not None:
+                busy = running.get(key, 0) + taken.get(key, 0)
+                if busy >= max(1, int(key_limit)):
+                    held = True
+                    continue
+                taken[key] = taken.get(key, 0) + 1
+            out.append((int(priority), int(run_at), int(rowid)))
+            if len(out) >= want:
+                break
+        return out, held
 
     @staticmethod
     def _has_ready(cur: apsw.Cursor, queue: str, now: int) -> bool:

@@ -79,6 +79,10 @@ def _batch(n: int, field: str, cfg: Config) -> None:
         raise ResourceExhausted(field, f"has {n} items; at most {cfg.max_batch} per call")
 
 
+#: Most jobs of one concurrency key leased at once.
+MAX_CONCURRENCY_LIMIT = 1000
+
+
 def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
     queue = queue_name(s.queue, f"{field}.queue")
     if len(s.payload) > cfg.max_payload_bytes:
@@ -118,6 +122,15 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         raise InvalidArgument(f"{field}.uniqueness", f"unknown Uniqueness {s.uniqueness}")
     if s.uniqueness != pb.UNIQUENESS_UNSPECIFIED and not unique:
         raise InvalidArgument(f"{field}.unique_key", "is required with uniqueness")
+    ckey = s.concurrency_key
+    if len(ckey) > cfg.max_idempotency_key_length:
+        raise InvalidArgument(
+            f"{field}.concurrency_key", f"must be at most {cfg.max_idempotency_key_length} characters"
+        )
+    if not 0 <= s.concurrency_limit <= MAX_CONCURRENCY_LIMIT:
+        raise InvalidArgument(f"{field}.concurrency_limit", f"must be 0 (one) to {MAX_CONCURRENCY_LIMIT}")
+    if s.concurrency_limit and not ckey:
+        raise InvalidArgument(f"{field}.concurrency_key", "is required with concurrency_limit")
     return JobSpec(
         queue=queue,
         payload=s.payload,
@@ -129,6 +142,8 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         job_id=job_id(s.job_id, f"{field}.job_id") if s.job_id else None,
         unique_key=unique or None,
         unique_running=s.uniqueness != pb.UNIQUENESS_PENDING,
+        concurrency_key=ckey or None,
+        concurrency_limit=s.concurrency_limit or 1,
     )
 
 

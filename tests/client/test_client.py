@@ -183,6 +183,15 @@ def test_rate_limit_from_the_client_shows_in_stats(client: Client) -> None:
     assert err.value.field == "period"
 
 
+def test_concurrency_key_from_the_client(client: Client) -> None:
+    first = client.enqueue("ckq", b"1", concurrency_key="tenant-1")
+    client.enqueue_many([JobSpec("ckq", b"2", concurrency_key="tenant-1", concurrency_limit=1)])
+    job = client.get(first.job_id)
+    assert (job.concurrency_key, job.concurrency_limit) == ("tenant-1", 1)
+    (msg,) = [next(iter(client.lease_stream(["ckq"], max_in_flight=5)))]
+    assert [j.job.id for j in msg.jobs] == [first.job_id]  # the key's second waits
+
+
 def test_schedules_from_the_client(client: Client) -> None:
     sch = client.upsert_schedule("digest", "sq", "0 8 * * 1-5", b"{}", time_zone="America/New_York",
                                  overlap="skip", missed="run_once", headers={"k": "v"})

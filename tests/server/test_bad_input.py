@@ -144,6 +144,10 @@ NOW_S = 1_800_000_000  # ManualClock's start
         ({"unique_key": "u" * 300}, INVALID, "jobs[0].unique_key"),
         ({"uniqueness": pb.UNIQUENESS_ACTIVE}, INVALID, "jobs[0].unique_key"),
         ({"unique_key": "u", "uniqueness": 7}, INVALID, "jobs[0].uniqueness"),
+        ({"concurrency_key": "c" * 300}, INVALID, "jobs[0].concurrency_key"),
+        ({"concurrency_key": "c", "concurrency_limit": 1001}, INVALID, "jobs[0].concurrency_limit"),
+        ({"concurrency_key": "c", "concurrency_limit": -1}, INVALID, "jobs[0].concurrency_limit"),
+        ({"concurrency_limit": 3}, INVALID, "jobs[0].concurrency_key"),
     ],
     ids=[
         "negative-delay",
@@ -168,6 +172,10 @@ NOW_S = 1_800_000_000  # ManualClock's start
         "unique-key-too-long",
         "uniqueness-without-key",
         "unknown-uniqueness",
+        "concurrency-key-too-long",
+        "concurrency-limit-too-big",
+        "concurrency-limit-negative",
+        "concurrency-limit-without-key",
     ],
 )
 async def test_enqueue_bad_spec(h: Harness, kw: dict[str, Any], code: grpc.StatusCode, field: str) -> None:

@@ -600,6 +600,20 @@ async def test_a_schedule_enqueues_each_tick_once_and_a_waiting_worker_gets_it(h
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_one_job_per_key_at_a_time_the_next_pushed_when_the_first_is_acked(h: Harness) -> None:
+    call = await h.lease("perkey", max_in_flight=10)
+    ids = [await h.put("perkey", concurrency_key="customer-9") for _ in range(3)]
+    other = await h.put("perkey", concurrency_key="customer-5")
+    got = await h.take(call, 2)
+    assert [j.job.id for j in got] == [ids[0], other]
+    await h.idle(call)  # customer-9's next waits for its first
+    assert await h.ack(got[0].lease_token) == [OK]
+    (nxt,) = await h.take(call, 1)  # pushed when the lease ended, no new request
+    assert nxt.job.id == ids[1] and nxt.job.concurrency_key == "customer-9" and nxt.job.concurrency_limit == 1
+    err = await rpc_error(h.stub.Enqueue(pb.EnqueueRequest(jobs=[pb.JobSpec(queue="perkey", concurrency_limit=2)])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_rate_limited_queue_makes_leases_wait_for_tokens_not_fail(h: Harness) -> None:
     await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="rl", jobs=2, period=dur(1)))
     call = await h.lease("rl", max_in_flight=10)

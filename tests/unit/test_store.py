@@ -1563,3 +1563,37 @@ def test_a_rate_limit_gives_whole_tokens_refills_evenly_and_says_when_to_look_ag
     assert (stats.rate_jobs, stats.rate_period_us, stats.rate_limited) == (10, SECOND, True)
     write(store, lambda: store.set_rate_limit("rl", 0, 0, NOW + 60 * SECOND))  # removed
     assert len(write(store, lambda: store.claim(["rl"], 100, "w", 30 * SECOND, NOW + 60 * SECOND))) == 5
+
+
+def test_concurrency_per_key_leases_at_most_k_in_order_and_others_go_past_a_busy_key(store: Store) -> None:
+    def keyed(key: str, n: int, limit: int = 1) -> list[str]:
+        out = []
+        for i in range(n):
+            res = enqueue(store, JobSpec("ck", b"%d" % i, None, 3, concurrency_key=key, concurrency_limit=limit))
+            out.append(res[0].job_id)
+        return out
+
+    a = keyed("acct-a", 3)  # one at a time
+    b = keyed("acct-b", 3, limit=2)  # two at a time
+    free = add(store, "ck")
+    waiting: set[str] = set()
+    first = write(store, lambda: store.claim(["ck"], 100, "w", 30 * SECOND, NOW, None, waiting))
+    assert [j.id for j in first] == [a[0], b[0], b[1], free] and waiting == {"ck"}
+    assert first[0].concurrency_key == "acct-a" and first[1].concurrency_limit == 2
+    # Nothing more while they run; acking a's job lets a's next one (in order) go.
+    assert write(store, lambda: store.claim(["ck"], 100, "w", 30 * SECOND, NOW)) == []
+    write(store, lambda: store.ack([AckItem(ref(first[0]), b"")], NOW))
+    assert [j.id for j in write(store, lambda: store.claim(["ck"], 100, "w", 30 * SECOND, NOW))] == [a[1]]
+
+
+def test_a_long_backlog_of_a_busy_key_does_not_hide_other_keys(store: Store) -> None:
+    specs = [JobSpec("hol", b"x", None, 3, concurrency_key="big") for _ in range(600)]
+    for i in range(0, 600, 100):
+        enqueue(store, *specs[i:i + 100])
+    other = enqueue(store, JobSpec("hol", b"y", None, 3, concurrency_key="small"))[0].job_id
+    (big,) = write(store, lambda: store.claim(["hol"], 1, "w", 30 * SECOND, NOW))
+    assert big.concurrency_key == "big"
+    # 599 of "big" wait at the head of the claim order; "small" is found past them.
+    waiting: set[str] = set()
+    got = write(store, lambda: store.claim(["hol"], 10, "w", 30 * SECOND, NOW, None, waiting))
+    assert [j.id for j in got] == [other] and waiting == {"hol"}

@@ -348,6 +348,8 @@ class Client:
         durability: Durability | str | None = None,
         unique_key: str | None = None,
         uniqueness: Uniqueness | str | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int = 0,
     ) -> EnqueueResult:
         """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
         exclusive; ``max_attempts=0`` means the server default (3). Without an
@@ -355,9 +357,12 @@ class Client:
         own retries cannot add the job twice; the result's ``idempotency_key`` names it.
         With a ``unique_key``, while a job of this queue with that key is PENDING (or
         RUNNING, unless ``uniqueness="pending"``) that job is returned (duplicate=True).
+        With a ``concurrency_key``, at most ``concurrency_limit`` (default 1) of the queue's
+        jobs with that key are leased at once, in order.
         ``durability`` overrides the client's for this call."""
         spec = JobSpec(
-            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness
+            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness,
+            concurrency_key, concurrency_limit,
         )
         return self._enqueue([spec.to_proto()], durability)[0]
 

@@ -194,6 +194,9 @@ class Job:
     progress_message: str | None = None
     #: CancelJob found it RUNNING (its worker is told to stop the handler).
     cancel_requested: bool = False
+    #: Its concurrency key, if any, and how many of the key's jobs may run at once.
+    concurrency_key: str | None = None
+    concurrency_limit: int = 0
 
     @classmethod
     def from_proto(cls, m: pb.Job) -> Job:
@@ -220,6 +223,8 @@ class Job:
             progress=m.progress if m.progress or m.progress_message else None,
             progress_message=m.progress_message or None,
             cancel_requested=m.cancel_requested,
+            concurrency_key=m.concurrency_key or None,
+            concurrency_limit=m.concurrency_limit,
         )
 
 
@@ -386,6 +391,10 @@ class JobSpec:
     #: ``uniqueness`` ACTIVE, the default, RUNNING) an Enqueue returns it instead.
     unique_key: str | None = None
     uniqueness: Uniqueness | str | None = None
+    #: At most ``concurrency_limit`` (default 1) jobs of this queue with this key are leased
+    #: at once; the others wait, in order.
+    concurrency_key: str | None = None
+    concurrency_limit: int = 0
 
     def to_proto(self) -> pb.JobSpec:
         m = pb.JobSpec(
@@ -395,6 +404,8 @@ class JobSpec:
             max_attempts=self.max_attempts,
             idempotency_key=self.idempotency_key or "",
             unique_key=self.unique_key or "",
+            concurrency_key=self.concurrency_key or "",
+            concurrency_limit=self.concurrency_limit,
         )
         if self.uniqueness is not None:
             m.uniqueness = Uniqueness(self.uniqueness).to_proto()

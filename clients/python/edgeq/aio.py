@@ -149,10 +149,13 @@ class Client:
         durability: Durability | str | None = None,
         unique_key: str | None = None,
         uniqueness: Uniqueness | str | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int = 0,
     ) -> EnqueueResult:
         """As ``edgeq.Client.enqueue``."""
         spec = JobSpec(
-            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness
+            queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness,
+            concurrency_key, concurrency_limit,
         )
         return (await self._enqueue([spec.to_proto()], durability))[0]
 

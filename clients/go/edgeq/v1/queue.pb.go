@@ -497,9 +497,16 @@ type JobSpec struct {
 	UniqueKey string `protobuf:"bytes,10,opt,name=unique_key,json=uniqueKey,proto3" json:"unique_key,omitempty"`
 	// Which states of the job holding unique_key block a new one; UNSPECIFIED
 	// with a unique_key means UNIQUENESS_ACTIVE.
-	Uniqueness    Uniqueness `protobuf:"varint,11,opt,name=uniqueness,proto3,enum=edgeq.v1.Uniqueness" json:"uniqueness,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Uniqueness Uniqueness `protobuf:"varint,11,opt,name=uniqueness,proto3,enum=edgeq.v1.Uniqueness" json:"uniqueness,omitempty"`
+	// Optional: at most concurrency_limit jobs of this queue with this key are
+	// leased at once (a customer, an account...); the others wait, in their
+	// order (FIFO within a key). At most 256 bytes.
+	ConcurrencyKey string `protobuf:"bytes,12,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	// How many of the key's jobs may run at once, 1..1000; 0 means 1
+	// (one at a time: sequential processing per key).
+	ConcurrencyLimit int32 `protobuf:"varint,13,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -609,6 +616,20 @@ func (x *JobSpec) GetUniqueness() Uniqueness {
 	return Uniqueness_UNIQUENESS_UNSPECIFIED
 }
 
+func (x *JobSpec) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
+}
+
+func (x *JobSpec) GetConcurrencyLimit() int32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
 // Job is what readers and workers see.
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -657,8 +678,12 @@ type Job struct {
 	// next Heartbeat (LEASE_OUTCOME_CANCEL_REQUESTED) and stops the handler.
 	// Cleared by RetryJob.
 	CancelRequested bool `protobuf:"varint,21,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Its concurrency key (empty: none) and limit.
+	ConcurrencyKey string `protobuf:"bytes,22,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	// How many jobs of the key may be leased at once.
+	ConcurrencyLimit int32 `protobuf:"varint,23,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -836,6 +861,20 @@ func (x *Job) GetCancelRequested() bool {
 		return x.CancelRequested
 	}
 	return false
+}
+
+func (x *Job) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
+}
+
+func (x *Job) GetConcurrencyLimit() int32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
 }
 
 // EnqueueRequest carries the jobs to add.
@@ -4013,7 +4052,7 @@ var File_edgeq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n" +
+	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x04\n" +
 	"\aJobSpec\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12'\n" +
@@ -4029,10 +4068,12 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	" \x01(\tR\tuniqueKey\x124\n" +
 	"\n" +
 	"uniqueness\x18\v \x01(\x0e2\x14.edgeq.v1.UniquenessR\n" +
-	"uniqueness\x1a:\n" +
+	"uniqueness\x12'\n" +
+	"\x0fconcurrency_key\x18\f \x01(\tR\x0econcurrencyKey\x12+\n" +
+	"\x11concurrency_limit\x18\r \x01(\x05R\x10concurrencyLimit\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\a\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x18\n" +
@@ -4058,7 +4099,9 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"unique_key\x18\x12 \x01(\tR\tuniqueKey\x12\x1a\n" +
 	"\bprogress\x18\x13 \x01(\x01R\bprogress\x12)\n" +
 	"\x10progress_message\x18\x14 \x01(\tR\x0fprogressMessage\x12)\n" +
-	"\x10cancel_requested\x18\x15 \x01(\bR\x0fcancelRequested\x1a:\n" +
+	"\x10cancel_requested\x18\x15 \x01(\bR\x0fcancelRequested\x12'\n" +
+	"\x0fconcurrency_key\x18\x16 \x01(\tR\x0econcurrencyKey\x12+\n" +
+	"\x11concurrency_limit\x18\x17 \x01(\x05R\x10concurrencyLimit\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
