@@ -2,7 +2,8 @@
 of the job lifecycle: enqueue, claim, ack / nack / heartbeat with live and stale leases,
 time passing, the lease-expiry sweep, unclaim, cancel and retry (one job, and in bulk by
 queue and state in bounded batches), and enqueue with a unique key (at most one PENDING, or
-PENDING-or-RUNNING, job per queue and key).
+PENDING-or-RUNNING, job per queue and key), and enqueue with a concurrency key (a claim
+leases at most the key's limit of its jobs at once, in order).
 
 After every step the store's rows must equal the model, every RUNNING job must hold exactly
 the lease the model handed out, and attempts never exceed max_attempts. Every operation
@@ -65,6 +66,8 @@ class Model:
     settled_lease_id: str | None = None  # the lease an Ack/Nack settled the job with
     unique_key: str | None = None
     cancelled_lease_id: str | None = None  # the lease CancelJob cancelled the job under
+    ckey: str | None = None  # concurrency key: at most climit of the queue's jobs with it RUNNING
+    climit: int = 1
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -147,7 +150,23 @@ class StoreMachine(RuleBasedStateMachine):
             for job_id, m in self.jobs.items()
             if m.queue in queues and m.state is JobState.PENDING and m.run_at <= self.now
         ]
-        expected = [job_id for *_, job_id in sorted(due)[:limit]]
+        # In claim order, skipping jobs whose concurrency key has its limit running (counting
+        # those taken by this claim): keys are per queue, so this global walk equals the
+        # store's per-queue filtering merged.
+        running = Counter(
+            (m.queue, m.ckey) for m in self.jobs.values() if m.state is JobState.RUNNING and m.ckey is not None
+        )
+        expected: list[str] = []
+        for *_, job_id in sorted(due):
+            m = self.jobs[job_id]
+            if m.ckey is not None:
+                if running[(m.queue, m.ckey)] >= m.climit:
+                    event("claim: a concurrency key held a job back")
+                    continue
+                running[(m.queue, m.ckey)] += 1
+            expected.append(job_id)
+            if len(expected) == limit:
+                break
 
         got = write(self.store, lambda: self.store.claim(list(queues), limit, "w", lease_us, self.now))
 
@@ -314,6 +333,14 @@ class StoreMachine(RuleBasedStateMachine):
             m.settled_lease_id = m.cancelled_lease_id = None
             assert not job.cancel_requested
             assert (job.state, job.attempts, job.run_at) == (m.state, m.attempts, m.run_at)
+
+    @rule(k=st.tuples(st.sampled_from(QUEUES), st.sampled_from(["c1", "c2"]), st.integers(1, 2)))
+    def enqueue_keyed(self, k: tuple[str, str, int]) -> None:
+        queue, key, limit = k
+        job = JobSpec(queue, b"k", None, 2, concurrency_key=key, concurrency_limit=limit)
+        (res,) = write(self.store, lambda: self.store.enqueue([job], self.now, new_ids(1)))
+        assert not res.duplicate
+        self.jobs[res.job_id] = Model(len(self.jobs), queue, 0, 2, self.now, ckey=key, climit=limit)
 
     @rule(u=st.tuples(st.sampled_from(QUEUES), st.sampled_from(["k1", "k2"]), st.booleans()))
     def enqueue_unique(self, u: tuple[str, str, bool]) -> None:
