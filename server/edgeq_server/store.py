@@ -363,12 +363,10 @@ class Store:
         if limit <= 0 or not queues:
             return []
         cur = self.conn.cursor()
-        paused = self._paused_among(cur, queues)
+        paused, buckets, keyed = self._queue_state(cur, queues, now)
         live = [q for q in dict.fromkeys(queues) if q not in paused]  # a repeated name would claim a job twice
         if not live:
             return []
-        buckets = self._buckets(cur, live, now)
-        keyed = self._keyed_among(cur, live)
         candidates: list[tuple[int, int, int, str]] = []  # (-priority, run_at, rowid, queue)
         for queue in live:
             allowed = limit if queue not in buckets else min(limit, int(buckets[queue]))
@@ -885,25 +883,27 @@ class Store:
     def paused_queues(self) -> set[str]:
         return {str(r[0]) for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")}
 
-    def _buckets(self, cur: apsw.Cursor, queues: Sequence[str], now: int) -> dict[str, float]:
-        """Tokens now of the rate-limited queues among ``queues``."""
-        return {
-            str(r[0]): _tokens(r[1], r[2], r[3], r[4], now)
-            for r in cur.execute(
-                "SELECT name, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
-                " WHERE rate_jobs > 0 AND name IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(queues)),),
-            )
-        }
-
     @staticmethod
-    def _keyed_among(cur: apsw.Cursor, queues: Sequence[str]) -> set[str]:
-        return {
-            str(r[0]) for r in cur.execute(
-                "SELECT name FROM queues WHERE keyed = 1 AND name IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(queues)),),
-            )
-        }
+    def _queue_state(
+        cur: apsw.Cursor, queues: Sequence[str], now: int
+    ) -> tuple[set[str], dict[str, float], set[str]]:
+        """One read of ``queues``' rows for a claim: the paused ones, the tokens now of the
+        rate-limited ones, and the ones that ever had keyed jobs."""
+        paused: set[str] = set()
+        buckets: dict[str, float] = {}
+        keyed: set[str] = set()
+        for name, is_paused, is_keyed, jobs, period, tokens, at in cur.execute(
+            "SELECT name, paused, keyed, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
+            " WHERE name IN (SELECT value FROM json_each(?)) AND (paused OR keyed OR rate_jobs > 0)",
+            (json.dumps(list(queues)),),
+        ):
+            if is_paused:
+                paused.add(str(name))
+            if is_keyed:
+                keyed.add(str(name))
+            if jobs:
+                buckets[str(name)] = _tokens(jobs, period, tokens, at, now)
+        return paused, buckets, keyed
 
     @staticmethod
     def _keyed_candidates(
@@ -992,15 +992,6 @@ class Store:
             " rate_period_us = ?3, rate_tokens = ?2, rate_at = ?4, updated_at = ?4",
             (queue, jobs, period_us, now),
         )
-
-    def _paused_among(self, cur: apsw.Cursor, queues: Sequence[str]) -> set[str]:
-        return {
-            str(r[0])
-            for r in cur.execute(
-                "SELECT name FROM queues WHERE paused = 1 AND name IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(queues)),),
-            )
-        }
 
     def next_lease_expiry(self) -> int | None:
         v = self.conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'").get
