@@ -59,7 +59,7 @@ METHOD_SCOPE = {
     "CancelJob": "admin", "RetryJob": "admin", "CancelJobs": "admin", "RetryJobs": "admin",
     "PauseQueue": "admin", "ResumeQueue": "admin", "SetRateLimit": "admin",
     "UpsertSchedule": "admin", "DeleteSchedule": "admin", "PauseSchedule": "admin", "ResumeSchedule": "admin",
-    "ListSchedules": "read",
+    "ListSchedules": "read", "SetGroupWeight": "admin", "ListGroups": "read",
 }
 #: Schedule RPCs that name no queue: a queue-restricted token may not use them (it could
 #: reach another tenant's schedule by name).
@@ -360,7 +360,7 @@ def _queues_named(method: str, request: Any) -> list[tuple[str, str]]:
         return [(f"jobs[{i}].queue", j.queue) for i, j in enumerate(request.jobs)]
     if method == "Lease":
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]
-    if method in ("ListJobs", "PauseQueue", "ResumeQueue", "SetRateLimit"):
+    if method in ("ListJobs", "PauseQueue", "ResumeQueue", "SetRateLimit", "SetGroupWeight", "ListGroups"):
         return [("queue", request.queue)]
     if method == "GetQueueStats":
         return [(f"queues[{i}]", q) for i, q in enumerate(request.queues)]

@@ -59,6 +59,7 @@ def job(j: Job) -> pb.Job:
         cancel_requested=j.cancel_requested,
         concurrency_key=j.concurrency_key or "",
         concurrency_limit=j.concurrency_limit,
+        group=j.group,
     )
     if j.started_at is not None:
         m.started_at.CopyFrom(timestamp(j.started_at))
@@ -88,6 +89,7 @@ def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
         paused=c.paused,
         rate_limit_jobs=c.rate_jobs,
         rate_limited=c.rate_limited,
+        groups=c.groups,
     )
     if c.rate_jobs:
         stats.rate_limit_period.CopyFrom(duration(c.rate_period_us))

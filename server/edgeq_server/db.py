@@ -194,6 +194,57 @@ MIGRATIONS: list[str] = [
         WHERE status = 'running' AND concurrency_key IS NOT NULL;
     ALTER TABLE queues ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
     """,
+    # 12: fair groups (JobSpec.group). Every job has a group ('' is the default one) and the
+    # claim index gains it after the queue: a queue without groups claims from group '' as
+    # before; a grouped queue (queues.grouped) claims from one group at a time. job_groups
+    # holds, per (queue, group), the weight, the pass (leases taken / weight: a group's
+    # virtual time; the group with the lowest pass that has ready jobs goes next) and
+    # due_at, a lower bound of the earliest run_at among its PENDING jobs (NULL: none).
+    # The triggers keep due_at a lower bound whenever a job becomes PENDING (enqueue, nack,
+    # expiry, retry, unclaim); the claim raises or clears it when it finds a group with no
+    # ready job. A group that had no PENDING job starts again at the queue's virtual time
+    # (queues.group_pass), so an idle group gets no saved-up burst.
+    """
+    ALTER TABLE jobs ADD COLUMN grp TEXT NOT NULL DEFAULT '';
+    DROP INDEX jobs_claim;
+    CREATE INDEX jobs_claim ON jobs (queue_name, grp, priority DESC, run_at) WHERE status = 'pending';
+    ALTER TABLE queues ADD COLUMN grouped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN group_pass REAL NOT NULL DEFAULT 0;
+    CREATE TABLE job_groups (
+        queue_name TEXT    NOT NULL,
+        grp        TEXT    NOT NULL,
+        weight     INTEGER NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000),
+        pass       REAL    NOT NULL DEFAULT 0,
+        due_at     INTEGER,
+        PRIMARY KEY (queue_name, grp)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX job_groups_turn ON job_groups (queue_name, pass, due_at) WHERE due_at IS NOT NULL;
+    CREATE TRIGGER jobs_group_insert AFTER INSERT ON jobs
+        WHEN NEW.status = 'pending' AND NEW.grp <> '' BEGIN
+        INSERT INTO job_groups (queue_name, grp, pass, due_at)
+            VALUES (NEW.queue_name, NEW.grp,
+                    (SELECT group_pass FROM queues WHERE name = NEW.queue_name), NEW.run_at)
+            ON CONFLICT (queue_name, grp) DO UPDATE SET
+                pass = CASE WHEN due_at IS NULL THEN max(pass, excluded.pass) ELSE pass END,
+                due_at = min(coalesce(due_at, excluded.due_at), excluded.due_at);
+    END;
+    CREATE TRIGGER jobs_group_insert_default AFTER INSERT ON jobs
+        WHEN NEW.status = 'pending' AND NEW.grp = '' BEGIN
+        UPDATE job_groups SET
+            pass = CASE WHEN due_at IS NULL
+                THEN max(pass, (SELECT group_pass FROM queues WHERE name = NEW.queue_name)) ELSE pass END,
+            due_at = min(coalesce(due_at, NEW.run_at), NEW.run_at)
+            WHERE queue_name = NEW.queue_name AND grp = '';
+    END;
+    CREATE TRIGGER jobs_group_pending AFTER UPDATE OF status, run_at ON jobs
+        WHEN NEW.status = 'pending' BEGIN
+        UPDATE job_groups SET
+            pass = CASE WHEN due_at IS NULL
+                THEN max(pass, (SELECT group_pass FROM queues WHERE name = NEW.queue_name)) ELSE pass END,
+            due_at = min(coalesce(due_at, NEW.run_at), NEW.run_at)
+            WHERE queue_name = NEW.queue_name AND grp = NEW.grp;
+    END;
+    """,
 ]
 
 

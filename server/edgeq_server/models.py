@@ -80,6 +80,7 @@ class JobSpec:
     unique_running: bool = True  # the unique key is blocked by a RUNNING job too (ACTIVE)
     concurrency_key: str | None = None
     concurrency_limit: int = 1  # jobs of the key leased at once
+    group: str = ""  # the fair group ('' : the default group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class Job:
     cancel_requested: bool = False
     concurrency_key: str | None = None
     concurrency_limit: int = 0
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,6 +261,21 @@ class QueueService:
         )
         return pb.SetRateLimitResponse(txid=txid)
 
+    async def SetGroupWeight(self, request: pb.SetGroupWeightRequest, context: Ctx) -> pb.SetGroupWeightResponse:
+        queue, group, weight = validate.group_weight(request)
+        _, txid = await self._writer.submit(lambda s, now: s.set_group_weight(queue, group, weight, now))
+        return pb.SetGroupWeightResponse(txid=txid)
+
+    async def ListGroups(self, request: pb.ListGroupsRequest, context: Ctx) -> pb.ListGroupsResponse:
+        queue, after, size = validate.list_groups(request)
+        await self._at_least(request.min_txid)
+        now = self._clock.now()
+        rows, more = await self._readers.run(lambda s: s.list_groups(queue, after, size, now))
+        return pb.ListGroupsResponse(
+            groups=[pb.Group(group=g.group, weight=g.weight, pending=g.pending, running=g.running) for g in rows],
+            next_page_token=validate.encode_group_token(queue, rows[-1].group) if more else "",
+        )
+
     async def PauseQueue(self, request: pb.PauseQueueRequest, context: Ctx) -> pb.PauseQueueResponse:
         queue = validate.queue_name(request.queue, "queue")
         _, txid = await self._writer.submit(lambda s, now: s.set_paused(queue, True, now))

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
+import itertools
 import json
 import math
 import os
@@ -65,7 +67,7 @@ _COLUMNS = (
     "id, queue_name, payload, status, attempts, max_attempts, priority, run_at, created_at,"
     " started_at, completed_at, lease_expires_at, lease_id, worker_id, error_message,"
     " CASE WHEN auto_key THEN 'auto-' || id ELSE idempotency_key END, headers, result, unique_key,"
-    " progress, progress_message, cancelled_lease_id IS NOT NULL, concurrency_key, concurrency_limit"
+    " progress, progress_message, cancelled_lease_id IS NOT NULL, concurrency_key, concurrency_limit, grp"
 )
 def _tokens(jobs: int, period_us: int, tokens: float, at: int, now: int) -> float:
     """A rate limit's bucket at ``now``: refilled evenly (``jobs`` per ``period_us``) since
@@ -122,7 +124,42 @@ def _job(row: Any) -> Job:
         cancel_requested=bool(row[21]),
         concurrency_key=row[22],
         concurrency_limit=int(row[23]),
+        group=str(row[24]),
     )
+
+
+class Candidate(NamedTuple):
+    """A job a claim may take: ``sort`` orders it among the queues' candidates."""
+
+    sort: tuple[int, int, int]
+    rowid: int
+    queue: str
+
+
+class Turn(NamedTuple):
+    """A fair group's turn in a claim: its pass before and after the job it gave."""
+
+    group: str
+    before: float
+    after: float
+
+
+class GroupRow(NamedTuple):
+    """One fair group of a queue, as ListGroups shows it."""
+
+    group: str
+    weight: int
+    pending: int  # ready now
+    running: int
+
+
+class QueueState(NamedTuple):
+    """What a claim reads of its queues' rows (``Store._queue_state``)."""
+
+    paused: set[str]
+    buckets: dict[str, float]  # rate-limited queues: their tokens now
+    keyed: set[str]
+    grouped: set[str]
 
 
 class Live(NamedTuple):
@@ -176,6 +213,7 @@ class QueueCounts:
     rate_jobs: int = 0  # the rate limit: jobs per period (0: none)
     rate_period_us: int = 0
     rate_limited: bool = False  # ready jobs wait for tokens now
+    groups: int = 0  # fair groups with PENDING jobs
 
 
 class Store:
@@ -232,6 +270,7 @@ class Store:
         seen_ids: dict[str, EnqueueResult] = {}
         seen_unique: dict[tuple[str, str], EnqueueResult] = {}  # stored by this batch (PENDING)
         keyed: set[str] = set()  # queues this batch marked as having keyed jobs
+        grouped: set[str] = set()  # queues this batch marked as having fair groups
         cur = self.conn.cursor()
         for queue in {s.queue for s in specs}:
             cur.execute(
@@ -294,13 +333,16 @@ class Store:
                             (spec.job_id, active.job_id),
                         )
                     continue
+            if spec.group and spec.queue not in grouped:
+                grouped.add(spec.queue)
+                self._mark_grouped(cur, spec.queue)
             compact = auto_id is not None and spec.job_id is None and not auto_taken
             job_id = spec.job_id or (auto_id if compact else None) or next(ids)
             run_at = now if spec.run_at is None else spec.run_at
             cur.execute(
                 "INSERT INTO jobs (id, queue_name, payload, status, attempts, max_attempts,"
                 " priority, run_at, created_at, idempotency_key, headers, auto_key, unique_key, concurrency_key,"
-                " concurrency_limit) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " concurrency_limit, grp) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.queue,
@@ -315,6 +357,7 @@ class Store:
                     spec.unique_key,
                     spec.concurrency_key,
                     spec.concurrency_limit if spec.concurrency_key else 0,
+                    spec.group,
                 ),
             )
             if spec.concurrency_key is not None and spec.queue not in keyed:
@@ -328,6 +371,18 @@ class Store:
             seen_ids[job_id] = res
             results.append(res)
         return results
+
+    def _mark_grouped(self, cur: apsw.Cursor, queue: str) -> None:
+        """The queue's first job with a fair group: from now on its claims take turns
+        between groups; its jobs without one form the default group ''."""
+        cur.execute("UPDATE queues SET grouped = 1 WHERE name = ? AND grouped = 0", (queue,))
+        if self.conn.changes():
+            cur.execute(
+                "INSERT INTO job_groups (queue_name, grp, pass, due_at) VALUES (?1, '', 0,"
+                " (SELECT min(run_at) FROM jobs WHERE queue_name = ?1 AND grp = '' AND status = 'pending'))"
+                " ON CONFLICT (queue_name, grp) DO UPDATE SET due_at = excluded.due_at",
+                (queue,),
+            )
 
     @staticmethod
     def _active_unique(
@@ -359,15 +414,19 @@ class Store:
         set to when its next token comes (the caller looks again then). Jobs with a
         concurrency key are taken only while fewer than their limit of the key's jobs run,
         in order within the key; a queue whose ready jobs such a limit held back goes into
-        ``key_waiting`` (the caller looks again when a lease ends)."""
+        ``key_waiting`` (the caller looks again when a lease ends). A queue with fair
+        groups gives its jobs in turns between its groups (``_group_turns``); its order
+        across the other queues is kept as it gave them."""
         if limit <= 0 or not queues:
             return []
         cur = self.conn.cursor()
-        paused, buckets, keyed = self._queue_state(cur, queues, now)
-        live = [q for q in dict.fromkeys(queues) if q not in paused]  # a repeated name would claim a job twice
+        state = self._queue_state(cur, queues, now)
+        buckets = state.buckets
+        live = [q for q in dict.fromkeys(queues) if q not in state.paused]  # a repeated name would claim a job twice
         if not live:
             return []
-        candidates: list[tuple[int, int, int, str]] = []  # (-priority, run_at, rowid, queue)
+        lists: list[list[Candidate]] = []  # per queue, in that queue's claim order
+        turns: dict[int, Turn] = {}  # rowid -> its group's turn, for grouped queues
         for queue in live:
             allowed = limit if queue not in buckets else min(limit, int(buckets[queue]))
             if allowed <= 0:
@@ -375,43 +434,49 @@ class Store:
                     throttled[queue] = self._next_token(cur, queue, buckets[queue], now)
                 continue
             want = allowed + (queue in buckets)  # one more: were jobs held back?
-            if queue in keyed:
+            if queue in state.grouped:
+                picks, held = self._group_turns(cur, queue, want, now, queue in state.keyed)
+                ordered: list[Candidate] = []
+                for priority, run_at, rowid, turn in picks:
+                    sort = (-priority, run_at, rowid)
+                    if ordered and ordered[-1].sort > sort:
+                        sort = ordered[-1].sort  # keep the turns' order in the merge below
+                    ordered.append(Candidate(sort, rowid, queue))
+                    turns[rowid] = turn
+            elif queue in state.keyed:
                 ready, held = self._keyed_candidates(cur, queue, want, now)
-                if held and key_waiting is not None:
-                    key_waiting.add(queue)
-                candidates.extend((-p, r, rowid, queue) for p, r, rowid in ready)
-                continue
-            for rowid, priority, run_at in cur.execute(
-                "SELECT rowid, priority, run_at FROM jobs"
-                " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
-                " ORDER BY priority DESC, run_at, rowid LIMIT ?",
-                (queue, now, want),
-            ):
-                candidates.append((-int(priority), int(run_at), int(rowid), queue))
-        if buckets:
-            by_queue: dict[str, list[tuple[int, int, int, str]]] = {}
-            for c in candidates:
-                by_queue.setdefault(c[3], []).append(c)
-            kept = []
-            for queue, group in by_queue.items():
-                if queue in buckets and len(group) > int(buckets[queue]):
-                    group = group[: int(buckets[queue])]
-                    if throttled is not None:
-                        throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(group), now)
-                kept.extend(group)
-            candidates = kept
-        if not candidates:
+                ordered = [Candidate((-p, r, rowid), rowid, queue) for p, r, rowid in ready]
+            else:
+                held = False
+                ordered = [
+                    Candidate((-int(p), int(r), int(rowid)), int(rowid), queue)
+                    for rowid, p, r in cur.execute(
+                        "SELECT rowid, priority, run_at FROM jobs WHERE queue_name = ? AND grp = ''"
+                        " AND status = 'pending' AND run_at <= ? ORDER BY priority DESC, run_at, rowid LIMIT ?",
+                        (queue, now, want),
+                    )
+                ]
+            if held and key_waiting is not None:
+                key_waiting.add(queue)
+            if queue in buckets and len(ordered) > int(buckets[queue]):
+                ordered = ordered[: int(buckets[queue])]
+                if throttled is not None:
+                    throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(ordered), now)
+            if ordered:
+                lists.append(ordered)
+        picked = list(itertools.islice(heapq.merge(*lists), limit))
+        if not picked:
             return []
-        candidates.sort()
-        picked = candidates[:limit]
-        chosen = [c[2] for c in picked]
+        chosen = [c.rowid for c in picked]
         if buckets:
             spent: dict[str, int] = {}
             for c in picked:
-                spent[c[3]] = spent.get(c[3], 0) + 1
+                spent[c.queue] = spent.get(c.queue, 0) + 1
             for queue, tokens in buckets.items():
                 cur.execute("UPDATE queues SET rate_tokens = ?, rate_at = ? WHERE name = ?",
                             (tokens - spent.get(queue, 0), now, queue))
+        if turns:
+            self._take_turns(cur, [(c.queue, turns[c.rowid]) for c in picked if c.rowid in turns])
         order = {rowid: i for i, rowid in enumerate(chosen)}
         rows: list[Any] = cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
@@ -422,6 +487,106 @@ class Store:
         ).fetchall()
         rows.sort(key=lambda r: order[int(r[0])])
         return [_job(r[1:]) for r in rows]
+
+    def _group_turns(
+        self, cur: apsw.Cursor, queue: str, want: int, now: int, keyed: bool
+    ) -> tuple[list[tuple[int, int, int, Turn]], bool]:
+        """Up to ``want`` claimable jobs of a queue with fair groups, in turn order: the
+        group with the lowest pass (its leases / its weight) that has a ready job gives its
+        next job (priority, run_at, enqueue order within the group) and its pass grows by
+        1 / weight (stride scheduling). Reads only the groups whose turn comes, a page at a
+        time (``job_groups_turn``), and one job at a time from each (``jobs_claim``), so
+        the cost does not grow with the number of groups or the backlogs. A group found
+        with no ready job gets its due_at recomputed (NULL when it has no PENDING job).
+        Returns (priority, run_at, rowid, turn) and whether a concurrency key held a job
+        back (keyed queues: the rule of ``_keyed_candidates``, within each group)."""
+        running: dict[str, int] = {}
+        if keyed:
+            running = {
+                str(k): int(n) for k, n in cur.execute(
+                    "SELECT concurrency_key, count(*) FROM jobs WHERE queue_name = ? AND status = 'running'"
+                    " AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+                    (queue,),
+                )
+            }
+        taken: dict[str, int] = {}
+        held = False
+        page = want + 8
+        heap: list[tuple[float, int, str, int]] = []  # (pass, due_at, group, weight)
+        after: tuple[float, int, str] | None = None  # the last group read; None: none yet
+        more = True
+        readers: dict[str, Iterator[Any]] = {}
+        cursors: list[apsw.Cursor] = []
+        gave: set[str] = set()
+        empty: list[str] = []
+        out: list[tuple[int, int, int, Turn]] = []
+        try:
+            while len(out) < want:
+                if more and (not heap or after is None or heap[0][0] > after[0]):
+                    rows: list[Any] = cur.execute(
+                        "SELECT pass, due_at, grp, weight FROM job_groups WHERE queue_name = ?1"
+                        " AND due_at IS NOT NULL AND due_at <= ?2"
+                        + ("" if after is None else " AND (pass, due_at, grp) > (?4, ?5, ?6)")
+                        + " ORDER BY pass, due_at, grp LIMIT ?3",
+                        (queue, now, page, *(after or ())),
+                    ).fetchall()
+                    more = len(rows) == page
+                    for p, d, g, w in rows:
+                        heapq.heappush(heap, (float(p), int(d), str(g), int(w)))
+                    if rows:
+                        after = (float(rows[-1][0]), int(rows[-1][1]), str(rows[-1][2]))
+                    continue
+                if not heap:
+                    break
+                p, d, g, w = heapq.heappop(heap)
+                reader = readers.get(g)
+                if reader is None:
+                    c = self.conn.cursor()
+                    cursors.append(c)
+                    reader = readers[g] = iter(c.execute(
+                        "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+                        " WHERE queue_name = ? AND grp = ? AND status = 'pending' AND run_at <= ?"
+                        " ORDER BY priority DESC, run_at, rowid",
+                        (queue, g, now),
+                    ))
+                for rowid, priority, run_at, key, key_limit in reader:
+                    if key is not None:
+                        if running.get(key, 0) + taken.get(key, 0) >= max(1, int(key_limit)):
+                            held = True
+                            continue
+                        taken[key] = taken.get(key, 0) + 1
+                    out.append((int(priority), int(run_at), int(rowid), Turn(g, p, p + 1.0 / w)))
+                    gave.add(g)
+                    heapq.heappush(heap, (p + 1.0 / w, d, g, w))
+                    break
+                else:
+                    if g not in gave:
+                        empty.append(g)
+        finally:
+            for c in cursors:
+                c.close(True)
+        for g in empty:
+            cur.execute(
+                "UPDATE job_groups SET due_at = (SELECT min(run_at) FROM jobs"
+                " WHERE queue_name = ?1 AND grp = ?2 AND status = 'pending') WHERE queue_name = ?1 AND grp = ?2",
+                (queue, g),
+            )
+        return out, held
+
+    @staticmethod
+    def _take_turns(cur: apsw.Cursor, taken: Sequence[tuple[str, Turn]]) -> None:
+        """Charge the groups whose jobs a claim took: each group's pass moves past its last
+        turn; the queue's virtual time (where a group that comes back starts) to the
+        latest turn taken."""
+        passes: dict[tuple[str, str], float] = {}
+        clock: dict[str, float] = {}
+        for queue, turn in taken:
+            passes[(queue, turn.group)] = max(passes.get((queue, turn.group), 0.0), turn.after)
+            clock[queue] = max(clock.get(queue, 0.0), turn.before)
+        for (queue, group), after in passes.items():
+            cur.execute("UPDATE job_groups SET pass = ? WHERE queue_name = ? AND grp = ?", (after, queue, group))
+        for queue, at in clock.items():
+            cur.execute("UPDATE queues SET group_pass = max(group_pass, ?) WHERE name = ?", (at, queue))
 
     def unclaim(self, job_ids: Sequence[tuple[str, str]], now: int) -> int:
         """Return just-claimed jobs that never reached a worker (the stream closed first)
@@ -819,10 +984,13 @@ class Store:
         cur = self.conn.cursor()
         known: dict[str, bool] = {}
         rates: dict[str, tuple[int, int, bool]] = {}
-        for n, p, jobs, period, tokens, at in cur.execute(
-            "SELECT name, paused, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
+        grouped: set[str] = set()
+        for n, p, jobs, period, tokens, at, is_grouped in cur.execute(
+            "SELECT name, paused, rate_jobs, rate_period_us, rate_tokens, rate_at, grouped FROM queues"
         ):
             known[str(n)] = bool(p)
+            if is_grouped:
+                grouped.add(str(n))
             if jobs:
                 rates[str(n)] = (int(jobs), int(period), _tokens(jobs, period, tokens, at, now) < 1)
         names = sorted(set(queues) if queues else set(known))
@@ -833,14 +1001,15 @@ class Store:
                 " sum(status = 'pending' AND run_at <= ?1), sum(status = 'pending' AND run_at > ?1),"
                 " sum(status = 'running'), sum(status = 'completed'), sum(status = 'failed'),"
                 " sum(status = 'cancelled'),"
-                " min(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END)"
+                " min(CASE WHEN status = 'pending' AND run_at <= ?1 THEN run_at END),"
+                " count(DISTINCT CASE WHEN status = 'pending' THEN grp END)"
                 " FROM jobs WHERE queue_name IN (SELECT value FROM json_each(?2)) GROUP BY queue_name",
                 (now, json.dumps(names)),
             )
         }
         out: list[QueueCounts] = []
         for name in names:
-            row = counts.get(name, (0, 0, 0, 0, 0, 0, None))
+            row = counts.get(name, (0, 0, 0, 0, 0, 0, None, 0))
             pending, scheduled, running, completed, failed, cancelled = (int(v or 0) for v in row[:6])
             out.append(
                 QueueCounts(
@@ -856,6 +1025,7 @@ class Store:
                     rate_jobs=rates.get(name, (0, 0, False))[0],
                     rate_period_us=rates.get(name, (0, 0, False))[1],
                     rate_limited=rates.get(name, (0, 0, False))[2] and pending > 0,
+                    groups=int(row[7] or 0) if name in grouped else 0,
                 )
             )
         return out
@@ -884,26 +1054,24 @@ class Store:
         return {str(r[0]) for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")}
 
     @staticmethod
-    def _queue_state(
-        cur: apsw.Cursor, queues: Sequence[str], now: int
-    ) -> tuple[set[str], dict[str, float], set[str]]:
+    def _queue_state(cur: apsw.Cursor, queues: Sequence[str], now: int) -> QueueState:
         """One read of ``queues``' rows for a claim: the paused ones, the tokens now of the
-        rate-limited ones, and the ones that ever had keyed jobs."""
-        paused: set[str] = set()
-        buckets: dict[str, float] = {}
-        keyed: set[str] = set()
-        for name, is_paused, is_keyed, jobs, period, tokens, at in cur.execute(
-            "SELECT name, paused, keyed, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
-            " WHERE name IN (SELECT value FROM json_each(?)) AND (paused OR keyed OR rate_jobs > 0)",
+        rate-limited ones, the ones that ever had keyed jobs or fair groups."""
+        st = QueueState(set(), {}, set(), set())
+        for name, is_paused, is_keyed, is_grouped, jobs, period, tokens, at in cur.execute(
+            "SELECT name, paused, keyed, grouped, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
+            " WHERE name IN (SELECT value FROM json_each(?)) AND (paused OR keyed OR grouped OR rate_jobs > 0)",
             (json.dumps(list(queues)),),
         ):
             if is_paused:
-                paused.add(str(name))
+                st.paused.add(str(name))
             if is_keyed:
-                keyed.add(str(name))
+                st.keyed.add(str(name))
+            if is_grouped:
+                st.grouped.add(str(name))
             if jobs:
-                buckets[str(name)] = _tokens(jobs, period, tokens, at, now)
-        return paused, buckets, keyed
+                st.buckets[str(name)] = _tokens(jobs, period, tokens, at, now)
+        return st
 
     @staticmethod
     def _keyed_candidates(
@@ -930,7 +1098,7 @@ class Store:
         seen = 0
         for rowid, priority, run_at, key, key_limit in cur.execute(
             "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
-            " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
+            " WHERE queue_name = ? AND grp = '' AND status = 'pending' AND run_at <= ?"
             " ORDER BY priority DESC, run_at, rowid LIMIT ?",
             (queue, now, window),
         ):
@@ -951,7 +1119,7 @@ class Store:
         done = {r for _, _, r in out}
         for rowid, priority, run_at, key, key_limit in cur.execute(
             "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
-            " WHERE queue_name = ? AND status = 'pending' AND run_at <= ?"
+            " WHERE queue_name = ? AND grp = '' AND status = 'pending' AND run_at <= ?"
             " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
             " ORDER BY priority DESC, run_at, rowid",
             (queue, now, json.dumps(sorted(saturated))),
@@ -992,6 +1160,46 @@ class Store:
             " rate_period_us = ?3, rate_tokens = ?2, rate_at = ?4, updated_at = ?4",
             (queue, jobs, period_us, now),
         )
+
+    def set_group_weight(self, queue: str, group: str, weight: int, now: int) -> None:
+        """SetGroupWeight: the group's share of the queue's turns from now on (1..1000)."""
+        self.conn.execute(
+            "INSERT INTO queues (name, paused, updated_at) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING", (queue, now)
+        )
+        self.conn.execute(
+            "INSERT INTO job_groups (queue_name, grp, weight, pass) VALUES (?1, ?2, ?3,"
+            " (SELECT group_pass FROM queues WHERE name = ?1)) ON CONFLICT (queue_name, grp) DO UPDATE SET weight = ?3",
+            (queue, group, weight),
+        )
+
+    def list_groups(self, queue: str, after: str | None, limit: int, now: int) -> tuple[list[GroupRow], bool]:
+        """ListGroups: up to ``limit`` of the queue's groups named after ``after`` (None: from
+        the first), by name, with their ready and running jobs; and whether more follow."""
+        cur = self.conn.cursor()
+        names = [
+            (str(g), int(w)) for g, w in cur.execute(
+                "SELECT grp, weight FROM job_groups WHERE queue_name = ? AND (?2 IS NULL OR grp > ?2)"
+                " ORDER BY grp LIMIT ?3",
+                (queue, after, limit + 1),
+            )
+        ]
+        more = len(names) > limit
+        names = names[:limit]
+        running = {
+            str(g): int(n) for g, n in cur.execute(
+                "SELECT grp, count(*) FROM jobs WHERE status = 'running' AND queue_name = ?"
+                " AND grp IN (SELECT value FROM json_each(?)) GROUP BY grp",
+                (queue, json.dumps([g for g, _ in names])),
+            )
+        }
+        out = []
+        for group, weight in names:
+            ready = cur.execute(
+                "SELECT count(*) FROM jobs WHERE queue_name = ? AND grp = ? AND status = 'pending' AND run_at <= ?",
+                (queue, group, now),
+            ).get
+            out.append(GroupRow(group, weight, int(ready or 0), running.get(group, 0)))
+        return out, more
 
     def next_lease_expiry(self) -> int | None:
         v = self.conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'").get

@@ -131,6 +131,7 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         raise InvalidArgument(f"{field}.concurrency_limit", f"must be 0 (one) to {MAX_CONCURRENCY_LIMIT}")
     if s.concurrency_limit and not ckey:
         raise InvalidArgument(f"{field}.concurrency_key", "is required with concurrency_limit")
+    group = group_name(s.group, f"{field}.group")
     return JobSpec(
         queue=queue,
         payload=s.payload,
@@ -144,6 +145,7 @@ def job_spec(s: pb.JobSpec, field: str, cfg: Config, now: int) -> JobSpec:
         unique_running=s.uniqueness != pb.UNIQUENESS_PENDING,
         concurrency_key=ckey or None,
         concurrency_limit=s.concurrency_limit or 1,
+        group=group,
     )
 
 
@@ -312,6 +314,55 @@ def rate_limit(req: pb.SetRateLimitRequest) -> tuple[str, int, int]:
     if period < MIN_RATE_PERIOD_US:
         raise InvalidArgument("period", "must be at least 1ms")
     return queue, int(req.jobs), period
+
+
+#: Longest fair group name, in bytes.
+MAX_GROUP_BYTES = 128
+#: Largest group weight.
+MAX_GROUP_WEIGHT = 1000
+
+
+def group_name(value: str, field: str) -> str:
+    """A fair group (JobSpec.group): '' (the default group) or at most 128 bytes of
+    printable text."""
+    if len(value.encode()) > MAX_GROUP_BYTES:
+        raise InvalidArgument(field, f"is longer than {MAX_GROUP_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def group_weight(req: pb.SetGroupWeightRequest) -> tuple[str, str, int]:
+    """SetGroupWeight's (queue, group, weight)."""
+    queue = queue_name(req.queue, "queue")
+    group = group_name(req.group, "group")
+    if not 1 <= req.weight <= MAX_GROUP_WEIGHT:
+        raise InvalidArgument("weight", f"must be 1 to {MAX_GROUP_WEIGHT}")
+    return queue, group, req.weight
+
+
+def list_groups(req: pb.ListGroupsRequest) -> tuple[str, str | None, int]:
+    """ListGroups' (queue, the last group of the previous page or None, page size)."""
+    queue = queue_name(req.queue, "queue")
+    if req.page_size < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    size = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    after = None
+    if req.page_token:
+        try:
+            padded = req.page_token + "=" * (-len(req.page_token) % 4)
+            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            after, token_queue = str(data["g"]), str(data["q"])
+        except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
+            raise InvalidArgument("page_token", "is not a token from ListGroups") from None
+        if token_queue != queue:
+            raise InvalidArgument("page_token", "was issued for another queue")
+    return queue, after, size
+
+
+def encode_group_token(queue: str, group: str) -> str:
+    raw = json.dumps({"q": queue, "g": group}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def schedule_name(value: str) -> str:

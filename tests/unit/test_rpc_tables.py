@@ -10,7 +10,7 @@ from edgeq_server.auth import METHOD_SCOPE
 from edgeq_server.cluster.node import WRITE_METHODS
 
 RPCS = {m.name for m in pb.DESCRIPTOR.services_by_name["QueueService"].methods}
-READS = {"GetJob", "ListJobs", "GetQueueStats", "GetNodeInfo", "ListSchedules"}
+READS = {"GetJob", "ListJobs", "GetQueueStats", "GetNodeInfo", "ListSchedules", "ListGroups"}
 
 
 def test_every_rpc_has_a_scope() -> None:

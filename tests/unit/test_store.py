@@ -1424,20 +1424,27 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
     a SEARCH on its index, never a SCAN of the jobs table or a temporary sort (their cost
     must not grow with the jobs stored: bench/bench_scale.py measures it)."""
     plans = {
-        "claim": ("SELECT rowid, priority, run_at FROM jobs WHERE queue_name = ? AND status = 'pending'"
+        "claim": ("SELECT rowid, priority, run_at FROM jobs WHERE queue_name = ? AND grp = '' AND status = 'pending'"
                   " AND run_at <= ? ORDER BY priority DESC, run_at, rowid LIMIT ?", ("q", 0, 10)),
+        "group claim": ("SELECT rowid, priority, run_at FROM jobs WHERE queue_name = ? AND grp = ?"
+                        " AND status = 'pending' AND run_at <= ? ORDER BY priority DESC, run_at, rowid", ("q", "g", 0)),
+        "group turn": ("SELECT pass, due_at, grp, weight FROM job_groups WHERE queue_name = ?1 AND due_at IS NOT NULL"
+                       " AND due_at <= ?2 AND (pass, due_at, grp) > (?4, ?5, ?6) ORDER BY pass, due_at, grp LIMIT ?3",
+                       ("q", 0, 10, 0.0, 0, "g")),
         "retention": ("SELECT rowid FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')"
                       " AND status = ? AND completed_at < ? ORDER BY completed_at LIMIT ?", ("cancelled", 0, 10)),
         "expiry": ("SELECT rowid FROM jobs WHERE status = 'running' AND lease_expires_at <= ?"
                    " ORDER BY lease_expires_at LIMIT ?", (0, 10)),
     }
-    expected = {"claim": "jobs_claim", "retention": "jobs_finished (status=? AND completed_at<?)",
-                "expiry": "jobs_lease_expiry"}
+    expected = {"claim": "jobs USING INDEX jobs_claim (queue_name=? AND grp=?)",
+                "group claim": "jobs USING INDEX jobs_claim (queue_name=? AND grp=?)",
+                "group turn": "job_groups USING INDEX job_groups_turn (queue_name=? AND (pass,due_at,grp)>(?,?,?))",
+                "retention": "jobs USING INDEX jobs_finished (status=? AND completed_at<?)",
+                "expiry": "jobs USING INDEX jobs_lease_expiry"}
     for name, (sql, args) in plans.items():
         detail = " | ".join(str(r[3]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql, args))
-        assert detail.replace("COVERING INDEX", "INDEX").startswith("SEARCH jobs USING INDEX " + expected[name]), (
-            name, detail)
-        assert "SCAN jobs" not in detail and "TEMP B-TREE" not in detail, (name, detail)
+        assert detail.replace("COVERING INDEX", "INDEX").startswith("SEARCH " + expected[name]), (name, detail)
+        assert "SCAN" not in detail and "TEMP B-TREE" not in detail, (name, detail)
 
 
 def test_queue_depths_count_live_jobs_through_the_partial_indexes(store: Store) -> None:
@@ -1597,3 +1604,144 @@ def test_a_long_backlog_of_a_busy_key_does_not_hide_other_keys(store: Store) -> 
     waiting: set[str] = set()
     got = write(store, lambda: store.claim(["hol"], 10, "w", 30 * SECOND, NOW, None, waiting))
     assert [j.id for j in got] == [other] and waiting == {"hol"}
+
+
+# ================================================================== fair groups
+
+
+def grouped(
+    store: Store, queue: str, group: str, n: int, now: int = NOW, run_at: int | None = None, **kw: Any
+) -> list[str]:
+    """Enqueue ``n`` jobs of one group (in batches, as producers do); return their ids."""
+    out: list[str] = []
+    for i in range(0, n, 500):
+        batch = [JobSpec(queue, b"%d" % j, run_at, 3, group=group, **kw) for j in range(i, min(n, i + 500))]
+        out.extend(r.job_id for r in enqueue(store, *batch, now=now))
+    return out
+
+
+def claim_groups(store: Store, queue: str, n: int, now: int = NOW, per_claim: int = 1) -> list[str]:
+    """The groups of the next ``n`` jobs leased, ``per_claim`` at a time, each acked at once."""
+    out: list[str] = []
+    while len(out) < n:
+        got = write(store, lambda: store.claim([queue], min(per_claim, n - len(out)), "w", 30 * SECOND, now))
+        if not got:
+            break
+        write(store, lambda: store.ack([AckItem(ref(j), b"") for j in got], now))
+        out.extend(j.group for j in got)
+    return out
+
+
+@pytest.mark.parametrize("per_claim", [1, 7])
+def test_fair_groups_take_turns_so_a_burst_does_not_starve_a_small_tenant(store: Store, per_claim: int) -> None:
+    grouped(store, "fair", "big", 2000)
+    small = grouped(store, "fair", "small", 10)
+    got = claim_groups(store, "fair", 20, per_claim=per_claim)
+    # Enqueued after 2,000 of "big", "small"'s 10 jobs are all among the first 20 leased.
+    assert got.count("small") == 10 and got.count("big") == 10
+    assert {get(store, j).state for j in small} == {JobState.COMPLETED}
+    # Then "big" has the queue to itself, in its own FIFO order.
+    rest = write(store, lambda: store.claim(["fair"], 5, "w", 30 * SECOND, NOW))
+    assert [j.group for j in rest] == ["big"] * 5
+    assert [int(j.payload) for j in rest] == list(range(10, 15))
+
+
+def test_group_weights_share_the_turns_in_proportion(store: Store) -> None:
+    grouped(store, "w", "gold", 300)
+    grouped(store, "w", "bronze", 300)
+    write(store, lambda: store.set_group_weight("w", "gold", 3, NOW))
+    got = claim_groups(store, "w", 80, per_claim=8)
+    assert (got.count("gold"), got.count("bronze")) == (60, 20)
+    groups, more = store.list_groups("w", None, 10, NOW)
+    assert [(g.group, g.weight, g.pending, g.running) for g in groups] == [
+        ("", 1, 0, 0), ("bronze", 1, 280, 0), ("gold", 3, 240, 0)] and not more  # "": the default group
+
+
+def test_jobs_without_a_group_form_the_default_group_and_priority_orders_within_a_group(store: Store) -> None:
+    plain = [add(store, "mix") for _ in range(3)]  # before the queue had groups
+    grouped(store, "mix", "t1", 3)
+    urgent = enqueue(store, JobSpec("mix", b"u", None, 3, group="t1", priority=5))[0].job_id
+    got = write(store, lambda: store.claim(["mix"], 4, "w", 30 * SECOND, NOW))
+    assert sorted(j.group for j in got) == ["", "", "t1", "t1"]
+    assert urgent in [j.id for j in got] and plain[0] in [j.id for j in got]
+    (stats,) = store.queue_stats(["mix"], NOW)
+    assert stats.groups == 2 and stats.pending == 3
+
+
+def test_a_group_that_comes_back_after_idling_gets_no_saved_up_burst(store: Store) -> None:
+    grouped(store, "idle", "a", 400)
+    grouped(store, "idle", "b", 1)
+    assert sorted(claim_groups(store, "idle", 2)) == ["a", "b"]
+    claim_groups(store, "idle", 100)  # "a" alone for 100 leases; "b" has nothing
+    grouped(store, "idle", "b", 100)
+    # "b" starts where the queue's turns are, not 100 turns behind: they alternate.
+    got = claim_groups(store, "idle", 20, per_claim=4)
+    assert got.count("b") == 10
+
+
+def test_a_group_whose_jobs_come_back_pending_is_served_again(store: Store) -> None:
+    grouped(store, "back", "a", 50)
+    (b1,) = grouped(store, "back", "b", 1)
+    first = write(store, lambda: store.claim(["back"], 2, "w", 30 * SECOND, NOW))
+    job_b = next(j for j in first if j.group == "b")
+    claim_groups(store, "back", 3)  # "b" is found empty: its due_at is cleared
+    assert store.conn.execute("SELECT due_at FROM job_groups WHERE grp = 'b'").get is None
+    nack(store, ref(job_b), NOW, delay=5 * SECOND)  # back to PENDING, in 5 s
+    assert "b" not in claim_groups(store, "back", 3, now=NOW + SECOND)
+    assert "b" in claim_groups(store, "back", 2, now=NOW + 6 * SECOND)
+    # A lease that lapses returns its job to its group as well.
+    (again,) = grouped(store, "back", "c", 1, now=NOW + 6 * SECOND)
+    got = write(store, lambda: store.claim(["back"], 2, "w", SECOND, NOW + 6 * SECOND))
+    assert again in [j.id for j in got]
+    claim_groups(store, "back", 4, now=NOW + 6 * SECOND)
+    expire(store, NOW + 8 * SECOND)
+    assert "c" in claim_groups(store, "back", 2, now=NOW + 8 * SECOND)
+    assert get(store, b1).attempts == 2
+
+
+def test_scheduled_jobs_of_a_group_wait_for_their_time_without_blocking_others(store: Store) -> None:
+    grouped(store, "sch", "later", 5, run_at=NOW + 60 * SECOND)
+    grouped(store, "sch", "now", 3)
+    assert claim_groups(store, "sch", 10) == ["now"] * 3
+    assert claim_groups(store, "sch", 10, now=NOW + 61 * SECOND) == ["later"] * 5
+
+
+def test_groups_combine_with_concurrency_keys_and_rate_limits(store: Store) -> None:
+    grouped(store, "combo", "a", 5, concurrency_key="k")
+    grouped(store, "combo", "b", 5)
+    waiting: set[str] = set()
+    got = write(store, lambda: store.claim(["combo"], 6, "w", 30 * SECOND, NOW, None, waiting))
+    # "a"'s key lets one run; "b" takes the other turns.
+    assert sorted(j.group for j in got) == ["a"] + ["b"] * 5 and waiting == {"combo"}
+    grouped(store, "rl2", "x", 20)
+    grouped(store, "rl2", "y", 20)
+    write(store, lambda: store.set_rate_limit("rl2", 4, SECOND, NOW))
+    throttled: dict[str, int] = {}
+    got = write(store, lambda: store.claim(["rl2"], 100, "w", 30 * SECOND, NOW, throttled))
+    assert sorted(j.group for j in got) == ["x", "x", "y", "y"] and throttled["rl2"] > NOW
+
+
+def test_a_grouped_queue_and_a_plain_one_share_a_claim(store: Store) -> None:
+    grouped(store, "gq", "a", 3)
+    grouped(store, "gq", "b", 3)
+    plain = [add(store, "pq") for _ in range(3)]
+    got = write(store, lambda: store.claim(["gq", "pq"], 4, "w", 30 * SECOND, NOW))
+    assert len(got) == 4 and {j.id for j in got if j.queue == "pq"} <= set(plain)
+    gq = [j.group for j in got if j.queue == "gq"]
+    assert abs(gq.count("a") - gq.count("b")) <= 1
+    # The turns charged are the ones taken: what the limit cut off is not charged.
+    passes = dict(store.conn.execute("SELECT grp, pass FROM job_groups WHERE queue_name = 'gq'").fetchall())
+    assert sum(passes.values()) == len(gq)
+
+
+def test_ten_thousand_groups_each_get_one_turn_before_any_gets_a_second(store: Store) -> None:
+    specs = [JobSpec("many", b"x", None, 3, group=f"t{i:05d}") for i in range(10_000) for _ in range(2)]
+    for i in range(0, len(specs), 1000):
+        enqueue(store, *specs[i:i + 1000])
+    seen: list[str] = []
+    for _ in range(1000):
+        seen.extend(j.group for j in write(store, lambda: store.claim(["many"], 10, "w", 30 * SECOND, NOW)))
+    assert len(seen) == 10_000 and len(set(seen)) == 10_000  # one each, then the second round
+    assert len(set(claim_groups(store, "many", 100, per_claim=10))) == 100
+    (stats,) = store.queue_stats(["many"], NOW)
+    assert stats.groups == 9_900  # the 100 groups served twice have nothing pending

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 WRITE_METHODS = frozenset({
     "Enqueue", "Ack", "Nack", "Heartbeat", "CancelJob", "RetryJob", "CancelJobs", "RetryJobs", "PauseQueue",
     "ResumeQueue", "UpsertSchedule", "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "SetRateLimit",
+    "SetGroupWeight",
 })
 #: Consecutive failed health probes after which forwarded calls fail fast (UNAVAILABLE)
 #: instead of waiting out the caller's deadline on a primary that does not answer.

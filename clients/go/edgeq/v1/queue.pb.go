@@ -505,8 +505,15 @@ type JobSpec struct {
 	// How many of the key's jobs may run at once, 1..1000; 0 means 1
 	// (one at a time: sequential processing per key).
 	ConcurrencyLimit int32 `protobuf:"varint,13,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Optional fair group (a tenant, a customer): in a queue where any job has
+	// a group, leasing takes turns between the groups that have ready jobs, in
+	// proportion to their weights (SetGroupWeight, default 1), so one group's
+	// backlog does not starve another's few jobs. Priority and order apply
+	// within a group. Jobs without a group share the default group "". At most
+	// 128 bytes, no control characters.
+	Group         string `protobuf:"bytes,14,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -630,6 +637,13 @@ func (x *JobSpec) GetConcurrencyLimit() int32 {
 	return 0
 }
 
+func (x *JobSpec) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // Job is what readers and workers see.
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -682,8 +696,10 @@ type Job struct {
 	ConcurrencyKey string `protobuf:"bytes,22,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
 	// How many jobs of the key may be leased at once.
 	ConcurrencyLimit int32 `protobuf:"varint,23,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Its fair group (empty: the default group).
+	Group         string `protobuf:"bytes,24,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -875,6 +891,13 @@ func (x *Job) GetConcurrencyLimit() int32 {
 		return x.ConcurrencyLimit
 	}
 	return 0
+}
+
+func (x *Job) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 // EnqueueRequest carries the jobs to add.
@@ -2143,9 +2166,17 @@ type QueueStats struct {
 	// Its period.
 	RateLimitPeriod *durationpb.Duration `protobuf:"bytes,12,opt,name=rate_limit_period,json=rateLimitPeriod,proto3" json:"rate_limit_period,omitempty"`
 	// True when ready jobs wait for the rate limit's tokens right now.
-	RateLimited   bool `protobuf:"varint,13,opt,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RateLimited bool `protobuf:"varint,13,opt,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`
+	// Fair groups (JobSpec.group) with PENDING jobs.
+	Groups int64 `protobuf:"varint,14,opt,name=groups,proto3" json:"groups,omitempty"`
+	// The per-key rate limit (SetRateLimit with key_header): the header whose
+	// value is the key (empty when none), jobs per period for each key, and the
+	// period.
+	KeyRateLimitHeader string               `protobuf:"bytes,15,opt,name=key_rate_limit_header,json=keyRateLimitHeader,proto3" json:"key_rate_limit_header,omitempty"`
+	KeyRateLimitJobs   int64                `protobuf:"varint,16,opt,name=key_rate_limit_jobs,json=keyRateLimitJobs,proto3" json:"key_rate_limit_jobs,omitempty"`
+	KeyRateLimitPeriod *durationpb.Duration `protobuf:"bytes,17,opt,name=key_rate_limit_period,json=keyRateLimitPeriod,proto3" json:"key_rate_limit_period,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *QueueStats) Reset() {
@@ -2267,6 +2298,34 @@ func (x *QueueStats) GetRateLimited() bool {
 		return x.RateLimited
 	}
 	return false
+}
+
+func (x *QueueStats) GetGroups() int64 {
+	if x != nil {
+		return x.Groups
+	}
+	return 0
+}
+
+func (x *QueueStats) GetKeyRateLimitHeader() string {
+	if x != nil {
+		return x.KeyRateLimitHeader
+	}
+	return ""
+}
+
+func (x *QueueStats) GetKeyRateLimitJobs() int64 {
+	if x != nil {
+		return x.KeyRateLimitJobs
+	}
+	return 0
+}
+
+func (x *QueueStats) GetKeyRateLimitPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.KeyRateLimitPeriod
+	}
+	return nil
 }
 
 // GetQueueStatsResponse answers GetQueueStats.
@@ -3473,7 +3532,14 @@ type SetRateLimitRequest struct {
 	// limit.
 	Jobs int64 `protobuf:"varint,2,opt,name=jobs,proto3" json:"jobs,omitempty"`
 	// The period, at least 1 ms (required when jobs > 0).
-	Period        *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	Period *durationpb.Duration `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	// Optional: a limit per key instead of per queue. Each distinct value of
+	// this header on the queue's jobs gets its own bucket of `jobs` per
+	// `period` (jobs without the header are not limited by it). A queue has at
+	// most one queue-wide limit (key_header empty) and one per-key limit; both
+	// apply. jobs = 0 removes the per-key limit. A header name, at most 128
+	// bytes.
+	KeyHeader     string `protobuf:"bytes,4,opt,name=key_header,json=keyHeader,proto3" json:"key_header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3529,6 +3595,13 @@ func (x *SetRateLimitRequest) GetPeriod() *durationpb.Duration {
 	return nil
 }
 
+func (x *SetRateLimitRequest) GetKeyHeader() string {
+	if x != nil {
+		return x.KeyHeader
+	}
+	return ""
+}
+
 // SetRateLimitResponse answers SetRateLimit.
 type SetRateLimitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3575,6 +3648,317 @@ func (x *SetRateLimitResponse) GetTxid() uint64 {
 	return 0
 }
 
+// SetGroupWeightRequest sets a fair group's weight in a queue.
+type SetGroupWeightRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The group (JobSpec.group; empty: the default group).
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// Its share of leases relative to the queue's other groups, 1..1000.
+	Weight        int32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGroupWeightRequest) Reset() {
+	*x = SetGroupWeightRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGroupWeightRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGroupWeightRequest) ProtoMessage() {}
+
+func (x *SetGroupWeightRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGroupWeightRequest.ProtoReflect.Descriptor instead.
+func (*SetGroupWeightRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *SetGroupWeightRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *SetGroupWeightRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SetGroupWeightRequest) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// SetGroupWeightResponse answers SetGroupWeight.
+type SetGroupWeightResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Consistency token.
+	Txid          uint64 `protobuf:"varint,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGroupWeightResponse) Reset() {
+	*x = SetGroupWeightResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGroupWeightResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGroupWeightResponse) ProtoMessage() {}
+
+func (x *SetGroupWeightResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGroupWeightResponse.ProtoReflect.Descriptor instead.
+func (*SetGroupWeightResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *SetGroupWeightResponse) GetTxid() uint64 {
+	if x != nil {
+		return x.Txid
+	}
+	return 0
+}
+
+// ListGroupsRequest pages through a queue's fair groups, by name.
+type ListGroupsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// 1..1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token from the previous page of the same queue.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Read data at least this fresh.
+	MinTxid       uint64 `protobuf:"varint,4,opt,name=min_txid,json=minTxid,proto3" json:"min_txid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListGroupsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGroupsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetMinTxid() uint64 {
+	if x != nil {
+		return x.MinTxid
+	}
+	return 0
+}
+
+// Group is one fair group of a queue.
+type Group struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name (empty: the default group).
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Its weight (1 unless SetGroupWeight changed it).
+	Weight int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	// PENDING jobs that may run now.
+	Pending int64 `protobuf:"varint,3,opt,name=pending,proto3" json:"pending,omitempty"`
+	// RUNNING jobs.
+	Running       int64 `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Group) Reset() {
+	*x = Group{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Group) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Group) ProtoMessage() {}
+
+func (x *Group) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Group.ProtoReflect.Descriptor instead.
+func (*Group) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *Group) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Group) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *Group) GetPending() int64 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *Group) GetRunning() int64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+// ListGroupsResponse answers ListGroups.
+type ListGroupsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Groups in name order.
+	Groups []*Group `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Set when more groups follow.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*Group {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ListGroupsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // PauseQueueRequest pauses one queue.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3586,7 +3970,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3598,7 +3982,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[46]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3611,7 +3995,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{46}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -3632,7 +4016,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3644,7 +4028,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[47]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3657,7 +4041,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{47}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PauseQueueResponse) GetTxid() uint64 {
@@ -3678,7 +4062,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3690,7 +4074,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[48]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3703,7 +4087,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{48}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -3724,7 +4108,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +4120,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[49]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +4133,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{49}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ResumeQueueResponse) GetTxid() uint64 {
@@ -3768,7 +4152,7 @@ type GetNodeInfoRequest struct {
 
 func (x *GetNodeInfoRequest) Reset() {
 	*x = GetNodeInfoRequest{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3780,7 +4164,7 @@ func (x *GetNodeInfoRequest) String() string {
 func (*GetNodeInfoRequest) ProtoMessage() {}
 
 func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[50]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3793,7 +4177,7 @@ func (x *GetNodeInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoRequest) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{50}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{55}
 }
 
 // ReplicaPosition is the last position a replica reported to the primary.
@@ -3814,7 +4198,7 @@ type ReplicaPosition struct {
 
 func (x *ReplicaPosition) Reset() {
 	*x = ReplicaPosition{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3826,7 +4210,7 @@ func (x *ReplicaPosition) String() string {
 func (*ReplicaPosition) ProtoMessage() {}
 
 func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[51]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3839,7 +4223,7 @@ func (x *ReplicaPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaPosition.ProtoReflect.Descriptor instead.
 func (*ReplicaPosition) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{51}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReplicaPosition) GetNode() string {
@@ -3915,7 +4299,7 @@ type GetNodeInfoResponse struct {
 
 func (x *GetNodeInfoResponse) Reset() {
 	*x = GetNodeInfoResponse{}
-	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3927,7 +4311,7 @@ func (x *GetNodeInfoResponse) String() string {
 func (*GetNodeInfoResponse) ProtoMessage() {}
 
 func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgeq_v1_queue_proto_msgTypes[52]
+	mi := &file_edgeq_v1_queue_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3940,7 +4324,7 @@ func (x *GetNodeInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeInfoResponse) Descriptor() ([]byte, []int) {
-	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{52}
+	return file_edgeq_v1_queue_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetNodeInfoResponse) GetRole() NodeRole {
@@ -4052,7 +4436,7 @@ var File_edgeq_v1_queue_proto protoreflect.FileDescriptor
 
 const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x04\n" +
+	"\x14edgeq/v1/queue.proto\x12\bedgeq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x04\n" +
 	"\aJobSpec\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12'\n" +
@@ -4070,10 +4454,11 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"uniqueness\x18\v \x01(\x0e2\x14.edgeq.v1.UniquenessR\n" +
 	"uniqueness\x12'\n" +
 	"\x0fconcurrency_key\x18\f \x01(\tR\x0econcurrencyKey\x12+\n" +
-	"\x11concurrency_limit\x18\r \x01(\x05R\x10concurrencyLimit\x1a:\n" +
+	"\x11concurrency_limit\x18\r \x01(\x05R\x10concurrencyLimit\x12\x14\n" +
+	"\x05group\x18\x0e \x01(\tR\x05group\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\a\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x18\n" +
@@ -4101,7 +4486,8 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x10progress_message\x18\x14 \x01(\tR\x0fprogressMessage\x12)\n" +
 	"\x10cancel_requested\x18\x15 \x01(\bR\x0fcancelRequested\x12'\n" +
 	"\x0fconcurrency_key\x18\x16 \x01(\tR\x0econcurrencyKey\x12+\n" +
-	"\x11concurrency_limit\x18\x17 \x01(\x05R\x10concurrencyLimit\x1a:\n" +
+	"\x11concurrency_limit\x18\x17 \x01(\x05R\x10concurrencyLimit\x12\x14\n" +
+	"\x05group\x18\x18 \x01(\tR\x05group\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -4187,7 +4573,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
 	"\x14GetQueueStatsRequest\x12\x16\n" +
 	"\x06queues\x18\x01 \x03(\tR\x06queues\x12\x19\n" +
-	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\xd7\x03\n" +
+	"\bmin_txid\x18\x02 \x01(\x04R\aminTxid\"\x9f\x05\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
@@ -4203,7 +4589,11 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	" \x01(\x03R\baccepted\x12&\n" +
 	"\x0frate_limit_jobs\x18\v \x01(\x03R\rrateLimitJobs\x12E\n" +
 	"\x11rate_limit_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0frateLimitPeriod\x12!\n" +
-	"\frate_limited\x18\r \x01(\bR\vrateLimited\"C\n" +
+	"\frate_limited\x18\r \x01(\bR\vrateLimited\x12\x16\n" +
+	"\x06groups\x18\x0e \x01(\x03R\x06groups\x121\n" +
+	"\x15key_rate_limit_header\x18\x0f \x01(\tR\x12keyRateLimitHeader\x12-\n" +
+	"\x13key_rate_limit_jobs\x18\x10 \x01(\x03R\x10keyRateLimitJobs\x12L\n" +
+	"\x15key_rate_limit_period\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x12keyRateLimitPeriod\"C\n" +
 	"\x15GetQueueStatsResponse\x12*\n" +
 	"\x05stats\x18\x01 \x03(\v2\x14.edgeq.v1.QueueStatsR\x05stats\")\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
@@ -4271,13 +4661,35 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\\\n" +
 	"\x16ResumeScheduleResponse\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.edgeq.v1.ScheduleR\bschedule\x12\x12\n" +
-	"\x04txid\x18\x02 \x01(\x04R\x04txid\"r\n" +
+	"\x04txid\x18\x02 \x01(\x04R\x04txid\"\x91\x01\n" +
 	"\x13SetRateLimitRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x12\n" +
 	"\x04jobs\x18\x02 \x01(\x03R\x04jobs\x121\n" +
-	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\"*\n" +
+	"\x06period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06period\x12\x1d\n" +
+	"\n" +
+	"key_header\x18\x04 \x01(\tR\tkeyHeader\"*\n" +
 	"\x14SetRateLimitResponse\x12\x12\n" +
-	"\x04txid\x18\x01 \x01(\x04R\x04txid\")\n" +
+	"\x04txid\x18\x01 \x01(\x04R\x04txid\"[\n" +
+	"\x15SetGroupWeightRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\x05R\x06weight\",\n" +
+	"\x16SetGroupWeightResponse\x12\x12\n" +
+	"\x04txid\x18\x01 \x01(\x04R\x04txid\"\x80\x01\n" +
+	"\x11ListGroupsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x19\n" +
+	"\bmin_txid\x18\x04 \x01(\x04R\aminTxid\"i\n" +
+	"\x05Group\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\x12\x18\n" +
+	"\apending\x18\x03 \x01(\x03R\apending\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\x03R\arunning\"e\n" +
+	"\x12ListGroupsResponse\x12'\n" +
+	"\x06groups\x18\x01 \x03(\v2\x0f.edgeq.v1.GroupR\x06groups\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"(\n" +
 	"\x12PauseQueueResponse\x12\x12\n" +
@@ -4351,7 +4763,7 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x14NODE_ROLE_STANDALONE\x10\x01\x12\x15\n" +
 	"\x11NODE_ROLE_PRIMARY\x10\x02\x12\x15\n" +
 	"\x11NODE_ROLE_REPLICA\x10\x03\x12\x15\n" +
-	"\x11NODE_ROLE_UNKNOWN\x10\x042\xf8\v\n" +
+	"\x11NODE_ROLE_UNKNOWN\x10\x042\x96\r\n" +
 	"\fQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.edgeq.v1.EnqueueRequest\x1a\x19.edgeq.v1.EnqueueResponse\x12:\n" +
 	"\x05Lease\x12\x16.edgeq.v1.LeaseRequest\x1a\x17.edgeq.v1.LeaseResponse0\x01\x122\n" +
@@ -4371,7 +4783,10 @@ const file_edgeq_v1_queue_proto_rawDesc = "" +
 	"\x0eDeleteSchedule\x12\x1f.edgeq.v1.DeleteScheduleRequest\x1a .edgeq.v1.DeleteScheduleResponse\x12P\n" +
 	"\rPauseSchedule\x12\x1e.edgeq.v1.PauseScheduleRequest\x1a\x1f.edgeq.v1.PauseScheduleResponse\x12S\n" +
 	"\x0eResumeSchedule\x12\x1f.edgeq.v1.ResumeScheduleRequest\x1a .edgeq.v1.ResumeScheduleResponse\x12M\n" +
-	"\fSetRateLimit\x12\x1d.edgeq.v1.SetRateLimitRequest\x1a\x1e.edgeq.v1.SetRateLimitResponse\x12G\n" +
+	"\fSetRateLimit\x12\x1d.edgeq.v1.SetRateLimitRequest\x1a\x1e.edgeq.v1.SetRateLimitResponse\x12S\n" +
+	"\x0eSetGroupWeight\x12\x1f.edgeq.v1.SetGroupWeightRequest\x1a .edgeq.v1.SetGroupWeightResponse\x12G\n" +
+	"\n" +
+	"ListGroups\x12\x1b.edgeq.v1.ListGroupsRequest\x1a\x1c.edgeq.v1.ListGroupsResponse\x12G\n" +
 	"\n" +
 	"PauseQueue\x12\x1b.edgeq.v1.PauseQueueRequest\x1a\x1c.edgeq.v1.PauseQueueResponse\x12J\n" +
 	"\vResumeQueue\x12\x1c.edgeq.v1.ResumeQueueRequest\x1a\x1d.edgeq.v1.ResumeQueueResponse\x12J\n" +
@@ -4390,7 +4805,7 @@ func file_edgeq_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_edgeq_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_edgeq_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_edgeq_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: edgeq.v1.JobState
 	(Durability)(0),                // 1: edgeq.v1.Durability
@@ -4445,121 +4860,132 @@ var file_edgeq_v1_queue_proto_goTypes = []any{
 	(*ResumeScheduleResponse)(nil), // 50: edgeq.v1.ResumeScheduleResponse
 	(*SetRateLimitRequest)(nil),    // 51: edgeq.v1.SetRateLimitRequest
 	(*SetRateLimitResponse)(nil),   // 52: edgeq.v1.SetRateLimitResponse
-	(*PauseQueueRequest)(nil),      // 53: edgeq.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),     // 54: edgeq.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),     // 55: edgeq.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),    // 56: edgeq.v1.ResumeQueueResponse
-	(*GetNodeInfoRequest)(nil),     // 57: edgeq.v1.GetNodeInfoRequest
-	(*ReplicaPosition)(nil),        // 58: edgeq.v1.ReplicaPosition
-	(*GetNodeInfoResponse)(nil),    // 59: edgeq.v1.GetNodeInfoResponse
-	nil,                            // 60: edgeq.v1.JobSpec.HeadersEntry
-	nil,                            // 61: edgeq.v1.Job.HeadersEntry
-	(*durationpb.Duration)(nil),    // 62: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 63: google.protobuf.Timestamp
+	(*SetGroupWeightRequest)(nil),  // 53: edgeq.v1.SetGroupWeightRequest
+	(*SetGroupWeightResponse)(nil), // 54: edgeq.v1.SetGroupWeightResponse
+	(*ListGroupsRequest)(nil),      // 55: edgeq.v1.ListGroupsRequest
+	(*Group)(nil),                  // 56: edgeq.v1.Group
+	(*ListGroupsResponse)(nil),     // 57: edgeq.v1.ListGroupsResponse
+	(*PauseQueueRequest)(nil),      // 58: edgeq.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 59: edgeq.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 60: edgeq.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 61: edgeq.v1.ResumeQueueResponse
+	(*GetNodeInfoRequest)(nil),     // 62: edgeq.v1.GetNodeInfoRequest
+	(*ReplicaPosition)(nil),        // 63: edgeq.v1.ReplicaPosition
+	(*GetNodeInfoResponse)(nil),    // 64: edgeq.v1.GetNodeInfoResponse
+	nil,                            // 65: edgeq.v1.JobSpec.HeadersEntry
+	nil,                            // 66: edgeq.v1.Job.HeadersEntry
+	(*durationpb.Duration)(nil),    // 67: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 68: google.protobuf.Timestamp
 }
 var file_edgeq_v1_queue_proto_depIdxs = []int32{
-	62, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
-	63, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
-	60, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
+	67, // 0: edgeq.v1.JobSpec.delay:type_name -> google.protobuf.Duration
+	68, // 1: edgeq.v1.JobSpec.run_at:type_name -> google.protobuf.Timestamp
+	65, // 2: edgeq.v1.JobSpec.headers:type_name -> edgeq.v1.JobSpec.HeadersEntry
 	3,  // 3: edgeq.v1.JobSpec.uniqueness:type_name -> edgeq.v1.Uniqueness
 	0,  // 4: edgeq.v1.Job.state:type_name -> edgeq.v1.JobState
-	63, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	63, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	63, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
-	63, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
-	63, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
-	61, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
+	68, // 5: edgeq.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	68, // 6: edgeq.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	68, // 7: edgeq.v1.Job.started_at:type_name -> google.protobuf.Timestamp
+	68, // 8: edgeq.v1.Job.completed_at:type_name -> google.protobuf.Timestamp
+	68, // 9: edgeq.v1.Job.lease_expires_at:type_name -> google.protobuf.Timestamp
+	66, // 10: edgeq.v1.Job.headers:type_name -> edgeq.v1.Job.HeadersEntry
 	7,  // 11: edgeq.v1.EnqueueRequest.jobs:type_name -> edgeq.v1.JobSpec
 	1,  // 12: edgeq.v1.EnqueueRequest.durability:type_name -> edgeq.v1.Durability
 	10, // 13: edgeq.v1.EnqueueResponse.results:type_name -> edgeq.v1.EnqueueResult
-	62, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	67, // 14: edgeq.v1.LeaseRequest.lease_duration:type_name -> google.protobuf.Duration
 	8,  // 15: edgeq.v1.LeasedJob.job:type_name -> edgeq.v1.Job
-	63, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
+	68, // 16: edgeq.v1.LeasedJob.lease_expires_at:type_name -> google.protobuf.Timestamp
 	13, // 17: edgeq.v1.LeaseResponse.jobs:type_name -> edgeq.v1.LeasedJob
 	15, // 18: edgeq.v1.AckRequest.items:type_name -> edgeq.v1.AckItem
 	2,  // 19: edgeq.v1.AckResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	62, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
+	67, // 20: edgeq.v1.NackItem.retry_delay:type_name -> google.protobuf.Duration
 	18, // 21: edgeq.v1.NackRequest.items:type_name -> edgeq.v1.NackItem
 	2,  // 22: edgeq.v1.NackResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	62, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
+	67, // 23: edgeq.v1.HeartbeatRequest.extend_by:type_name -> google.protobuf.Duration
 	22, // 24: edgeq.v1.HeartbeatRequest.progress:type_name -> edgeq.v1.Progress
 	2,  // 25: edgeq.v1.HeartbeatResponse.outcomes:type_name -> edgeq.v1.LeaseOutcome
-	63, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	68, // 26: edgeq.v1.HeartbeatResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 27: edgeq.v1.GetJobResponse.job:type_name -> edgeq.v1.Job
 	0,  // 28: edgeq.v1.ListJobsRequest.state:type_name -> edgeq.v1.JobState
 	8,  // 29: edgeq.v1.ListJobsResponse.jobs:type_name -> edgeq.v1.Job
-	62, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
-	62, // 31: edgeq.v1.QueueStats.rate_limit_period:type_name -> google.protobuf.Duration
-	29, // 32: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
-	8,  // 33: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
-	8,  // 34: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
-	0,  // 35: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
-	63, // 36: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
-	63, // 37: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
-	35, // 38: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	35, // 39: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
-	7,  // 40: edgeq.v1.Schedule.template:type_name -> edgeq.v1.JobSpec
-	4,  // 41: edgeq.v1.Schedule.overlap:type_name -> edgeq.v1.OverlapPolicy
-	5,  // 42: edgeq.v1.Schedule.missed:type_name -> edgeq.v1.MissedTicks
-	63, // 43: edgeq.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
-	63, // 44: edgeq.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
-	40, // 45: edgeq.v1.UpsertScheduleRequest.schedule:type_name -> edgeq.v1.Schedule
-	40, // 46: edgeq.v1.UpsertScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	40, // 47: edgeq.v1.ListSchedulesResponse.schedules:type_name -> edgeq.v1.Schedule
-	40, // 48: edgeq.v1.PauseScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	40, // 49: edgeq.v1.ResumeScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
-	62, // 50: edgeq.v1.SetRateLimitRequest.period:type_name -> google.protobuf.Duration
-	63, // 51: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
-	6,  // 52: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
-	58, // 53: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
-	62, // 54: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
-	9,  // 55: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
-	12, // 56: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
-	16, // 57: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
-	19, // 58: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
-	21, // 59: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
-	24, // 60: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
-	26, // 61: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
-	28, // 62: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
-	31, // 63: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
-	33, // 64: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
-	36, // 65: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
-	38, // 66: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
-	41, // 67: edgeq.v1.QueueService.UpsertSchedule:input_type -> edgeq.v1.UpsertScheduleRequest
-	43, // 68: edgeq.v1.QueueService.ListSchedules:input_type -> edgeq.v1.ListSchedulesRequest
-	45, // 69: edgeq.v1.QueueService.DeleteSchedule:input_type -> edgeq.v1.DeleteScheduleRequest
-	47, // 70: edgeq.v1.QueueService.PauseSchedule:input_type -> edgeq.v1.PauseScheduleRequest
-	49, // 71: edgeq.v1.QueueService.ResumeSchedule:input_type -> edgeq.v1.ResumeScheduleRequest
-	51, // 72: edgeq.v1.QueueService.SetRateLimit:input_type -> edgeq.v1.SetRateLimitRequest
-	53, // 73: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
-	55, // 74: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
-	57, // 75: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
-	11, // 76: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
-	14, // 77: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
-	17, // 78: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
-	20, // 79: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
-	23, // 80: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
-	25, // 81: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
-	27, // 82: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
-	30, // 83: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
-	32, // 84: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
-	34, // 85: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
-	37, // 86: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
-	39, // 87: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
-	42, // 88: edgeq.v1.QueueService.UpsertSchedule:output_type -> edgeq.v1.UpsertScheduleResponse
-	44, // 89: edgeq.v1.QueueService.ListSchedules:output_type -> edgeq.v1.ListSchedulesResponse
-	46, // 90: edgeq.v1.QueueService.DeleteSchedule:output_type -> edgeq.v1.DeleteScheduleResponse
-	48, // 91: edgeq.v1.QueueService.PauseSchedule:output_type -> edgeq.v1.PauseScheduleResponse
-	50, // 92: edgeq.v1.QueueService.ResumeSchedule:output_type -> edgeq.v1.ResumeScheduleResponse
-	52, // 93: edgeq.v1.QueueService.SetRateLimit:output_type -> edgeq.v1.SetRateLimitResponse
-	54, // 94: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
-	56, // 95: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
-	59, // 96: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	67, // 30: edgeq.v1.QueueStats.oldest_pending_age:type_name -> google.protobuf.Duration
+	67, // 31: edgeq.v1.QueueStats.rate_limit_period:type_name -> google.protobuf.Duration
+	67, // 32: edgeq.v1.QueueStats.key_rate_limit_period:type_name -> google.protobuf.Duration
+	29, // 33: edgeq.v1.GetQueueStatsResponse.stats:type_name -> edgeq.v1.QueueStats
+	8,  // 34: edgeq.v1.CancelJobResponse.job:type_name -> edgeq.v1.Job
+	8,  // 35: edgeq.v1.RetryJobResponse.job:type_name -> edgeq.v1.Job
+	0,  // 36: edgeq.v1.JobSelection.state:type_name -> edgeq.v1.JobState
+	68, // 37: edgeq.v1.JobSelection.created_after:type_name -> google.protobuf.Timestamp
+	68, // 38: edgeq.v1.JobSelection.created_before:type_name -> google.protobuf.Timestamp
+	35, // 39: edgeq.v1.RetryJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	35, // 40: edgeq.v1.CancelJobsRequest.selection:type_name -> edgeq.v1.JobSelection
+	7,  // 41: edgeq.v1.Schedule.template:type_name -> edgeq.v1.JobSpec
+	4,  // 42: edgeq.v1.Schedule.overlap:type_name -> edgeq.v1.OverlapPolicy
+	5,  // 43: edgeq.v1.Schedule.missed:type_name -> edgeq.v1.MissedTicks
+	68, // 44: edgeq.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
+	68, // 45: edgeq.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
+	40, // 46: edgeq.v1.UpsertScheduleRequest.schedule:type_name -> edgeq.v1.Schedule
+	40, // 47: edgeq.v1.UpsertScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 48: edgeq.v1.ListSchedulesResponse.schedules:type_name -> edgeq.v1.Schedule
+	40, // 49: edgeq.v1.PauseScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	40, // 50: edgeq.v1.ResumeScheduleResponse.schedule:type_name -> edgeq.v1.Schedule
+	67, // 51: edgeq.v1.SetRateLimitRequest.period:type_name -> google.protobuf.Duration
+	56, // 52: edgeq.v1.ListGroupsResponse.groups:type_name -> edgeq.v1.Group
+	68, // 53: edgeq.v1.ReplicaPosition.reported_at:type_name -> google.protobuf.Timestamp
+	6,  // 54: edgeq.v1.GetNodeInfoResponse.role:type_name -> edgeq.v1.NodeRole
+	63, // 55: edgeq.v1.GetNodeInfoResponse.replicas:type_name -> edgeq.v1.ReplicaPosition
+	67, // 56: edgeq.v1.GetNodeInfoResponse.edge_log_oldest_age:type_name -> google.protobuf.Duration
+	9,  // 57: edgeq.v1.QueueService.Enqueue:input_type -> edgeq.v1.EnqueueRequest
+	12, // 58: edgeq.v1.QueueService.Lease:input_type -> edgeq.v1.LeaseRequest
+	16, // 59: edgeq.v1.QueueService.Ack:input_type -> edgeq.v1.AckRequest
+	19, // 60: edgeq.v1.QueueService.Nack:input_type -> edgeq.v1.NackRequest
+	21, // 61: edgeq.v1.QueueService.Heartbeat:input_type -> edgeq.v1.HeartbeatRequest
+	24, // 62: edgeq.v1.QueueService.GetJob:input_type -> edgeq.v1.GetJobRequest
+	26, // 63: edgeq.v1.QueueService.ListJobs:input_type -> edgeq.v1.ListJobsRequest
+	28, // 64: edgeq.v1.QueueService.GetQueueStats:input_type -> edgeq.v1.GetQueueStatsRequest
+	31, // 65: edgeq.v1.QueueService.CancelJob:input_type -> edgeq.v1.CancelJobRequest
+	33, // 66: edgeq.v1.QueueService.RetryJob:input_type -> edgeq.v1.RetryJobRequest
+	36, // 67: edgeq.v1.QueueService.RetryJobs:input_type -> edgeq.v1.RetryJobsRequest
+	38, // 68: edgeq.v1.QueueService.CancelJobs:input_type -> edgeq.v1.CancelJobsRequest
+	41, // 69: edgeq.v1.QueueService.UpsertSchedule:input_type -> edgeq.v1.UpsertScheduleRequest
+	43, // 70: edgeq.v1.QueueService.ListSchedules:input_type -> edgeq.v1.ListSchedulesRequest
+	45, // 71: edgeq.v1.QueueService.DeleteSchedule:input_type -> edgeq.v1.DeleteScheduleRequest
+	47, // 72: edgeq.v1.QueueService.PauseSchedule:input_type -> edgeq.v1.PauseScheduleRequest
+	49, // 73: edgeq.v1.QueueService.ResumeSchedule:input_type -> edgeq.v1.ResumeScheduleRequest
+	51, // 74: edgeq.v1.QueueService.SetRateLimit:input_type -> edgeq.v1.SetRateLimitRequest
+	53, // 75: edgeq.v1.QueueService.SetGroupWeight:input_type -> edgeq.v1.SetGroupWeightRequest
+	55, // 76: edgeq.v1.QueueService.ListGroups:input_type -> edgeq.v1.ListGroupsRequest
+	58, // 77: edgeq.v1.QueueService.PauseQueue:input_type -> edgeq.v1.PauseQueueRequest
+	60, // 78: edgeq.v1.QueueService.ResumeQueue:input_type -> edgeq.v1.ResumeQueueRequest
+	62, // 79: edgeq.v1.QueueService.GetNodeInfo:input_type -> edgeq.v1.GetNodeInfoRequest
+	11, // 80: edgeq.v1.QueueService.Enqueue:output_type -> edgeq.v1.EnqueueResponse
+	14, // 81: edgeq.v1.QueueService.Lease:output_type -> edgeq.v1.LeaseResponse
+	17, // 82: edgeq.v1.QueueService.Ack:output_type -> edgeq.v1.AckResponse
+	20, // 83: edgeq.v1.QueueService.Nack:output_type -> edgeq.v1.NackResponse
+	23, // 84: edgeq.v1.QueueService.Heartbeat:output_type -> edgeq.v1.HeartbeatResponse
+	25, // 85: edgeq.v1.QueueService.GetJob:output_type -> edgeq.v1.GetJobResponse
+	27, // 86: edgeq.v1.QueueService.ListJobs:output_type -> edgeq.v1.ListJobsResponse
+	30, // 87: edgeq.v1.QueueService.GetQueueStats:output_type -> edgeq.v1.GetQueueStatsResponse
+	32, // 88: edgeq.v1.QueueService.CancelJob:output_type -> edgeq.v1.CancelJobResponse
+	34, // 89: edgeq.v1.QueueService.RetryJob:output_type -> edgeq.v1.RetryJobResponse
+	37, // 90: edgeq.v1.QueueService.RetryJobs:output_type -> edgeq.v1.RetryJobsResponse
+	39, // 91: edgeq.v1.QueueService.CancelJobs:output_type -> edgeq.v1.CancelJobsResponse
+	42, // 92: edgeq.v1.QueueService.UpsertSchedule:output_type -> edgeq.v1.UpsertScheduleResponse
+	44, // 93: edgeq.v1.QueueService.ListSchedules:output_type -> edgeq.v1.ListSchedulesResponse
+	46, // 94: edgeq.v1.QueueService.DeleteSchedule:output_type -> edgeq.v1.DeleteScheduleResponse
+	48, // 95: edgeq.v1.QueueService.PauseSchedule:output_type -> edgeq.v1.PauseScheduleResponse
+	50, // 96: edgeq.v1.QueueService.ResumeSchedule:output_type -> edgeq.v1.ResumeScheduleResponse
+	52, // 97: edgeq.v1.QueueService.SetRateLimit:output_type -> edgeq.v1.SetRateLimitResponse
+	54, // 98: edgeq.v1.QueueService.SetGroupWeight:output_type -> edgeq.v1.SetGroupWeightResponse
+	57, // 99: edgeq.v1.QueueService.ListGroups:output_type -> edgeq.v1.ListGroupsResponse
+	59, // 100: edgeq.v1.QueueService.PauseQueue:output_type -> edgeq.v1.PauseQueueResponse
+	61, // 101: edgeq.v1.QueueService.ResumeQueue:output_type -> edgeq.v1.ResumeQueueResponse
+	64, // 102: edgeq.v1.QueueService.GetNodeInfo:output_type -> edgeq.v1.GetNodeInfoResponse
+	80, // [80:103] is the sub-list for method output_type
+	57, // [57:80] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_edgeq_v1_queue_proto_init() }
@@ -4573,7 +4999,7 @@ func file_edgeq_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgeq_v1_queue_proto_rawDesc), len(file_edgeq_v1_queue_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   55,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

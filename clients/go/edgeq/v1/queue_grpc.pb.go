@@ -43,6 +43,8 @@ const (
 	QueueService_PauseSchedule_FullMethodName  = "/edgeq.v1.QueueService/PauseSchedule"
 	QueueService_ResumeSchedule_FullMethodName = "/edgeq.v1.QueueService/ResumeSchedule"
 	QueueService_SetRateLimit_FullMethodName   = "/edgeq.v1.QueueService/SetRateLimit"
+	QueueService_SetGroupWeight_FullMethodName = "/edgeq.v1.QueueService/SetGroupWeight"
+	QueueService_ListGroups_FullMethodName     = "/edgeq.v1.QueueService/ListGroups"
 	QueueService_PauseQueue_FullMethodName     = "/edgeq.v1.QueueService/PauseQueue"
 	QueueService_ResumeQueue_FullMethodName    = "/edgeq.v1.QueueService/ResumeQueue"
 	QueueService_GetNodeInfo_FullMethodName    = "/edgeq.v1.QueueService/GetNodeInfo"
@@ -120,6 +122,12 @@ type QueueServiceClient interface {
 	// every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
 	// the limit.
 	SetRateLimit(ctx context.Context, in *SetRateLimitRequest, opts ...grpc.CallOption) (*SetRateLimitResponse, error)
+	// SetGroupWeight sets how large a share of a queue's leases a fair group
+	// (JobSpec.group) gets while it has ready jobs: groups take turns in
+	// proportion to their weights (default 1).
+	SetGroupWeight(ctx context.Context, in *SetGroupWeightRequest, opts ...grpc.CallOption) (*SetGroupWeightResponse, error)
+	// ListGroups lists a queue's fair groups: weight, ready and running jobs.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -327,6 +335,26 @@ func (c *queueServiceClient) SetRateLimit(ctx context.Context, in *SetRateLimitR
 	return out, nil
 }
 
+func (c *queueServiceClient) SetGroupWeight(ctx context.Context, in *SetGroupWeightRequest, opts ...grpc.CallOption) (*SetGroupWeightResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetGroupWeightResponse)
+	err := c.cc.Invoke(ctx, QueueService_SetGroupWeight_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, QueueService_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueServiceClient) PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PauseQueueResponse)
@@ -429,6 +457,12 @@ type QueueServiceServer interface {
 	// every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
 	// the limit.
 	SetRateLimit(context.Context, *SetRateLimitRequest) (*SetRateLimitResponse, error)
+	// SetGroupWeight sets how large a share of a queue's leases a fair group
+	// (JobSpec.group) gets while it has ready jobs: groups take turns in
+	// proportion to their weights (default 1).
+	SetGroupWeight(context.Context, *SetGroupWeightRequest) (*SetGroupWeightResponse, error)
+	// ListGroups lists a queue's fair groups: weight, ready and running jobs.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// ResumeQueue restarts delivery from a paused queue.
@@ -500,6 +534,12 @@ func (UnimplementedQueueServiceServer) ResumeSchedule(context.Context, *ResumeSc
 }
 func (UnimplementedQueueServiceServer) SetRateLimit(context.Context, *SetRateLimitRequest) (*SetRateLimitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetRateLimit not implemented")
+}
+func (UnimplementedQueueServiceServer) SetGroupWeight(context.Context, *SetGroupWeightRequest) (*SetGroupWeightResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetGroupWeight not implemented")
+}
+func (UnimplementedQueueServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
 }
 func (UnimplementedQueueServiceServer) PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PauseQueue not implemented")
@@ -848,6 +888,42 @@ func _QueueService_SetRateLimit_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueueService_SetGroupWeight_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetGroupWeightRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).SetGroupWeight(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_SetGroupWeight_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).SetGroupWeight(ctx, req.(*SetGroupWeightRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueueService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServiceServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueueService_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServiceServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QueueService_PauseQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PauseQueueRequest)
 	if err := dec(in); err != nil {
@@ -976,6 +1052,14 @@ var QueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetRateLimit",
 			Handler:    _QueueService_SetRateLimit_Handler,
+		},
+		{
+			MethodName: "SetGroupWeight",
+			Handler:    _QueueService_SetGroupWeight_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _QueueService_ListGroups_Handler,
 		},
 		{
 			MethodName: "PauseQueue",

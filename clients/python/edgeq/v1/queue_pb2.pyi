@@ -93,7 +93,7 @@ NODE_ROLE_REPLICA: NodeRole
 NODE_ROLE_UNKNOWN: NodeRole
 
 class JobSpec(_message.Message):
-    __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers", "job_id", "unique_key", "uniqueness", "concurrency_key", "concurrency_limit")
+    __slots__ = ("queue", "payload", "idempotency_key", "delay", "run_at", "max_attempts", "priority", "headers", "job_id", "unique_key", "uniqueness", "concurrency_key", "concurrency_limit", "group")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class JobSpec(_message.Message):
     UNIQUENESS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     queue: str
     payload: bytes
     idempotency_key: str
@@ -127,10 +128,11 @@ class JobSpec(_message.Message):
     uniqueness: Uniqueness
     concurrency_key: str
     concurrency_limit: int
-    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ..., unique_key: _Optional[str] = ..., uniqueness: _Optional[_Union[Uniqueness, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
+    group: str
+    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ..., unique_key: _Optional[str] = ..., uniqueness: _Optional[_Union[Uniqueness, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key", "progress", "progress_message", "cancel_requested", "concurrency_key", "concurrency_limit")
+    __slots__ = ("id", "queue", "payload", "state", "attempts", "max_attempts", "priority", "run_at", "created_at", "started_at", "completed_at", "lease_expires_at", "error_message", "idempotency_key", "headers", "worker_id", "result", "unique_key", "progress", "progress_message", "cancel_requested", "concurrency_key", "concurrency_limit", "group")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +163,7 @@ class Job(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     payload: bytes
@@ -184,7 +187,8 @@ class Job(_message.Message):
     cancel_requested: bool
     concurrency_key: str
     concurrency_limit: int
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
+    group: str
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_message: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., result: _Optional[bytes] = ..., unique_key: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("jobs", "durability")
@@ -373,7 +377,7 @@ class GetQueueStatsRequest(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[str]] = ..., min_txid: _Optional[int] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused", "accepted", "rate_limit_jobs", "rate_limit_period", "rate_limited")
+    __slots__ = ("queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "oldest_pending_age", "paused", "accepted", "rate_limit_jobs", "rate_limit_period", "rate_limited", "groups", "key_rate_limit_header", "key_rate_limit_jobs", "key_rate_limit_period")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +391,10 @@ class QueueStats(_message.Message):
     RATE_LIMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_PERIOD_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    KEY_RATE_LIMIT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    KEY_RATE_LIMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
+    KEY_RATE_LIMIT_PERIOD_FIELD_NUMBER: _ClassVar[int]
     queue: str
     pending: int
     scheduled: int
@@ -400,7 +408,11 @@ class QueueStats(_message.Message):
     rate_limit_jobs: int
     rate_limit_period: _duration_pb2.Duration
     rate_limited: bool
-    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., accepted: _Optional[int] = ..., rate_limit_jobs: _Optional[int] = ..., rate_limit_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limited: _Optional[bool] = ...) -> None: ...
+    groups: int
+    key_rate_limit_header: str
+    key_rate_limit_jobs: int
+    key_rate_limit_period: _duration_pb2.Duration
+    def __init__(self, queue: _Optional[str] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., accepted: _Optional[int] = ..., rate_limit_jobs: _Optional[int] = ..., rate_limit_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limited: _Optional[bool] = ..., groups: _Optional[int] = ..., key_rate_limit_header: _Optional[str] = ..., key_rate_limit_jobs: _Optional[int] = ..., key_rate_limit_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetQueueStatsResponse(_message.Message):
     __slots__ = ("stats",)
@@ -579,20 +591,70 @@ class ResumeScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., txid: _Optional[int] = ...) -> None: ...
 
 class SetRateLimitRequest(_message.Message):
-    __slots__ = ("queue", "jobs", "period")
+    __slots__ = ("queue", "jobs", "period", "key_header")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
+    KEY_HEADER_FIELD_NUMBER: _ClassVar[int]
     queue: str
     jobs: int
     period: _duration_pb2.Duration
-    def __init__(self, queue: _Optional[str] = ..., jobs: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    key_header: str
+    def __init__(self, queue: _Optional[str] = ..., jobs: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., key_header: _Optional[str] = ...) -> None: ...
 
 class SetRateLimitResponse(_message.Message):
     __slots__ = ("txid",)
     TXID_FIELD_NUMBER: _ClassVar[int]
     txid: int
     def __init__(self, txid: _Optional[int] = ...) -> None: ...
+
+class SetGroupWeightRequest(_message.Message):
+    __slots__ = ("queue", "group", "weight")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    group: str
+    weight: int
+    def __init__(self, queue: _Optional[str] = ..., group: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class SetGroupWeightResponse(_message.Message):
+    __slots__ = ("txid",)
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    txid: int
+    def __init__(self, txid: _Optional[int] = ...) -> None: ...
+
+class ListGroupsRequest(_message.Message):
+    __slots__ = ("queue", "page_size", "page_token", "min_txid")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MIN_TXID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    page_size: int
+    page_token: str
+    min_txid: int
+    def __init__(self, queue: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., min_txid: _Optional[int] = ...) -> None: ...
+
+class Group(_message.Message):
+    __slots__ = ("group", "weight", "pending", "running")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    weight: int
+    pending: int
+    running: int
+    def __init__(self, group: _Optional[str] = ..., weight: _Optional[int] = ..., pending: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+
+class ListGroupsResponse(_message.Message):
+    __slots__ = ("groups", "next_page_token")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[Group]
+    next_page_token: str
+    def __init__(self, groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PauseQueueRequest(_message.Message):
     __slots__ = ("queue",)

@@ -130,6 +130,16 @@ class QueueServiceStub:
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.SerializeToString,
                 response_deserializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.FromString,
                 _registered_method=True)
+        self.SetGroupWeight = channel.unary_unary(
+                '/edgeq.v1.QueueService/SetGroupWeight',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.SetGroupWeightRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.SetGroupWeightResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/edgeq.v1.QueueService/ListGroups',
+                request_serializer=edgeq_dot_v1_dot_queue__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=edgeq_dot_v1_dot_queue__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/edgeq.v1.QueueService/PauseQueue',
                 request_serializer=edgeq_dot_v1_dot_queue__pb2.PauseQueueRequest.SerializeToString,
@@ -307,6 +317,22 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGroupWeight(self, request, context):
+        """SetGroupWeight sets how large a share of a queue's leases a fair group
+        (JobSpec.group) gets while it has ready jobs: groups take turns in
+        proportion to their weights (default 1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """ListGroups lists a queue's fair groups: weight, ready and running jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseQueue(self, request, context):
         """PauseQueue stops delivery from a queue; enqueues are still accepted.
         """
@@ -422,6 +448,16 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.SetRateLimit,
                     request_deserializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.FromString,
                     response_serializer=edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.SerializeToString,
+            ),
+            'SetGroupWeight': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGroupWeight,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.SetGroupWeightRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.SetGroupWeightResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=edgeq_dot_v1_dot_queue__pb2.ListGroupsRequest.FromString,
+                    response_serializer=edgeq_dot_v1_dot_queue__pb2.ListGroupsResponse.SerializeToString,
             ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
@@ -931,6 +967,60 @@ class QueueService:
             '/edgeq.v1.QueueService/SetRateLimit',
             edgeq_dot_v1_dot_queue__pb2.SetRateLimitRequest.SerializeToString,
             edgeq_dot_v1_dot_queue__pb2.SetRateLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGroupWeight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/SetGroupWeight',
+            edgeq_dot_v1_dot_queue__pb2.SetGroupWeightRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.SetGroupWeightResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeq.v1.QueueService/ListGroups',
+            edgeq_dot_v1_dot_queue__pb2.ListGroupsRequest.SerializeToString,
+            edgeq_dot_v1_dot_queue__pb2.ListGroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

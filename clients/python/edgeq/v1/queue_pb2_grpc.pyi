@@ -115,6 +115,13 @@ class QueueServiceStub:
     every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
     the limit.
     """
+    SetGroupWeight: _grpc.UnaryUnaryMultiCallable[_queue_pb2.SetGroupWeightRequest, _queue_pb2.SetGroupWeightResponse]
+    """SetGroupWeight sets how large a share of a queue's leases a fair group
+    (JobSpec.group) gets while it has ready jobs: groups take turns in
+    proportion to their weights (default 1).
+    """
+    ListGroups: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]
+    """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
@@ -207,6 +214,13 @@ class QueueServiceAsyncStub(QueueServiceStub):
     every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
     the limit.
     """
+    SetGroupWeight: _aio.UnaryUnaryMultiCallable[_queue_pb2.SetGroupWeightRequest, _queue_pb2.SetGroupWeightResponse]  # type: ignore[assignment]
+    """SetGroupWeight sets how large a share of a queue's leases a fair group
+    (JobSpec.group) gets while it has ready jobs: groups take turns in
+    proportion to their weights (default 1).
+    """
+    ListGroups: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]  # type: ignore[assignment]
+    """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]  # type: ignore[assignment]
@@ -404,6 +418,25 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         every worker. Leases wait for tokens; nothing is rejected. jobs = 0 removes
         the limit.
         """
+
+    @_abc_1.abstractmethod
+    def SetGroupWeight(
+        self,
+        request: _queue_pb2.SetGroupWeightRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.SetGroupWeightResponse, _abc.Awaitable[_queue_pb2.SetGroupWeightResponse]]:
+        """SetGroupWeight sets how large a share of a queue's leases a fair group
+        (JobSpec.group) gets while it has ready jobs: groups take turns in
+        proportion to their weights (default 1).
+        """
+
+    @_abc_1.abstractmethod
+    def ListGroups(
+        self,
+        request: _queue_pb2.ListGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_pb2.ListGroupsResponse, _abc.Awaitable[_queue_pb2.ListGroupsResponse]]:
+        """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
 
     @_abc_1.abstractmethod
     def PauseQueue(

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file edgeq/v1/queue.proto.
  */
 export const file_edgeq_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEiowMKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzEhcKD2NvbmN1cnJlbmN5X2tleRgMIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgNIAEoBRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLABQoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwSEgoKdW5pcXVlX2tleRgSIAEoCRIQCghwcm9ncmVzcxgTIAEoARIYChBwcm9ncmVzc19tZXNzYWdlGBQgASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYFSABKAgSFwoPY29uY3VycmVuY3lfa2V5GBYgASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GBcgASgFGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlsKDkVucXVldWVSZXF1ZXN0Eh8KBGpvYnMYASADKAsyES5lZGdlcS52MS5Kb2JTcGVjEigKCmR1cmFiaWxpdHkYAiABKA4yFC5lZGdlcS52MS5EdXJhYmlsaXR5IlsKDUVucXVldWVSZXN1bHQSDgoGam9iX2lkGAEgASgJEhEKCWR1cGxpY2F0ZRgCIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGdW5pcXVlGAQgASgIIooBCg9FbnF1ZXVlUmVzcG9uc2USKAoHcmVzdWx0cxgBIAMoCzIXLmVkZ2VxLnYxLkVucXVldWVSZXN1bHQSDAoEdHhpZBgCIAEoBBIQCghidWZmZXJlZBgDIAEoCBIYChBhY2NlcHRlZF9hdF9lZGdlGAQgASgIEhMKC2FjY2VwdGVkX2J5GAUgASgJInsKDExlYXNlUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEQoJd29ya2VyX2lkGAIgASgJEhUKDW1heF9pbl9mbGlnaHQYAyABKAUSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24icgoJTGVhc2VkSm9iEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhITCgtsZWFzZV90b2tlbhgCIAEoCRI0ChBsZWFzZV9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIyCg1MZWFzZVJlc3BvbnNlEiEKBGpvYnMYASADKAsyEy5lZGdlcS52MS5MZWFzZWRKb2IiLgoHQWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIOCgZyZXN1bHQYAiABKAwiLgoKQWNrUmVxdWVzdBIgCgVpdGVtcxgBIAMoCzIRLmVkZ2VxLnYxLkFja0l0ZW0iRQoLQWNrUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBCJ4CghOYWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAIgASgJEi4KC3JldHJ5X2RlbGF5GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHRlcm1pbmFsGAQgASgIIjAKC05hY2tSZXF1ZXN0EiEKBWl0ZW1zGAEgAygLMhIuZWRnZXEudjEuTmFja0l0ZW0iRgoMTmFja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQifAoQSGVhcnRiZWF0UmVxdWVzdBIUCgxsZWFzZV90b2tlbnMYASADKAkSLAoJZXh0ZW5kX2J5GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiQKCHByb2dyZXNzGAMgAygLMhIuZWRnZXEudjEuUHJvZ3Jlc3MiPwoIUHJvZ3Jlc3MSEwoLbGVhc2VfdG9rZW4YASABKAkSDQoFdmFsdWUYAiABKAESDwoHbWVzc2FnZRgDIAEoCSKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IijAEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIhCgVzdGF0ZRgCIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhAKCG1pbl90eGlkGAUgASgEEg4KBnNlYXJjaBgGIAEoCSJIChBMaXN0Sm9ic1Jlc3BvbnNlEhsKBGpvYnMYASADKAsyDS5lZGdlcS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRIQCghtaW5fdHhpZBgCIAEoBCLEAgoKUXVldWVTdGF0cxINCgVxdWV1ZRgBIAEoCRIPCgdwZW5kaW5nGAIgASgDEhEKCXNjaGVkdWxlZBgDIAEoAxIPCgdydW5uaW5nGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDEjUKEm9sZGVzdF9wZW5kaW5nX2FnZRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZwYXVzZWQYCSABKAgSEAoIYWNjZXB0ZWQYCiABKAMSFwoPcmF0ZV9saW1pdF9qb2JzGAsgASgDEjQKEXJhdGVfbGltaXRfcGVyaW9kGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDHJhdGVfbGltaXRlZBgNIAEoCCI8ChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USIwoFc3RhdHMYASADKAsyFC5lZGdlcS52MS5RdWV1ZVN0YXRzIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIj0KEUNhbmNlbEpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIiEKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPAoQUmV0cnlKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2ISDAoEdHhpZBgCIAEoBCKnAQoMSm9iU2VsZWN0aW9uEg0KBXF1ZXVlGAEgASgJEiEKBXN0YXRlGAIgASgOMhIuZWRnZXEudjEuSm9iU3RhdGUSMQoNY3JlYXRlZF9hZnRlchgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkwKEFJldHJ5Sm9ic1JlcXVlc3QSKQoJc2VsZWN0aW9uGAEgASgLMhYuZWRnZXEudjEuSm9iU2VsZWN0aW9uEg0KBWxpbWl0GAIgASgFIj4KEVJldHJ5Sm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCJNChFDYW5jZWxKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPwoSQ2FuY2VsSm9ic1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDEgwKBG1vcmUYAiABKAgSDAoEdHhpZBgDIAEoBCLFAgoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRINCgVxdWV1ZRgCIAEoCRIMCgRjcm9uGAMgASgJEhEKCXRpbWVfem9uZRgEIAEoCRIjCgh0ZW1wbGF0ZRgFIAEoCzIRLmVkZ2VxLnYxLkpvYlNwZWMSKAoHb3ZlcmxhcBgGIAEoDjIXLmVkZ2VxLnYxLk92ZXJsYXBQb2xpY3kSJQoGbWlzc2VkGAcgASgOMhUuZWRnZXEudjEuTWlzc2VkVGlja3MSDgoGcGF1c2VkGAggASgIEi8KC25leHRfcnVuX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtsYXN0X3J1bl9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9qb2JfaWQYCyABKAkiPQoVVXBzZXJ0U2NoZWR1bGVSZXF1ZXN0EiQKCHNjaGVkdWxlGAEgASgLMhIuZWRnZXEudjEuU2NoZWR1bGUiTAoWVXBzZXJ0U2NoZWR1bGVSZXNwb25zZRIkCghzY2hlZHVsZRgBIAEoCzISLmVkZ2VxLnYxLlNjaGVkdWxlEgwKBHR4aWQYAiABKAQiKAoUTGlzdFNjaGVkdWxlc1JlcXVlc3QSEAoIbWluX3R4aWQYASABKAQiPgoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEiUKCXNjaGVkdWxlcxgBIAMoCzISLmVkZ2VxLnYxLlNjaGVkdWxlIiUKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjcKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCBIMCgR0eGlkGAIgASgEIiQKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiSwoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuZWRnZXEudjEuU2NoZWR1bGUSDAoEdHhpZBgCIAEoBCIlChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJMChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuZWRnZXEudjEuU2NoZWR1bGUSDAoEdHhpZBgCIAEoBCJdChNTZXRSYXRlTGltaXRSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEgwKBGpvYnMYAiABKAMSKQoGcGVyaW9kGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiQKFFNldFJhdGVMaW1pdFJlc3BvbnNlEgwKBHR4aWQYASABKAQiIgoRUGF1c2VRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIgoSUGF1c2VRdWV1ZVJlc3BvbnNlEgwKBHR4aWQYASABKAQiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiMKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIUChJHZXROb2RlSW5mb1JlcXVlc3QicAoPUmVwbGljYVBvc2l0aW9uEgwKBG5vZGUYASABKAkSDAoEdHhpZBgCIAEoBBIvCgtyZXBvcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIdmVyaWZpZWQYBCABKAgirAMKE0dldE5vZGVJbmZvUmVzcG9uc2USIAoEcm9sZRgBIAEoDjISLmVkZ2VxLnYxLk5vZGVSb2xlEg8KB2FkZHJlc3MYAiABKAkSDwoHcHJpbWFyeRgDIAEoCRIMCgR0eGlkGAQgASgEEhkKEXByaW1hcnlfcmVhY2hhYmxlGAUgASgIEisKCHJlcGxpY2FzGAYgAygLMhkuZWRnZXEudjEuUmVwbGljYVBvc2l0aW9uEhIKCmR1cmFiaWxpdHkYByABKAkSFgoOb3V0Ym94X3BlbmRpbmcYCCABKAMSEwoLb3V0Ym94X2RlYWQYCSABKAMSFQoNbG9vcF9yZXN0YXJ0cxgKIAEoAxIVCg1lZGdlX2xvZ19qb2JzGAsgASgDEjYKE2VkZ2VfbG9nX29sZGVzdF9hZ2UYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGwoTZWRnZV9sb2dfZHJhaW5fcmF0ZRgNIAEoARIWCg5lZGdlX2xvZ19ieXRlcxgOIAEoAxIfChdlZGdlX2xvZ19jYXBhY2l0eV9ieXRlcxgPIAEoAyqzAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhcKE0pPQl9TVEFURV9DT01QTEVURUQQAxIUChBKT0JfU1RBVEVfRkFJTEVEEAQSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAFEhYKEkpPQl9TVEFURV9BQ0NFUFRFRBAGKm4KCkR1cmFiaWxpdHkSGgoWRFVSQUJJTElUWV9VTlNQRUNJRklFRBAAEhQKEERVUkFCSUxJVFlfTE9DQUwQARIZChVEVVJBQklMSVRZX1JFUExJQ0FURUQQAhITCg9EVVJBQklMSVRZX0VER0UQAyqbAQoMTGVhc2VPdXRjb21lEh0KGUxFQVNFX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBMRUFTRV9PVVRDT01FX09LEAESFwoTTEVBU0VfT1VUQ09NRV9TVEFMRRACEhkKFUxFQVNFX09VVENPTUVfSU5WQUxJRBADEiIKHkxFQVNFX09VVENPTUVfQ0FOQ0VMX1JFUVVFU1RFRBAEKlcKClVuaXF1ZW5lc3MSGgoWVU5JUVVFTkVTU19VTlNQRUNJRklFRBAAEhYKElVOSVFVRU5FU1NfUEVORElORxABEhUKEVVOSVFVRU5FU1NfQUNUSVZFEAIqYgoNT3ZlcmxhcFBvbGljeRIeChpPVkVSTEFQX1BPTElDWV9VTlNQRUNJRklFRBAAEhgKFE9WRVJMQVBfUE9MSUNZX0FMTE9XEAESFwoTT1ZFUkxBUF9QT0xJQ1lfU0tJUBACKl0KC01pc3NlZFRpY2tzEhwKGE1JU1NFRF9USUNLU19VTlNQRUNJRklFRBAAEhUKEU1JU1NFRF9USUNLU19TS0lQEAESGQoVTUlTU0VEX1RJQ0tTX1JVTl9PTkNFEAIqhAEKCE5vZGVSb2xlEhkKFU5PREVfUk9MRV9VTlNQRUNJRklFRBAAEhgKFE5PREVfUk9MRV9TVEFOREFMT05FEAESFQoRTk9ERV9ST0xFX1BSSU1BUlkQAhIVChFOT0RFX1JPTEVfUkVQTElDQRADEhUKEU5PREVfUk9MRV9VTktOT1dOEAQy+AsKDFF1ZXVlU2VydmljZRI+CgdFbnF1ZXVlEhguZWRnZXEudjEuRW5xdWV1ZVJlcXVlc3QaGS5lZGdlcS52MS5FbnF1ZXVlUmVzcG9uc2USOgoFTGVhc2USFi5lZGdlcS52MS5MZWFzZVJlcXVlc3QaFy5lZGdlcS52MS5MZWFzZVJlc3BvbnNlMAESMgoDQWNrEhQuZWRnZXEudjEuQWNrUmVxdWVzdBoVLmVkZ2VxLnYxLkFja1Jlc3BvbnNlEjUKBE5hY2sSFS5lZGdlcS52MS5OYWNrUmVxdWVzdBoWLmVkZ2VxLnYxLk5hY2tSZXNwb25zZRJECglIZWFydGJlYXQSGi5lZGdlcS52MS5IZWFydGJlYXRSZXF1ZXN0GhsuZWRnZXEudjEuSGVhcnRiZWF0UmVzcG9uc2USOwoGR2V0Sm9iEhcuZWRnZXEudjEuR2V0Sm9iUmVxdWVzdBoYLmVkZ2VxLnYxLkdldEpvYlJlc3BvbnNlEkEKCExpc3RKb2JzEhkuZWRnZXEudjEuTGlzdEpvYnNSZXF1ZXN0GhouZWRnZXEudjEuTGlzdEpvYnNSZXNwb25zZRJQCg1HZXRRdWV1ZVN0YXRzEh4uZWRnZXEudjEuR2V0UXVldWVTdGF0c1JlcXVlc3QaHy5lZGdlcS52MS5HZXRRdWV1ZVN0YXRzUmVzcG9uc2USRAoJQ2FuY2VsSm9iEhouZWRnZXEudjEuQ2FuY2VsSm9iUmVxdWVzdBobLmVkZ2VxLnYxLkNhbmNlbEpvYlJlc3BvbnNlEkEKCFJldHJ5Sm9iEhkuZWRnZXEudjEuUmV0cnlKb2JSZXF1ZXN0GhouZWRnZXEudjEuUmV0cnlKb2JSZXNwb25zZRJECglSZXRyeUpvYnMSGi5lZGdlcS52MS5SZXRyeUpvYnNSZXF1ZXN0GhsuZWRnZXEudjEuUmV0cnlKb2JzUmVzcG9uc2USRwoKQ2FuY2VsSm9icxIbLmVkZ2VxLnYxLkNhbmNlbEpvYnNSZXF1ZXN0GhwuZWRnZXEudjEuQ2FuY2VsSm9ic1Jlc3BvbnNlElMKDlVwc2VydFNjaGVkdWxlEh8uZWRnZXEudjEuVXBzZXJ0U2NoZWR1bGVSZXF1ZXN0GiAuZWRnZXEudjEuVXBzZXJ0U2NoZWR1bGVSZXNwb25zZRJQCg1MaXN0U2NoZWR1bGVzEh4uZWRnZXEudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHy5lZGdlcS52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USUwoORGVsZXRlU2NoZWR1bGUSHy5lZGdlcS52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaIC5lZGdlcS52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlElAKDVBhdXNlU2NoZWR1bGUSHi5lZGdlcS52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBofLmVkZ2VxLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJTCg5SZXN1bWVTY2hlZHVsZRIfLmVkZ2VxLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBogLmVkZ2VxLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USTQoMU2V0UmF0ZUxpbWl0Eh0uZWRnZXEudjEuU2V0UmF0ZUxpbWl0UmVxdWVzdBoeLmVkZ2VxLnYxLlNldFJhdGVMaW1pdFJlc3BvbnNlEkcKClBhdXNlUXVldWUSGy5lZGdlcS52MS5QYXVzZVF1ZXVlUmVxdWVzdBocLmVkZ2VxLnYxLlBhdXNlUXVldWVSZXNwb25zZRJKCgtSZXN1bWVRdWV1ZRIcLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBodLmVkZ2VxLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USSgoLR2V0Tm9kZUluZm8SHC5lZGdlcS52MS5HZXROb2RlSW5mb1JlcXVlc3QaHS5lZGdlcS52MS5HZXROb2RlSW5mb1Jlc3BvbnNlQjRaMmdpdGh1Yi5jb20vZWRnZXEvZWRnZXEvY2xpZW50cy9nby9lZGdlcS92MTtlZGdlcXYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRlZGdlcS92MS9xdWV1ZS5wcm90bxIIZWRnZXEudjEisgMKB0pvYlNwZWMSDQoFcXVldWUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSKAoFZGVsYXkYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSLwoHaGVhZGVycxgIIAMoCzIeLmVkZ2VxLnYxLkpvYlNwZWMuSGVhZGVyc0VudHJ5Eg4KBmpvYl9pZBgJIAEoCRISCgp1bmlxdWVfa2V5GAogASgJEigKCnVuaXF1ZW5lc3MYCyABKA4yFC5lZGdlcS52MS5VbmlxdWVuZXNzEhcKD2NvbmN1cnJlbmN5X2tleRgMIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgNIAEoBRINCgVncm91cBgOIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLPBQoDSm9iEgoKAmlkGAEgASgJEg0KBXF1ZXVlGAIgASgJEg8KB3BheWxvYWQYAyABKAwSIQoFc3RhdGUYBCABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIQCghhdHRlbXB0cxgFIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBiABKAUSEAoIcHJpb3JpdHkYByABKAUSKgoGcnVuX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxlYXNlX2V4cGlyZXNfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWVycm9yX21lc3NhZ2UYDSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GA4gASgJEisKB2hlYWRlcnMYDyADKAsyGi5lZGdlcS52MS5Kb2IuSGVhZGVyc0VudHJ5EhEKCXdvcmtlcl9pZBgQIAEoCRIOCgZyZXN1bHQYESABKAwSEgoKdW5pcXVlX2tleRgSIAEoCRIQCghwcm9ncmVzcxgTIAEoARIYChBwcm9ncmVzc19tZXNzYWdlGBQgASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYFSABKAgSFwoPY29uY3VycmVuY3lfa2V5GBYgASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GBcgASgFEg0KBWdyb3VwGBggASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlsKDkVucXVldWVSZXF1ZXN0Eh8KBGpvYnMYASADKAsyES5lZGdlcS52MS5Kb2JTcGVjEigKCmR1cmFiaWxpdHkYAiABKA4yFC5lZGdlcS52MS5EdXJhYmlsaXR5IlsKDUVucXVldWVSZXN1bHQSDgoGam9iX2lkGAEgASgJEhEKCWR1cGxpY2F0ZRgCIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGdW5pcXVlGAQgASgIIooBCg9FbnF1ZXVlUmVzcG9uc2USKAoHcmVzdWx0cxgBIAMoCzIXLmVkZ2VxLnYxLkVucXVldWVSZXN1bHQSDAoEdHhpZBgCIAEoBBIQCghidWZmZXJlZBgDIAEoCBIYChBhY2NlcHRlZF9hdF9lZGdlGAQgASgIEhMKC2FjY2VwdGVkX2J5GAUgASgJInsKDExlYXNlUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSEQoJd29ya2VyX2lkGAIgASgJEhUKDW1heF9pbl9mbGlnaHQYAyABKAUSMQoObGVhc2VfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24icgoJTGVhc2VkSm9iEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhITCgtsZWFzZV90b2tlbhgCIAEoCRI0ChBsZWFzZV9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIyCg1MZWFzZVJlc3BvbnNlEiEKBGpvYnMYASADKAsyEy5lZGdlcS52MS5MZWFzZWRKb2IiLgoHQWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIOCgZyZXN1bHQYAiABKAwiLgoKQWNrUmVxdWVzdBIgCgVpdGVtcxgBIAMoCzIRLmVkZ2VxLnYxLkFja0l0ZW0iRQoLQWNrUmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBCJ4CghOYWNrSXRlbRITCgtsZWFzZV90b2tlbhgBIAEoCRIVCg1lcnJvcl9tZXNzYWdlGAIgASgJEi4KC3JldHJ5X2RlbGF5GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHRlcm1pbmFsGAQgASgIIjAKC05hY2tSZXF1ZXN0EiEKBWl0ZW1zGAEgAygLMhIuZWRnZXEudjEuTmFja0l0ZW0iRgoMTmFja1Jlc3BvbnNlEigKCG91dGNvbWVzGAEgAygOMhYuZWRnZXEudjEuTGVhc2VPdXRjb21lEgwKBHR4aWQYAiABKAQifAoQSGVhcnRiZWF0UmVxdWVzdBIUCgxsZWFzZV90b2tlbnMYASADKAkSLAoJZXh0ZW5kX2J5GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiQKCHByb2dyZXNzGAMgAygLMhIuZWRnZXEudjEuUHJvZ3Jlc3MiPwoIUHJvZ3Jlc3MSEwoLbGVhc2VfdG9rZW4YASABKAkSDQoFdmFsdWUYAiABKAESDwoHbWVzc2FnZRgDIAEoCSKBAQoRSGVhcnRiZWF0UmVzcG9uc2USKAoIb3V0Y29tZXMYASADKA4yFi5lZGdlcS52MS5MZWFzZU91dGNvbWUSDAoEdHhpZBgCIAEoBBI0ChBsZWFzZV9leHBpcmVzX2F0GAMgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCg1HZXRKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIQCghtaW5fdHhpZBgCIAEoBCIsCg5HZXRKb2JSZXNwb25zZRIaCgNqb2IYASABKAsyDS5lZGdlcS52MS5Kb2IijAEKD0xpc3RKb2JzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIhCgVzdGF0ZRgCIAEoDjISLmVkZ2VxLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhAKCG1pbl90eGlkGAUgASgEEg4KBnNlYXJjaBgGIAEoCSJIChBMaXN0Sm9ic1Jlc3BvbnNlEhsKBGpvYnMYASADKAsyDS5lZGdlcS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKFEdldFF1ZXVlU3RhdHNSZXF1ZXN0Eg4KBnF1ZXVlcxgBIAMoCRIQCghtaW5fdHhpZBgCIAEoBCLKAwoKUXVldWVTdGF0cxINCgVxdWV1ZRgBIAEoCRIPCgdwZW5kaW5nGAIgASgDEhEKCXNjaGVkdWxlZBgDIAEoAxIPCgdydW5uaW5nGAQgASgDEhEKCWNvbXBsZXRlZBgFIAEoAxIOCgZmYWlsZWQYBiABKAMSEQoJY2FuY2VsbGVkGAcgASgDEjUKEm9sZGVzdF9wZW5kaW5nX2FnZRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZwYXVzZWQYCSABKAgSEAoIYWNjZXB0ZWQYCiABKAMSFwoPcmF0ZV9saW1pdF9qb2JzGAsgASgDEjQKEXJhdGVfbGltaXRfcGVyaW9kGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDHJhdGVfbGltaXRlZBgNIAEoCBIOCgZncm91cHMYDiABKAMSHQoVa2V5X3JhdGVfbGltaXRfaGVhZGVyGA8gASgJEhsKE2tleV9yYXRlX2xpbWl0X2pvYnMYECABKAMSOAoVa2V5X3JhdGVfbGltaXRfcGVyaW9kGBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjwKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRIjCgVzdGF0cxgBIAMoCzIULmVkZ2VxLnYxLlF1ZXVlU3RhdHMiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPQoRQ2FuY2VsSm9iUmVzcG9uc2USGgoDam9iGAEgASgLMg0uZWRnZXEudjEuSm9iEgwKBHR4aWQYAiABKAQiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSI8ChBSZXRyeUpvYlJlc3BvbnNlEhoKA2pvYhgBIAEoCzINLmVkZ2VxLnYxLkpvYhIMCgR0eGlkGAIgASgEIqcBCgxKb2JTZWxlY3Rpb24SDQoFcXVldWUYASABKAkSIQoFc3RhdGUYAiABKA4yEi5lZGdlcS52MS5Kb2JTdGF0ZRIxCg1jcmVhdGVkX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTAoQUmV0cnlKb2JzUmVxdWVzdBIpCglzZWxlY3Rpb24YASABKAsyFi5lZGdlcS52MS5Kb2JTZWxlY3Rpb24SDQoFbGltaXQYAiABKAUiPgoRUmV0cnlKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIk0KEUNhbmNlbEpvYnNSZXF1ZXN0EikKCXNlbGVjdGlvbhgBIAEoCzIWLmVkZ2VxLnYxLkpvYlNlbGVjdGlvbhINCgVsaW1pdBgCIAEoBSI/ChJDYW5jZWxKb2JzUmVzcG9uc2USDQoFY291bnQYASABKAMSDAoEbW9yZRgCIAEoCBIMCgR0eGlkGAMgASgEIsUCCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEg0KBXF1ZXVlGAIgASgJEgwKBGNyb24YAyABKAkSEQoJdGltZV96b25lGAQgASgJEiMKCHRlbXBsYXRlGAUgASgLMhEuZWRnZXEudjEuSm9iU3BlYxIoCgdvdmVybGFwGAYgASgOMhcuZWRnZXEudjEuT3ZlcmxhcFBvbGljeRIlCgZtaXNzZWQYByABKA4yFS5lZGdlcS52MS5NaXNzZWRUaWNrcxIOCgZwYXVzZWQYCCABKAgSLwoLbmV4dF9ydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2xhc3RfcnVuX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtsYXN0X2pvYl9pZBgLIAEoCSI9ChVVcHNlcnRTY2hlZHVsZVJlcXVlc3QSJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZSJMChZVcHNlcnRTY2hlZHVsZVJlc3BvbnNlEiQKCHNjaGVkdWxlGAEgASgLMhIuZWRnZXEudjEuU2NoZWR1bGUSDAoEdHhpZBgCIAEoBCIoChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIQCghtaW5fdHhpZBgBIAEoBCI+ChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USJQoJc2NoZWR1bGVzGAEgAygLMhIuZWRnZXEudjEuU2NoZWR1bGUiJQoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNwoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZRIPCgdkZWxldGVkGAEgASgIEgwKBHR4aWQYAiABKAQiJAoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJLChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZRIMCgR0eGlkGAIgASgEIiUKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJAoIc2NoZWR1bGUYASABKAsyEi5lZGdlcS52MS5TY2hlZHVsZRIMCgR0eGlkGAIgASgEInEKE1NldFJhdGVMaW1pdFJlcXVlc3QSDQoFcXVldWUYASABKAkSDAoEam9icxgCIAEoAxIpCgZwZXJpb2QYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKa2V5X2hlYWRlchgEIAEoCSIkChRTZXRSYXRlTGltaXRSZXNwb25zZRIMCgR0eGlkGAEgASgEIkUKFVNldEdyb3VwV2VpZ2h0UmVxdWVzdBINCgVxdWV1ZRgBIAEoCRINCgVncm91cBgCIAEoCRIOCgZ3ZWlnaHQYAyABKAUiJgoWU2V0R3JvdXBXZWlnaHRSZXNwb25zZRIMCgR0eGlkGAEgASgEIlsKEUxpc3RHcm91cHNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCG1pbl90eGlkGAQgASgEIkgKBUdyb3VwEg0KBWdyb3VwGAEgASgJEg4KBndlaWdodBgCIAEoBRIPCgdwZW5kaW5nGAMgASgDEg8KB3J1bm5pbmcYBCABKAMiTgoSTGlzdEdyb3Vwc1Jlc3BvbnNlEh8KBmdyb3VwcxgBIAMoCzIPLmVkZ2VxLnYxLkdyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIiChJQYXVzZVF1ZXVlUmVzcG9uc2USDAoEdHhpZBgBIAEoBCIjChJSZXN1bWVRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiIwoTUmVzdW1lUXVldWVSZXNwb25zZRIMCgR0eGlkGAEgASgEIhQKEkdldE5vZGVJbmZvUmVxdWVzdCJwCg9SZXBsaWNhUG9zaXRpb24SDAoEbm9kZRgBIAEoCRIMCgR0eGlkGAIgASgEEi8KC3JlcG9ydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCgh2ZXJpZmllZBgEIAEoCCKsAwoTR2V0Tm9kZUluZm9SZXNwb25zZRIgCgRyb2xlGAEgASgOMhIuZWRnZXEudjEuTm9kZVJvbGUSDwoHYWRkcmVzcxgCIAEoCRIPCgdwcmltYXJ5GAMgASgJEgwKBHR4aWQYBCABKAQSGQoRcHJpbWFyeV9yZWFjaGFibGUYBSABKAgSKwoIcmVwbGljYXMYBiADKAsyGS5lZGdlcS52MS5SZXBsaWNhUG9zaXRpb24SEgoKZHVyYWJpbGl0eRgHIAEoCRIWCg5vdXRib3hfcGVuZGluZxgIIAEoAxITCgtvdXRib3hfZGVhZBgJIAEoAxIVCg1sb29wX3Jlc3RhcnRzGAogASgDEhUKDWVkZ2VfbG9nX2pvYnMYCyABKAMSNgoTZWRnZV9sb2dfb2xkZXN0X2FnZRgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbChNlZGdlX2xvZ19kcmFpbl9yYXRlGA0gASgBEhYKDmVkZ2VfbG9nX2J5dGVzGA4gASgDEh8KF2VkZ2VfbG9nX2NhcGFjaXR5X2J5dGVzGA8gASgDKrMBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISFwoTSk9CX1NUQVRFX0NPTVBMRVRFRBADEhQKEEpPQl9TVEFURV9GQUlMRUQQBBIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAUSFgoSSk9CX1NUQVRFX0FDQ0VQVEVEEAYqbgoKRHVyYWJpbGl0eRIaChZEVVJBQklMSVRZX1VOU1BFQ0lGSUVEEAASFAoQRFVSQUJJTElUWV9MT0NBTBABEhkKFURVUkFCSUxJVFlfUkVQTElDQVRFRBACEhMKD0RVUkFCSUxJVFlfRURHRRADKpsBCgxMZWFzZU91dGNvbWUSHQoZTEVBU0VfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEExFQVNFX09VVENPTUVfT0sQARIXChNMRUFTRV9PVVRDT01FX1NUQUxFEAISGQoVTEVBU0VfT1VUQ09NRV9JTlZBTElEEAMSIgoeTEVBU0VfT1VUQ09NRV9DQU5DRUxfUkVRVUVTVEVEEAQqVwoKVW5pcXVlbmVzcxIaChZVTklRVUVORVNTX1VOU1BFQ0lGSUVEEAASFgoSVU5JUVVFTkVTU19QRU5ESU5HEAESFQoRVU5JUVVFTkVTU19BQ1RJVkUQAipiCg1PdmVybGFwUG9saWN5Eh4KGk9WRVJMQVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGAoUT1ZFUkxBUF9QT0xJQ1lfQUxMT1cQARIXChNPVkVSTEFQX1BPTElDWV9TS0lQEAIqXQoLTWlzc2VkVGlja3MSHAoYTUlTU0VEX1RJQ0tTX1VOU1BFQ0lGSUVEEAASFQoRTUlTU0VEX1RJQ0tTX1NLSVAQARIZChVNSVNTRURfVElDS1NfUlVOX09OQ0UQAiqEAQoITm9kZVJvbGUSGQoVTk9ERV9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUTk9ERV9ST0xFX1NUQU5EQUxPTkUQARIVChFOT0RFX1JPTEVfUFJJTUFSWRACEhUKEU5PREVfUk9MRV9SRVBMSUNBEAMSFQoRTk9ERV9ST0xFX1VOS05PV04QBDKWDQoMUXVldWVTZXJ2aWNlEj4KB0VucXVldWUSGC5lZGdlcS52MS5FbnF1ZXVlUmVxdWVzdBoZLmVkZ2VxLnYxLkVucXVldWVSZXNwb25zZRI6CgVMZWFzZRIWLmVkZ2VxLnYxLkxlYXNlUmVxdWVzdBoXLmVkZ2VxLnYxLkxlYXNlUmVzcG9uc2UwARIyCgNBY2sSFC5lZGdlcS52MS5BY2tSZXF1ZXN0GhUuZWRnZXEudjEuQWNrUmVzcG9uc2USNQoETmFjaxIVLmVkZ2VxLnYxLk5hY2tSZXF1ZXN0GhYuZWRnZXEudjEuTmFja1Jlc3BvbnNlEkQKCUhlYXJ0YmVhdBIaLmVkZ2VxLnYxLkhlYXJ0YmVhdFJlcXVlc3QaGy5lZGdlcS52MS5IZWFydGJlYXRSZXNwb25zZRI7CgZHZXRKb2ISFy5lZGdlcS52MS5HZXRKb2JSZXF1ZXN0GhguZWRnZXEudjEuR2V0Sm9iUmVzcG9uc2USQQoITGlzdEpvYnMSGS5lZGdlcS52MS5MaXN0Sm9ic1JlcXVlc3QaGi5lZGdlcS52MS5MaXN0Sm9ic1Jlc3BvbnNlElAKDUdldFF1ZXVlU3RhdHMSHi5lZGdlcS52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBofLmVkZ2VxLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZRJECglDYW5jZWxKb2ISGi5lZGdlcS52MS5DYW5jZWxKb2JSZXF1ZXN0GhsuZWRnZXEudjEuQ2FuY2VsSm9iUmVzcG9uc2USQQoIUmV0cnlKb2ISGS5lZGdlcS52MS5SZXRyeUpvYlJlcXVlc3QaGi5lZGdlcS52MS5SZXRyeUpvYlJlc3BvbnNlEkQKCVJldHJ5Sm9icxIaLmVkZ2VxLnYxLlJldHJ5Sm9ic1JlcXVlc3QaGy5lZGdlcS52MS5SZXRyeUpvYnNSZXNwb25zZRJHCgpDYW5jZWxKb2JzEhsuZWRnZXEudjEuQ2FuY2VsSm9ic1JlcXVlc3QaHC5lZGdlcS52MS5DYW5jZWxKb2JzUmVzcG9uc2USUwoOVXBzZXJ0U2NoZWR1bGUSHy5lZGdlcS52MS5VcHNlcnRTY2hlZHVsZVJlcXVlc3QaIC5lZGdlcS52MS5VcHNlcnRTY2hlZHVsZVJlc3BvbnNlElAKDUxpc3RTY2hlZHVsZXMSHi5lZGdlcS52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBofLmVkZ2VxLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJTCg5EZWxldGVTY2hlZHVsZRIfLmVkZ2VxLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBogLmVkZ2VxLnYxLkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USUAoNUGF1c2VTY2hlZHVsZRIeLmVkZ2VxLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh8uZWRnZXEudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlElMKDlJlc3VtZVNjaGVkdWxlEh8uZWRnZXEudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0GiAuZWRnZXEudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZRJNCgxTZXRSYXRlTGltaXQSHS5lZGdlcS52MS5TZXRSYXRlTGltaXRSZXF1ZXN0Gh4uZWRnZXEudjEuU2V0UmF0ZUxpbWl0UmVzcG9uc2USUwoOU2V0R3JvdXBXZWlnaHQSHy5lZGdlcS52MS5TZXRHcm91cFdlaWdodFJlcXVlc3QaIC5lZGdlcS52MS5TZXRHcm91cFdlaWdodFJlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5lZGdlcS52MS5MaXN0R3JvdXBzUmVxdWVzdBocLmVkZ2VxLnYxLkxpc3RHcm91cHNSZXNwb25zZRJHCgpQYXVzZVF1ZXVlEhsuZWRnZXEudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHC5lZGdlcS52MS5QYXVzZVF1ZXVlUmVzcG9uc2USSgoLUmVzdW1lUXVldWUSHC5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaHS5lZGdlcS52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlEkoKC0dldE5vZGVJbmZvEhwuZWRnZXEudjEuR2V0Tm9kZUluZm9SZXF1ZXN0Gh0uZWRnZXEudjEuR2V0Tm9kZUluZm9SZXNwb25zZUI0WjJnaXRodWIuY29tL2VkZ2VxL2VkZ2VxL2NsaWVudHMvZ28vZWRnZXEvdjE7ZWRnZXF2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * JobSpec is what a producer sends.
@@ -133,6 +133,18 @@ export type JobSpec = Message<"edgeq.v1.JobSpec"> & {
    * @generated from field: int32 concurrency_limit = 13;
    */
   concurrencyLimit: number;
+
+  /**
+   * Optional fair group (a tenant, a customer): in a queue where any job has
+   * a group, leasing takes turns between the groups that have ready jobs, in
+   * proportion to their weights (SetGroupWeight, default 1), so one group's
+   * backlog does not starve another's few jobs. Priority and order apply
+   * within a group. Jobs without a group share the default group "". At most
+   * 128 bytes, no control characters.
+   *
+   * @generated from field: string group = 14;
+   */
+  group: string;
 };
 
 /**
@@ -311,6 +323,13 @@ export type Job = Message<"edgeq.v1.Job"> & {
    * @generated from field: int32 concurrency_limit = 23;
    */
   concurrencyLimit: number;
+
+  /**
+   * Its fair group (empty: the default group).
+   *
+   * @generated from field: string group = 24;
+   */
+  group: string;
 };
 
 /**
@@ -1088,6 +1107,32 @@ export type QueueStats = Message<"edgeq.v1.QueueStats"> & {
    * @generated from field: bool rate_limited = 13;
    */
   rateLimited: boolean;
+
+  /**
+   * Fair groups (JobSpec.group) with PENDING jobs.
+   *
+   * @generated from field: int64 groups = 14;
+   */
+  groups: bigint;
+
+  /**
+   * The per-key rate limit (SetRateLimit with key_header): the header whose
+   * value is the key (empty when none), jobs per period for each key, and the
+   * period.
+   *
+   * @generated from field: string key_rate_limit_header = 15;
+   */
+  keyRateLimitHeader: string;
+
+  /**
+   * @generated from field: int64 key_rate_limit_jobs = 16;
+   */
+  keyRateLimitJobs: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Duration key_rate_limit_period = 17;
+   */
+  keyRateLimitPeriod?: Duration | undefined;
 };
 
 /**
@@ -1744,6 +1789,18 @@ export type SetRateLimitRequest = Message<"edgeq.v1.SetRateLimitRequest"> & {
    * @generated from field: google.protobuf.Duration period = 3;
    */
   period?: Duration | undefined;
+
+  /**
+   * Optional: a limit per key instead of per queue. Each distinct value of
+   * this header on the queue's jobs gets its own bucket of `jobs` per
+   * `period` (jobs without the header are not limited by it). A queue has at
+   * most one queue-wide limit (key_header empty) and one per-key limit; both
+   * apply. jobs = 0 removes the per-key limit. A header name, at most 128
+   * bytes.
+   *
+   * @generated from field: string key_header = 4;
+   */
+  keyHeader: string;
 };
 
 /**
@@ -1775,6 +1832,174 @@ export const SetRateLimitResponseSchema: GenMessage<SetRateLimitResponse> = /*@_
   messageDesc(file_edgeq_v1_queue, 45);
 
 /**
+ * SetGroupWeightRequest sets a fair group's weight in a queue.
+ *
+ * @generated from message edgeq.v1.SetGroupWeightRequest
+ */
+export type SetGroupWeightRequest = Message<"edgeq.v1.SetGroupWeightRequest"> & {
+  /**
+   * The queue.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * The group (JobSpec.group; empty: the default group).
+   *
+   * @generated from field: string group = 2;
+   */
+  group: string;
+
+  /**
+   * Its share of leases relative to the queue's other groups, 1..1000.
+   *
+   * @generated from field: int32 weight = 3;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message edgeq.v1.SetGroupWeightRequest.
+ * Use `create(SetGroupWeightRequestSchema)` to create a new message.
+ */
+export const SetGroupWeightRequestSchema: GenMessage<SetGroupWeightRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 46);
+
+/**
+ * SetGroupWeightResponse answers SetGroupWeight.
+ *
+ * @generated from message edgeq.v1.SetGroupWeightResponse
+ */
+export type SetGroupWeightResponse = Message<"edgeq.v1.SetGroupWeightResponse"> & {
+  /**
+   * Consistency token.
+   *
+   * @generated from field: uint64 txid = 1;
+   */
+  txid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.SetGroupWeightResponse.
+ * Use `create(SetGroupWeightResponseSchema)` to create a new message.
+ */
+export const SetGroupWeightResponseSchema: GenMessage<SetGroupWeightResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 47);
+
+/**
+ * ListGroupsRequest pages through a queue's fair groups, by name.
+ *
+ * @generated from message edgeq.v1.ListGroupsRequest
+ */
+export type ListGroupsRequest = Message<"edgeq.v1.ListGroupsRequest"> & {
+  /**
+   * The queue.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+
+  /**
+   * 1..1000; 0 means 100.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token from the previous page of the same queue.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Read data at least this fresh.
+   *
+   * @generated from field: uint64 min_txid = 4;
+   */
+  minTxid: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.ListGroupsRequest.
+ * Use `create(ListGroupsRequestSchema)` to create a new message.
+ */
+export const ListGroupsRequestSchema: GenMessage<ListGroupsRequest> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 48);
+
+/**
+ * Group is one fair group of a queue.
+ *
+ * @generated from message edgeq.v1.Group
+ */
+export type Group = Message<"edgeq.v1.Group"> & {
+  /**
+   * Its name (empty: the default group).
+   *
+   * @generated from field: string group = 1;
+   */
+  group: string;
+
+  /**
+   * Its weight (1 unless SetGroupWeight changed it).
+   *
+   * @generated from field: int32 weight = 2;
+   */
+  weight: number;
+
+  /**
+   * PENDING jobs that may run now.
+   *
+   * @generated from field: int64 pending = 3;
+   */
+  pending: bigint;
+
+  /**
+   * RUNNING jobs.
+   *
+   * @generated from field: int64 running = 4;
+   */
+  running: bigint;
+};
+
+/**
+ * Describes the message edgeq.v1.Group.
+ * Use `create(GroupSchema)` to create a new message.
+ */
+export const GroupSchema: GenMessage<Group> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 49);
+
+/**
+ * ListGroupsResponse answers ListGroups.
+ *
+ * @generated from message edgeq.v1.ListGroupsResponse
+ */
+export type ListGroupsResponse = Message<"edgeq.v1.ListGroupsResponse"> & {
+  /**
+   * Groups in name order.
+   *
+   * @generated from field: repeated edgeq.v1.Group groups = 1;
+   */
+  groups: Group[];
+
+  /**
+   * Set when more groups follow.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message edgeq.v1.ListGroupsResponse.
+ * Use `create(ListGroupsResponseSchema)` to create a new message.
+ */
+export const ListGroupsResponseSchema: GenMessage<ListGroupsResponse> = /*@__PURE__*/
+  messageDesc(file_edgeq_v1_queue, 50);
+
+/**
  * PauseQueueRequest pauses one queue.
  *
  * @generated from message edgeq.v1.PauseQueueRequest
@@ -1793,7 +2018,7 @@ export type PauseQueueRequest = Message<"edgeq.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 46);
+  messageDesc(file_edgeq_v1_queue, 51);
 
 /**
  * PauseQueueResponse answers PauseQueue.
@@ -1814,7 +2039,7 @@ export type PauseQueueResponse = Message<"edgeq.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 47);
+  messageDesc(file_edgeq_v1_queue, 52);
 
 /**
  * ResumeQueueRequest resumes one queue.
@@ -1835,7 +2060,7 @@ export type ResumeQueueRequest = Message<"edgeq.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 48);
+  messageDesc(file_edgeq_v1_queue, 53);
 
 /**
  * ResumeQueueResponse answers ResumeQueue.
@@ -1856,7 +2081,7 @@ export type ResumeQueueResponse = Message<"edgeq.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 49);
+  messageDesc(file_edgeq_v1_queue, 54);
 
 /**
  * GetNodeInfoRequest asks the answering node about itself.
@@ -1871,7 +2096,7 @@ export type GetNodeInfoRequest = Message<"edgeq.v1.GetNodeInfoRequest"> & {
  * Use `create(GetNodeInfoRequestSchema)` to create a new message.
  */
 export const GetNodeInfoRequestSchema: GenMessage<GetNodeInfoRequest> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 50);
+  messageDesc(file_edgeq_v1_queue, 55);
 
 /**
  * ReplicaPosition is the last position a replica reported to the primary.
@@ -1914,7 +2139,7 @@ export type ReplicaPosition = Message<"edgeq.v1.ReplicaPosition"> & {
  * Use `create(ReplicaPositionSchema)` to create a new message.
  */
 export const ReplicaPositionSchema: GenMessage<ReplicaPosition> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 51);
+  messageDesc(file_edgeq_v1_queue, 56);
 
 /**
  * GetNodeInfoResponse describes one node.
@@ -2039,7 +2264,7 @@ export type GetNodeInfoResponse = Message<"edgeq.v1.GetNodeInfoResponse"> & {
  * Use `create(GetNodeInfoResponseSchema)` to create a new message.
  */
 export const GetNodeInfoResponseSchema: GenMessage<GetNodeInfoResponse> = /*@__PURE__*/
-  messageDesc(file_edgeq_v1_queue, 52);
+  messageDesc(file_edgeq_v1_queue, 57);
 
 /**
  * JobState is where a job is in its life.
@@ -2580,6 +2805,28 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof SetRateLimitRequestSchema;
     output: typeof SetRateLimitResponseSchema;
+  },
+  /**
+   * SetGroupWeight sets how large a share of a queue's leases a fair group
+   * (JobSpec.group) gets while it has ready jobs: groups take turns in
+   * proportion to their weights (default 1).
+   *
+   * @generated from rpc edgeq.v1.QueueService.SetGroupWeight
+   */
+  setGroupWeight: {
+    methodKind: "unary";
+    input: typeof SetGroupWeightRequestSchema;
+    output: typeof SetGroupWeightResponseSchema;
+  },
+  /**
+   * ListGroups lists a queue's fair groups: weight, ready and running jobs.
+   *
+   * @generated from rpc edgeq.v1.QueueService.ListGroups
+   */
+  listGroups: {
+    methodKind: "unary";
+    input: typeof ListGroupsRequestSchema;
+    output: typeof ListGroupsResponseSchema;
   },
   /**
    * PauseQueue stops delivery from a queue; enqueues are still accepted.
