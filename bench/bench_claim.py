@@ -2,10 +2,11 @@
 microseconds per claim of one job (and its ack) from a queue holding PENDING jobs, on the
 writer's own connection, no gRPC. ``--features`` turns on what issue 15 added to the claim
 path: a rate limit on the queue (generous, so it never throttles: its bucket is read and
-charged on every claim) and unique keys on the jobs. Run the same script under the old
-code (PYTHONPATH) to compare.
+charged on every claim) and unique keys on the jobs; ``--groups N`` spreads the jobs over N
+fair groups (each claim then takes the group whose turn it is). Run the same script under
+the old code (PYTHONPATH) to compare.
 
-    .venv/bin/python bench/bench_claim.py --jobs 100000 [--features]
+    .venv/bin/python bench/bench_claim.py --jobs 100000 [--features] [--groups 10000]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--features", action="store_true")
     ap.add_argument("--busy-key", type=int, default=0,
                     help="put N jobs of one concurrency key (one of them running) ahead of the others")
+    ap.add_argument("--groups", type=int, default=0,
+                    help="spread the jobs over N fair groups (JobSpec.group), round robin")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,6 +51,8 @@ def main() -> None:
             for i in range(start, min(a.jobs, start + 5_000)):
                 if a.features:
                     extra = {"unique_key": f"u-{i}"}
+                if a.groups:
+                    extra = {**extra, "group": f"tenant-{i % a.groups}"}
                 specs.append(JobSpec("q", b"x" * 200, None, 3, **extra))  # type: ignore[arg-type]
             with store.conn:
                 store.enqueue(specs, now, ids)
@@ -75,6 +80,7 @@ def main() -> None:
     times.sort()
     report = {
         "jobs": a.jobs, "claims": a.claims, "features": a.features, "busy_key_backlog": a.busy_key,
+        "groups": a.groups,
         "claim_ack_p50_us": round(times[len(times) // 2] * 1e6, 1),
         "claim_ack_mean_us": round(sum(times) / len(times) * 1e6, 1),
     }

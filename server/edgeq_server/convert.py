@@ -93,6 +93,10 @@ def queue_stats(c: QueueCounts, now: int) -> pb.QueueStats:
     )
     if c.rate_jobs:
         stats.rate_limit_period.CopyFrom(duration(c.rate_period_us))
+    if c.key_rate is not None:
+        stats.key_rate_limit_header = c.key_rate.header
+        stats.key_rate_limit_jobs = c.key_rate.jobs
+        stats.key_rate_limit_period.CopyFrom(duration(c.key_rate.period_us))
     return stats
 
 

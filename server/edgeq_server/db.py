@@ -203,7 +203,8 @@ MIGRATIONS: list[str] = [
     # The triggers keep due_at a lower bound whenever a job becomes PENDING (enqueue, nack,
     # expiry, retry, unclaim); the claim raises or clears it when it finds a group with no
     # ready job. A group that had no PENDING job starts again at the queue's virtual time
-    # (queues.group_pass), so an idle group gets no saved-up burst.
+    # (queues.group_pass), so an idle group gets no saved-up burst. Also the per-key rate
+    # limit (below).
     """
     ALTER TABLE jobs ADD COLUMN grp TEXT NOT NULL DEFAULT '';
     DROP INDEX jobs_claim;
@@ -219,6 +220,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (queue_name, grp)
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX job_groups_turn ON job_groups (queue_name, pass, due_at) WHERE due_at IS NOT NULL;
+    -- Per-key rate limits (SetRateLimit with key_header): one bucket per value of the
+    -- header, kept only while it is not full (a full bucket's row is pruned).
+    ALTER TABLE queues ADD COLUMN key_rate_header TEXT;
+    ALTER TABLE queues ADD COLUMN key_rate_jobs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN key_rate_period_us INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE rate_keys (
+        queue_name TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        tokens     REAL    NOT NULL,
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (queue_name, key)
+    ) STRICT, WITHOUT ROWID;
     CREATE TRIGGER jobs_group_insert AFTER INSERT ON jobs
         WHEN NEW.status = 'pending' AND NEW.grp <> '' BEGIN
         INSERT INTO job_groups (queue_name, grp, pass, due_at)

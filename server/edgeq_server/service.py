@@ -254,9 +254,9 @@ class QueueService:
         self._maintenance.note_schedule(sch.next_run_at)
 
     async def SetRateLimit(self, request: pb.SetRateLimitRequest, context: Ctx) -> pb.SetRateLimitResponse:
-        queue, jobs, period = validate.rate_limit(request)
+        queue, jobs, period, header = validate.rate_limit(request)
         _, txid = await self._writer.submit(
-            lambda s, now: s.set_rate_limit(queue, jobs, period, now),
+            lambda s, now: s.set_rate_limit(queue, jobs, period, now, header),
             after=lambda _r, _t: self._dispatcher.notify((queue,)),  # a raised or removed limit frees jobs now
         )
         return pb.SetRateLimitResponse(txid=txid)

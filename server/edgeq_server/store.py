@@ -128,6 +128,10 @@ def _job(row: Any) -> Job:
     )
 
 
+#: Jobs of one fair group a gate may hold back in one claim before the group sits it out.
+GATE_SKIPS = 64
+
+
 class Candidate(NamedTuple):
     """A job a claim may take: ``sort`` orders it among the queues' candidates."""
 
@@ -160,6 +164,91 @@ class QueueState(NamedTuple):
     buckets: dict[str, float]  # rate-limited queues: their tokens now
     keyed: set[str]
     grouped: set[str]
+    key_rates: dict[str, KeyRate]
+
+
+class KeyRate(NamedTuple):
+    """A queue's per-key rate limit: each value of ``header`` gets ``jobs`` per ``period_us``."""
+
+    header: str
+    jobs: int
+    period_us: int
+
+
+class Gate:
+    """Which ready jobs of one queue a claim may take, asked in claim order: a job with a
+    concurrency key while fewer than its limit of the key's jobs run (counting those taken
+    here), a job whose per-key rate limit's bucket has a whole token left. Remembers what
+    it held back: ``held_key`` (a concurrency key: look again when a lease ends) and
+    ``next_token`` (a rate key: look again then)."""
+
+    def __init__(self, cur: apsw.Cursor, queue: str, now: int, keyed: bool, rate: KeyRate | None) -> None:
+        # Its own cursor: it reads buckets while the caller's cursor walks the jobs.
+        self.cur, self.queue, self.now, self.rate = cur.getconnection().cursor(), queue, now, rate
+        self.running: dict[str, int] = {}
+        if keyed:
+            self.running = {
+                str(k): int(n) for k, n in cur.execute(
+                    "SELECT concurrency_key, count(*) FROM jobs WHERE queue_name = ? AND status = 'running'"
+                    " AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+                    (queue,),
+                )
+            }
+        self.taken: dict[str, int] = {}
+        self.tokens: dict[str, float] = {}  # rate key -> its tokens now
+        self.charged: dict[int, str] = {}  # rowid -> the rate key it spends a token of
+        self.spent: dict[str, int] = {}
+        self.held_key = False
+        self.saturated: set[str] = set()  # concurrency keys at their limit
+        self.next_token: int | None = None
+
+    @property
+    def columns(self) -> str:
+        """What ``admit`` needs of each row, after rowid, priority, run_at."""
+        return "concurrency_key, concurrency_limit, " + ("headers" if self.rate else "NULL")
+
+    def admit(self, rowid: int, key: str | None, key_limit: int, headers: str | None) -> bool:
+        if key is not None and self.running.get(key, 0) + self.taken.get(key, 0) >= max(1, key_limit):
+            self.held_key = True
+            self.saturated.add(key)
+            return False
+        if self.rate is not None and headers:
+            value = json.loads(headers).get(self.rate.header)
+            if value is not None:
+                left = self._tokens(value) - self.spent.get(value, 0)
+                if left < 1:
+                    rate = self.rate
+                    at = self.now + max(1, math.ceil((1 - left) * rate.period_us / rate.jobs))
+                    self.next_token = at if self.next_token is None else min(self.next_token, at)
+                    return False
+                self.spent[value] = self.spent.get(value, 0) + 1
+                self.charged[rowid] = value
+        if key is not None:
+            self.taken[key] = self.taken.get(key, 0) + 1
+        return True
+
+    def _tokens(self, value: str) -> float:
+        if value not in self.tokens:
+            assert self.rate is not None
+            row = self.cur.execute(
+                "SELECT tokens, at FROM rate_keys WHERE queue_name = ? AND key = ?", (self.queue, value)
+            ).fetchone()
+            jobs, period = self.rate.jobs, self.rate.period_us
+            self.tokens[value] = float(jobs) if row is None else _tokens(jobs, period, row[0], row[1], self.now)
+        return self.tokens[value]
+
+    def charge(self, rowids: Iterable[int]) -> None:
+        """Spend the rate keys' tokens of the jobs the claim took (not those it cut off)."""
+        spent: dict[str, int] = {}
+        for rowid in rowids:
+            if rowid in self.charged:
+                spent[self.charged[rowid]] = spent.get(self.charged[rowid], 0) + 1
+        for value, n in spent.items():
+            self.cur.execute(
+                "INSERT INTO rate_keys (queue_name, key, tokens, at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (queue_name, key) DO UPDATE SET tokens = excluded.tokens, at = excluded.at",
+                (self.queue, value, self.tokens[value] - n, self.now),
+            )
 
 
 class Live(NamedTuple):
@@ -214,6 +303,7 @@ class QueueCounts:
     rate_period_us: int = 0
     rate_limited: bool = False  # ready jobs wait for tokens now
     groups: int = 0  # fair groups with PENDING jobs
+    key_rate: KeyRate | None = None  # the per-key rate limit
 
 
 class Store:
@@ -427,6 +517,7 @@ class Store:
             return []
         lists: list[list[Candidate]] = []  # per queue, in that queue's claim order
         turns: dict[int, Turn] = {}  # rowid -> its group's turn, for grouped queues
+        gates: list[Gate] = []
         for queue in live:
             allowed = limit if queue not in buckets else min(limit, int(buckets[queue]))
             if allowed <= 0:
@@ -434,8 +525,12 @@ class Store:
                     throttled[queue] = self._next_token(cur, queue, buckets[queue], now)
                 continue
             want = allowed + (queue in buckets)  # one more: were jobs held back?
+            gate = None
+            if queue in state.keyed or queue in state.key_rates:
+                gate = Gate(cur, queue, now, queue in state.keyed, state.key_rates.get(queue))
+                gates.append(gate)
             if queue in state.grouped:
-                picks, held = self._group_turns(cur, queue, want, now, queue in state.keyed)
+                picks = self._group_turns(cur, queue, want, now, gate)
                 ordered: list[Candidate] = []
                 for priority, run_at, rowid, turn in picks:
                     sort = (-priority, run_at, rowid)
@@ -443,11 +538,10 @@ class Store:
                         sort = ordered[-1].sort  # keep the turns' order in the merge below
                     ordered.append(Candidate(sort, rowid, queue))
                     turns[rowid] = turn
-            elif queue in state.keyed:
-                ready, held = self._keyed_candidates(cur, queue, want, now)
+            elif gate is not None:
+                ready = self._gated_candidates(cur, queue, want, now, gate)
                 ordered = [Candidate((-p, r, rowid), rowid, queue) for p, r, rowid in ready]
             else:
-                held = False
                 ordered = [
                     Candidate((-int(p), int(r), int(rowid)), int(rowid), queue)
                     for rowid, p, r in cur.execute(
@@ -456,12 +550,16 @@ class Store:
                         (queue, now, want),
                     )
                 ]
-            if held and key_waiting is not None:
-                key_waiting.add(queue)
+            if gate is not None:
+                if gate.held_key and key_waiting is not None:
+                    key_waiting.add(queue)
+                if gate.next_token is not None and throttled is not None:
+                    throttled[queue] = gate.next_token
             if queue in buckets and len(ordered) > int(buckets[queue]):
                 ordered = ordered[: int(buckets[queue])]
                 if throttled is not None:
-                    throttled[queue] = self._next_token(cur, queue, buckets[queue] - len(ordered), now)
+                    at = self._next_token(cur, queue, buckets[queue] - len(ordered), now)
+                    throttled[queue] = min(at, throttled.get(queue, at))
             if ordered:
                 lists.append(ordered)
         picked = list(itertools.islice(heapq.merge(*lists), limit))
@@ -477,6 +575,8 @@ class Store:
                             (tokens - spent.get(queue, 0), now, queue))
         if turns:
             self._take_turns(cur, [(c.queue, turns[c.rowid]) for c in picked if c.rowid in turns])
+        for gate in gates:
+            gate.charge(chosen)
         order = {rowid: i for i, rowid in enumerate(chosen)}
         rows: list[Any] = cur.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
@@ -489,8 +589,8 @@ class Store:
         return [_job(r[1:]) for r in rows]
 
     def _group_turns(
-        self, cur: apsw.Cursor, queue: str, want: int, now: int, keyed: bool
-    ) -> tuple[list[tuple[int, int, int, Turn]], bool]:
+        self, cur: apsw.Cursor, queue: str, want: int, now: int, gate: Gate | None
+    ) -> list[tuple[int, int, int, Turn]]:
         """Up to ``want`` claimable jobs of a queue with fair groups, in turn order: the
         group with the lowest pass (its leases / its weight) that has a ready job gives its
         next job (priority, run_at, enqueue order within the group) and its pass grows by
@@ -498,28 +598,20 @@ class Store:
         time (``job_groups_turn``), and one job at a time from each (``jobs_claim``), so
         the cost does not grow with the number of groups or the backlogs. A group found
         with no ready job gets its due_at recomputed (NULL when it has no PENDING job).
-        Returns (priority, run_at, rowid, turn) and whether a concurrency key held a job
-        back (keyed queues: the rule of ``_keyed_candidates``, within each group)."""
-        running: dict[str, int] = {}
-        if keyed:
-            running = {
-                str(k): int(n) for k, n in cur.execute(
-                    "SELECT concurrency_key, count(*) FROM jobs WHERE queue_name = ? AND status = 'running'"
-                    " AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
-                    (queue,),
-                )
-            }
-        taken: dict[str, int] = {}
-        held = False
+        With a ``gate`` (concurrency keys, per-key rate limits) a group's jobs the gate
+        holds back are passed over, at most ``GATE_SKIPS`` per group and claim (then the
+        group sits this claim out). Returns (priority, run_at, rowid, turn)."""
         page = want + 8
         heap: list[tuple[float, int, str, int]] = []  # (pass, due_at, group, weight)
         after: tuple[float, int, str] | None = None  # the last group read; None: none yet
         more = True
         readers: dict[str, Iterator[Any]] = {}
+        skips: dict[str, int] = {}
         cursors: list[apsw.Cursor] = []
         gave: set[str] = set()
         empty: list[str] = []
         out: list[tuple[int, int, int, Turn]] = []
+        columns = gate.columns if gate is not None else "NULL, 0, NULL"
         try:
             while len(out) < want:
                 if more and (not heap or after is None or heap[0][0] > after[0]):
@@ -544,23 +636,23 @@ class Store:
                     c = self.conn.cursor()
                     cursors.append(c)
                     reader = readers[g] = iter(c.execute(
-                        "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+                        f"SELECT rowid, priority, run_at, {columns} FROM jobs"
                         " WHERE queue_name = ? AND grp = ? AND status = 'pending' AND run_at <= ?"
                         " ORDER BY priority DESC, run_at, rowid",
                         (queue, g, now),
                     ))
-                for rowid, priority, run_at, key, key_limit in reader:
-                    if key is not None:
-                        if running.get(key, 0) + taken.get(key, 0) >= max(1, int(key_limit)):
-                            held = True
-                            continue
-                        taken[key] = taken.get(key, 0) + 1
+                for rowid, priority, run_at, key, key_limit, headers in reader:
+                    if gate is not None and not gate.admit(rowid, key, int(key_limit), headers):
+                        skips[g] = skips.get(g, 0) + 1
+                        if skips[g] >= GATE_SKIPS:
+                            break
+                        continue
                     out.append((int(priority), int(run_at), int(rowid), Turn(g, p, p + 1.0 / w)))
                     gave.add(g)
                     heapq.heappush(heap, (p + 1.0 / w, d, g, w))
                     break
                 else:
-                    if g not in gave:
+                    if g not in gave and g not in skips:
                         empty.append(g)
         finally:
             for c in cursors:
@@ -571,7 +663,7 @@ class Store:
                 " WHERE queue_name = ?1 AND grp = ?2 AND status = 'pending') WHERE queue_name = ?1 AND grp = ?2",
                 (queue, g),
             )
-        return out, held
+        return out
 
     @staticmethod
     def _take_turns(cur: apsw.Cursor, taken: Sequence[tuple[str, Turn]]) -> None:
@@ -985,10 +1077,14 @@ class Store:
         known: dict[str, bool] = {}
         rates: dict[str, tuple[int, int, bool]] = {}
         grouped: set[str] = set()
-        for n, p, jobs, period, tokens, at, is_grouped in cur.execute(
-            "SELECT name, paused, rate_jobs, rate_period_us, rate_tokens, rate_at, grouped FROM queues"
+        key_rates: dict[str, KeyRate] = {}
+        for n, p, jobs, period, tokens, at, is_grouped, kh, kjobs, kperiod in cur.execute(
+            "SELECT name, paused, rate_jobs, rate_period_us, rate_tokens, rate_at, grouped,"
+            " key_rate_header, key_rate_jobs, key_rate_period_us FROM queues"
         ):
             known[str(n)] = bool(p)
+            if kjobs:
+                key_rates[str(n)] = KeyRate(str(kh), int(kjobs), int(kperiod))
             if is_grouped:
                 grouped.add(str(n))
             if jobs:
@@ -1026,6 +1122,7 @@ class Store:
                     rate_period_us=rates.get(name, (0, 0, False))[1],
                     rate_limited=rates.get(name, (0, 0, False))[2] and pending > 0,
                     groups=int(row[7] or 0) if name in grouped else 0,
+                    key_rate=key_rates.get(name),
                 )
             )
         return out
@@ -1057,12 +1154,16 @@ class Store:
     def _queue_state(cur: apsw.Cursor, queues: Sequence[str], now: int) -> QueueState:
         """One read of ``queues``' rows for a claim: the paused ones, the tokens now of the
         rate-limited ones, the ones that ever had keyed jobs or fair groups."""
-        st = QueueState(set(), {}, set(), set())
-        for name, is_paused, is_keyed, is_grouped, jobs, period, tokens, at in cur.execute(
-            "SELECT name, paused, keyed, grouped, rate_jobs, rate_period_us, rate_tokens, rate_at FROM queues"
-            " WHERE name IN (SELECT value FROM json_each(?)) AND (paused OR keyed OR grouped OR rate_jobs > 0)",
+        st = QueueState(set(), {}, set(), set(), {})
+        for name, is_paused, is_keyed, is_grouped, jobs, period, tokens, at, kh, kjobs, kperiod in cur.execute(
+            "SELECT name, paused, keyed, grouped, rate_jobs, rate_period_us, rate_tokens, rate_at,"
+            " key_rate_header, key_rate_jobs, key_rate_period_us FROM queues"
+            " WHERE name IN (SELECT value FROM json_each(?))"
+            " AND (paused OR keyed OR grouped OR rate_jobs > 0 OR key_rate_jobs > 0)",
             (json.dumps(list(queues)),),
         ):
+            if kjobs:
+                st.key_rates[str(name)] = KeyRate(str(kh), int(kjobs), int(kperiod))
             if is_paused:
                 st.paused.add(str(name))
             if is_keyed:
@@ -1074,68 +1175,47 @@ class Store:
         return st
 
     @staticmethod
-    def _keyed_candidates(
-        cur: apsw.Cursor, queue: str, want: int, now: int
-    ) -> tuple[list[tuple[int, int, int]], bool]:
-        """Up to ``want`` claimable jobs of a queue with keyed jobs, in claim order:
-        unkeyed ones, and keyed ones while fewer than their limit of the key run (counting
-        those taken here). Returns them as (priority, run_at, rowid), and whether a key's
-        limit held a ready job back. Scans a window in claim order first; when saturated
-        keys fill it, looks again past them (their backlog is still walked by the index
-        scan: the cost of a long backlog of one saturated key at the head of the queue)."""
-        running = {
-            str(k): int(n) for k, n in cur.execute(
-                "SELECT concurrency_key, count(*) FROM jobs WHERE queue_name = ? AND status = 'running'"
-                " AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
-                (queue,),
-            )
-        }
-        taken: dict[str, int] = {}
+    def _gated_candidates(
+        cur: apsw.Cursor, queue: str, want: int, now: int, gate: Gate
+    ) -> list[tuple[int, int, int]]:
+        """Up to ``want`` claimable jobs of a queue without fair groups whose jobs a ``gate``
+        judges (concurrency keys, a per-key rate limit), in claim order, as (priority,
+        run_at, rowid). Scans a window in claim order first; when held-back jobs fill it,
+        looks again past them (concurrency keys at their limit excluded in SQL; a long
+        backlog of one held key at the head of the queue is still walked by the index
+        scan: its known cost, which fair groups avoid)."""
         out: list[tuple[int, int, int]] = []
-        held = False
-        saturated: set[str] = set()
         window = want * 4 + 64
         seen = 0
-        for rowid, priority, run_at, key, key_limit in cur.execute(
-            "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+        for rowid, priority, run_at, key, key_limit, headers in cur.execute(
+            f"SELECT rowid, priority, run_at, {gate.columns} FROM jobs"
             " WHERE queue_name = ? AND grp = '' AND status = 'pending' AND run_at <= ?"
             " ORDER BY priority DESC, run_at, rowid LIMIT ?",
             (queue, now, window),
         ):
             seen += 1
-            if key is not None:
-                busy = running.get(key, 0) + taken.get(key, 0)
-                if busy >= max(1, int(key_limit)):
-                    held = True
-                    saturated.add(str(key))
-                    continue
-                taken[key] = taken.get(key, 0) + 1
-            out.append((int(priority), int(run_at), int(rowid)))
-            if len(out) >= want:
-                return out, held
-        if seen < window or not saturated:
-            return out, held
-        # The window held mostly saturated keys: look past them, excluding them in SQL.
+            if gate.admit(rowid, key, int(key_limit), headers):
+                out.append((int(priority), int(run_at), int(rowid)))
+                if len(out) >= want:
+                    return out
+        if seen < window or len(out) == seen:
+            return out
+        # The window held mostly held-back jobs: look past them.
         done = {r for _, _, r in out}
-        for rowid, priority, run_at, key, key_limit in cur.execute(
-            "SELECT rowid, priority, run_at, concurrency_key, concurrency_limit FROM jobs"
+        for rowid, priority, run_at, key, key_limit, headers in cur.execute(
+            f"SELECT rowid, priority, run_at, {gate.columns} FROM jobs"
             " WHERE queue_name = ? AND grp = '' AND status = 'pending' AND run_at <= ?"
             " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
             " ORDER BY priority DESC, run_at, rowid",
-            (queue, now, json.dumps(sorted(saturated))),
+            (queue, now, json.dumps(sorted(gate.saturated))),
         ):
             if rowid in done:
                 continue
-            if key is not None:
-                busy = running.get(key, 0) + taken.get(key, 0)
-                if busy >= max(1, int(key_limit)):
-                    held = True
-                    continue
-                taken[key] = taken.get(key, 0) + 1
-            out.append((int(priority), int(run_at), int(rowid)))
-            if len(out) >= want:
-                break
-        return out, held
+            if gate.admit(rowid, key, int(key_limit), headers):
+                out.append((int(priority), int(run_at), int(rowid)))
+                if len(out) >= want:
+                    break
+        return out
 
     @staticmethod
     def _has_ready(cur: apsw.Cursor, queue: str, now: int) -> bool:
@@ -1152,14 +1232,37 @@ class Store:
         missing = 1.0 - (tokens - int(tokens)) if tokens >= 0 else 1.0 - tokens
         return now + max(1, math.ceil(missing * period / jobs))
 
-    def set_rate_limit(self, queue: str, jobs: int, period_us: int, now: int) -> None:
-        """SetRateLimit: ``jobs`` per ``period_us`` (0: none); the bucket starts full."""
+    def set_rate_limit(self, queue: str, jobs: int, period_us: int, now: int, key_header: str = "") -> None:
+        """SetRateLimit: ``jobs`` per ``period_us`` (0: none); the bucket starts full. With
+        ``key_header`` the queue's per-key limit instead: each value of that header its own
+        bucket (all start full again)."""
+        if key_header:
+            self.conn.execute(
+                "INSERT INTO queues (name, paused, updated_at, key_rate_header, key_rate_jobs, key_rate_period_us)"
+                " VALUES (?1, 0, ?5, ?4, ?2, ?3) ON CONFLICT (name) DO UPDATE SET key_rate_header = ?4,"
+                " key_rate_jobs = ?2, key_rate_period_us = ?3, updated_at = ?5",
+                (queue, jobs, period_us, key_header if jobs else None, now),
+            )
+            self.conn.execute("DELETE FROM rate_keys WHERE queue_name = ?", (queue,))
+            return
         self.conn.execute(
             "INSERT INTO queues (name, paused, updated_at, rate_jobs, rate_period_us, rate_tokens, rate_at)"
             " VALUES (?1, 0, ?4, ?2, ?3, ?2, ?4) ON CONFLICT (name) DO UPDATE SET rate_jobs = ?2,"
             " rate_period_us = ?3, rate_tokens = ?2, rate_at = ?4, updated_at = ?4",
             (queue, jobs, period_us, now),
         )
+
+    def prune_rate_keys(self, now: int, limit: int) -> int:
+        """Forget up to ``limit`` per-key buckets that have refilled (a missing row reads as
+        a full bucket), and those of queues whose per-key limit is gone."""
+        self.conn.execute(
+            "DELETE FROM rate_keys WHERE (queue_name, key) IN (SELECT r.queue_name, r.key FROM rate_keys r"
+            " LEFT JOIN queues q ON q.name = r.queue_name"
+            " WHERE q.key_rate_jobs IS NULL OR q.key_rate_jobs = 0"
+            " OR r.tokens + (?1 - r.at) * 1.0 * q.key_rate_jobs / q.key_rate_period_us >= q.key_rate_jobs LIMIT ?2)",
+            (now, limit),
+        )
+        return self.conn.changes()
 
     def set_group_weight(self, queue: str, group: str, weight: int, now: int) -> None:
         """SetGroupWeight: the group's share of the queue's turns from now on (1..1000)."""

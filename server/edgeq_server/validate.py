@@ -301,19 +301,29 @@ def schedule(req: pb.UpsertScheduleRequest, cfg: Config, now: int) -> ScheduleRo
 MIN_RATE_PERIOD_US = 1000
 
 
-def rate_limit(req: pb.SetRateLimitRequest) -> tuple[str, int, int]:
-    """SetRateLimit's (queue, jobs, period µs); (queue, 0, 0) removes the limit."""
+def rate_limit(req: pb.SetRateLimitRequest) -> tuple[str, int, int, str]:
+    """SetRateLimit's (queue, jobs, period µs, key header); jobs 0 (period 0) removes the
+    limit (the per-key one when a key header is named)."""
     queue = queue_name(req.queue, "queue")
+    header = req.key_header
+    if len(header.encode()) > MAX_HEADER_NAME_BYTES:
+        raise InvalidArgument("key_header", f"is longer than {MAX_HEADER_NAME_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in header):
+        raise InvalidArgument("key_header", "must not contain control characters")
     if req.jobs < 0 or req.jobs > 1_000_000_000:
         raise InvalidArgument("jobs", "must be 0 (no limit) to 1e9")
     if req.jobs == 0:
-        return queue, 0, 0
+        return queue, 0, 0, header
     if not req.HasField("period"):
         raise InvalidArgument("period", "is required with jobs")
     period = duration_us(req.period, "period", max_us=366 * 86400 * MICROS)
     if period < MIN_RATE_PERIOD_US:
         raise InvalidArgument("period", "must be at least 1ms")
-    return queue, int(req.jobs), period
+    return queue, int(req.jobs), period, header
+
+
+#: Longest header name a per-key rate limit may name, in bytes.
+MAX_HEADER_NAME_BYTES = 128
 
 
 #: Longest fair group name, in bytes.

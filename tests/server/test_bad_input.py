@@ -148,6 +148,8 @@ NOW_S = 1_800_000_000  # ManualClock's start
         ({"concurrency_key": "c", "concurrency_limit": 1001}, INVALID, "jobs[0].concurrency_limit"),
         ({"concurrency_key": "c", "concurrency_limit": -1}, INVALID, "jobs[0].concurrency_limit"),
         ({"concurrency_limit": 3}, INVALID, "jobs[0].concurrency_key"),
+        ({"group": "g" * 129}, INVALID, "jobs[0].group"),
+        ({"group": "tenant\n1"}, INVALID, "jobs[0].group"),
     ],
     ids=[
         "negative-delay",
@@ -176,6 +178,8 @@ NOW_S = 1_800_000_000  # ManualClock's start
         "concurrency-limit-too-big",
         "concurrency-limit-negative",
         "concurrency-limit-without-key",
+        "group-too-long",
+        "group-control-character",
     ],
 )
 async def test_enqueue_bad_spec(h: Harness, kw: dict[str, Any], code: grpc.StatusCode, field: str) -> None:
@@ -481,11 +485,45 @@ async def test_upsert_schedule_names_the_bad_field(h: Harness, request_: pb.Upse
         (pb.SetRateLimitRequest(queue="q", jobs=5), "period"),
         (pb.SetRateLimitRequest(queue="q", jobs=5, period=duration_pb2.Duration(nanos=1000)), "period"),
         (pb.SetRateLimitRequest(queue="q", jobs=5, period=duration_pb2.Duration(seconds=-1)), "period"),
+        (pb.SetRateLimitRequest(queue="q", jobs=5, period=dur(1), key_header="a\x00b"), "key_header"),
+        (pb.SetRateLimitRequest(queue="q", jobs=5, period=dur(1), key_header="h" * 129), "key_header"),
     ],
-    ids=["queue", "negative-jobs", "no-period", "period-under-1ms", "negative-period"],
+    ids=["queue", "negative-jobs", "no-period", "period-under-1ms", "negative-period", "key-header-control",
+         "key-header-long"],
 )
 async def test_set_rate_limit_names_the_bad_field(h: Harness, request_: pb.SetRateLimitRequest, field: str) -> None:
     await refused(h, h.stub.SetRateLimit(request_), INVALID, field)
+    (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["q"]))).stats
+    assert stats.rate_limit_jobs == 0 and stats.key_rate_limit_jobs == 0
+
+
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (pb.SetGroupWeightRequest(queue="", group="g", weight=1), "queue"),
+        (pb.SetGroupWeightRequest(queue="q", group="g", weight=0), "weight"),
+        (pb.SetGroupWeightRequest(queue="q", group="g", weight=1001), "weight"),
+        (pb.SetGroupWeightRequest(queue="q", group="g\x7f", weight=2), "group"),
+    ],
+    ids=["queue", "zero-weight", "weight-over-1000", "group-control"],
+)
+async def test_set_group_weight_names_the_bad_field(h: Harness, request_: pb.SetGroupWeightRequest, field: str) -> None:
+    await refused(h, h.stub.SetGroupWeight(request_), INVALID, field)
+    assert list((await h.stub.ListGroups(pb.ListGroupsRequest(queue="q"))).groups) == []
+
+
+async def test_list_groups_names_the_bad_field(h: Harness) -> None:
+    await h.enqueue(*[pb.JobSpec(queue="lg", group=f"t{i}") for i in range(3)])
+    page = await h.stub.ListGroups(pb.ListGroupsRequest(queue="lg", page_size=2))
+    assert page.next_page_token
+    await refused(h, h.stub.ListGroups(pb.ListGroupsRequest(queue="other", page_token=page.next_page_token)),
+                  INVALID, "page_token")
+    await refused(h, h.stub.ListGroups(pb.ListGroupsRequest(queue="lg", page_token="%%%")), INVALID, "page_token")
+    await refused(h, h.stub.ListGroups(pb.ListGroupsRequest(queue="lg", page_size=-1)), INVALID, "page_size")
+    await refused(h, h.stub.ListGroups(pb.ListGroupsRequest()), INVALID, "queue")
+    rest = await h.stub.ListGroups(pb.ListGroupsRequest(queue="lg", page_size=2, page_token=page.next_page_token))
+    assert [g.group for g in page.groups] + [g.group for g in rest.groups] == ["", "t0", "t1", "t2"]
+    assert not rest.next_page_token
 
 
 # ---------------------------------------------------------------------- RetryJobs / CancelJobs

@@ -632,6 +632,39 @@ async def test_a_rate_limited_queue_makes_leases_wait_for_tokens_not_fail(h: Har
     assert (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["rl"]))).stats[0].rate_limit_jobs == 0
 
 
+async def test_a_tenants_few_jobs_are_pushed_between_another_tenants_backlog(h: Harness) -> None:
+    await h.enqueue(*[pb.JobSpec(queue="fair", payload=b"a", group="tenant-a") for _ in range(300)])
+    small = {(await h.enqueue(pb.JobSpec(queue="fair", payload=b"b", group="tenant-b"))).results[0].job_id
+             for _ in range(3)}
+    await h.stub.SetGroupWeight(pb.SetGroupWeightRequest(queue="fair", group="tenant-a", weight=2))
+    call = await h.lease("fair", max_in_flight=9)
+    got = await h.take(call, 9)
+    # Weights 2:1 — tenant-b's 3 jobs are among the first 9 pushed, not after 300.
+    assert {j.job.id for j in got if j.job.group == "tenant-b"} == small
+    assert sum(j.job.group == "tenant-a" for j in got) == 6
+    groups = (await h.stub.ListGroups(pb.ListGroupsRequest(queue="fair", page_size=2))).groups
+    assert [(g.group, g.weight) for g in groups] == [("", 1), ("tenant-a", 2)]
+    (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["fair"]))).stats
+    assert stats.groups == 1 and stats.running == 9
+
+
+async def test_a_per_key_rate_limit_holds_back_one_customer_and_its_timer_brings_it_back(h: Harness) -> None:
+    await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="kr", jobs=1, period=dur(1), key_header="customer"))
+    call = await h.lease("kr", max_in_flight=10)
+    ids = [await h.put("kr", headers={"customer": "acme"}) for _ in range(3)]
+    other = await h.put("kr", headers={"customer": "globex"})
+    got = await h.take(call, 2)  # one of each customer
+    assert {j.job.id for j in got} == {ids[0], other}
+    await h.idle(call)
+    (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["kr"]))).stats
+    assert (stats.key_rate_limit_header, stats.key_rate_limit_jobs, us(stats.key_rate_limit_period)) == (
+        "customer", 1, SECOND)
+    h.clock.advance(1)  # acme's next token: the timer pushes its next job, no request needed
+    assert [j.job.id for j in await h.take(call, 1)] == [ids[1]]
+    await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="kr", key_header="customer"))  # removed
+    assert [j.job.id for j in await h.take(call, 1)] == [ids[2]]
+
+
 # ---------------------------------------------------------------------- consistency
 
 

@@ -21,16 +21,16 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import event, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from support.factories import NOW, SECOND, new_ids, open_store, rows, spec, write
 
 from edgeq_server.errors import FailedPrecondition, NotFound
-from edgeq_server.models import Backoff, JobSpec, JobState, LeaseOutcome, Selection
+from edgeq_server.models import Backoff, Job, JobSpec, JobState, LeaseOutcome, Selection
 from edgeq_server.tokens import LeaseRef
 
-QUEUES = ("a", "b")
+QUEUES = ("a", "b", "g")  # "g" gets jobs with fair groups (enqueue_grouped)
 #: Only stale nacks pass no delay (and must not use it); live nacks always name one, so
 #: the model can predict run_at.
 BACKOFF = Backoff(base_us=SECOND, max_us=10 * SECOND)
@@ -41,7 +41,7 @@ BACKOFF = Backoff(base_us=SECOND, max_us=10 * SECOND)
 # with leases to settle, lapse and fence.
 ADVANCE = st.tuples(st.sampled_from([1, SECOND - 1, SECOND, 2 * SECOND, 5 * SECOND]), st.booleans())
 CLAIM = st.tuples(
-    st.sampled_from([("a",), ("b",), ("a", "b"), ("b", "a")]),
+    st.sampled_from([("a",), ("b",), ("a", "b"), ("b", "a"), ("g",)]),
     st.integers(1, 3),
     st.sampled_from([SECOND, 2 * SECOND, 5 * SECOND]),
 )
@@ -68,6 +68,7 @@ class Model:
     cancelled_lease_id: str | None = None  # the lease CancelJob cancelled the job under
     ckey: str | None = None  # concurrency key: at most climit of the queue's jobs with it RUNNING
     climit: int = 1
+    group: str = ""
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -81,6 +82,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.now = NOW
         self.jobs: dict[str, Model] = {}
         self.refs: list[LeaseRef] = []  # every lease ever handed out, in order
+        self.buckets: dict[str, list[float]] = {}  # queue -> [jobs, period, tokens, at] (SetRateLimit)
 
     def teardown(self) -> None:
         self.store.conn.close()
@@ -142,28 +144,45 @@ class StoreMachine(RuleBasedStateMachine):
     def enqueue(self, params: list[tuple[str, int, int, int]]) -> None:
         self.add_jobs(params)
 
+    def tokens(self, queue: str) -> float:
+        jobs, period, tokens, at = self.buckets[queue]
+        return float(min(jobs, tokens + max(0, self.now - at) * jobs / period))
+
+    def key_blocks(self, m: Model, running: Counter[tuple[str, str]]) -> bool:
+        return m.ckey is not None and running[(m.queue, m.ckey)] >= m.climit
+
     @rule(how=CLAIM)
     def claim(self, how: tuple[tuple[str, ...], int, int]) -> None:
         queues, limit, lease_us = how
+        if queues == ("g",):
+            self.claim_grouped(limit, lease_us)
+            return
         due = [
             (-m.priority, m.run_at, m.seq, job_id)
             for job_id, m in self.jobs.items()
             if m.queue in queues and m.state is JobState.PENDING and m.run_at <= self.now
         ]
         # In claim order, skipping jobs whose concurrency key has its limit running (counting
-        # those taken by this claim): keys are per queue, so this global walk equals the
-        # store's per-queue filtering merged.
+        # those taken by this claim) and jobs of a queue whose rate limit has no whole token
+        # left: keys and buckets are per queue, so this global walk equals the store's
+        # per-queue filtering merged.
         running = Counter(
             (m.queue, m.ckey) for m in self.jobs.values() if m.state is JobState.RUNNING and m.ckey is not None
         )
+        quota = {q: int(self.tokens(q)) for q in queues if q in self.buckets}
+        spent: Counter[str] = Counter()
         expected: list[str] = []
         for *_, job_id in sorted(due):
             m = self.jobs[job_id]
+            if self.key_blocks(m, running):
+                event("claim: a concurrency key held a job back")
+                continue
+            if m.queue in quota and spent[m.queue] >= quota[m.queue]:
+                event("claim: a rate limit held a job back")
+                continue
             if m.ckey is not None:
-                if running[(m.queue, m.ckey)] >= m.climit:
-                    event("claim: a concurrency key held a job back")
-                    continue
                 running[(m.queue, m.ckey)] += 1
+            spent[m.queue] += 1
             expected.append(job_id)
             if len(expected) == limit:
                 break
@@ -171,6 +190,49 @@ class StoreMachine(RuleBasedStateMachine):
         got = write(self.store, lambda: self.store.claim(list(queues), limit, "w", lease_us, self.now))
 
         assert [j.id for j in got] == expected
+        if got:  # the store charges the buckets of the claim's rate-limited queues
+            for q in quota:
+                self.buckets[q][2:] = [self.tokens(q) - spent[q], self.now]
+        self.took(got, lease_us)
+
+    def claim_grouped(self, limit: int, lease_us: int) -> None:
+        """A claim from the queue with fair groups. Which group goes next is the store's
+        turn order (tested on its own in test_store's fairness tests and the property
+        below); here: only ready jobs, in order within each group (a job passed over is
+        held by its key), key limits kept, and the claim stops early only when nothing
+        more may be taken."""
+        got = write(self.store, lambda: self.store.claim(["g"], limit, "w", lease_us, self.now))
+        taken = {j.id for j in got}
+        assert len(taken) == len(got) <= limit
+        running = Counter(
+            (m.queue, m.ckey) for m in self.jobs.values() if m.state is JobState.RUNNING and m.ckey is not None
+        )
+        for j in got:
+            m = self.jobs[j.id]
+            assert m.queue == "g" and m.state is JobState.PENDING and m.run_at <= self.now and j.group == m.group
+            if m.ckey is not None:
+                running[(m.queue, m.ckey)] += 1
+                assert running[(m.queue, m.ckey)] <= m.climit
+        ready = sorted(
+            (m.group, -m.priority, m.run_at, m.seq, job_id) for job_id, m in self.jobs.items()
+            if m.queue == "g" and m.state is JobState.PENDING and m.run_at <= self.now
+        )
+        for group, *_, job_id in ready:
+            if job_id in taken:
+                continue
+            m = self.jobs[job_id]
+            later_taken = any(
+                g == group and jid in taken and (-self.jobs[jid].priority, self.jobs[jid].run_at, self.jobs[jid].seq)
+                > (-m.priority, m.run_at, m.seq) for g, *_, jid in ready
+            )
+            if later_taken or len(got) < limit:  # passed over, or left while there was room
+                assert self.key_blocks(m, running), (job_id, m)
+                event("claim g: a key held a grouped job back")
+        if len({self.jobs[j].group for j in taken}) > 1:
+            event("claim g: several groups in one claim")
+        self.took(got, lease_us)
+
+    def took(self, got: list[Job], lease_us: int) -> None:
         for job in got:
             m = self.jobs[job.id]
             assert job.lease_id is not None
@@ -179,6 +241,24 @@ class StoreMachine(RuleBasedStateMachine):
             m.settled_lease_id = None
             assert (job.state, job.attempts, job.lease_expires_at) == (m.state, m.attempts, m.lease_expires_at)
             self.refs.append(LeaseRef(job.id, job.lease_id))
+
+    @rule(g=st.tuples(st.sampled_from(["t1", "t2", "t3"]), st.integers(1, 3), st.sampled_from([None, 1, 3])))
+    def enqueue_grouped(self, g: tuple[str, int, int | None]) -> None:
+        group, n, weight = g
+        if weight is not None:
+            write(self.store, lambda: self.store.set_group_weight("g", group, weight, self.now))
+        specs = [JobSpec("g", b"g", None, 2, group=group) for _ in range(n)]
+        for res in write(self.store, lambda: self.store.enqueue(specs, self.now, new_ids(n))):
+            self.jobs[res.job_id] = Model(len(self.jobs), "g", 0, 2, self.now, group=group)
+
+    @rule(r=st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2), st.sampled_from([SECOND, 3 * SECOND])))
+    def set_rate_limit(self, r: tuple[str, int, int]) -> None:
+        queue, jobs, period = r
+        write(self.store, lambda: self.store.set_rate_limit(queue, jobs, period if jobs else 0, self.now))
+        if jobs:
+            self.buckets[queue] = [jobs, period, jobs, self.now]
+        else:
+            self.buckets.pop(queue, None)
 
     @precondition(lambda self: self.live_refs())
     @rule(data=st.data())
@@ -495,7 +575,68 @@ class StoreMachine(RuleBasedStateMachine):
                 by_state[JobState.FAILED], by_state[JobState.CANCELLED],
             )
             assert stats.oldest_ready_run_at == (min(ready) if ready else None)
+            if stats.queue == "g" and any(m.group for m in models):
+                assert stats.groups == len({m.group for m in models if m.state is JobState.PENDING})
 
 
 TestStoreStateMachine = StoreMachine.TestCase
 TestStoreStateMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.tuples(st.integers(1, 30), st.integers(1, 4)), min_size=2, max_size=5),
+    batch=st.integers(1, 5),
+    late=st.integers(0, 4),
+)
+def test_groups_get_turns_in_proportion_to_their_weights(
+    sizes: list[tuple[int, int]], batch: int, late: int
+) -> None:
+    """Stride scheduling's bound: while two groups both have jobs waiting, their leases per
+    unit of weight never differ by more than one turn of each (whatever the claim sizes);
+    a group that joins later starts level with the others, not behind."""
+    tmp = tempfile.mkdtemp(prefix="edgeq-fair-")
+    store = open_store(os.path.join(tmp, "f.db"))
+    try:
+        weight = {f"g{i}": w for i, (_, w) in enumerate(sizes)}
+        left = {f"g{i}": n for i, (n, _) in enumerate(sizes)}
+        joiner = f"g{len(sizes) - 1}"  # enqueued after `late` leases
+        for g, n in left.items():
+            write(store, lambda g=g: store.set_group_weight("f", g, weight[g], NOW))  # type: ignore[misc]
+            if g != joiner or not late:
+                write(store, lambda g=g, n=n: store.enqueue(  # type: ignore[misc]
+                    [JobSpec("f", b"x", None, 1, group=g) for _ in range(n)], NOW, new_ids(n)))
+        served: Counter[str] = Counter()
+        joined = not late
+        while True:
+            others_done = all(n == 0 for g, n in left.items() if g != joiner)
+            if not joined and (sum(served.values()) >= late or others_done):
+                write(store, lambda: store.enqueue(
+                    [JobSpec("f", b"x", None, 1, group=joiner) for _ in range(left[joiner])], NOW, new_ids(50)))
+                joined, base = True, Counter(served)
+                served[joiner] = 0
+            got = write(store, lambda: store.claim(["f"], batch, "w", 30 * SECOND, NOW))
+            if not got:
+                break
+            write(store, lambda got=got: store.ack([(LeaseRef(j.id, j.lease_id or ""), b"") for j in got], NOW))  # type: ignore[misc]
+            for j in got:
+                served[j.group] += 1
+                left[j.group] -= 1
+            waiting = [g for g, n in left.items() if n > 0 and (joined or g != joiner)]
+            for a in waiting:
+                for b in waiting:
+                    share_a = served[a] / weight[a]
+                    share_b = served[b] / weight[b]
+                    if late and joined and joiner in (a, b):  # the joiner counts from when it came
+                        share_a -= (base[a] / weight[a]) if a != joiner else 0
+                        share_b -= (base[b] / weight[b]) if b != joiner else 0
+                        if a != joiner and b != joiner:
+                            continue
+                        slack = 1.0 / weight[a] + 1.0 / weight[b] + batch
+                    else:
+                        slack = 1.0 / weight[a] + 1.0 / weight[b] + 1e-9
+                    assert share_a - share_b <= slack, (a, b, served, weight)
+        assert sum(left.values()) == 0  # everything was leased
+    finally:
+        store.conn.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1745,3 +1745,53 @@ def test_ten_thousand_groups_each_get_one_turn_before_any_gets_a_second(store: S
     assert len(set(claim_groups(store, "many", 100, per_claim=10))) == 100
     (stats,) = store.queue_stats(["many"], NOW)
     assert stats.groups == 9_900  # the 100 groups served twice have nothing pending
+
+
+# ============================================================ per-key rate limits
+
+
+def test_a_rate_limit_per_key_gives_each_header_value_its_own_bucket(store: Store) -> None:
+    def jobs(customer: str | None, n: int) -> list[str]:
+        headers = {"customer": customer} if customer else {}
+        return [r.job_id for r in enqueue(store, *[JobSpec("kr", b"x", None, 3, headers=headers) for _ in range(n)])]
+
+    a, b, free = jobs("a", 5), jobs("b", 5), jobs(None, 2)
+    write(store, lambda: store.set_rate_limit("kr", 2, SECOND, NOW, "customer"))
+    throttled: dict[str, int] = {}
+    got = [j.id for j in write(store, lambda: store.claim(["kr"], 100, "w", 30 * SECOND, NOW, throttled))]
+    assert got == a[:2] + b[:2] + free  # FIFO within a key; jobs without the header are not limited
+    assert throttled == {"kr": NOW + SECOND // 2}  # a's and b's next token
+    assert write(store, lambda: store.claim(["kr"], 100, "w", 30 * SECOND, NOW + SECOND // 4)) == []
+    got = [j.id for j in write(store, lambda: store.claim(["kr"], 100, "w", 30 * SECOND, NOW + SECOND // 2))]
+    assert got == [a[2], b[2]]
+    (stats,) = store.queue_stats(["kr"], NOW)
+    assert stats.key_rate is not None and (stats.key_rate.header, stats.key_rate.jobs) == ("customer", 2)
+    assert stats.rate_jobs == 0  # the queue-wide limit is another one
+    # Refilled buckets are forgotten (a missing row is a full bucket); removing the limit frees all.
+    assert write(store, lambda: store.prune_rate_keys(NOW + SECOND // 2, 100)) == 0
+    assert write(store, lambda: store.prune_rate_keys(NOW + 2 * SECOND, 100)) == 2
+    write(store, lambda: store.set_rate_limit("kr", 0, 0, NOW + 2 * SECOND, "customer"))
+    got = [j.id for j in write(store, lambda: store.claim(["kr"], 100, "w", 30 * SECOND, NOW + 2 * SECOND))]
+    assert got == a[3:] + b[3:]
+    assert store.queue_stats(["kr"], NOW)[0].key_rate is None
+
+
+def test_a_per_key_rate_limit_and_a_queue_wide_one_both_apply_and_only_taken_jobs_spend(store: Store) -> None:
+    specs = [JobSpec("kw", b"x", None, 3, headers={"k": k}) for k in "aaabbb"]
+    ids_ = [r.job_id for r in enqueue(store, *specs)]
+    write(store, lambda: store.set_rate_limit("kw", 2, SECOND, NOW, "k"))
+    write(store, lambda: store.set_rate_limit("kw", 3, SECOND, NOW))
+    throttled: dict[str, int] = {}
+    got = [j.id for j in write(store, lambda: store.claim(["kw"], 100, "w", 30 * SECOND, NOW, throttled))]
+    assert got == ids_[:2] + ids_[3:4]  # 3 in all (queue-wide), at most 2 per key
+    # b spent one token only: the one job taken, not the one the queue-wide limit cut off.
+    assert store.conn.execute("SELECT key, tokens FROM rate_keys ORDER BY key").fetchall() == [("a", 0.0), ("b", 1.0)]
+
+
+def test_a_per_key_rate_limit_in_a_grouped_queue_holds_back_only_that_key(store: Store) -> None:
+    for g in ("t1", "t2"):
+        enqueue(store, *[JobSpec("kg", b"x", None, 3, group=g, headers={"api": g}) for _ in range(100)])
+    write(store, lambda: store.set_rate_limit("kg", 1, SECOND, NOW, "api"))
+    throttled: dict[str, int] = {}
+    got = write(store, lambda: store.claim(["kg"], 10, "w", 30 * SECOND, NOW, throttled))
+    assert sorted(j.group for j in got) == ["t1", "t2"] and throttled["kg"] == NOW + SECOND
