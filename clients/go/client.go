@@ -311,6 +311,39 @@ func (c *Client) SetRateLimit(ctx context.Context, queue string, jobs int64, per
 	return err
 }
 
+// SetGroupWeight gives group (JobSpec.Group; "" is the default group) of queue a share of
+// its leases of weight (1..1000; default 1) relative to the queue's other groups while it
+// has ready jobs.
+func (c *Client) SetGroupWeight(ctx context.Context, queue, group string, weight int32) error {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	req := &edgeqv1.SetGroupWeightRequest{Queue: queue, Group: group, Weight: weight}
+	_, err := retryWrite(ctx, func(ctx context.Context) (*edgeqv1.SetGroupWeightResponse, error) {
+		return c.raw.SetGroupWeight(ctx, req)
+	})
+	return err
+}
+
+// ListGroups lists every fair group of queue, by name, with its weight and its ready
+// (Pending) and Running jobs, reading all pages.
+func (c *Client) ListGroups(ctx context.Context, queue string) ([]*edgeqv1.Group, error) {
+	var groups []*edgeqv1.Group
+	req := &edgeqv1.ListGroupsRequest{Queue: queue}
+	for {
+		callCtx, cancel := c.unary(ctx)
+		resp, err := c.raw.ListGroups(callCtx, req)
+		cancel()
+		if err != nil {
+			return groups, err
+		}
+		groups = append(groups, resp.GetGroups()...)
+		if resp.GetNextPageToken() == "" {
+			return groups, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
 // UpsertSchedule creates or replaces the cron schedule s.Name (its output fields are
 // ignored) and returns it with its next tick.
 func (c *Client) UpsertSchedule(ctx context.Context, s *edgeqv1.Schedule) (*edgeqv1.Schedule, error) {

@@ -326,3 +326,38 @@ func TestSchedulesAndRateLimits(t *testing.T) {
 		t.Fatalf("stats after SetRateLimit: %v, %v", stats, err)
 	}
 }
+
+func TestFairGroups(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	resp, err := c.Enqueue(ctx,
+		&edgeqv1.JobSpec{Queue: "gfq", Payload: []byte("a"), Group: "tenant-a"},
+		&edgeqv1.JobSpec{Queue: "gfq", Payload: []byte("b"), Group: "tenant-a"},
+		&edgeqv1.JobSpec{Queue: "gfq", Payload: []byte("c"), Group: "tenant-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job, err := c.Get(ctx, resp.GetResults()[0].GetJobId(), resp.GetTxid()); err != nil || job.GetGroup() != "tenant-a" {
+		t.Fatalf("Get = %v, %v; want group tenant-a", job, err)
+	}
+	if err := c.SetGroupWeight(ctx, "gfq", "tenant-b", 5); err != nil {
+		t.Fatal(err)
+	}
+	groups, err := c.ListGroups(ctx, "gfq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][3]int64{}
+	for _, g := range groups {
+		got[g.GetGroup()] = [3]int64{int64(g.GetWeight()), g.GetPending(), g.GetRunning()}
+	}
+	if got["tenant-a"] != [3]int64{1, 2, 0} || got["tenant-b"] != [3]int64{5, 1, 0} {
+		t.Fatalf("ListGroups = %v", groups)
+	}
+	if err := c.SetGroupWeight(ctx, "gfq", "tenant-b", 0); Field(err) != "weight" {
+		t.Fatalf("weight 0: %v (field %q)", err, Field(err))
+	}
+	if _, err := c.Enqueue(ctx, &edgeqv1.JobSpec{Queue: "gfq", Group: "bad\x01"}); Field(err) != "jobs[0].group" {
+		t.Fatalf("a group with a control character: %v (field %q)", err, Field(err))
+	}
+}

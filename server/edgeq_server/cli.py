@@ -35,7 +35,7 @@ from edgeq.v1 import queue_pb2_grpc as pb_grpc
 from . import __version__, logs, tracing, validate
 from .app import EdgeqServer
 from .config import Config
-from .output import FORMATS, SCHEDULE_COLUMNS, STATS_COLUMNS, Printer, default_format
+from .output import FORMATS, GROUP_COLUMNS, SCHEDULE_COLUMNS, STATS_COLUMNS, Printer, default_format
 from .store import EdgeLogStore
 
 STATES = {s.lower(): v for s, v in pb.JobState.items() if v}
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=0)
     p.add_argument("--key", dest="idempotency_key", default="", help="idempotency key")
     p.add_argument("--header", action="append", default=[], metavar="K=V")
+    p.add_argument("--group", default="", help="the job's fair group (a tenant); default: the default group")
     p.add_argument(
         "--durability", choices=sorted(validate.DURABILITY_NAMES.values()),
         help="when the server answers: edge (fsynced in the answering node's edge log), local (committed on"
@@ -143,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue")
     p.add_argument("jobs", type=int)
     p.add_argument("--per", type=float, default=1.0, help="the period in seconds (default 1)")
+    p.add_argument("--key-header", default="", metavar="HEADER",
+                   help="a limit per key instead: each value of this job header gets its own bucket")
+    p = sub.add_parser("group-weight", help="set a fair group's share of QUEUE's leases (WEIGHT 1..1000)")
+    p.add_argument("queue")
+    p.add_argument("group", help="the group (JobSpec.group; \"\" is the default group)")
+    p.add_argument("weight", type=int)
+    p = sub.add_parser("groups", help="a queue's fair groups: weight, pending and running jobs")
+    p.add_argument("queue")
     p = sub.add_parser("schedule", help="cron schedules: set, list, pause, resume, delete")
     what = p.add_subparsers(dest="schedule_command", required=True)
     s = what.add_parser("set", help="create or replace a schedule")
@@ -273,7 +282,7 @@ def _client(args: argparse.Namespace) -> int:
             headers = dict(h.split("=", 1) for h in args.header)
             spec = pb.JobSpec(
                 queue=args.queue, payload=data, priority=args.priority, max_attempts=args.max_attempts,
-                idempotency_key=args.idempotency_key, headers=headers,
+                idempotency_key=args.idempotency_key, headers=headers, group=args.group,
             )
             if args.delay is not None:
                 spec.delay.FromNanoseconds(int(args.delay * 1e9))
@@ -298,10 +307,15 @@ def _client(args: argparse.Namespace) -> int:
         elif cmd == "schedule":
             return _schedule(stub, args, out)
         elif cmd == "rate-limit":
-            request = pb.SetRateLimitRequest(queue=args.queue, jobs=args.jobs)
+            request = pb.SetRateLimitRequest(queue=args.queue, jobs=args.jobs, key_header=args.key_header)
             if args.jobs:
                 request.period.FromNanoseconds(int(args.per * 1e9))
             out.one(stub.SetRateLimit(request, timeout=t))
+        elif cmd == "group-weight":
+            weight = pb.SetGroupWeightRequest(queue=args.queue, group=args.group, weight=args.weight)
+            out.one(stub.SetGroupWeight(weight, timeout=t))
+        elif cmd == "groups":
+            out.rows(_list_groups(stub, args.queue, t), GROUP_COLUMNS)
         elif cmd == "pause":
             out.one(stub.PauseQueue(pb.PauseQueueRequest(queue=args.queue), timeout=t))
         elif cmd == "resume":
@@ -322,6 +336,17 @@ def _list_jobs(stub: Any, queue: str, state: Any, limit: int, timeout: float) ->
         if not token:
             break
     return jobs
+
+
+def _list_groups(stub: Any, queue: str, timeout: float) -> list[pb.Group]:
+    groups: list[pb.Group] = []
+    token = ""
+    while True:
+        resp = stub.ListGroups(pb.ListGroupsRequest(queue=queue, page_size=1000, page_token=token), timeout=timeout)
+        groups.extend(resp.groups)
+        token = resp.next_page_token
+        if not token:
+            return groups
 
 
 def _cancel_or_retry(stub: Any, args: argparse.Namespace, out: Printer) -> int:

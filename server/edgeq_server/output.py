@@ -99,6 +99,7 @@ def _fields(d: dict[str, Any], out: TextIO, indent: str = "") -> None:
 
 
 JOB_COLUMNS = ("id", "queue", "state", "attempts", "max_attempts", "priority", "run_at", "payload", "error_message")
+GROUP_COLUMNS = ("group", "weight", "pending", "running")
 SCHEDULE_COLUMNS = ("name", "queue", "cron", "time_zone", "paused", "next_run_at", "last_run_at", "last_job_id")
 STATS_COLUMNS = (
     "queue", "pending", "scheduled", "running", "completed", "failed", "cancelled", "accepted",

@@ -11,7 +11,7 @@ import pytest
 from support.serverthread import ServerThread
 
 import edgeq.aio
-from edgeq import AUTO_KEY_PREFIX, Client, JobState, LeaseOutcome, NotFoundError
+from edgeq import AUTO_KEY_PREFIX, Client, InvalidArgumentError, JobSpec, JobState, LeaseOutcome, NotFoundError
 
 
 @pytest.fixture
@@ -65,3 +65,16 @@ async def test_the_async_client_covers_the_clients_api(server: ServerThread) -> 
     # What the async client wrote, the sync one reads the same.
     with Client(server.target) as sync:
         assert sync.get(leased[0].job.id).result == b"done"
+
+
+async def test_the_async_client_fair_groups(server: ServerThread) -> None:
+    async with edgeq.aio.Client(server.target, session_consistency=True) as client:
+        first = await client.enqueue("agq", b"1", group="tenant-a")
+        await client.enqueue_many([JobSpec("agq", b"2", group="tenant-b"), {"queue": "agq", "group": "tenant-b"}])
+        assert (await client.get(first.job_id)).group == "tenant-a"
+        await client.set_group_weight("agq", "tenant-a", 7)
+        groups = {g.group: (g.weight, g.pending, g.running) for g in await client.list_groups("agq")}
+        assert groups == {"": (1, 0, 0), "tenant-a": (7, 1, 0), "tenant-b": (1, 2, 0)}  # "": the default group
+        with pytest.raises(InvalidArgumentError) as err:
+            await client.enqueue("agq", b"x", group="tab\tgroup")
+        assert err.value.field == "jobs[0].group"

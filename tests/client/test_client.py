@@ -192,6 +192,29 @@ def test_concurrency_key_from_the_client(client: Client) -> None:
     assert [j.job.id for j in msg.jobs] == [first.job_id]  # the key's second waits
 
 
+def test_fair_groups_from_the_client(client: Client) -> None:
+    first = client.enqueue("gq", b"1", group="tenant-a")
+    client.enqueue_many([JobSpec("gq", b"2", group="tenant-a"), JobSpec("gq", b"3", group="tenant-b")])
+    client.enqueue("gq", b"4")  # the default group
+    assert client.get(first.job_id).group == "tenant-a"
+    assert client.get(client.enqueue("gq-plain", b"-").job_id).group is None
+    client.set_group_weight("gq", "tenant-b", 5)
+    groups = {g.group: (g.weight, g.pending, g.running) for g in client.list_groups("gq")}
+    assert groups == {"": (1, 1, 0), "tenant-a": (1, 2, 0), "tenant-b": (5, 1, 0)}
+    assert client.stats("gq")[0].groups == 3
+    with pytest.raises(InvalidArgumentError) as err:
+        client.enqueue("gq", b"x", group="bad\x01group")
+    assert err.value.field == "jobs[0].group"
+    with pytest.raises(InvalidArgumentError) as weight:
+        client.set_group_weight("gq", "tenant-b", 1001)
+    assert weight.value.field == "weight"
+
+
+def test_list_groups_reads_every_page(client: Client) -> None:
+    client.enqueue_many([JobSpec("gpages", b"x", group=f"g{i:03d}") for i in range(150)])  # 100 a page
+    assert [g.group for g in client.list_groups("gpages")] == ["", *(f"g{i:03d}" for i in range(150))]
+
+
 def test_schedules_from_the_client(client: Client) -> None:
     sch = client.upsert_schedule("digest", "sq", "0 8 * * 1-5", b"{}", time_zone="America/New_York",
                                  overlap="skip", missed="run_once", headers={"k": "v"})

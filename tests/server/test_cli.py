@@ -120,6 +120,24 @@ def test_rate_limit_from_the_cli(server: ServerProcess) -> None:
     assert bad.returncode != 0 and "jobs" in bad.stderr
 
 
+def test_fair_groups_from_the_cli(server: ServerProcess) -> None:
+    t = server.target
+    made = edgeq("--server", t, "enqueue", "cli-fair", "hello", "--group", "tenant-a", "-o", "json")
+    assert made.returncode == 0, made.stderr
+    (result,) = json.loads(made.stdout)["results"]
+    with Client(t) as c:
+        assert c.get(result["job_id"]).group == "tenant-a"
+    assert edgeq("--server", t, "group-weight", "cli-fair", "tenant-a", "4", "-o", "json").returncode == 0
+    default, group = json.loads(edgeq("--server", t, "groups", "cli-fair", "-o", "json").stdout)  # by name
+    assert (default["weight"], "group" not in default) == (1, True)  # "", the default group, has no field
+    assert (group["group"], group["weight"], group["pending"]) == ("tenant-a", 4, "1")
+    table = edgeq("--server", t, "groups", "cli-fair", "-o", "table").stdout.splitlines()
+    assert table[0].split() == ["GROUP", "WEIGHT", "PENDING", "RUNNING"]
+    assert table[2].split() == ["tenant-a", "4", "1", "0"]
+    bad = edgeq("--server", t, "group-weight", "cli-fair", "tenant-a", "0")
+    assert bad.returncode != 0 and "weight" in bad.stderr
+
+
 def test_health_exit_code_follows_grpc_health(server: ServerProcess) -> None:
     ok = edgeq("--server", server.target, "health")
     assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "SERVING"

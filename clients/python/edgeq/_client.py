@@ -350,6 +350,7 @@ class Client:
         uniqueness: Uniqueness | str | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int = 0,
+        group: str | None = None,
     ) -> EnqueueResult:
         """Add one job. ``delay`` (seconds or timedelta) and ``run_at`` (timezone-aware) are
         exclusive; ``max_attempts=0`` means the server default (3). Without an
@@ -359,10 +360,12 @@ class Client:
         RUNNING, unless ``uniqueness="pending"``) that job is returned (duplicate=True).
         With a ``concurrency_key``, at most ``concurrency_limit`` (default 1) of the queue's
         jobs with that key are leased at once, in order.
+        With a ``group`` (a tenant), leasing takes turns between the queue's groups that
+        have ready jobs, in proportion to their weights (``set_group_weight``).
         ``durability`` overrides the client's for this call."""
         spec = JobSpec(
             queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness,
-            concurrency_key, concurrency_limit,
+            concurrency_key, concurrency_limit, group,
         )
         return self._enqueue([spec.to_proto()], durability)[0]
 
@@ -469,14 +472,39 @@ class Client:
             if not resp.more:
                 return total
 
-    def set_rate_limit(self, queue: str, jobs: int, per: float | timedelta = 1.0) -> None:
+    def set_rate_limit(
+        self, queue: str, jobs: int, per: float | timedelta = 1.0, *, key_header: str | None = None
+    ) -> None:
         """Lease at most ``jobs`` of ``queue`` per ``per`` seconds (a token bucket on the
         primary shared by every worker; leases wait, nothing is refused); ``jobs=0``
-        removes the limit."""
-        request = pb.SetRateLimitRequest(queue=queue, jobs=jobs)
+        removes the limit. With ``key_header`` the limit is per key instead: each distinct
+        value of that header on the queue's jobs gets its own bucket (a queue has at most
+        one queue-wide and one per-key limit; both apply)."""
+        request = pb.SetRateLimitRequest(queue=queue, jobs=jobs, key_header=key_header or "")
         if jobs:
             request.period.CopyFrom(to_duration(per))
         self._note_txid(self._write(self.stub.SetRateLimit, request).txid)
+
+    # ------------------------------------------------------------------ fair groups
+
+    def set_group_weight(self, queue: str, group: str, weight: int) -> None:
+        """Give ``group`` (``JobSpec.group``; "" is the default group) of ``queue`` a share
+        of its leases of ``weight`` (1..1000; default 1) relative to the queue's other
+        groups while it has ready jobs."""
+        request = pb.SetGroupWeightRequest(queue=queue, group=group, weight=weight)
+        self._note_txid(self._write(self.stub.SetGroupWeight, request).txid)
+
+    def list_groups(self, queue: str) -> builtins.list[pb.Group]:
+        """Every fair group of ``queue``, by name, with its weight and its ready (pending)
+        and running jobs (all pages)."""
+        request = pb.ListGroupsRequest(queue=queue, min_txid=self._min_txid())
+        groups: builtins.list[pb.Group] = []
+        while True:
+            resp = self._call(self.stub.ListGroups, request)
+            groups.extend(resp.groups)
+            if not resp.next_page_token:
+                return groups
+            request.page_token = resp.next_page_token
 
     # ------------------------------------------------------------------ schedules
 

@@ -197,6 +197,8 @@ class Job:
     #: Its concurrency key, if any, and how many of the key's jobs may run at once.
     concurrency_key: str | None = None
     concurrency_limit: int = 0
+    #: Its fair group, if any (None: the default group).
+    group: str | None = None
 
     @classmethod
     def from_proto(cls, m: pb.Job) -> Job:
@@ -225,6 +227,7 @@ class Job:
             cancel_requested=m.cancel_requested,
             concurrency_key=m.concurrency_key or None,
             concurrency_limit=m.concurrency_limit,
+            group=m.group or None,
         )
 
 
@@ -252,6 +255,13 @@ class QueueStats:
     rate_limit_period: float = 0.0
     #: Ready jobs wait for the rate limit's tokens right now.
     rate_limited: bool = False
+    #: Fair groups (``JobSpec.group``) with PENDING jobs.
+    groups: int = 0
+    #: The per-key rate limit (``Client.set_rate_limit`` with ``key_header``): the header
+    #: (None: no such limit), jobs per ``key_rate_limit_period`` seconds for each key.
+    key_rate_limit_header: str | None = None
+    key_rate_limit_jobs: int = 0
+    key_rate_limit_period: float = 0.0
 
     @classmethod
     def from_proto(cls, m: pb.QueueStats) -> QueueStats:
@@ -270,6 +280,10 @@ class QueueStats:
             rate_limit_jobs=m.rate_limit_jobs,
             rate_limit_period=to_seconds(m.rate_limit_period),
             rate_limited=m.rate_limited,
+            groups=m.groups,
+            key_rate_limit_header=m.key_rate_limit_header or None,
+            key_rate_limit_jobs=m.key_rate_limit_jobs,
+            key_rate_limit_period=to_seconds(m.key_rate_limit_period),
         )
 
 
@@ -395,6 +409,10 @@ class JobSpec:
     #: at once; the others wait, in order.
     concurrency_key: str | None = None
     concurrency_limit: int = 0
+    #: Its fair group (a tenant): in a queue where any job has one, leasing takes turns
+    #: between the groups with ready jobs, by weight (``Client.set_group_weight``). None:
+    #: the default group.
+    group: str | None = None
 
     def to_proto(self) -> pb.JobSpec:
         m = pb.JobSpec(
@@ -406,6 +424,7 @@ class JobSpec:
             unique_key=self.unique_key or "",
             concurrency_key=self.concurrency_key or "",
             concurrency_limit=self.concurrency_limit,
+            group=self.group or "",
         )
         if self.uniqueness is not None:
             m.uniqueness = Uniqueness(self.uniqueness).to_proto()

@@ -151,11 +151,12 @@ class Client:
         uniqueness: Uniqueness | str | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int = 0,
+        group: str | None = None,
     ) -> EnqueueResult:
         """As ``edgeq.Client.enqueue``."""
         spec = JobSpec(
             queue, payload, delay, run_at, priority, max_attempts, idempotency_key, headers, unique_key, uniqueness,
-            concurrency_key, concurrency_limit,
+            concurrency_key, concurrency_limit, group,
         )
         return (await self._enqueue([spec.to_proto()], durability))[0]
 
@@ -253,6 +254,25 @@ class Client:
     async def resume(self, queue: str) -> None:
         resp: pb.ResumeQueueResponse = await self._write(self.stub.ResumeQueue, pb.ResumeQueueRequest(queue=queue))
         self._note_txid(resp.txid)
+
+    # ------------------------------------------------------------------ fair groups
+
+    async def set_group_weight(self, queue: str, group: str, weight: int) -> None:
+        """As ``edgeq.Client.set_group_weight``."""
+        request = pb.SetGroupWeightRequest(queue=queue, group=group, weight=weight)
+        resp: pb.SetGroupWeightResponse = await self._write(self.stub.SetGroupWeight, request)
+        self._note_txid(resp.txid)
+
+    async def list_groups(self, queue: str) -> builtins.list[pb.Group]:
+        """As ``edgeq.Client.list_groups`` (all pages)."""
+        request = pb.ListGroupsRequest(queue=queue, min_txid=self._min_txid())
+        groups: builtins.list[pb.Group] = []
+        while True:
+            resp: pb.ListGroupsResponse = await self._call(self.stub.ListGroups, request)
+            groups.extend(resp.groups)
+            if not resp.next_page_token:
+                return groups
+            request.page_token = resp.next_page_token
 
     # ------------------------------------------------------------------ leases (low level)
 

@@ -32,6 +32,7 @@ import {
   NackRequestSchema,
   QueueService,
   ScheduleSchema,
+  type Group,
   type JobSpecSchema,
 } from "./gen/edgeq/v1/queue_pb.js";
 
@@ -261,6 +262,24 @@ export class EdgeqClient {
   setRateLimit(queue: string, jobs: number, perMs = 1000) {
     const period = jobs > 0 ? { seconds: BigInt(Math.floor(perMs / 1000)), nanos: (perMs % 1000) * 1e6 } : undefined;
     return this.raw.setRateLimit({ queue, jobs: BigInt(jobs), period }, this.call);
+  }
+  /** Give `group` (JobSpec.group; "" is the default group) of `queue` a share of its leases
+   * of `weight` (1..1000; default 1) relative to the queue's other groups while it has
+   * ready jobs. */
+  setGroupWeight(queue: string, group: string, weight: number) {
+    return this.raw.setGroupWeight({ queue, group, weight }, this.call);
+  }
+  /** Every fair group of `queue`, by name, with its weight and its ready (pending) and
+   * running jobs (all pages). */
+  async listGroups(queue: string) {
+    const groups: Group[] = [];
+    let pageToken = "";
+    do {
+      const resp = await this.raw.listGroups({ queue, pageToken }, this.call);
+      groups.push(...resp.groups);
+      pageToken = resp.nextPageToken;
+    } while (pageToken);
+    return groups;
   }
   /** Create or replace a cron schedule; resolves to it with its next tick. */
   async upsertSchedule(schedule: MessageInitShape<typeof ScheduleSchema>) {

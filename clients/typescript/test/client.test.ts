@@ -112,6 +112,21 @@ test("schedules and rate limits from the client", async () => {
   assert.equal(stats.rateLimitPeriod?.seconds, 60n);
 });
 
+test("fair groups: enqueue with a group, setGroupWeight, listGroups", async () => {
+  const resp = await client.enqueue(
+    { queue: "tsfq", payload: new Uint8Array([1]), group: "tenant-a" },
+    { queue: "tsfq", payload: new Uint8Array([2]), group: "tenant-b" },
+    { queue: "tsfq", payload: new Uint8Array([3]), group: "tenant-b" },
+  );
+  assert.equal((await client.get(resp.results[0].jobId, resp.txid)).group, "tenant-a");
+  await client.setGroupWeight("tsfq", "tenant-b", 3);
+  const groups = await client.listGroups("tsfq");
+  assert.deepEqual(groups.map((g) => [g.group, g.weight, g.pending, g.running]),
+    [["", 1, 0n, 0n], ["tenant-a", 1, 1n, 0n], ["tenant-b", 3, 2n, 0n]]); // "": the default group
+  await assert.rejects(client.enqueue({ queue: "tsfq", group: "bad\u0001" }),
+    (err: unknown) => ConnectError.from(err).code === Code.InvalidArgument && errorField(err) === "jobs[0].group");
+});
+
 test("durability on a standalone server: edge acts as local, replicated is refused", async () => {
   const c = new EdgeqClient(await startServer(), { durability: "edge" });
   const resp = await c.enqueue({ queue: "d", payload: new Uint8Array([1]) });
