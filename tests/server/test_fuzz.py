@@ -31,7 +31,7 @@ ALLOWED = {
 SEEDS: dict[str, bytes] = {
     "Enqueue": pb.EnqueueRequest(jobs=[pb.JobSpec(queue="fz", payload=b"p", idempotency_key="k", priority=3,
                                                   headers={"h": "v"}, max_attempts=2, unique_key="u",
-                                                  uniqueness=pb.UNIQUENESS_PENDING)]).SerializeToString(),
+                                                  uniqueness=pb.UNIQUENESS_PENDING, group="t1")]).SerializeToString(),
     "Lease": pb.LeaseRequest(queues=["fz"], worker_id="w", max_in_flight=2).SerializeToString(),
     "Ack": pb.AckRequest(items=[pb.AckItem(lease_token="0" * 36 + ".0123456789abcdef.0123456789abcdef",
                                            result=b"r")]).SerializeToString(),
@@ -54,6 +54,8 @@ SEEDS: dict[str, bytes] = {
     "ResumeSchedule": pb.ResumeScheduleRequest(name="fz").SerializeToString(),
     "SetRateLimit": pb.SetRateLimitRequest(queue="fz", jobs=100, period=duration_pb2.Duration(seconds=1))
     .SerializeToString(),
+    "SetGroupWeight": pb.SetGroupWeightRequest(queue="fz", group="t1", weight=3).SerializeToString(),
+    "ListGroups": pb.ListGroupsRequest(queue="fz", page_size=2).SerializeToString(),
     "PauseQueue": pb.PauseQueueRequest(queue="fz").SerializeToString(),
     "ResumeQueue": pb.ResumeQueueRequest(queue="fz").SerializeToString(),
     "GetNodeInfo": pb.GetNodeInfoRequest().SerializeToString(),
