@@ -241,9 +241,35 @@ def test_pages_without_auth_still_need_the_csrf_token(tmp_path: Path, browser: A
         srv.close()
 
 
+def test_fair_groups_and_their_weights_on_the_groups_page(server: ServerThread, browser: Any) -> None:
+    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    sign_in(page, server, ADMIN)
+    with Client(server.target, token=ADMIN) as client:
+        for tenant, n in (("acme", 5), ("globex", 2)):
+            for _ in range(n):
+                client.enqueue("reports", b"{}", group=tenant)
+        client.set_rate_limit("reports", 3, per=1, key_header="customer")
+        page.goto(url(server, "/queues"))
+        row = page.locator("#queues tr[data-queue=reports]")
+        assert "3 / 1.0s per customer" in row.locator("td.rate").inner_text()
+        row.locator("a", has_text="2").click()  # two groups with pending jobs
+        page.wait_for_url(url(server, "/groups?queue=reports"))
+        acme = page.locator("#groups tr[data-group=acme]")
+        assert acme.locator("td").nth(2).inner_text() == "5"  # ready
+        acme.locator("input[name=weight]").fill("4")
+        acme.locator("button").click()
+        assert page.locator(".notice").inner_text() == "group acme of reports: weight 4"
+        assert {g.group: g.weight for g in client.list_groups("reports")}["acme"] == 4
+        globex = page.locator("#groups tr[data-group=globex] input[name=weight]")
+        globex.fill("1001")  # the browser holds it back (1..1000), and the API would refuse it
+        assert globex.evaluate("e => e.validity.valid") is False
+        assert {g.group: g.weight for g in client.list_groups("reports")}["globex"] == 1
+        shot(page, "groups")
+
+
 def test_screenshots_dir_is_what_the_readme_links() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name in ("queues", "jobs", "job", "dead", "cluster"):
+    for name in ("queues", "jobs", "job", "dead", "cluster", "groups", "schedules", "login"):
         assert f"docs/screenshots/{name}.png" in readme
 
 

@@ -149,6 +149,8 @@ class Dashboard:
             web.get("/cluster", self._cluster),
             web.get("/schedules", self._schedules),
             web.post("/schedules/{name}/{action:pause|resume|delete}", self._schedule_action),
+            web.get("/groups", self._groups),
+            web.post("/groups/{queue}/weight", self._group_weight),
             web.static("/static", HERE / "static"),
         ])
         self._runner = web.AppRunner(app, access_log=None)
@@ -451,6 +453,37 @@ class Dashboard:
         except CallError as exc:
             raise self._back(form, "/schedules", error=str(exc)) from None
         raise self._back(form, "/schedules", notice=f"schedule {name}: {action}d")
+
+    async def _groups(self, request: web.Request) -> web.StreamResponse:
+        queue = request.query.get("queue", "").strip()
+        listing = pb.ListGroupsRequest(queue=queue, page_size=PAGE_SIZE, page_token=request.query.get("page", ""))
+        groups: list[Any] = []
+        next_page, failure = "", ""
+        try:
+            answer = await self._call(request, "ListGroups", listing)
+            groups, next_page = list(answer.groups), answer.next_page_token
+        except CallError as exc:
+            failure = str(exc)
+        more = urlencode({"queue": queue, "page": next_page})
+        return self._render(
+            request, "groups.html", queue=queue, groups=groups, failure=failure,
+            next_url=f"/groups?{more}" if next_page else "", back=request.path_qs,
+        )
+
+    async def _group_weight(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        queue = request.match_info["queue"]
+        group = str(form.get("group", ""))
+        here = "/groups?" + urlencode({"queue": queue})
+        try:
+            weight = int(str(form.get("weight", "")))
+        except ValueError:
+            raise self._back(form, here, error="weight: a whole number from 1 to 1000") from None
+        try:
+            await self._call(request, "SetGroupWeight", pb.SetGroupWeightRequest(queue=queue, group=group, weight=weight))
+        except CallError as exc:
+            raise self._back(form, here, error=str(exc)) from None
+        raise self._back(form, here, notice=f"group {group or '(default)'} of {queue}: weight {weight}")
 
     async def _cluster(self, request: web.Request) -> web.StreamResponse:
         try:

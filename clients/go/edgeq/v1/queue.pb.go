@@ -2170,10 +2170,11 @@ type QueueStats struct {
 	// Fair groups (JobSpec.group) with PENDING jobs.
 	Groups int64 `protobuf:"varint,14,opt,name=groups,proto3" json:"groups,omitempty"`
 	// The per-key rate limit (SetRateLimit with key_header): the header whose
-	// value is the key (empty when none), jobs per period for each key, and the
-	// period.
-	KeyRateLimitHeader string               `protobuf:"bytes,15,opt,name=key_rate_limit_header,json=keyRateLimitHeader,proto3" json:"key_rate_limit_header,omitempty"`
-	KeyRateLimitJobs   int64                `protobuf:"varint,16,opt,name=key_rate_limit_jobs,json=keyRateLimitJobs,proto3" json:"key_rate_limit_jobs,omitempty"`
+	// value is the key; empty when none.
+	KeyRateLimitHeader string `protobuf:"bytes,15,opt,name=key_rate_limit_header,json=keyRateLimitHeader,proto3" json:"key_rate_limit_header,omitempty"`
+	// Jobs leased per period for each key; 0 when none.
+	KeyRateLimitJobs int64 `protobuf:"varint,16,opt,name=key_rate_limit_jobs,json=keyRateLimitJobs,proto3" json:"key_rate_limit_jobs,omitempty"`
+	// Its period.
 	KeyRateLimitPeriod *durationpb.Duration `protobuf:"bytes,17,opt,name=key_rate_limit_period,json=keyRateLimitPeriod,proto3" json:"key_rate_limit_period,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache

@@ -1117,19 +1117,22 @@ export type QueueStats = Message<"edgeq.v1.QueueStats"> & {
 
   /**
    * The per-key rate limit (SetRateLimit with key_header): the header whose
-   * value is the key (empty when none), jobs per period for each key, and the
-   * period.
+   * value is the key; empty when none.
    *
    * @generated from field: string key_rate_limit_header = 15;
    */
   keyRateLimitHeader: string;
 
   /**
+   * Jobs leased per period for each key; 0 when none.
+   *
    * @generated from field: int64 key_rate_limit_jobs = 16;
    */
   keyRateLimitJobs: bigint;
 
   /**
+   * Its period.
+   *
    * @generated from field: google.protobuf.Duration key_rate_limit_period = 17;
    */
   keyRateLimitPeriod?: Duration | undefined;
