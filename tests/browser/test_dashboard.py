@@ -260,11 +260,11 @@ def test_fair_groups_and_their_weights_on_the_groups_page(server: ServerThread, 
         acme.locator("button").click()
         assert page.locator(".notice").inner_text() == "group acme of reports: weight 4"
         assert {g.group: g.weight for g in client.list_groups("reports")}["acme"] == 4
+        shot(page, "groups")
         globex = page.locator("#groups tr[data-group=globex] input[name=weight]")
         globex.fill("1001")  # the browser holds it back (1..1000), and the API would refuse it
         assert globex.evaluate("e => e.validity.valid") is False
         assert {g.group: g.weight for g in client.list_groups("reports")}["globex"] == 1
-        shot(page, "groups")
 
 
 def test_screenshots_dir_is_what_the_readme_links() -> None:
