@@ -301,9 +301,21 @@ func bulk[R bulkResponse](ctx context.Context, c *Client, call func(context.Cont
 // SetRateLimit leases at most jobs of queue per period (a token bucket on the primary,
 // shared by every worker; leases wait, nothing is refused); jobs = 0 removes the limit.
 func (c *Client) SetRateLimit(ctx context.Context, queue string, jobs int64, period time.Duration) error {
+	return c.setRateLimit(ctx, queue, "", jobs, period)
+}
+
+// SetKeyRateLimit sets queue's per-key rate limit: each distinct value of the job header
+// keyHeader gets its own bucket of at most jobs leases per period (jobs without the header
+// are not limited by it); jobs = 0 removes it. A queue has at most one queue-wide limit
+// (SetRateLimit) and one per-key limit; both apply.
+func (c *Client) SetKeyRateLimit(ctx context.Context, queue, keyHeader string, jobs int64, period time.Duration) error {
+	return c.setRateLimit(ctx, queue, keyHeader, jobs, period)
+}
+
+func (c *Client) setRateLimit(ctx context.Context, queue, keyHeader string, jobs int64, period time.Duration) error {
 	ctx, cancel := c.unary(ctx)
 	defer cancel()
-	req := &edgeqv1.SetRateLimitRequest{Queue: queue, Jobs: jobs}
+	req := &edgeqv1.SetRateLimitRequest{Queue: queue, Jobs: jobs, KeyHeader: keyHeader}
 	if jobs > 0 {
 		req.Period = dpb.New(period)
 	}

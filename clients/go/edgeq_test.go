@@ -327,6 +327,35 @@ func TestSchedulesAndRateLimits(t *testing.T) {
 	}
 }
 
+func TestSetKeyRateLimit(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	if err := c.SetRateLimit(ctx, "gkrl", 30, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetKeyRateLimit(ctx, "gkrl", "tenant", 5, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := c.Stats(ctx, "gkrl")
+	if err != nil || len(stats) != 1 {
+		t.Fatalf("Stats = %v, %v", stats, err)
+	}
+	s := stats[0]
+	if s.GetKeyRateLimitHeader() != "tenant" || s.GetKeyRateLimitJobs() != 5 || s.GetKeyRateLimitPeriod().AsDuration() != 2*time.Second {
+		t.Fatalf("stats after SetKeyRateLimit: %v", s)
+	}
+	if s.GetRateLimitJobs() != 30 { // the queue-wide limit stays
+		t.Fatalf("queue-wide limit after SetKeyRateLimit: %v", s)
+	}
+	if err := c.SetKeyRateLimit(ctx, "gkrl", "tenant", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	stats, err = c.Stats(ctx, "gkrl")
+	if err != nil || stats[0].GetKeyRateLimitHeader() != "" || stats[0].GetKeyRateLimitJobs() != 0 || stats[0].GetRateLimitJobs() != 30 {
+		t.Fatalf("stats after removing the per-key limit: %v, %v", stats, err)
+	}
+}
+
 func TestFairGroups(t *testing.T) {
 	c := dial(t)
 	ctx := context.Background()

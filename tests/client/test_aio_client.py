@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from support.serverthread import ServerThread
 
 import edgeq.aio
 from edgeq import AUTO_KEY_PREFIX, Client, InvalidArgumentError, JobSpec, JobState, LeaseOutcome, NotFoundError
+from edgeq.v1 import queue_pb2 as pb
 
 
 @pytest.fixture
@@ -78,3 +80,50 @@ async def test_the_async_client_fair_groups(server: ServerThread) -> None:
         with pytest.raises(InvalidArgumentError) as err:
             await client.enqueue("agq", b"x", group="tab\tgroup")
         assert err.value.field == "jobs[0].group"
+
+
+async def test_the_async_client_rate_limits(server: ServerThread) -> None:
+    async with edgeq.aio.Client(server.target, session_consistency=True) as client:
+        await client.set_rate_limit("arl", 120, per=60)
+        await client.set_rate_limit("arl", 5, per=timedelta(seconds=2), key_header="tenant")
+        await client.enqueue("arl", b"x", headers={"tenant": "t1"})
+        (stats,) = await client.stats("arl")
+        assert (stats.rate_limit_jobs, stats.rate_limit_period, stats.rate_limited) == (120, 60.0, False)
+        assert (stats.key_rate_limit_header, stats.key_rate_limit_jobs, stats.key_rate_limit_period) == (
+            "tenant", 5, 2.0
+        )
+        await client.set_rate_limit("arl", 0, key_header="tenant")  # the per-key one only
+        (stats,) = await client.stats("arl")
+        assert (stats.rate_limit_jobs, stats.key_rate_limit_header, stats.key_rate_limit_jobs) == (120, None, 0)
+        await client.set_rate_limit("arl", 0)
+        assert (await client.stats("arl"))[0].rate_limit_jobs == 0
+        with pytest.raises(InvalidArgumentError) as err:
+            await client.set_rate_limit("arl", 5, per=0.0001)
+        assert err.value.field == "period"
+
+
+async def test_the_async_client_schedules(server: ServerThread) -> None:
+    async with edgeq.aio.Client(server.target, session_consistency=True) as client:
+        sch = await client.upsert_schedule(
+            "adigest", "asq", "*/5 * * * *", b"{}", time_zone="Europe/Paris", overlap="skip", missed="run_once",
+            headers={"k": "v"}, priority=3, max_attempts=2,
+        )
+        assert (sch.name, sch.queue, sch.cron, sch.time_zone, sch.overlap, sch.missed) == (
+            "adigest", "asq", "*/5 * * * *", "Europe/Paris", pb.OVERLAP_POLICY_SKIP, pb.MISSED_TICKS_RUN_ONCE
+        )
+        assert sch.HasField("next_run_at") and not sch.paused
+        assert (sch.template.payload, dict(sch.template.headers), sch.template.priority) == (b"{}", {"k": "v"}, 3)
+        assert sch.template.max_attempts == 2
+        assert [s.name for s in await client.schedules()] == ["adigest"]
+        assert (await client.pause_schedule("adigest")).paused
+        assert (await client.schedules())[0].paused
+        assert not (await client.resume_schedule("adigest")).paused
+        with pytest.raises(InvalidArgumentError) as err:
+            await client.upsert_schedule("bad", "asq", "not cron")
+        assert err.value.field == "schedule.cron"
+        assert await client.delete_schedule("adigest")
+        assert not await client.delete_schedule("adigest")  # already gone
+        assert await client.schedules() == []
+    # The sync client sees the same (none left).
+    with Client(server.target) as sync:
+        assert sync.schedules() == []

@@ -43,6 +43,20 @@ def get_job(node: Node, job_id: str, min_txid: int = 0) -> pb.Job:
         return s.GetJob(pb.GetJobRequest(job_id=job_id, min_txid=min_txid), timeout=10).job
 
 
+def lease_and_ack(node: Node, queue: str) -> str:
+    """Lease one job of ``queue`` through ``node`` and ack it; its id."""
+    ch, s = stub(node.target)
+    with ch:
+        call = s.Lease(pb.LeaseRequest(queues=[queue], worker_id="w", max_in_flight=1), timeout=30)
+        for msg in call:
+            if msg.jobs:
+                leased = msg.jobs[0]
+                s.Ack(pb.AckRequest(items=[pb.AckItem(lease_token=leased.lease_token)]), timeout=10)
+                call.cancel()
+                return str(leased.job.id)
+    raise AssertionError("the Lease stream ended without a job")
+
+
 @contextmanager
 def primary_stopped(cluster: Cluster) -> Iterator[None]:
     """SIGSTOP the primary's edgeq server: nothing reaches it, the drain waits."""
@@ -227,7 +241,12 @@ def test_a_stale_replica_that_wins_the_lease_gets_back_what_the_edge_logs_draine
     takes the lease without them; node 3 is re-snapshotted from it. With the edge logs
     keeping drained requests (``--edge-log-keep-seconds 60``) node 3 offers its 20 to the
     new primary when it sees it, node 1 its 20 when it restarts: all 40 exist once. With
-    ``0`` (deleted once stored) the same run loses all 40: the fault is real."""
+    ``0`` (deleted once stored) the same run loses all 40: the fault is real.
+
+    Also a key twin (a producer that timed out at one edge and retried the key at another:
+    two edge ids, one job) that a worker leased and acked before the rollback: after the
+    re-offers it is one job again, both ids name it, and it is PENDING — it runs again (what
+    the chaos checker counts as an ack kept, not lost)."""
     with ConsulAgent(tmp_path) as consul:
         cluster = Cluster(tmp_path, 3, *EDGE, "--edge-log-keep-seconds", str(keep), consul=consul)
         cluster.nodes[2].consul_candidate = False
@@ -240,6 +259,20 @@ def test_a_stale_replica_that_wins_the_lease_gets_back_what_the_edge_logs_draine
             until(lambda: info(old).edge_log_jobs == 0 and info(follower).edge_log_jobs == 0,
                   timeout=30, what="both edge logs drained")
             until(lambda: len(all_jobs(follower.target, "s")) == 40, timeout=30, what="node 3 applied all 40")
+            # The twin: accepted at node 3 while nothing drains (node 3 then dies with it in its
+            # edge log), then the same key at node 1, stored, leased and acked; node 3 comes
+            # back and its copy drains as an alias of node 1's.
+            spec = pb.JobSpec(queue="t", payload=b"twin", idempotency_key="twin")
+            with primary_stopped(cluster):
+                twin = [enqueue(follower, spec).results[0].job_id]
+                cluster.kill9(follower)
+            twin.append(enqueue(old, spec).results[0].job_id)
+            assert twin[0] != twin[1]  # each edge gave its own id
+            assert lease_and_ack(old, "t") == twin[1]
+            cluster.start(follower)
+            until(lambda: info(follower).edge_log_jobs == 0, timeout=60, what="node 3's twin drained")
+            until(lambda: len({get_job(old, j).id for j in twin}) == 1, timeout=30, what="the twin an alias")
+            until(lambda: len(all_jobs(follower.target, "t")) == 1, timeout=30, what="node 3 applied the ack")
             cluster.kill9(old)
             cluster.start(stale)  # node 1 is dead: node 2 cannot catch up, and takes the lease
             cluster.primary = stale
@@ -251,6 +284,10 @@ def test_a_stale_replica_that_wins_the_lease_gets_back_what_the_edge_logs_draine
                 until(lambda: sorted(j.id for j in all_jobs(stale.target, "s")) == sorted(ids), timeout=60,
                       what="all 40 jobs on the new primary")
                 assert "offering it again" in follower.log.read_text()
+                until(lambda: len({get_job(stale, j).id for j in twin}) == 1, timeout=60,
+                      what="both twin ids name one job again")
+                (again,) = all_jobs(stale.target, "t")
+                assert again.id in twin and again.state == pb.JOB_STATE_PENDING  # the acked work runs again
             else:
                 time.sleep(3)  # what a re-offer would have needed, and more
                 assert all_jobs(stale.target, "s") == []

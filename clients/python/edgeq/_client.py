@@ -219,6 +219,29 @@ _OVERLAP = {"allow": pb.OVERLAP_POLICY_ALLOW, "skip": pb.OVERLAP_POLICY_SKIP}
 _MISSED = {"skip": pb.MISSED_TICKS_SKIP, "run_once": pb.MISSED_TICKS_RUN_ONCE}
 
 
+def _rate_limit_request(
+    queue: str, jobs: int, per: float | timedelta, key_header: str | None
+) -> pb.SetRateLimitRequest:
+    request = pb.SetRateLimitRequest(queue=queue, jobs=jobs, key_header=key_header or "")
+    if jobs:
+        request.period.CopyFrom(to_duration(per))
+    return request
+
+
+def _upsert_schedule_request(
+    name: str, queue: str, cron: str, payload: bytes, time_zone: str, headers: Mapping[str, str] | None,
+    priority: int, max_attempts: int, overlap: str, missed: str,
+) -> pb.UpsertScheduleRequest:
+    template = pb.JobSpec(payload=payload, priority=priority, max_attempts=max_attempts)
+    if headers:
+        template.headers.update(headers)
+    sch = pb.Schedule(
+        name=name, queue=queue, cron=cron, time_zone=time_zone, template=template,
+        overlap=_OVERLAP[overlap], missed=_MISSED[missed],
+    )
+    return pb.UpsertScheduleRequest(schedule=sch)
+
+
 def _lease_request(
     queues: Sequence[str], worker_id: str, max_in_flight: int, lease_duration: float | timedelta | None
 ) -> pb.LeaseRequest:
@@ -480,9 +503,7 @@ class Client:
         removes the limit. With ``key_header`` the limit is per key instead: each distinct
         value of that header on the queue's jobs gets its own bucket (a queue has at most
         one queue-wide and one per-key limit; both apply)."""
-        request = pb.SetRateLimitRequest(queue=queue, jobs=jobs, key_header=key_header or "")
-        if jobs:
-            request.period.CopyFrom(to_duration(per))
+        request = _rate_limit_request(queue, jobs, per, key_header)
         self._note_txid(self._write(self.stub.SetRateLimit, request).txid)
 
     # ------------------------------------------------------------------ fair groups
@@ -518,14 +539,10 @@ class Client:
         exactly once per tick. ``overlap="skip"`` skips a tick while the previous tick's job
         is pending or running; ``missed="run_once"`` runs one job for ticks missed while no
         primary ran them (default: skip them). Returns the schedule with its next tick."""
-        template = pb.JobSpec(payload=payload, priority=priority, max_attempts=max_attempts)
-        if headers:
-            template.headers.update(headers)
-        sch = pb.Schedule(
-            name=name, queue=queue, cron=cron, time_zone=time_zone, template=template,
-            overlap=_OVERLAP[overlap], missed=_MISSED[missed],
+        request = _upsert_schedule_request(
+            name, queue, cron, payload, time_zone, headers, priority, max_attempts, overlap, missed
         )
-        resp = self._write(self.stub.UpsertSchedule, pb.UpsertScheduleRequest(schedule=sch))
+        resp = self._write(self.stub.UpsertSchedule, request)
         self._note_txid(resp.txid)
         return resp.schedule
 

@@ -34,7 +34,9 @@ from ._client import (
     _lease_request,
     _list_request,
     _nack_items,
+    _rate_limit_request,
     _selection,
+    _upsert_schedule_request,
     _WriteRetry,
 )
 from ._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, TLSOption, create_aio_channel
@@ -247,6 +249,14 @@ class Client:
             if not resp.more:
                 return total
 
+    async def set_rate_limit(
+        self, queue: str, jobs: int, per: float | timedelta = 1.0, *, key_header: str | None = None
+    ) -> None:
+        """As ``edgeq.Client.set_rate_limit``."""
+        request = _rate_limit_request(queue, jobs, per, key_header)
+        resp: pb.SetRateLimitResponse = await self._write(self.stub.SetRateLimit, request)
+        self._note_txid(resp.txid)
+
     async def pause(self, queue: str) -> None:
         resp: pb.PauseQueueResponse = await self._write(self.stub.PauseQueue, pb.PauseQueueRequest(queue=queue))
         self._note_txid(resp.txid)
@@ -273,6 +283,49 @@ class Client:
             if not resp.next_page_token:
                 return groups
             request.page_token = resp.next_page_token
+
+    # ------------------------------------------------------------------ schedules
+
+    async def upsert_schedule(
+        self, name: str, queue: str, cron: str, payload: bytes = b"", *, time_zone: str = "UTC",
+        headers: Mapping[str, str] | None = None, priority: int = 0, max_attempts: int = 0,
+        overlap: str = "allow", missed: str = "skip",
+    ) -> pb.Schedule:
+        """As ``edgeq.Client.upsert_schedule``."""
+        request = _upsert_schedule_request(
+            name, queue, cron, payload, time_zone, headers, priority, max_attempts, overlap, missed
+        )
+        resp: pb.UpsertScheduleResponse = await self._write(self.stub.UpsertSchedule, request)
+        self._note_txid(resp.txid)
+        return resp.schedule
+
+    async def schedules(self) -> builtins.list[pb.Schedule]:
+        """As ``edgeq.Client.schedules``."""
+        request = pb.ListSchedulesRequest(min_txid=self._min_txid())
+        resp: pb.ListSchedulesResponse = await self._call(self.stub.ListSchedules, request)
+        return builtins.list(resp.schedules)
+
+    async def delete_schedule(self, name: str) -> bool:
+        """As ``edgeq.Client.delete_schedule``."""
+        resp: pb.DeleteScheduleResponse = await self._write(
+            self.stub.DeleteSchedule, pb.DeleteScheduleRequest(name=name)
+        )
+        self._note_txid(resp.txid)
+        return bool(resp.deleted)
+
+    async def pause_schedule(self, name: str) -> pb.Schedule:
+        """As ``edgeq.Client.pause_schedule``."""
+        resp: pb.PauseScheduleResponse = await self._write(self.stub.PauseSchedule, pb.PauseScheduleRequest(name=name))
+        self._note_txid(resp.txid)
+        return resp.schedule
+
+    async def resume_schedule(self, name: str) -> pb.Schedule:
+        """As ``edgeq.Client.resume_schedule``."""
+        resp: pb.ResumeScheduleResponse = await self._write(
+            self.stub.ResumeSchedule, pb.ResumeScheduleRequest(name=name)
+        )
+        self._note_txid(resp.txid)
+        return resp.schedule
 
     # ------------------------------------------------------------------ leases (low level)
 

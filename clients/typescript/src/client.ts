@@ -258,10 +258,14 @@ export class EdgeqClient {
     }
   }
   /** Lease at most `jobs` of `queue` per `perMs` (a token bucket on the primary shared by
-   * every worker; leases wait, nothing is refused); jobs = 0 removes the limit. */
-  setRateLimit(queue: string, jobs: number, perMs = 1000) {
+   * every worker; leases wait, nothing is refused); jobs = 0 removes the limit. With
+   * `options.keyHeader` the limit is per key instead: each distinct value of that job
+   * header gets its own bucket (a queue has at most one queue-wide and one per-key limit;
+   * both apply). */
+  setRateLimit(queue: string, jobs: number, perMs = 1000, options?: { keyHeader?: string }) {
     const period = jobs > 0 ? { seconds: BigInt(Math.floor(perMs / 1000)), nanos: (perMs % 1000) * 1e6 } : undefined;
-    return this.raw.setRateLimit({ queue, jobs: BigInt(jobs), period }, this.call);
+    const keyHeader = options?.keyHeader ?? "";
+    return this.raw.setRateLimit({ queue, jobs: BigInt(jobs), period, keyHeader }, this.call);
   }
   /** Give `group` (JobSpec.group; "" is the default group) of `queue` a share of its leases
    * of `weight` (1..1000; default 1) relative to the queue's other groups while it has

@@ -112,6 +112,22 @@ test("schedules and rate limits from the client", async () => {
   assert.equal(stats.rateLimitPeriod?.seconds, 60n);
 });
 
+test("setRateLimit with keyHeader: a per-key limit, shown in stats", async () => {
+  await client.setRateLimit("tskrl", 20, 60000);
+  await client.setRateLimit("tskrl", 4, 2500, { keyHeader: "tenant" });
+  let [stats] = await client.stats("tskrl");
+  assert.equal(stats.keyRateLimitHeader, "tenant");
+  assert.equal(stats.keyRateLimitJobs, 4n);
+  assert.equal(stats.keyRateLimitPeriod?.seconds, 2n);
+  assert.equal(stats.keyRateLimitPeriod?.nanos, 500_000_000);
+  assert.equal(stats.rateLimitJobs, 20n); // the queue-wide limit stays
+  await client.setRateLimit("tskrl", 0, undefined, { keyHeader: "tenant" });
+  [stats] = await client.stats("tskrl");
+  assert.equal(stats.keyRateLimitHeader, "");
+  assert.equal(stats.keyRateLimitJobs, 0n);
+  assert.equal(stats.rateLimitJobs, 20n);
+});
+
 test("fair groups: enqueue with a group, setGroupWeight, listGroups", async () => {
   const resp = await client.enqueue(
     { queue: "tsfq", payload: new Uint8Array([1]), group: "tenant-a" },

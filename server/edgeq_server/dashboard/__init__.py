@@ -480,7 +480,8 @@ class Dashboard:
         except ValueError:
             raise self._back(form, here, error="weight: a whole number from 1 to 1000") from None
         try:
-            await self._call(request, "SetGroupWeight", pb.SetGroupWeightRequest(queue=queue, group=group, weight=weight))
+            change = pb.SetGroupWeightRequest(queue=queue, group=group, weight=weight)
+            await self._call(request, "SetGroupWeight", change)
         except CallError as exc:
             raise self._back(form, here, error=str(exc)) from None
         raise self._back(form, here, notice=f"group {group or '(default)'} of {queue}: weight {weight}")
