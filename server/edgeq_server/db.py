@@ -203,8 +203,9 @@ MIGRATIONS: list[str] = [
     # The triggers keep due_at a lower bound whenever a job becomes PENDING (enqueue, nack,
     # expiry, retry, unclaim); the claim raises or clears it when it finds a group with no
     # ready job. A group that had no PENDING job starts again at the queue's virtual time
-    # (queues.group_pass), so an idle group gets no saved-up burst. Also the per-key rate
-    # limit (below).
+    # (queues.group_pass), so an idle group gets no saved-up burst. An idle group's row with
+    # the default weight is pruned (it reads the same as none: the triggers make it again).
+    # Also the per-key rate limit (below).
     """
     ALTER TABLE jobs ADD COLUMN grp TEXT NOT NULL DEFAULT '';
     DROP INDEX jobs_claim;
@@ -250,12 +251,21 @@ MIGRATIONS: list[str] = [
             WHERE queue_name = NEW.queue_name AND grp = '';
     END;
     CREATE TRIGGER jobs_group_pending AFTER UPDATE OF status, run_at ON jobs
-        WHEN NEW.status = 'pending' BEGIN
+        WHEN NEW.status = 'pending' AND NEW.grp <> '' BEGIN
+        INSERT INTO job_groups (queue_name, grp, pass, due_at)
+            VALUES (NEW.queue_name, NEW.grp,
+                    (SELECT group_pass FROM queues WHERE name = NEW.queue_name), NEW.run_at)
+            ON CONFLICT (queue_name, grp) DO UPDATE SET
+                pass = CASE WHEN due_at IS NULL THEN max(pass, excluded.pass) ELSE pass END,
+                due_at = min(coalesce(due_at, excluded.due_at), excluded.due_at);
+    END;
+    CREATE TRIGGER jobs_group_pending_default AFTER UPDATE OF status, run_at ON jobs
+        WHEN NEW.status = 'pending' AND NEW.grp = '' BEGIN
         UPDATE job_groups SET
             pass = CASE WHEN due_at IS NULL
                 THEN max(pass, (SELECT group_pass FROM queues WHERE name = NEW.queue_name)) ELSE pass END,
             due_at = min(coalesce(due_at, NEW.run_at), NEW.run_at)
-            WHERE queue_name = NEW.queue_name AND grp = NEW.grp;
+            WHERE queue_name = NEW.queue_name AND grp = '';
     END;
     """,
 ]

@@ -1275,6 +1275,17 @@ class Store:
             (queue, group, weight),
         )
 
+    def prune_groups(self, limit: int) -> int:
+        """Forget up to ``limit`` idle groups (nothing PENDING, as far as a claim has seen)
+        that keep the default weight: a group without a row is one that starts level, and
+        a job of it that becomes PENDING makes the row again (the triggers)."""
+        self.conn.execute(
+            "DELETE FROM job_groups WHERE (queue_name, grp) IN (SELECT queue_name, grp FROM job_groups"
+            " WHERE due_at IS NULL AND weight = 1 AND grp <> '' LIMIT ?)",
+            (limit,),
+        )
+        return self.conn.changes()
+
     def list_groups(self, queue: str, after: str | None, limit: int, now: int) -> tuple[list[GroupRow], bool]:
         """ListGroups: up to ``limit`` of the queue's groups named after ``after`` (None: from
         the first), by name, with their ready and running jobs; and whether more follow."""

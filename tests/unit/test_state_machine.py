@@ -251,6 +251,12 @@ class StoreMachine(RuleBasedStateMachine):
         for res in write(self.store, lambda: self.store.enqueue(specs, self.now, new_ids(n))):
             self.jobs[res.job_id] = Model(len(self.jobs), "g", 0, 2, self.now, group=group)
 
+    @rule()
+    def prune_groups(self) -> None:
+        """What maintenance does: idle groups with the default weight are forgotten."""
+        if write(self.store, lambda: self.store.prune_groups(10)):
+            event("groups pruned")
+
     @rule(r=st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2), st.sampled_from([SECOND, 3 * SECOND])))
     def set_rate_limit(self, r: tuple[str, int, int]) -> None:
         queue, jobs, period = r

@@ -1700,6 +1700,20 @@ def test_a_group_whose_jobs_come_back_pending_is_served_again(store: Store) -> N
     assert get(store, b1).attempts == 2
 
 
+def test_idle_groups_are_pruned_and_come_back_when_a_job_of_theirs_is_pending_again(store: Store) -> None:
+    grouped(store, "pr", "a", 3)
+    grouped(store, "pr", "gone", 1)
+    write(store, lambda: store.set_group_weight("pr", "heavy", 5, NOW))
+    got = write(store, lambda: store.claim(["pr"], 2, "w", 30 * SECOND, NOW))
+    job = next(j for j in got if j.group == "gone")
+    claim_groups(store, "pr", 2)  # a claim finds "gone" with nothing pending (its turn came)
+    assert write(store, lambda: store.prune_groups(100)) == 1  # "gone" only: "a" waits, "heavy" has a weight
+    names = [g.group for g in store.list_groups("pr", None, 10, NOW)[0]]
+    assert names == ["", "a", "heavy"]
+    nack(store, ref(job), NOW)  # its one job back to PENDING: the group is there again
+    assert "gone" in claim_groups(store, "pr", 2)
+
+
 def test_scheduled_jobs_of_a_group_wait_for_their_time_without_blocking_others(store: Store) -> None:
     grouped(store, "sch", "later", 5, run_at=NOW + 60 * SECOND)
     grouped(store, "sch", "now", 3)
