@@ -259,13 +259,16 @@ def test_a_stale_replica_that_wins_the_lease_gets_back_what_the_edge_logs_draine
             until(lambda: info(old).edge_log_jobs == 0 and info(follower).edge_log_jobs == 0,
                   timeout=30, what="both edge logs drained")
             until(lambda: len(all_jobs(follower.target, "s")) == 40, timeout=30, what="node 3 applied all 40")
-            # The twin: accepted at node 3 while nothing drains (node 3 then dies with it in its
-            # edge log), then the same key at node 1, stored, leased and acked; node 3 comes
-            # back and its copy drains as an alias of node 1's.
+            # The twin: with node 1 dead (node 2 still down) node 3 accepts the key at its edge
+            # and dies with it undrained; node 1 comes back as the primary and stores the same
+            # key under its own id, which a worker leases and acks; node 3 comes back and its
+            # copy drains as an alias of node 1's.
             spec = pb.JobSpec(queue="t", payload=b"twin", idempotency_key="twin")
-            with primary_stopped(cluster):
-                twin = [enqueue(follower, spec).results[0].job_id]
-                cluster.kill9(follower)
+            cluster.kill9(old)
+            twin = [enqueue(follower, spec).results[0].job_id]
+            cluster.kill9(follower)
+            cluster.start(old)
+            until(lambda: info(old).role == pb.NODE_ROLE_PRIMARY, timeout=60, what="node 1 primary again")
             twin.append(enqueue(old, spec).results[0].job_id)
             assert twin[0] != twin[1]  # each edge gave its own id
             assert lease_and_ack(old, "t") == twin[1]
