@@ -1810,3 +1810,19 @@ def test_a_per_key_rate_limit_in_a_grouped_queue_holds_back_only_that_key(store:
     throttled: dict[str, int] = {}
     got = write(store, lambda: store.claim(["kg"], 10, "w", 30 * SECOND, NOW, throttled))
     assert sorted(j.group for j in got) == ["t1", "t2"] and throttled["kg"] == NOW + SECOND
+
+
+def test_a_long_backlog_of_a_throttled_key_does_not_hide_another_key(store: Store) -> None:
+    for i in range(0, 300, 100):
+        enqueue(store, *[JobSpec("hot", b"%d" % (i + j), None, 3, headers={"k": "hot"}) for j in range(100)])
+    cold = enqueue(store, JobSpec("hot", b"c", None, 3, headers={"k": "cold"}))[0].job_id
+    write(store, lambda: store.set_rate_limit("hot", 1, SECOND, NOW, "k"))
+    got = write(store, lambda: store.claim(["hot"], 5, "w", 30 * SECOND, NOW))
+    # Past the window of held "hot" jobs (one token), "cold" is found.
+    assert [j.headers["k"] for j in got] == ["hot", "cold"] and got[1].id == cold
+    # In a grouped queue a group passes over at most GATE_SKIPS held jobs per claim.
+    enqueue(store, *[JobSpec("hg", b"x", None, 3, group="a", headers={"k": "hot"}) for _ in range(200)])
+    enqueue(store, JobSpec("hg", b"y", None, 3, group="b"))
+    write(store, lambda: store.set_rate_limit("hg", 1, SECOND, NOW, "k"))
+    got = write(store, lambda: store.claim(["hg"], 5, "w", 30 * SECOND, NOW))
+    assert sorted(j.group for j in got) == ["a", "b"]
