@@ -1120,12 +1120,24 @@ class Store:
                     paused=known.get(name, False),
                     rate_jobs=rates.get(name, (0, 0, False))[0],
                     rate_period_us=rates.get(name, (0, 0, False))[1],
-                    rate_limited=rates.get(name, (0, 0, False))[2] and pending > 0,
+                    rate_limited=pending > 0 and (
+                        rates.get(name, (0, 0, False))[2] or self._key_throttled(cur, name, key_rates.get(name), now)
+                    ),
                     groups=int(row[7] or 0) if name in grouped else 0,
                     key_rate=key_rates.get(name),
                 )
             )
         return out
+
+    @staticmethod
+    def _key_throttled(cur: apsw.Cursor, queue: str, rate: KeyRate | None, now: int) -> bool:
+        """A key of the queue's per-key limit has no whole token now (its jobs wait)."""
+        if rate is None:
+            return False
+        return cur.execute(
+            "SELECT 1 FROM rate_keys WHERE queue_name = ? AND tokens + max(0, ? - at) * 1.0 * ? / ? < 1 LIMIT 1",
+            (queue, now, rate.jobs, rate.period_us),
+        ).fetchone() is not None
 
     def queue_depths(self, now: int) -> list[QueueDepth]:
         """Per queue with live jobs: due and scheduled PENDING jobs, RUNNING jobs, the age of

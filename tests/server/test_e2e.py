@@ -659,6 +659,7 @@ async def test_a_per_key_rate_limit_holds_back_one_customer_and_its_timer_brings
     (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["kr"]))).stats
     assert (stats.key_rate_limit_header, stats.key_rate_limit_jobs, us(stats.key_rate_limit_period)) == (
         "customer", 1, SECOND)
+    assert stats.rate_limited  # acme's next jobs wait for its key's token
     h.clock.advance(1)  # acme's next token: the timer pushes its next job, no request needed
     assert [j.job.id for j in await h.take(call, 1)] == [ids[1]]
     await h.stub.SetRateLimit(pb.SetRateLimitRequest(queue="kr", key_header="customer"))  # removed

@@ -1782,6 +1782,8 @@ def test_a_rate_limit_per_key_gives_each_header_value_its_own_bucket(store: Stor
     (stats,) = store.queue_stats(["kr"], NOW)
     assert stats.key_rate is not None and (stats.key_rate.header, stats.key_rate.jobs) == ("customer", 2)
     assert stats.rate_jobs == 0  # the queue-wide limit is another one
+    assert stats.rate_limited  # a's and b's jobs wait for their keys' tokens
+    assert not store.queue_stats(["kr"], NOW + 2 * SECOND)[0].rate_limited  # refilled
     # Refilled buckets are forgotten (a missing row is a full bucket); removing the limit frees all.
     assert write(store, lambda: store.prune_rate_keys(NOW + SECOND // 2, 100)) == 0
     assert write(store, lambda: store.prune_rate_keys(NOW + 2 * SECOND, 100)) == 2

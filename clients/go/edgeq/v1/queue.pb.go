@@ -2165,7 +2165,8 @@ type QueueStats struct {
 	RateLimitJobs int64 `protobuf:"varint,11,opt,name=rate_limit_jobs,json=rateLimitJobs,proto3" json:"rate_limit_jobs,omitempty"`
 	// Its period.
 	RateLimitPeriod *durationpb.Duration `protobuf:"bytes,12,opt,name=rate_limit_period,json=rateLimitPeriod,proto3" json:"rate_limit_period,omitempty"`
-	// True when ready jobs wait for the rate limit's tokens right now.
+	// True when ready jobs wait for tokens right now: the queue's, or a key's of
+	// the per-key limit.
 	RateLimited bool `protobuf:"varint,13,opt,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`
 	// Fair groups (JobSpec.group) with PENDING jobs.
 	Groups int64 `protobuf:"varint,14,opt,name=groups,proto3" json:"groups,omitempty"`

@@ -1102,7 +1102,8 @@ export type QueueStats = Message<"edgeq.v1.QueueStats"> & {
   rateLimitPeriod?: Duration | undefined;
 
   /**
-   * True when ready jobs wait for the rate limit's tokens right now.
+   * True when ready jobs wait for tokens right now: the queue's, or a key's of
+   * the per-key limit.
    *
    * @generated from field: bool rate_limited = 13;
    */
