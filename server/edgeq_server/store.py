@@ -1300,15 +1300,21 @@ class Store:
 
     def list_groups(self, queue: str, after: str | None, limit: int, now: int) -> tuple[list[GroupRow], bool]:
         """ListGroups: up to ``limit`` of the queue's groups named after ``after`` (None: from
-        the first), by name, with their ready and running jobs; and whether more follow."""
+        the first), by name, with their ready and running jobs; and whether more follow. The
+        default group "" is listed while it has PENDING or RUNNING jobs or a weight."""
         cur = self.conn.cursor()
         names = [
             (str(g), int(w)) for g, w in cur.execute(
                 "SELECT grp, weight FROM job_groups WHERE queue_name = ? AND (?2 IS NULL OR grp > ?2)"
                 " ORDER BY grp LIMIT ?3",
-                (queue, after, limit + 1),
+                (queue, after, limit + 2),
             )
         ]
+        if names and names[0] == ("", 1) and cur.execute(  # the default group, idle: not listed
+            "SELECT 1 FROM jobs WHERE queue_name = ? AND grp = '' AND status IN ('pending', 'running') LIMIT 1",
+            (queue,),
+        ).fetchone() is None:
+            names = names[1:]
         more = len(names) > limit
         names = names[:limit]
         running = {

@@ -76,7 +76,7 @@ async def test_the_async_client_fair_groups(server: ServerThread) -> None:
         assert (await client.get(first.job_id)).group == "tenant-a"
         await client.set_group_weight("agq", "tenant-a", 7)
         groups = {g.group: (g.weight, g.pending, g.running) for g in await client.list_groups("agq")}
-        assert groups == {"": (1, 0, 0), "tenant-a": (7, 1, 0), "tenant-b": (1, 2, 0)}  # "": the default group
+        assert groups == {"tenant-a": (7, 1, 0), "tenant-b": (1, 2, 0)}  # the default group is idle: not listed
         with pytest.raises(InvalidArgumentError) as err:
             await client.enqueue("agq", b"x", group="tab\tgroup")
         assert err.value.field == "jobs[0].group"

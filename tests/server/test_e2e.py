@@ -643,7 +643,7 @@ async def test_a_tenants_few_jobs_are_pushed_between_another_tenants_backlog(h: 
     assert {j.job.id for j in got if j.job.group == "tenant-b"} == small
     assert sum(j.job.group == "tenant-a" for j in got) == 6
     groups = (await h.stub.ListGroups(pb.ListGroupsRequest(queue="fair", page_size=2))).groups
-    assert [(g.group, g.weight) for g in groups] == [("", 1), ("tenant-a", 2)]
+    assert [(g.group, g.weight) for g in groups] == [("tenant-a", 2), ("tenant-b", 1)]  # no idle default group
     (stats,) = (await h.stub.GetQueueStats(pb.GetQueueStatsRequest(queues=["fair"]))).stats
     assert stats.groups == 1 and stats.running == 9
 

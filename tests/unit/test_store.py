@@ -1655,7 +1655,7 @@ def test_group_weights_share_the_turns_in_proportion(store: Store) -> None:
     assert (got.count("gold"), got.count("bronze")) == (60, 20)
     groups, more = store.list_groups("w", None, 10, NOW)
     assert [(g.group, g.weight, g.pending, g.running) for g in groups] == [
-        ("", 1, 0, 0), ("bronze", 1, 280, 0), ("gold", 3, 240, 0)] and not more  # "": the default group
+        ("bronze", 1, 280, 0), ("gold", 3, 240, 0)] and not more  # the idle default group is not listed
 
 
 def test_jobs_without_a_group_form_the_default_group_and_priority_orders_within_a_group(store: Store) -> None:
@@ -1709,7 +1709,7 @@ def test_idle_groups_are_pruned_and_come_back_when_a_job_of_theirs_is_pending_ag
     claim_groups(store, "pr", 2)  # a claim finds "gone" with nothing pending (its turn came)
     assert write(store, lambda: store.prune_groups(100)) == 1  # "gone" only: "a" waits, "heavy" has a weight
     names = [g.group for g in store.list_groups("pr", None, 10, NOW)[0]]
-    assert names == ["", "a", "heavy"]
+    assert names == ["a", "heavy"]
     nack(store, ref(job), NOW)  # its one job back to PENDING: the group is there again
     assert "gone" in claim_groups(store, "pr", 2)
 

@@ -138,7 +138,7 @@ test("fair groups: enqueue with a group, setGroupWeight, listGroups", async () =
   await client.setGroupWeight("tsfq", "tenant-b", 3);
   const groups = await client.listGroups("tsfq");
   assert.deepEqual(groups.map((g) => [g.group, g.weight, g.pending, g.running]),
-    [["", 1, 0n, 0n], ["tenant-a", 1, 1n, 0n], ["tenant-b", 3, 2n, 0n]]); // "": the default group
+    [["tenant-a", 1, 1n, 0n], ["tenant-b", 3, 2n, 0n]]); // the idle default group is not listed
   await assert.rejects(client.enqueue({ queue: "tsfq", group: "bad\u0001" }),
     (err: unknown) => ConnectError.from(err).code === Code.InvalidArgument && errorField(err) === "jobs[0].group");
 });

@@ -328,6 +328,8 @@ class QueueServiceServicer:
 
     def ListGroups(self, request, context):
         """ListGroups lists a queue's fair groups: weight, ready and running jobs.
+        The default group "" is listed while it has pending or running jobs, or a
+        weight other than 1.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -121,7 +121,10 @@ class QueueServiceStub:
     proportion to their weights (default 1).
     """
     ListGroups: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]
-    """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
+    """ListGroups lists a queue's fair groups: weight, ready and running jobs.
+    The default group "" is listed while it has pending or running jobs, or a
+    weight other than 1.
+    """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]
@@ -220,7 +223,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     proportion to their weights (default 1).
     """
     ListGroups: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]  # type: ignore[assignment]
-    """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
+    """ListGroups lists a queue's fair groups: weight, ready and running jobs.
+    The default group "" is listed while it has pending or running jobs, or a
+    weight other than 1.
+    """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
     ResumeQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.ResumeQueueRequest, _queue_pb2.ResumeQueueResponse]  # type: ignore[assignment]
@@ -436,7 +442,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_pb2.ListGroupsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.ListGroupsResponse, _abc.Awaitable[_queue_pb2.ListGroupsResponse]]:
-        """ListGroups lists a queue's fair groups: weight, ready and running jobs."""
+        """ListGroups lists a queue's fair groups: weight, ready and running jobs.
+        The default group "" is listed while it has pending or running jobs, or a
+        weight other than 1.
+        """
 
     @_abc_1.abstractmethod
     def PauseQueue(

@@ -2824,6 +2824,8 @@ export const QueueService: GenService<{
   },
   /**
    * ListGroups lists a queue's fair groups: weight, ready and running jobs.
+   * The default group "" is listed while it has pending or running jobs, or a
+   * weight other than 1.
    *
    * @generated from rpc edgeq.v1.QueueService.ListGroups
    */
