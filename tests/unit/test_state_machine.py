@@ -69,6 +69,7 @@ class Model:
     ckey: str | None = None  # concurrency key: at most climit of the queue's jobs with it RUNNING
     climit: int = 1
     group: str = ""
+    rkey: str | None = None  # the value of its header "k" (a per-key rate limit's key)
 
     def drop_lease(self) -> None:
         self.lease_id = self.lease_expires_at = self.lease_us = None
@@ -83,6 +84,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.jobs: dict[str, Model] = {}
         self.refs: list[LeaseRef] = []  # every lease ever handed out, in order
         self.buckets: dict[str, list[float]] = {}  # queue -> [jobs, period, tokens, at] (SetRateLimit)
+        self.key_rates: dict[str, tuple[int, int]] = {}  # queue -> (jobs, period): per value of header "k"
+        self.key_buckets: dict[tuple[str, str], list[float]] = {}  # (queue, key) -> [tokens, at]; none: full
 
     def teardown(self) -> None:
         self.store.conn.close()
@@ -148,6 +151,13 @@ class StoreMachine(RuleBasedStateMachine):
         jobs, period, tokens, at = self.buckets[queue]
         return float(min(jobs, tokens + max(0, self.now - at) * jobs / period))
 
+    def key_tokens(self, queue: str, key: str) -> float:
+        jobs, period = self.key_rates[queue]
+        if (queue, key) not in self.key_buckets:
+            return float(jobs)
+        tokens, at = self.key_buckets[(queue, key)]
+        return float(min(jobs, tokens + max(0, self.now - at) * jobs / period))
+
     def key_blocks(self, m: Model, running: Counter[tuple[str, str]]) -> bool:
         return m.ckey is not None and running[(m.queue, m.ckey)] >= m.climit
 
@@ -171,17 +181,24 @@ class StoreMachine(RuleBasedStateMachine):
         )
         quota = {q: int(self.tokens(q)) for q in queues if q in self.buckets}
         spent: Counter[str] = Counter()
+        key_spent: Counter[tuple[str, str]] = Counter()
         expected: list[str] = []
         for *_, job_id in sorted(due):
             m = self.jobs[job_id]
             if self.key_blocks(m, running):
                 event("claim: a concurrency key held a job back")
                 continue
+            rkey = (m.queue, m.rkey) if m.rkey is not None and m.queue in self.key_rates else None
+            if rkey is not None and self.key_tokens(*rkey) - key_spent[rkey] < 1:
+                event("claim: a per-key rate limit held a job back")
+                continue
             if m.queue in quota and spent[m.queue] >= quota[m.queue]:
                 event("claim: a rate limit held a job back")
                 continue
             if m.ckey is not None:
                 running[(m.queue, m.ckey)] += 1
+            if rkey is not None:
+                key_spent[rkey] += 1
             spent[m.queue] += 1
             expected.append(job_id)
             if len(expected) == limit:
@@ -190,9 +207,11 @@ class StoreMachine(RuleBasedStateMachine):
         got = write(self.store, lambda: self.store.claim(list(queues), limit, "w", lease_us, self.now))
 
         assert [j.id for j in got] == expected
-        if got:  # the store charges the buckets of the claim's rate-limited queues
+        if got:  # the store charges the buckets of the claim's rate-limited queues, and the keys it took
             for q in quota:
                 self.buckets[q][2:] = [self.tokens(q) - spent[q], self.now]
+            for rkey, n in key_spent.items():
+                self.key_buckets[rkey] = [self.key_tokens(*rkey) - n, self.now]
         self.took(got, lease_us)
 
     def claim_grouped(self, limit: int, lease_us: int) -> None:
@@ -250,6 +269,27 @@ class StoreMachine(RuleBasedStateMachine):
         specs = [JobSpec("g", b"g", None, 2, group=group) for _ in range(n)]
         for res in write(self.store, lambda: self.store.enqueue(specs, self.now, new_ids(n))):
             self.jobs[res.job_id] = Model(len(self.jobs), "g", 0, 2, self.now, group=group)
+
+    @rule(r=st.tuples(st.sampled_from(["a", "b"]), st.sampled_from([1, 1, 2, 0]), st.sampled_from([SECOND, 2 * SECOND]),
+                      st.integers(0, 3)))
+    def set_key_rate_limit(self, r: tuple[str, int, int, int]) -> None:
+        """SetRateLimit per value of header "k", then ``n`` jobs of key "x" (a producer's burst)."""
+        queue, jobs, period, n = r
+        write(self.store, lambda: self.store.set_rate_limit(queue, jobs, period if jobs else 0, self.now, "k"))
+        self.key_buckets = {k: v for k, v in self.key_buckets.items() if k[0] != queue}  # all full again
+        if jobs:
+            self.key_rates[queue] = (jobs, period)
+        else:
+            self.key_rates.pop(queue, None)
+        if n:
+            self.enqueue_rate_keyed((queue, "x", n))
+
+    @rule(k=st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["x", "y"]), st.integers(1, 3)))
+    def enqueue_rate_keyed(self, k: tuple[str, str, int]) -> None:
+        queue, key, n = k
+        specs = [JobSpec(queue, b"r", None, 2, headers={"k": key}) for _ in range(n)]
+        for res in write(self.store, lambda: self.store.enqueue(specs, self.now, new_ids(n))):
+            self.jobs[res.job_id] = Model(len(self.jobs), queue, 0, 2, self.now, rkey=key)
 
     @rule()
     def prune_groups(self) -> None:
@@ -586,7 +626,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 TestStoreStateMachine = StoreMachine.TestCase
-TestStoreStateMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+TestStoreStateMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 
 
 @settings(max_examples=40, deadline=None)
