@@ -200,11 +200,14 @@ MIGRATIONS: list[str] = [
     # holds, per (queue, group), the weight, the pass (leases taken / weight: a group's
     # virtual time; the group with the lowest pass that has ready jobs goes next) and
     # due_at, a lower bound of the earliest run_at among its PENDING jobs (NULL: none).
-    # The triggers keep due_at a lower bound whenever a job becomes PENDING (enqueue, nack,
-    # expiry, retry, unclaim); the claim raises or clears it when it finds a group with no
-    # ready job. A group that had no PENDING job starts again at the queue's virtual time
+    # The triggers (the same upsert on insert and on update: SQLite triggers name one event)
+    # keep due_at a lower bound whenever a job of a grouped queue becomes PENDING (enqueue,
+    # nack, expiry, retry, unclaim), making the group's row if it has none; a queue without
+    # groups pays one lookup of its row. The claim raises or clears due_at when it finds a
+    # group with no ready job. A group that had no PENDING job starts again at the queue's virtual time
     # (queues.group_pass), so an idle group gets no saved-up burst. An idle group's row with
-    # the default weight is pruned (it reads the same as none: the triggers make it again).
+    # the default weight is pruned (it reads the same as none: the triggers make it again),
+    # the default group's as any other.
     # Also the per-key rate limit (below).
     """
     ALTER TABLE jobs ADD COLUMN grp TEXT NOT NULL DEFAULT '';
@@ -233,39 +236,21 @@ MIGRATIONS: list[str] = [
         at         INTEGER NOT NULL,
         PRIMARY KEY (queue_name, key)
     ) STRICT, WITHOUT ROWID;
-    CREATE TRIGGER jobs_group_insert AFTER INSERT ON jobs
-        WHEN NEW.status = 'pending' AND NEW.grp <> '' BEGIN
+    CREATE TRIGGER jobs_group_insert AFTER INSERT ON jobs WHEN NEW.status = 'pending' BEGIN
         INSERT INTO job_groups (queue_name, grp, pass, due_at)
-            VALUES (NEW.queue_name, NEW.grp,
-                    (SELECT group_pass FROM queues WHERE name = NEW.queue_name), NEW.run_at)
+            SELECT NEW.queue_name, NEW.grp, q.group_pass, NEW.run_at FROM queues q
+            WHERE q.name = NEW.queue_name AND q.grouped
             ON CONFLICT (queue_name, grp) DO UPDATE SET
                 pass = CASE WHEN due_at IS NULL THEN max(pass, excluded.pass) ELSE pass END,
                 due_at = min(coalesce(due_at, excluded.due_at), excluded.due_at);
     END;
-    CREATE TRIGGER jobs_group_insert_default AFTER INSERT ON jobs
-        WHEN NEW.status = 'pending' AND NEW.grp = '' BEGIN
-        UPDATE job_groups SET
-            pass = CASE WHEN due_at IS NULL
-                THEN max(pass, (SELECT group_pass FROM queues WHERE name = NEW.queue_name)) ELSE pass END,
-            due_at = min(coalesce(due_at, NEW.run_at), NEW.run_at)
-            WHERE queue_name = NEW.queue_name AND grp = '';
-    END;
-    CREATE TRIGGER jobs_group_pending AFTER UPDATE OF status, run_at ON jobs
-        WHEN NEW.status = 'pending' AND NEW.grp <> '' BEGIN
+    CREATE TRIGGER jobs_group_pending AFTER UPDATE OF status, run_at ON jobs WHEN NEW.status = 'pending' BEGIN
         INSERT INTO job_groups (queue_name, grp, pass, due_at)
-            VALUES (NEW.queue_name, NEW.grp,
-                    (SELECT group_pass FROM queues WHERE name = NEW.queue_name), NEW.run_at)
+            SELECT NEW.queue_name, NEW.grp, q.group_pass, NEW.run_at FROM queues q
+            WHERE q.name = NEW.queue_name AND q.grouped
             ON CONFLICT (queue_name, grp) DO UPDATE SET
                 pass = CASE WHEN due_at IS NULL THEN max(pass, excluded.pass) ELSE pass END,
                 due_at = min(coalesce(due_at, excluded.due_at), excluded.due_at);
-    END;
-    CREATE TRIGGER jobs_group_pending_default AFTER UPDATE OF status, run_at ON jobs
-        WHEN NEW.status = 'pending' AND NEW.grp = '' BEGIN
-        UPDATE job_groups SET
-            pass = CASE WHEN due_at IS NULL
-                THEN max(pass, (SELECT group_pass FROM queues WHERE name = NEW.queue_name)) ELSE pass END,
-            due_at = min(coalesce(due_at, NEW.run_at), NEW.run_at)
-            WHERE queue_name = NEW.queue_name AND grp = '';
     END;
     """,
 ]

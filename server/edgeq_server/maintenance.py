@@ -225,10 +225,11 @@ class Maintenance:
                 backlog = True
         if stats.deleted:  # aliases of deleted jobs (rare: edge-accepted key twins)
             await self._writer.submit(lambda s, _now: s.delete_orphan_aliases(RETENTION_BATCH))
-        # Per-key rate buckets that have refilled read the same as none: forget them.
-        await self._writer.submit(lambda s, now_: s.prune_rate_keys(now_, RETENTION_BATCH))
-        # Idle fair groups with the default weight read the same as none: forget them.
-        await self._writer.submit(lambda s, _now: s.prune_groups(RETENTION_BATCH))
+        # Refilled per-key rate buckets and idle fair groups with the default weight read the
+        # same as none: forget them (one transaction).
+        await self._writer.submit(
+            lambda s, now_: s.prune_rate_keys(now_, RETENTION_BATCH) + s.prune_groups(RETENTION_BATCH)
+        )
         # With a backlog, come back soon (small transactions, the writer stays responsive).
         self._next_retention = now + (MICROS // 10 if backlog else r.interval_us)
 

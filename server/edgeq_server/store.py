@@ -464,12 +464,13 @@ class Store:
 
     def _mark_grouped(self, cur: apsw.Cursor, queue: str) -> None:
         """The queue's first job with a fair group: from now on its claims take turns
-        between groups; its jobs without one form the default group ''."""
+        between groups; its jobs without one form the default group '' (the ones already
+        pending get its row here, later ones through the triggers)."""
         cur.execute("UPDATE queues SET grouped = 1 WHERE name = ? AND grouped = 0", (queue,))
         if self.conn.changes():
             cur.execute(
-                "INSERT INTO job_groups (queue_name, grp, pass, due_at) VALUES (?1, '', 0,"
-                " (SELECT min(run_at) FROM jobs WHERE queue_name = ?1 AND grp = '' AND status = 'pending'))"
+                "INSERT INTO job_groups (queue_name, grp, pass, due_at) SELECT ?1, '', 0, min(run_at) FROM jobs"
+                " WHERE queue_name = ?1 AND grp = '' AND status = 'pending' HAVING min(run_at) IS NOT NULL"
                 " ON CONFLICT (queue_name, grp) DO UPDATE SET due_at = excluded.due_at",
                 (queue,),
             )
@@ -1293,28 +1294,24 @@ class Store:
         a job of it that becomes PENDING makes the row again (the triggers)."""
         self.conn.execute(
             "DELETE FROM job_groups WHERE (queue_name, grp) IN (SELECT queue_name, grp FROM job_groups"
-            " WHERE due_at IS NULL AND weight = 1 AND grp <> '' LIMIT ?)",
+            " WHERE due_at IS NULL AND weight = 1 LIMIT ?)",
             (limit,),
         )
         return self.conn.changes()
 
     def list_groups(self, queue: str, after: str | None, limit: int, now: int) -> tuple[list[GroupRow], bool]:
         """ListGroups: up to ``limit`` of the queue's groups named after ``after`` (None: from
-        the first), by name, with their ready and running jobs; and whether more follow. The
-        default group "" is listed while it has PENDING or RUNNING jobs or a weight."""
+        the first), by name, with their ready and running jobs; and whether more follow. A
+        group is listed from its first PENDING job until the sweep after it went idle
+        (``prune_groups``), or for good once it has a weight."""
         cur = self.conn.cursor()
         names = [
             (str(g), int(w)) for g, w in cur.execute(
                 "SELECT grp, weight FROM job_groups WHERE queue_name = ? AND (?2 IS NULL OR grp > ?2)"
                 " ORDER BY grp LIMIT ?3",
-                (queue, after, limit + 2),
+                (queue, after, limit + 1),
             )
         ]
-        if names and names[0] == ("", 1) and cur.execute(  # the default group, idle: not listed
-            "SELECT 1 FROM jobs WHERE queue_name = ? AND grp = '' AND status IN ('pending', 'running') LIMIT 1",
-            (queue,),
-        ).fetchone() is None:
-            names = names[1:]
         more = len(names) > limit
         names = names[:limit]
         running = {

@@ -127,8 +127,9 @@ type QueueServiceClient interface {
 	// proportion to their weights (default 1).
 	SetGroupWeight(ctx context.Context, in *SetGroupWeightRequest, opts ...grpc.CallOption) (*SetGroupWeightResponse, error)
 	// ListGroups lists a queue's fair groups: weight, ready and running jobs.
-	// The default group "" is listed while it has pending or running jobs, or a
-	// weight other than 1.
+	// A group is listed from its first pending job until a maintenance sweep
+	// after it went idle, and for good once SetGroupWeight gave it a weight; the
+	// default group "" only once a grouped queue has jobs without a group.
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
@@ -464,8 +465,9 @@ type QueueServiceServer interface {
 	// proportion to their weights (default 1).
 	SetGroupWeight(context.Context, *SetGroupWeightRequest) (*SetGroupWeightResponse, error)
 	// ListGroups lists a queue's fair groups: weight, ready and running jobs.
-	// The default group "" is listed while it has pending or running jobs, or a
-	// weight other than 1.
+	// A group is listed from its first pending job until a maintenance sweep
+	// after it went idle, and for good once SetGroupWeight gave it a weight; the
+	// default group "" only once a grouped queue has jobs without a group.
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	// PauseQueue stops delivery from a queue; enqueues are still accepted.
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)

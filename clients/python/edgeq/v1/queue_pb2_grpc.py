@@ -328,8 +328,9 @@ class QueueServiceServicer:
 
     def ListGroups(self, request, context):
         """ListGroups lists a queue's fair groups: weight, ready and running jobs.
-        The default group "" is listed while it has pending or running jobs, or a
-        weight other than 1.
+        A group is listed from its first pending job until a maintenance sweep
+        after it went idle, and for good once SetGroupWeight gave it a weight; the
+        default group "" only once a grouped queue has jobs without a group.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

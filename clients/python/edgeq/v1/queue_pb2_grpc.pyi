@@ -122,8 +122,9 @@ class QueueServiceStub:
     """
     ListGroups: _grpc.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]
     """ListGroups lists a queue's fair groups: weight, ready and running jobs.
-    The default group "" is listed while it has pending or running jobs, or a
-    weight other than 1.
+    A group is listed from its first pending job until a maintenance sweep
+    after it went idle, and for good once SetGroupWeight gave it a weight; the
+    default group "" only once a grouped queue has jobs without a group.
     """
     PauseQueue: _grpc.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
@@ -224,8 +225,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     ListGroups: _aio.UnaryUnaryMultiCallable[_queue_pb2.ListGroupsRequest, _queue_pb2.ListGroupsResponse]  # type: ignore[assignment]
     """ListGroups lists a queue's fair groups: weight, ready and running jobs.
-    The default group "" is listed while it has pending or running jobs, or a
-    weight other than 1.
+    A group is listed from its first pending job until a maintenance sweep
+    after it went idle, and for good once SetGroupWeight gave it a weight; the
+    default group "" only once a grouped queue has jobs without a group.
     """
     PauseQueue: _aio.UnaryUnaryMultiCallable[_queue_pb2.PauseQueueRequest, _queue_pb2.PauseQueueResponse]  # type: ignore[assignment]
     """PauseQueue stops delivery from a queue; enqueues are still accepted."""
@@ -443,8 +445,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.ListGroupsResponse, _abc.Awaitable[_queue_pb2.ListGroupsResponse]]:
         """ListGroups lists a queue's fair groups: weight, ready and running jobs.
-        The default group "" is listed while it has pending or running jobs, or a
-        weight other than 1.
+        A group is listed from its first pending job until a maintenance sweep
+        after it went idle, and for good once SetGroupWeight gave it a weight; the
+        default group "" only once a grouped queue has jobs without a group.
         """
 
     @_abc_1.abstractmethod

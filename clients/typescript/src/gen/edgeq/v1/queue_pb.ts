@@ -2824,8 +2824,9 @@ export const QueueService: GenService<{
   },
   /**
    * ListGroups lists a queue's fair groups: weight, ready and running jobs.
-   * The default group "" is listed while it has pending or running jobs, or a
-   * weight other than 1.
+   * A group is listed from its first pending job until a maintenance sweep
+   * after it went idle, and for good once SetGroupWeight gave it a weight; the
+   * default group "" only once a grouped queue has jobs without a group.
    *
    * @generated from rpc edgeq.v1.QueueService.ListGroups
    */
